@@ -1,0 +1,1 @@
+//! The LVM layer; see the crate documentation.

@@ -1,0 +1,100 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::names::DeviceClass;
+
+/// One CSI volume (name = CSI volume name, e.g. `pvc-<uid>`). The controller writes `spec`, the
+/// agent of `spec.nodeName` makes the LV and writes `status`.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "strata.io",
+    version = "v1alpha1",
+    kind = "LogicalVolume",
+    plural = "logicalvolumes",
+    shortname = "slv",
+    status = "LogicalVolumeStatus",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
+    printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.deviceClass"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"PVC","type":"string","jsonPath":".spec.pvc.name","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogicalVolumeSpec {
+    pub node_name: String,
+    pub device_class: DeviceClass,
+    /// Requested size; the LV is this size rounded up to whole extents.
+    pub size_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<VolumeSource>,
+    /// Wipe policy on delete (`discard`, `zero`, `none`); unset = the agent's class default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe: Option<String>,
+}
+
+/// The claim a volume was made for (from external-provisioner's `--extra-create-metadata`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcReference {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+}
+
+/// Content a volume starts from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSource {
+    /// `Volume` (a clone) or `Snapshot`.
+    pub kind: String,
+    pub name: String,
+}
+
+/// What the agent made of the spec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogicalVolumeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<LogicalVolumePhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vg_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lv_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_size_bytes: Option<u64>,
+    /// Machine-readable cause of the phase, e.g. `InsufficientSpace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wipe: Option<WipeProgress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where a volume is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LogicalVolumePhase {
+    Pending,
+    Ready,
+    Failed,
+    Wiping,
+}
+
+/// Progress of the wipe that precedes the LV's removal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WipeProgress {
+    pub policy: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}

@@ -1,0 +1,140 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::names::DeviceClass;
+
+/// The operator's storage policy for one node (name = node name). The agent writes `status`.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "strata.io",
+    version = "v1alpha1",
+    kind = "NodeStorage",
+    plural = "nodestorages",
+    shortname = "ns",
+    status = "NodeStorageStatus",
+    printcolumn = r#"{"name":"NVMe free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"nvme\")].allocatableBytes"}"#,
+    printcolumn = r#"{"name":"SSD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"ssd\")].allocatableBytes"}"#,
+    printcolumn = r#"{"name":"HDD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"hdd\")].allocatableBytes"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStorageSpec {
+    /// `auto` claims every eligible disk; `manual` claims only slots matched by `include`.
+    #[serde(default)]
+    pub claim_mode: ClaimMode,
+    /// Slot globs (e.g. `pci-0000:00:04.0-nvme-*`) that may be claimed; empty = all in `auto`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Slot globs never claimed, whatever `include` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Bytes per device class kept back from allocation (e.g. for LVM snapshots or headroom).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reserved_bytes: BTreeMap<DeviceClass, u64>,
+    /// Media class forced for a slot, when the kernel's rotational flag is wrong.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub media_overrides: BTreeMap<String, DeviceClass>,
+}
+
+/// How the agent chooses disks to claim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimMode {
+    #[default]
+    Auto,
+    Manual,
+}
+
+/// What the agent saw and built on the node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStorageStatus {
+    #[serde(default)]
+    pub disks: Vec<DiskStatus>,
+    #[serde(default)]
+    pub device_classes: Vec<DeviceClassStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+}
+
+impl NodeStorageStatus {
+    /// The status of one class, if the node has a VG for it.
+    pub fn class(&self, class: DeviceClass) -> Option<&DeviceClassStatus> {
+        self.device_classes.iter().find(|c| c.name == class)
+    }
+}
+
+/// One disk as found by slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    /// Stable identity: by-path form, e.g. `pci-0000:00:04.0-nvme-1`.
+    pub slot: String,
+    /// Kernel name at the time of the scan (informational only; changes across reboots).
+    #[serde(default)]
+    pub kernel_name: String,
+    pub media: DeviceClass,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub wwn: String,
+    pub state: DiskState,
+    /// Why the disk is in this state, in words an operator acts on.
+    #[serde(default)]
+    pub reason: String,
+    /// The VG the disk is a PV of, when claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_group: Option<String>,
+}
+
+/// The life of a disk as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DiskState {
+    /// A PV of a Strata VG.
+    Claimed,
+    /// Eligible but not (yet) claimed.
+    Available,
+    /// Not eligible; `reason` says why.
+    Rejected,
+    /// A PV Strata claimed that is no longer present.
+    Missing,
+    /// Claiming failed; `reason` has the error.
+    Failed,
+}
+
+/// Capacity and health of one device class (one VG) on the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceClassStatus {
+    pub name: DeviceClass,
+    pub vg_name: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// `freeBytes` minus the class's reserve (and space still being wiped); never negative.
+    pub allocatable_bytes: u64,
+    pub pv_count: u32,
+    #[serde(default)]
+    pub missing_pv_count: u32,
+    #[serde(default)]
+    pub lv_count: u32,
+    pub health: ClassHealth,
+}
+
+/// A class with a missing PV takes no new allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ClassHealth {
+    Healthy,
+    Degraded,
+}

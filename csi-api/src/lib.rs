@@ -1,0 +1,19 @@
+//! The contract shared by Strata's three programs (see `docs/architecture.md`):
+//! - [`csi`]: CSI v1 gRPC bindings generated from `proto/csi.proto`;
+//! - [`names`]: the driver name, API group, labels, parameters and device classes;
+//! - [`crd`]: the `NodeStorage` and `LogicalVolume` custom resources;
+//! - [`capacity`]: the fit arithmetic used by both the scheduler and the controller;
+//! - [`runtime`]: logging, shutdown signal and socket endpoint helpers every binary uses.
+//!
+//! It holds no behaviour of its own beyond pure functions: nothing here talks to a cluster.
+
+pub mod capacity;
+pub mod crd;
+pub mod names;
+pub mod runtime;
+
+/// CSI v1 messages and services (`package csi.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
+}

@@ -1,0 +1,174 @@
+//! The names table of `DESIGN.md`: every string the three programs and the cluster agree on.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// CSI driver name (GetPluginInfo, StorageClass `provisioner`, CSIDriver object).
+pub const DRIVER_NAME: &str = "local.strata.io";
+/// API group of the CRDs.
+pub const API_GROUP: &str = "strata.io";
+/// API version of the CRDs.
+pub const API_VERSION: &str = "v1alpha1";
+/// Topology key carried by every volume and every node (value: node name).
+pub const TOPOLOGY_KEY: &str = "topology.strata.io/node";
+/// Label on a LogicalVolume naming its node (the agent watches by this selector).
+pub const LABEL_NODE: &str = "strata.io/node";
+/// Label on a LogicalVolume naming its device class.
+pub const LABEL_DEVICE_CLASS: &str = "strata.io/device-class";
+/// Finalizer on a LogicalVolume, removed by the agent once the LV is gone.
+pub const FINALIZER: &str = "strata.io/lv";
+/// StorageClass parameter: the device class (required).
+pub const PARAM_DEVICE_CLASS: &str = "strata.io/device-class";
+/// StorageClass parameter: placement strategy, `binpack` or `spread`.
+pub const PARAM_PLACEMENT: &str = "strata.io/placement";
+/// StorageClass parameter: wipe policy on delete, overriding the agent's per-class default.
+pub const PARAM_WIPE: &str = "strata.io/wipe";
+/// StorageClass parameter: filesystem type (`xfs` default, `ext4`).
+pub const PARAM_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
+/// Default filesystem when the request names none.
+pub const DEFAULT_FS_TYPE: &str = "xfs";
+/// LVM tag on every PV, VG and LV Strata creates; objects without it are never touched.
+pub const LVM_OWNER_TAG: &str = "strata.io/owner";
+/// PVC annotation set by kube-scheduler for WaitForFirstConsumer claims.
+pub const ANNOTATION_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// Field manager of the agent's server-side applies.
+pub const FIELD_MANAGER_AGENT: &str = "csi-agent";
+/// Field manager of the controller's writes.
+pub const FIELD_MANAGER_CONTROLLER: &str = "csi-controller";
+/// Smallest disk the agent claims.
+pub const MIN_DISK_BYTES: u64 = 1 << 30;
+
+/// A class of media; one volume group per class and node.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    Nvme,
+    Ssd,
+    Hdd,
+}
+
+impl DeviceClass {
+    /// Every class, in order of speed.
+    pub const ALL: [DeviceClass; 3] = [DeviceClass::Nvme, DeviceClass::Ssd, DeviceClass::Hdd];
+
+    /// The class name as written in StorageClasses and CRDs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Nvme => "nvme",
+            DeviceClass::Ssd => "ssd",
+            DeviceClass::Hdd => "hdd",
+        }
+    }
+
+    /// The volume group that holds this class on every node.
+    pub fn vg_name(self) -> &'static str {
+        match self {
+            DeviceClass::Nvme => "strata-nvme",
+            DeviceClass::Ssd => "strata-ssd",
+            DeviceClass::Hdd => "strata-hdd",
+        }
+    }
+
+    /// The class whose VG has this name, if it is one of Strata's.
+    pub fn from_vg_name(vg: &str) -> Option<DeviceClass> {
+        DeviceClass::ALL.into_iter().find(|c| c.vg_name() == vg)
+    }
+
+    /// Whether the media is flash (TRIM/discard make sense).
+    pub fn is_flash(self) -> bool {
+        !matches!(self, DeviceClass::Hdd)
+    }
+}
+
+impl fmt::Display for DeviceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device class name that is not one of `nvme`, `ssd`, `hdd`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown device class {0:?}: expected one of nvme, ssd, hdd")]
+pub struct UnknownDeviceClass(pub String);
+
+impl FromStr for DeviceClass {
+    type Err = UnknownDeviceClass;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeviceClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownDeviceClass(s.to_owned()))
+    }
+}
+
+/// How the scheduler and the controller place volumes among nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[derive(clap::ValueEnum)]
+pub enum Placement {
+    /// Prefer the node left fullest (best fit): keeps large holes for large volumes.
+    #[default]
+    Binpack,
+    /// Prefer the node left emptiest: spreads load and failure domains.
+    Spread,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Binpack => "binpack",
+            Placement::Spread => "spread",
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A placement name that is not `binpack` or `spread`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown placement {0:?}: expected binpack or spread")]
+pub struct UnknownPlacement(pub String);
+
+impl FromStr for Placement {
+    type Err = UnknownPlacement;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binpack" => Ok(Placement::Binpack),
+            "spread" => Ok(Placement::Spread),
+            other => Err(UnknownPlacement(other.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_class_round_trips_through_names() {
+        for class in DeviceClass::ALL {
+            assert_eq!(class.as_str().parse::<DeviceClass>(), Ok(class));
+            assert_eq!(DeviceClass::from_vg_name(class.vg_name()), Some(class));
+        }
+        assert_eq!(DeviceClass::from_vg_name("othervg"), None);
+        assert!("NVMe".parse::<DeviceClass>().is_err());
+    }
+
+    #[test]
+    fn placement_parses_only_known_names() {
+        assert_eq!("spread".parse::<Placement>(), Ok(Placement::Spread));
+        assert_eq!("binpack".parse::<Placement>(), Ok(Placement::Binpack));
+        assert!("fill".parse::<Placement>().is_err());
+    }
+}
