@@ -3,6 +3,7 @@
 //! - [`names`]: the driver name, API group, labels, parameters and device classes;
 //! - [`crd`]: the `NodeStorage` and `LogicalVolume` custom resources;
 //! - [`capacity`]: the fit arithmetic used by both the scheduler and the controller;
+//! - [`request`]: validation of CSI requests (parameters, sizes, capabilities, topology);
 //! - [`runtime`]: logging, shutdown signal and socket endpoint helpers every binary uses.
 //!
 //! It holds no behaviour of its own beyond pure functions: nothing here talks to a cluster.
@@ -10,6 +11,8 @@
 pub mod capacity;
 pub mod crd;
 pub mod names;
+pub mod placement;
+pub mod request;
 pub mod runtime;
 
 /// CSI v1 messages and services (`package csi.v1`).
