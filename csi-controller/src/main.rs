@@ -4,10 +4,20 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use csi_api::csi::controller_server::ControllerServer;
+use csi_api::csi::identity_server::IdentityServer;
 use csi_api::names::Placement;
-use csi_api::runtime::{Endpoint, LogArgs, init_logging, shutdown_token};
+use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_token};
+use csi_controller::cluster::KubeCluster;
+use csi_controller::grpc::Grpc;
+use csi_controller::metrics::Metrics;
+use csi_controller::service::{ControllerService, Settings};
+use tracing::info;
 
 /// Strata controller: the CSI Controller service for external-provisioner and external-resizer.
 #[derive(Parser, Debug)]
@@ -76,6 +86,38 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let _shutdown = shutdown_token()?;
-    bail!("the Kubernetes controller is not available in this build yet ({cli:?})")
+    let shutdown = shutdown_token()?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no cluster access: in-cluster config or KUBECONFIG needed")?;
+    let metrics = Metrics::new();
+    let settings = Settings {
+        default_placement: cli.default_placement,
+        max_wait: Duration::from_secs(300),
+    };
+    let service = Arc::new(ControllerService::new(
+        Arc::new(KubeCluster::new(client)),
+        settings,
+    ));
+    let grpc = Grpc::new(service, metrics.clone());
+
+    let metrics_addr: SocketAddr = cli.metrics_addr.parse().context("--metrics-addr")?;
+    let metrics_task = tokio::spawn(metrics.serve(metrics_addr, shutdown.clone()));
+
+    let Endpoint::Unix(path) = &cli.csi_endpoint else {
+        bail!(
+            "--csi-endpoint must be unix:///path: the sidecars share a socket with the controller"
+        )
+    };
+    let incoming = bind_unix(path).with_context(|| format!("binding {}", path.display()))?;
+    info!(endpoint = %path.display(), "serving CSI Identity and Controller");
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(grpc.clone()))
+        .add_service(ControllerServer::new(grpc))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .context("gRPC server")?;
+    metrics_task.abort();
+    info!("stopped");
+    Ok(())
 }

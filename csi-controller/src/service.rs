@@ -1,0 +1,550 @@
+//! The CSI Controller logic for Kubernetes mode, over the [`Cluster`] seam: validate → look up by
+//! name → compare (AlreadyExists on mismatch) → admit on the node (serialised per node) → create
+//! the LogicalVolume → wait for the node's agent to make it Ready within the call's deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_api::capacity::{ClassBytes, NodeCapacity, pending_from_volumes, volume_name_for_claim};
+use csi_api::crd::{
+    LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, NodeStorage, PvcReference,
+};
+use csi_api::csi;
+use csi_api::names::{self, DeviceClass, Placement};
+use csi_api::placement::{self, Demand};
+use csi_api::request::{self, Access, VolumeParameters};
+use kube::api::ObjectMeta;
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::error::Error;
+use crate::gate::{NodeGate, VolumeGate};
+
+/// `status.reason` the agent sets when the LV does not fit in the VG.
+pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
+
+/// Settings of the controller service.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Placement for classes whose StorageClass does not say.
+    pub default_placement: Placement,
+    /// Longest wait for the agent when the caller sets no deadline.
+    pub max_wait: Duration,
+}
+
+/// See the module documentation.
+pub struct ControllerService<C> {
+    cluster: Arc<C>,
+    settings: Settings,
+    volumes: VolumeGate,
+    nodes: NodeGate,
+}
+
+/// The fields of a request to create a volume, validated.
+struct CreateRequest {
+    name: String,
+    params: VolumeParameters,
+    access: Access,
+    size: u64,
+    limit: u64,
+    required: u64,
+    nodes: Vec<String>,
+}
+
+impl<C: Cluster> ControllerService<C> {
+    pub fn new(cluster: Arc<C>, settings: Settings) -> Self {
+        ControllerService {
+            cluster,
+            settings,
+            volumes: VolumeGate::default(),
+            nodes: NodeGate::default(),
+        }
+    }
+
+    fn enter(&self, name: &str) -> Result<crate::gate::VolumeGuard, Error> {
+        self.volumes.try_enter(name).ok_or_else(|| {
+            Error::Aborted(format!(
+                "an operation on volume {name} is already in progress"
+            ))
+        })
+    }
+
+    /// Whether the API server answers.
+    pub async fn probe(&self) -> Result<(), Error> {
+        self.cluster
+            .node_storages()
+            .await
+            .map(drop)
+            .map_err(Error::from)
+    }
+
+    pub async fn create_volume(
+        &self,
+        req: csi::CreateVolumeRequest,
+        wait: Duration,
+    ) -> Result<csi::Volume, Error> {
+        let req = validate_create(req)?;
+        let _guard = self.enter(&req.name)?;
+        let wait = wait.min(self.settings.max_wait);
+
+        if let Some(existing) = self.cluster.logical_volume(&req.name).await? {
+            check_same_volume(&existing, &req)?;
+            return self.await_ready(existing, wait, &req.access).await;
+        }
+        let node = self.admit_and_create(&req).await?;
+        info!(volume = %req.name, %node, size = req.size, class = %req.params.device_class, "LogicalVolume created");
+        let lv = self
+            .cluster
+            .logical_volume(&req.name)
+            .await?
+            .ok_or_else(|| {
+                Error::Aborted(format!(
+                    "LogicalVolume {} vanished after creation",
+                    req.name
+                ))
+            })?;
+        self.await_ready(lv, wait, &req.access).await
+    }
+
+    /// Picks the node (the first candidate that fits; with no candidates, the best by placement),
+    /// admits under that node's gate and creates the object. Returns the node.
+    async fn admit_and_create(&self, req: &CreateRequest) -> Result<String, Error> {
+        let storages = self.cluster.node_storages().await?;
+        let demand = ClassBytes::from([(req.params.device_class, req.size)]);
+        let candidates = if req.nodes.is_empty() {
+            self.rank_nodes(&storages, req).await?
+        } else {
+            req.nodes.clone()
+        };
+        let mut refusals = Vec::new();
+        for node in candidates {
+            let _turn = self.nodes.enter(&node).await;
+            let Some(storage) = storages
+                .iter()
+                .find(|ns| ns.metadata.name.as_deref() == Some(&node))
+            else {
+                refusals.push(format!(
+                    "{node}: no NodeStorage (is the csi-agent running there?)"
+                ));
+                continue;
+            };
+            let capacity = self.node_capacity(storage, &node, &req.name).await?;
+            if let Err(shortfall) = capacity.check(&demand) {
+                refusals.push(format!("{node}: {shortfall}"));
+                continue;
+            }
+            let lv = new_volume(req, &node);
+            if self.cluster.create_logical_volume(&lv).await?.is_none() {
+                return Err(Error::Aborted(format!(
+                    "LogicalVolume {} was created concurrently; retry",
+                    req.name
+                )));
+            }
+            return Ok(node);
+        }
+        if refusals.is_empty() {
+            refusals.push("no node has a NodeStorage".into());
+        }
+        Err(Error::ResourceExhausted(format!(
+            "no room for {} bytes of {}: {}",
+            req.size,
+            req.params.device_class,
+            refusals.join("; ")
+        )))
+    }
+
+    /// Capacity of `node` for new volumes: reported allocatable minus volumes not yet made and
+    /// claims scheduled there without a volume (except the one being created).
+    async fn node_capacity(
+        &self,
+        storage: &NodeStorage,
+        node: &str,
+        creating: &str,
+    ) -> Result<NodeCapacity, ClusterError> {
+        let volumes = self.cluster.logical_volumes().await?;
+        let mut pending = pending_from_volumes(&volumes, node);
+        for claim in self.cluster.selected_claims(node).await? {
+            let volume = volume_name_for_claim(&claim.uid);
+            if volume == creating
+                || volumes
+                    .iter()
+                    .any(|lv| lv.metadata.name.as_deref() == Some(volume.as_str()))
+            {
+                continue;
+            }
+            csi_api::capacity::add_class_bytes(&mut pending, claim.class, claim.bytes);
+        }
+        let status = storage.status.clone().unwrap_or_default();
+        Ok(NodeCapacity::from_status(&status).with_pending(&pending))
+    }
+
+    /// All nodes ordered by the class's placement, best first (Immediate binding).
+    async fn rank_nodes(
+        &self,
+        storages: &[NodeStorage],
+        req: &CreateRequest,
+    ) -> Result<Vec<String>, Error> {
+        let mut capacities = Vec::new();
+        for storage in storages {
+            let Some(node) = storage.metadata.name.clone() else {
+                continue;
+            };
+            let cap = self.node_capacity(storage, &node, &req.name).await?;
+            capacities.push((node, cap));
+        }
+        let placement = req
+            .params
+            .placement
+            .unwrap_or(self.settings.default_placement);
+        let mut demand = Demand::new();
+        demand.add(req.params.device_class, placement, req.size);
+        let mut ranked = Vec::new();
+        while !capacities.is_empty() {
+            let view: Vec<(&str, &NodeCapacity)> =
+                capacities.iter().map(|(n, c)| (n.as_str(), c)).collect();
+            let Some(i) = placement::best(&view, &demand) else {
+                break;
+            };
+            ranked.push(capacities.remove(i).0);
+        }
+        Ok(ranked)
+    }
+
+    /// Waits for the agent: Ready → the CSI volume; Failed for space → the object is deleted and
+    /// the caller told ResourceExhausted, so that a retry is admitted afresh.
+    async fn await_ready(
+        &self,
+        lv: LogicalVolume,
+        wait: Duration,
+        access: &Access,
+    ) -> Result<csi::Volume, Error> {
+        let name = lv.metadata.name.clone().unwrap_or_default();
+        let settled = |lv: Option<&LogicalVolume>| {
+            lv.is_none_or(|lv| {
+                matches!(
+                    lv.status.as_ref().and_then(|s| s.phase),
+                    Some(LogicalVolumePhase::Ready | LogicalVolumePhase::Failed)
+                )
+            })
+        };
+        let (current, done) = self
+            .cluster
+            .wait_logical_volume(&name, &settled, wait)
+            .await?;
+        let Some(current) = current else {
+            return Err(Error::Aborted(format!(
+                "LogicalVolume {name} was deleted while being created"
+            )));
+        };
+        if !done {
+            return Err(Error::DeadlineExceeded(format!(
+                "waiting for node {} to create volume {name}; the call can be retried",
+                current.spec.node_name
+            )));
+        }
+        let status = current.status.clone().unwrap_or_default();
+        match status.phase {
+            Some(LogicalVolumePhase::Ready) => Ok(to_csi_volume(&current, access)),
+            _ => {
+                let message = status.message.unwrap_or_default();
+                warn!(volume = %name, node = %current.spec.node_name, reason = ?status.reason, %message, "agent failed the volume; deleting it");
+                self.cluster.delete_logical_volume(&name).await?;
+                if status.reason.as_deref() == Some(REASON_INSUFFICIENT_SPACE) {
+                    Err(Error::ResourceExhausted(format!(
+                        "node {} has no room for volume {name}: {message}",
+                        current.spec.node_name
+                    )))
+                } else {
+                    Err(Error::Internal(format!(
+                        "node {} failed to create volume {name}: {message}",
+                        current.spec.node_name
+                    )))
+                }
+            }
+        }
+    }
+
+    pub async fn delete_volume(&self, req: csi::DeleteVolumeRequest) -> Result<(), Error> {
+        request::check_id("volume_id", &req.volume_id)?;
+        let _guard = self.enter(&req.volume_id)?;
+        self.cluster.delete_logical_volume(&req.volume_id).await?;
+        info!(volume = %req.volume_id, "LogicalVolume deletion requested");
+        Ok(())
+    }
+
+    pub async fn expand_volume(
+        &self,
+        req: csi::ControllerExpandVolumeRequest,
+        wait: Duration,
+    ) -> Result<csi::ControllerExpandVolumeResponse, Error> {
+        request::check_id("volume_id", &req.volume_id)?;
+        let new_size = request::size_for_range(req.capacity_range.as_ref())?;
+        let node_expansion_required = match req.volume_capability.as_ref() {
+            Some(cap) => matches!(request::check_capability(cap)?, Access::Mount { .. }),
+            None => true,
+        };
+        let _guard = self.enter(&req.volume_id)?;
+        let lv = self
+            .cluster
+            .logical_volume(&req.volume_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let current = lv.spec.size_bytes;
+        if new_size > current {
+            let node = lv.spec.node_name.clone();
+            let _turn = self.nodes.enter(&node).await;
+            let storages = self.cluster.node_storages().await?;
+            let storage = storages
+                .iter()
+                .find(|ns| ns.metadata.name.as_deref() == Some(node.as_str()))
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!("node {node} has no NodeStorage"))
+                })?;
+            let capacity = self.node_capacity(storage, &node, &req.volume_id).await?;
+            let growth = ClassBytes::from([(lv.spec.device_class, new_size - current)]);
+            capacity.check(&growth).map_err(|s| {
+                Error::ResourceExhausted(format!("cannot grow {} on {node}: {s}", req.volume_id))
+            })?;
+            self.cluster
+                .resize_logical_volume(&req.volume_id, new_size)
+                .await?;
+        }
+        let target = new_size.max(current);
+        let grown = move |lv: Option<&LogicalVolume>| {
+            lv.is_none_or(|lv| {
+                let status = lv.status.as_ref();
+                status.and_then(|s| s.current_size_bytes).unwrap_or(0) >= target
+                    || status.and_then(|s| s.reason.as_deref()) == Some(REASON_INSUFFICIENT_SPACE)
+            })
+        };
+        let (now, done) = self
+            .cluster
+            .wait_logical_volume(&req.volume_id, &grown, wait)
+            .await?;
+        let now =
+            now.ok_or_else(|| Error::NotFound(format!("volume {} was deleted", req.volume_id)))?;
+        let status = now.status.unwrap_or_default();
+        let size = status.current_size_bytes.unwrap_or(0);
+        if size >= target {
+            return Ok(csi::ControllerExpandVolumeResponse {
+                capacity_bytes: size as i64,
+                node_expansion_required,
+            });
+        }
+        if done {
+            return Err(Error::ResourceExhausted(format!(
+                "node {} could not grow {}: {}",
+                now.spec.node_name,
+                req.volume_id,
+                status.message.unwrap_or_default()
+            )));
+        }
+        Err(Error::DeadlineExceeded(format!(
+            "waiting for node {} to grow {}; the call can be retried",
+            now.spec.node_name, req.volume_id
+        )))
+    }
+
+    pub async fn get_capacity(
+        &self,
+        req: csi::GetCapacityRequest,
+    ) -> Result<csi::GetCapacityResponse, Error> {
+        let class = match req.parameters.get(names::PARAM_DEVICE_CLASS) {
+            Some(c) => Some(
+                c.parse::<DeviceClass>()
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let node = req
+            .accessible_topology
+            .as_ref()
+            .and_then(|t| t.segments.get(names::TOPOLOGY_KEY))
+            .cloned();
+        let storages = self.cluster.node_storages().await?;
+        let (mut total, mut largest) = (0u64, 0u64);
+        for storage in &storages {
+            let Some(name) = storage.metadata.name.as_deref() else {
+                continue;
+            };
+            if node.as_deref().is_some_and(|n| n != name) {
+                continue;
+            }
+            let capacity = self.node_capacity(storage, name, "").await?;
+            for (c, cap) in &capacity.classes {
+                if class.is_some_and(|want| want != *c) || !cap.healthy {
+                    continue;
+                }
+                total = total.saturating_add(cap.available());
+                largest = largest.max(cap.available());
+            }
+        }
+        Ok(csi::GetCapacityResponse {
+            available_capacity: clamp_i64(total),
+            maximum_volume_size: Some(clamp_i64(largest)),
+            minimum_volume_size: None,
+        })
+    }
+
+    pub async fn validate_capabilities(
+        &self,
+        req: csi::ValidateVolumeCapabilitiesRequest,
+    ) -> Result<csi::ValidateVolumeCapabilitiesResponse, Error> {
+        request::check_id("volume_id", &req.volume_id)?;
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::InvalidArgument(
+                "volume_capabilities must not be empty".into(),
+            ));
+        }
+        if self.cluster.logical_volume(&req.volume_id).await?.is_none() {
+            return Err(Error::NotFound(format!(
+                "volume {} does not exist",
+                req.volume_id
+            )));
+        }
+        Ok(
+            match request::check_capabilities(&req.volume_capabilities) {
+                Ok(_) => csi::ValidateVolumeCapabilitiesResponse {
+                    confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                        volume_context: req.volume_context,
+                        volume_capabilities: req.volume_capabilities,
+                        parameters: req.parameters,
+                        mutable_parameters: req.mutable_parameters,
+                    }),
+                    message: String::new(),
+                },
+                Err(e) => csi::ValidateVolumeCapabilitiesResponse {
+                    confirmed: None,
+                    message: e.to_string(),
+                },
+            },
+        )
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error> {
+    request::check_id("name", &req.name)?;
+    let params = VolumeParameters::try_from(&req.parameters)?;
+    let access = request::check_capabilities(&req.volume_capabilities)?;
+    if req.volume_content_source.is_some() {
+        return Err(Error::InvalidArgument(
+            "volume content sources (clones, snapshots) are not supported by Strata".into(),
+        ));
+    }
+    let size = request::size_for_range(req.capacity_range.as_ref())?;
+    let (required, limit) = req
+        .capacity_range
+        .map(|r| (r.required_bytes.max(0) as u64, r.limit_bytes.max(0) as u64))
+        .unwrap_or((0, 0));
+    let nodes = request::candidate_nodes(req.accessibility_requirements.as_ref());
+    Ok(CreateRequest {
+        name: req.name,
+        params,
+        access,
+        size,
+        limit,
+        required,
+        nodes,
+    })
+}
+
+/// A repeat of CreateVolume must describe the volume that exists.
+fn check_same_volume(existing: &LogicalVolume, req: &CreateRequest) -> Result<(), Error> {
+    let spec = &existing.spec;
+    let mut differences = Vec::new();
+    if spec.device_class != req.params.device_class {
+        differences.push(format!(
+            "device class {} ≠ {}",
+            spec.device_class, req.params.device_class
+        ));
+    }
+    if spec.size_bytes < req.required || (req.limit != 0 && spec.size_bytes > req.limit) {
+        differences.push(format!(
+            "size {} outside the requested range",
+            spec.size_bytes
+        ));
+    }
+    if !req.nodes.is_empty() && !req.nodes.contains(&spec.node_name) {
+        differences.push(format!(
+            "node {} not in the requested topology",
+            spec.node_name
+        ));
+    }
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::AlreadyExists(format!(
+            "volume {} exists with a different spec: {}",
+            req.name,
+            differences.join(", ")
+        )))
+    }
+}
+
+fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
+    let labels = BTreeMap::from([
+        (names::LABEL_NODE.to_owned(), node.to_owned()),
+        (
+            names::LABEL_DEVICE_CLASS.to_owned(),
+            req.params.device_class.as_str().to_owned(),
+        ),
+    ]);
+    let pvc = match (&req.params.pvc_namespace, &req.params.pvc_name) {
+        (Some(namespace), Some(name)) => Some(PvcReference {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: req.name.strip_prefix("pvc-").unwrap_or_default().to_owned(),
+        }),
+        _ => None,
+    };
+    LogicalVolume {
+        metadata: ObjectMeta {
+            name: Some(req.name.clone()),
+            labels: Some(labels),
+            finalizers: Some(vec![names::FINALIZER.to_owned()]),
+            ..Default::default()
+        },
+        spec: LogicalVolumeSpec {
+            node_name: node.to_owned(),
+            device_class: req.params.device_class,
+            size_bytes: req.size,
+            pvc,
+            source: None,
+            wipe: req.params.wipe.clone(),
+        },
+        status: None,
+    }
+}
+
+fn to_csi_volume(lv: &LogicalVolume, access: &Access) -> csi::Volume {
+    let size = lv
+        .status
+        .as_ref()
+        .and_then(|s| s.current_size_bytes)
+        .unwrap_or(lv.spec.size_bytes);
+    let mut context = std::collections::HashMap::from([(
+        names::PARAM_DEVICE_CLASS.to_owned(),
+        lv.spec.device_class.as_str().to_owned(),
+    )]);
+    if let Access::Mount { fs_type, .. } = access {
+        context.insert(names::PARAM_FS_TYPE.to_owned(), fs_type.clone());
+    }
+    csi::Volume {
+        capacity_bytes: clamp_i64(size),
+        volume_id: lv.metadata.name.clone().unwrap_or_default(),
+        volume_context: context,
+        content_source: None,
+        accessible_topology: vec![csi::Topology {
+            segments: [(names::TOPOLOGY_KEY.to_owned(), lv.spec.node_name.clone())].into(),
+        }],
+    }
+}
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

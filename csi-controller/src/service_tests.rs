@@ -1,0 +1,435 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_api::crd::{
+    ClassHealth, DeviceClassStatus, LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus,
+    NodeStorage, NodeStorageSpec, NodeStorageStatus,
+};
+use csi_api::csi;
+use csi_api::csi::volume_capability::access_mode::Mode;
+use csi_api::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+use csi_api::names::{DeviceClass, Placement, TOPOLOGY_KEY};
+
+use super::{ControllerService, REASON_INSUFFICIENT_SPACE, Settings};
+use crate::cluster::SelectedClaim;
+use crate::cluster::memory::MemoryCluster;
+use crate::error::Error;
+
+const GIB: u64 = 1 << 30;
+const WAIT: Duration = Duration::from_secs(5);
+
+fn node(name: &str, class: DeviceClass, free: u64, healthy: bool) -> NodeStorage {
+    let mut ns = NodeStorage::new(name, NodeStorageSpec::default());
+    ns.status = Some(NodeStorageStatus {
+        device_classes: vec![DeviceClassStatus {
+            name: class,
+            vg_name: class.vg_name().into(),
+            total_bytes: 100 * GIB,
+            free_bytes: free,
+            allocatable_bytes: free,
+            pv_count: 1,
+            missing_pv_count: u32::from(!healthy),
+            lv_count: 0,
+            health: if healthy {
+                ClassHealth::Healthy
+            } else {
+                ClassHealth::Degraded
+            },
+        }],
+        ..Default::default()
+    });
+    ns
+}
+
+/// Plays a healthy agent: every volume becomes Ready at its spec size.
+fn ready_agent(cluster: &MemoryCluster) {
+    cluster.set_agent(|lv: &mut LogicalVolume| {
+        lv.status = Some(LogicalVolumeStatus {
+            phase: Some(LogicalVolumePhase::Ready),
+            current_size_bytes: Some(lv.spec.size_bytes),
+            ..Default::default()
+        });
+    });
+}
+
+fn service(cluster: &MemoryCluster) -> ControllerService<MemoryCluster> {
+    ControllerService::new(
+        Arc::new(cluster.clone()),
+        Settings {
+            default_placement: Placement::Binpack,
+            max_wait: Duration::from_secs(30),
+        },
+    )
+}
+
+fn create(name: &str, class: &str, bytes: u64, node: Option<&str>) -> csi::CreateVolumeRequest {
+    let topology = node.map(|n| csi::TopologyRequirement {
+        requisite: vec![csi::Topology {
+            segments: [(TOPOLOGY_KEY.into(), n.into())].into(),
+        }],
+        preferred: vec![csi::Topology {
+            segments: [(TOPOLOGY_KEY.into(), n.into())].into(),
+        }],
+    });
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes as i64,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![csi::VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+        }],
+        parameters: HashMap::from([("strata.io/device-class".into(), class.into())]),
+        accessibility_requirements: topology,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn creates_on_the_selected_node_and_repeats_are_idempotent() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+
+    let vol = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(vol.volume_id, "pvc-1");
+    assert_eq!(vol.capacity_bytes, GIB as i64);
+    assert_eq!(vol.accessible_topology[0].segments[TOPOLOGY_KEY], "a");
+    let lv = cluster.volume("pvc-1").unwrap();
+    assert_eq!(lv.spec.node_name, "a");
+    assert_eq!(
+        lv.metadata.finalizers.as_deref(),
+        Some(&["strata.io/lv".to_string()][..])
+    );
+    assert_eq!(lv.metadata.labels.as_ref().unwrap()["strata.io/node"], "a");
+
+    let again = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(again, vol);
+    let conflict = svc
+        .create_volume(create("pvc-1", "nvme", 2 * GIB, Some("a")), WAIT)
+        .await;
+    assert!(
+        matches!(conflict, Err(Error::AlreadyExists(_))),
+        "{conflict:?}"
+    );
+    assert_eq!(cluster.volume_count(), 1);
+}
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    let svc = service(&cluster);
+    for req in [
+        create("", "nvme", GIB, Some("a")),
+        create("pvc-x", "tape", GIB, Some("a")),
+        create("pvc-x", "nvme", u64::MAX / 2, Some("a")),
+    ] {
+        let err = svc.create_volume(req, WAIT).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument(_) | Error::OutOfRange(_)),
+            "{err:?}"
+        );
+    }
+    let mut negative = create("pvc-x", "nvme", GIB, Some("a"));
+    negative.capacity_range = Some(csi::CapacityRange {
+        required_bytes: -5,
+        limit_bytes: 0,
+    });
+    assert!(matches!(
+        svc.create_volume(negative, WAIT).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(cluster.volume_count(), 0);
+}
+
+#[tokio::test]
+async fn no_room_is_resource_exhausted_and_creates_nothing() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Ssd, 2 * GIB, true));
+    cluster.add_node(node("b", DeviceClass::Ssd, 50 * GIB, false));
+    let svc = service(&cluster);
+    let err = svc
+        .create_volume(create("pvc-1", "ssd", 3 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ResourceExhausted(ref m) if m.contains("not enough ssd")),
+        "{err}"
+    );
+    let degraded = svc
+        .create_volume(create("pvc-2", "ssd", GIB, Some("b")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(degraded, Error::ResourceExhausted(ref m) if m.contains("degraded")),
+        "{degraded}"
+    );
+    let wrong_class = svc
+        .create_volume(create("pvc-3", "hdd", GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong_class, Error::ResourceExhausted(_)));
+    assert_eq!(cluster.volume_count(), 0);
+}
+
+#[tokio::test]
+async fn claims_scheduled_on_the_node_count_as_pending() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    // Another pod's claim is already scheduled there, and this volume's own claim too.
+    cluster.add_claim(
+        "a",
+        SelectedClaim {
+            uid: "other".into(),
+            class: DeviceClass::Nvme,
+            bytes: 8 * GIB,
+        },
+    );
+    cluster.add_claim(
+        "a",
+        SelectedClaim {
+            uid: "self".into(),
+            class: DeviceClass::Nvme,
+            bytes: 2 * GIB,
+        },
+    );
+    let svc = service(&cluster);
+    svc.create_volume(create("pvc-self", "nvme", 2 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    let err = svc
+        .create_volume(create("pvc-third", "nvme", 3 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_overcommit_a_node() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Hdd, 10 * GIB, true));
+    // An agent that is slow to make volumes: admission must count the ones not yet Ready.
+    let svc = Arc::new(service(&cluster));
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let svc = svc.clone();
+        calls.push(tokio::spawn(async move {
+            svc.create_volume(
+                create(&format!("pvc-{i}"), "hdd", GIB, Some("a")),
+                Duration::from_millis(200),
+            )
+            .await
+        }));
+    }
+    let mut admitted = 0;
+    let mut exhausted = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Err(Error::DeadlineExceeded(_)) => admitted += 1,
+            Err(Error::ResourceExhausted(_)) => exhausted += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((admitted, exhausted), (10, 10));
+    assert_eq!(cluster.volume_count(), 10);
+}
+
+#[tokio::test]
+async fn agent_out_of_space_deletes_the_object_and_reports_exhausted() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    cluster.set_agent(|lv: &mut LogicalVolume| {
+        lv.status = Some(LogicalVolumeStatus {
+            phase: Some(LogicalVolumePhase::Failed),
+            reason: Some(REASON_INSUFFICIENT_SPACE.into()),
+            message: Some("Volume group strata-nvme has insufficient free space".into()),
+            ..Default::default()
+        });
+    });
+    let svc = service(&cluster);
+    let err = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ResourceExhausted(ref m) if m.contains("insufficient")),
+        "{err}"
+    );
+    assert_eq!(cluster.volume_count(), 0);
+}
+
+#[tokio::test]
+async fn slow_agent_gives_deadline_exceeded_then_a_retry_succeeds() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    let svc = service(&cluster);
+    let err = svc
+        .create_volume(
+            create("pvc-1", "nvme", GIB, Some("a")),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DeadlineExceeded(_)), "{err:?}");
+    let mut lv = cluster.volume("pvc-1").unwrap();
+    lv.status = Some(LogicalVolumeStatus {
+        phase: Some(LogicalVolumePhase::Ready),
+        current_size_bytes: Some(GIB),
+        ..Default::default()
+    });
+    cluster.insert_volume(lv);
+    let vol = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, GIB as i64);
+}
+
+#[tokio::test]
+async fn a_second_call_on_a_busy_volume_is_aborted() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    let svc = Arc::new(service(&cluster));
+    let first = {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            svc.create_volume(
+                create("pvc-1", "nvme", GIB, Some("a")),
+                Duration::from_millis(300),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await;
+    assert!(matches!(second, Err(Error::Aborted(_))), "{second:?}");
+    let delete = svc
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: "pvc-1".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(delete, Err(Error::Aborted(_))), "{delete:?}");
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(Error::DeadlineExceeded(_))
+    ));
+}
+
+#[tokio::test]
+async fn expansion_is_admitted_against_the_node() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    svc.create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    let expand = |bytes: u64| csi::ControllerExpandVolumeRequest {
+        volume_id: "pvc-1".into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes as i64,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let grown = svc.expand_volume(expand(3 * GIB), WAIT).await.unwrap();
+    assert_eq!(grown.capacity_bytes, 3 * GIB as i64);
+    assert!(grown.node_expansion_required);
+    // Shrinking is a no-op that reports the current size.
+    assert_eq!(
+        svc.expand_volume(expand(GIB), WAIT)
+            .await
+            .unwrap()
+            .capacity_bytes,
+        3 * GIB as i64
+    );
+    // The node reports 10 GiB free (the fake does not subtract), growth beyond that is refused.
+    let err = svc.expand_volume(expand(20 * GIB), WAIT).await.unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    assert_eq!(cluster.volume("pvc-1").unwrap().spec.size_bytes, 3 * GIB);
+    let missing = svc
+        .expand_volume(
+            csi::ControllerExpandVolumeRequest {
+                volume_id: "pvc-nope".into(),
+                ..expand(GIB)
+            },
+            WAIT,
+        )
+        .await;
+    assert!(matches!(missing, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn immediate_binding_places_by_the_class_strategy() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("roomy", DeviceClass::Ssd, 90 * GIB, true));
+    cluster.add_node(node("tight", DeviceClass::Ssd, 5 * GIB, true));
+    cluster.add_node(node("full", DeviceClass::Ssd, GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    let packed = svc
+        .create_volume(create("pvc-1", "ssd", 4 * GIB, None), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        packed.accessible_topology[0].segments[TOPOLOGY_KEY],
+        "tight"
+    );
+
+    let mut spread = create("pvc-2", "ssd", 4 * GIB, None);
+    spread
+        .parameters
+        .insert("strata.io/placement".into(), "spread".into());
+    let spread = svc.create_volume(spread, WAIT).await.unwrap();
+    assert_eq!(
+        spread.accessible_topology[0].segments[TOPOLOGY_KEY],
+        "roomy"
+    );
+}
+
+#[tokio::test]
+async fn capacity_is_reported_per_node_and_class() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    cluster.add_node(node("b", DeviceClass::Nvme, 4 * GIB, true));
+    cluster.add_node(node("c", DeviceClass::Hdd, 7 * GIB, true));
+    let svc = service(&cluster);
+    let nvme = HashMap::from([("strata.io/device-class".to_string(), "nvme".to_string())]);
+    let on_a = svc
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: nvme.clone(),
+            accessible_topology: Some(csi::Topology {
+                segments: [(TOPOLOGY_KEY.into(), "a".into())].into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(on_a.available_capacity, 10 * GIB as i64);
+    let all = svc
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: nvme,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.available_capacity, 14 * GIB as i64);
+    assert_eq!(all.maximum_volume_size, Some(10 * GIB as i64));
+}
