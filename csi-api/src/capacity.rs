@@ -1,7 +1,9 @@
 //! Capacity arithmetic shared by the scheduler's filter and the controller's admission, so that
-//! both answer "does this fit on that node" the same way, to the byte.
+//! both answer "does this fit on that node" the same way, to the byte: a claim's size (Kubernetes
+//! quantity, rounded up to whole extents), the demand pending on each node (unfinished
+//! LogicalVolumes, claims with a selected node but no volume yet), and the per-class fit check.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::crd::{ClassHealth, LogicalVolume, LogicalVolumePhase, NodeStorageStatus};
@@ -27,6 +29,23 @@ pub fn add_class_bytes(sum: &mut ClassBytes, class: DeviceClass, bytes: u64) {
     *entry = entry.saturating_add(bytes);
 }
 
+/// The class and extent-rounded bytes a LogicalVolume still adds on top of its node's reported
+/// capacity: `None` when it is Ready, Failed or Wiping (already reflected, or never will be) or
+/// being deleted.
+pub fn volume_pending_bytes(lv: &LogicalVolume) -> Option<(DeviceClass, u64)> {
+    if lv.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let phase = lv.status.as_ref().and_then(|s| s.phase);
+    if matches!(
+        phase,
+        Some(LogicalVolumePhase::Ready | LogicalVolumePhase::Failed | LogicalVolumePhase::Wiping)
+    ) {
+        return None;
+    }
+    Some((lv.spec.device_class, claim_bytes(lv.spec.size_bytes)))
+}
+
 /// Demand already promised to a node but not yet visible in its NodeStorage: LogicalVolumes of
 /// the node that are neither Ready nor Failed (the agent has not made them yet, or is wiping).
 pub fn pending_from_volumes<'a>(
@@ -35,23 +54,115 @@ pub fn pending_from_volumes<'a>(
 ) -> ClassBytes {
     let mut pending = ClassBytes::new();
     for lv in volumes {
-        if lv.spec.node_name != node || lv.metadata.deletion_timestamp.is_some() {
+        if lv.spec.node_name != node {
             continue;
         }
-        let phase = lv.status.as_ref().and_then(|s| s.phase);
-        if matches!(
-            phase,
-            Some(
-                LogicalVolumePhase::Ready | LogicalVolumePhase::Failed | LogicalVolumePhase::Wiping
-            )
-        ) {
-            continue;
+        if let Some((class, bytes)) = volume_pending_bytes(lv) {
+            add_class_bytes(&mut pending, class, bytes);
         }
-        let extent_rounded =
-            round_up_to_extent(lv.spec.size_bytes, DEFAULT_EXTENT_BYTES).unwrap_or(u64::MAX);
-        add_class_bytes(&mut pending, lv.spec.device_class, extent_rounded);
     }
     pending
+}
+
+/// [`pending_from_volumes`] for every node at once, in one pass (keyed by node name).
+pub fn pending_by_node<'a>(
+    volumes: impl IntoIterator<Item = &'a LogicalVolume>,
+) -> HashMap<String, ClassBytes> {
+    let mut by_node: HashMap<String, ClassBytes> = HashMap::new();
+    for lv in volumes {
+        if let Some((class, bytes)) = volume_pending_bytes(lv) {
+            let pending = by_node.entry(lv.spec.node_name.clone()).or_default();
+            add_class_bytes(pending, class, bytes);
+        }
+    }
+    by_node
+}
+
+/// The CSI volume (and LogicalVolume) name external-provisioner gives a claim's volume: its
+/// default prefix `pvc`, a dash, and the claim's UID.
+pub fn volume_name_for_claim(claim_uid: &str) -> String {
+    format!("pvc-{claim_uid}")
+}
+
+/// The bytes a volume of `requested` bytes takes in a volume group (whole extents); `u64::MAX`
+/// when rounding overflows, so that it fits nowhere.
+pub fn claim_bytes(requested: u64) -> u64 {
+    round_up_to_extent(requested, DEFAULT_EXTENT_BYTES).unwrap_or(u64::MAX)
+}
+
+/// A storage quantity that is not a non-negative Kubernetes quantity of at most `u64::MAX` bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid storage quantity {0:?}: expected e.g. 10Gi, 500M, 1.5Ti or 1e9")]
+pub struct InvalidQuantity(pub String);
+
+/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`, `100`), rounded up to a
+/// whole byte as the API server does for storage requests. Exact: no floating point.
+pub fn quantity_bytes(quantity: &str) -> Result<u64, InvalidQuantity> {
+    let invalid = || InvalidQuantity(quantity.to_owned());
+    let s = quantity.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+    if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
+        return Err(invalid());
+    }
+    // value = mantissa * 2^binary_exp * 10^(decimal_exp - frac_len)
+    let mut mantissa: u128 = 0;
+    for c in int_part.chars().chain(frac_part.chars()) {
+        let digit = u128::from(c.to_digit(10).ok_or_else(invalid)?);
+        // Past 10^36 the quantity is beyond any u64 byte count whatever its suffix.
+        if mantissa > u128::MAX / 1000 {
+            return Err(invalid());
+        }
+        mantissa = mantissa * 10 + digit;
+    }
+    let frac_len = i64::try_from(frac_part.len()).map_err(|_| invalid())?;
+    let (binary_exp, decimal_exp): (u32, i64) = match suffix {
+        "" => (0, 0),
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        exp => {
+            let digits = exp.strip_prefix(['e', 'E']).ok_or_else(invalid)?;
+            let parsed: i64 = digits.parse().map_err(|_| invalid())?;
+            if !(-64..=64).contains(&parsed) {
+                return Err(invalid());
+            }
+            (0, parsed)
+        }
+    };
+    let value = mantissa
+        .checked_mul(1u128 << binary_exp)
+        .ok_or_else(invalid)?;
+    let scale = decimal_exp - frac_len;
+    let pow10 = |e: i64| u32::try_from(e).ok().and_then(|e| 10u128.checked_pow(e));
+    let bytes = if scale >= 0 {
+        pow10(scale)
+            .and_then(|f| value.checked_mul(f))
+            .ok_or_else(invalid)?
+    } else {
+        match pow10(-scale) {
+            Some(divisor) => value.div_ceil(divisor),
+            // The divisor is past u128: any non-zero value is a fraction of one byte.
+            None => u128::from(value > 0),
+        }
+    };
+    u64::try_from(bytes).map_err(|_| invalid())
 }
 
 /// What one class of one node can still take.
@@ -294,5 +405,73 @@ mod tests {
         ];
         let pending = pending_from_volumes(&volumes, "a");
         assert_eq!(pending, ClassBytes::from([(DeviceClass::Nvme, 8 << 20)]));
+    }
+    #[test]
+    fn quantities_parse_exactly_and_round_up_to_a_byte() {
+        let ok = [
+            ("100", 100),
+            ("10Gi", 10 << 30),
+            ("1.5Ti", 3 << 39),
+            ("500M", 500_000_000),
+            ("1e9", 1_000_000_000),
+            ("1E3", 1000),
+            ("2E", 2_000_000_000_000_000_000),
+            ("+4Ki", 4096),
+            (".5Ki", 512),
+            ("1500m", 2),
+            ("1n", 1),
+            ("0", 0),
+            ("0.0001", 1),
+            ("1e-60", 1),
+            ("15Ei", 15 << 60),
+            ("18446744073709551615", u64::MAX),
+        ];
+        for (q, bytes) in ok {
+            assert_eq!(quantity_bytes(q), Ok(bytes), "{q}");
+        }
+        for bad in [
+            "", "-1Gi", "10GB", "1.2.3", "Gi", ".", "1e", "1e99", "16Ei", "1 Gi", "1x",
+        ] {
+            assert!(quantity_bytes(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(quantity_bytes(&"9".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn pending_by_node_matches_the_per_node_sum() {
+        let mut deleting = lv("a", DeviceClass::Ssd, 1 << 30, None);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let volumes = [
+            lv("a", DeviceClass::Nvme, 1, None),
+            lv(
+                "a",
+                DeviceClass::Hdd,
+                10 << 20,
+                Some(LogicalVolumePhase::Pending),
+            ),
+            lv(
+                "b",
+                DeviceClass::Nvme,
+                1 << 30,
+                Some(LogicalVolumePhase::Wiping),
+            ),
+            lv("c", DeviceClass::Ssd, 1 << 30, None),
+            deleting,
+        ];
+        let all = pending_by_node(&volumes);
+        for node in ["a", "b", "c"] {
+            let one = pending_from_volumes(&volumes, node);
+            assert_eq!(all.get(node).cloned().unwrap_or_default(), one, "{node}");
+        }
+        assert_eq!(
+            all["a"],
+            ClassBytes::from([(DeviceClass::Nvme, 4 << 20), (DeviceClass::Hdd, 12 << 20)])
+        );
+        assert!(!all.contains_key("b"));
+        assert_eq!(volume_name_for_claim("0b1c"), "pvc-0b1c");
+        assert_eq!(claim_bytes(u64::MAX), u64::MAX);
     }
 }

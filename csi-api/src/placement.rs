@@ -1,0 +1,325 @@
+//! Placement strategies shared by the scheduler's prioritize and the controller's choice of node
+//! for Immediate-binding volumes: among the nodes a [`Demand`] fits, `binpack` prefers the node
+//! left with the fewest free bytes of the class (best fit), `spread` the node left with the
+//! lowest utilisation of the class. Each term (class × placement) is ranked across the candidates
+//! from exact byte counts, terms are weighted by their bytes, and the result is mapped to the
+//! extender's 0..=10: the single best node (ties broken by node name) gets 10, the others 0..=9.
+
+use crate::capacity::{ClassBytes, ClassCapacity, NodeCapacity, add_class_bytes};
+use crate::names::{DeviceClass, Placement};
+
+/// The highest score (kube-scheduler's `MaxExtenderPriority`).
+pub const MAX_SCORE: i64 = 10;
+
+/// One part of a demand: bytes of a class, placed with a strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub class: DeviceClass,
+    pub placement: Placement,
+    pub bytes: u64,
+}
+
+/// What a pod (or a volume) needs: bytes per class, each with its StorageClass's placement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    terms: Vec<Term>,
+    by_class: ClassBytes,
+}
+
+impl Demand {
+    /// An empty demand (fits everywhere, scores nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `bytes` of `class` placed with `placement` (merged with an equal class and placement).
+    pub fn add(&mut self, class: DeviceClass, placement: Placement, bytes: u64) {
+        add_class_bytes(&mut self.by_class, class, bytes);
+        match self
+            .terms
+            .iter_mut()
+            .find(|t| t.class == class && t.placement == placement)
+        {
+            Some(term) => term.bytes = term.bytes.saturating_add(bytes),
+            None => self.terms.push(Term {
+                class,
+                placement,
+                bytes,
+            }),
+        }
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// Bytes per class, what the fit check compares with each node's available bytes.
+    pub fn by_class(&self) -> &ClassBytes {
+        &self.by_class
+    }
+
+    /// The (class, placement) parts, in the order they were first added.
+    pub fn terms(&self) -> &[Term] {
+        &self.terms
+    }
+}
+
+/// A node's free bytes of `class` once the whole demand of that class is placed on it.
+fn left_after(cap: &ClassCapacity, needed: u64) -> u64 {
+    cap.available().saturating_sub(needed)
+}
+
+/// How bad a node is for one term, lower is better: bytes left for binpack, utilisation left
+/// (as a fraction of the class's total) for spread.
+fn badness(cap: &ClassCapacity, needed: u64, placement: Placement) -> f64 {
+    let left = left_after(cap, needed);
+    match placement {
+        Placement::Binpack => left as f64,
+        Placement::Spread => {
+            if cap.total == 0 {
+                1.0
+            } else {
+                1.0 - (left.min(cap.total) as f64 / cap.total as f64)
+            }
+        }
+    }
+}
+
+/// Scores `candidates` for `demand`, aligned with the input: 0 for a node the demand does not
+/// fit (or for every node when the demand is empty), otherwise 0..=10 with exactly one 10.
+pub fn score(candidates: &[(&str, &NodeCapacity)], demand: &Demand) -> Vec<i64> {
+    let mut scores = vec![0; candidates.len()];
+    if demand.is_empty() {
+        return scores;
+    }
+    let fitting: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].1.check(demand.by_class()).is_ok())
+        .collect();
+    let Some(goodness) = combined_goodness(candidates, &fitting, demand) else {
+        return scores;
+    };
+    let best = best_of(candidates, &fitting, &goodness);
+    let (lo, hi) = min_max(goodness.iter().copied());
+    for (k, &i) in fitting.iter().enumerate() {
+        scores[i] = if k == best {
+            MAX_SCORE
+        } else if hi > lo {
+            let scaled = ((goodness[k] - lo) / (hi - lo) * (MAX_SCORE - 1) as f64).floor();
+            (scaled as i64).clamp(0, MAX_SCORE - 1)
+        } else {
+            MAX_SCORE - 1
+        };
+    }
+    scores
+}
+
+/// The index of the best candidate for `demand` (the one [`score`] gives 10), if any fits.
+pub fn best(candidates: &[(&str, &NodeCapacity)], demand: &Demand) -> Option<usize> {
+    let fitting: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].1.check(demand.by_class()).is_ok())
+        .collect();
+    if demand.is_empty() {
+        // Nothing to weigh: the first fitting node by name.
+        return fitting.into_iter().min_by_key(|&i| candidates[i].0);
+    }
+    let goodness = combined_goodness(candidates, &fitting, demand)?;
+    Some(fitting[best_of(candidates, &fitting, &goodness)])
+}
+
+/// Per fitting candidate (aligned with `fitting`), the bytes-weighted mean over the demand's
+/// terms of how good the node is for the term, each normalised to 0..=1 across the fitting
+/// nodes. `None` when nothing fits.
+fn combined_goodness(
+    candidates: &[(&str, &NodeCapacity)],
+    fitting: &[usize],
+    demand: &Demand,
+) -> Option<Vec<f64>> {
+    if fitting.is_empty() {
+        return None;
+    }
+    let total_weight: f64 = demand.terms().iter().map(|t| t.bytes as f64).sum();
+    let mut goodness = vec![0.0; fitting.len()];
+    let mut bad = vec![0.0; fitting.len()];
+    for term in demand.terms() {
+        let needed = demand.by_class().get(&term.class).copied().unwrap_or(0);
+        for (slot, &i) in bad.iter_mut().zip(fitting) {
+            // Fitting nodes have every class of the demand.
+            *slot = candidates[i]
+                .1
+                .classes
+                .get(&term.class)
+                .map_or(f64::MAX, |cap| badness(cap, needed, term.placement));
+        }
+        let (lo, hi) = min_max(bad.iter().copied());
+        let weight = if total_weight > 0.0 {
+            term.bytes as f64 / total_weight
+        } else {
+            1.0 / demand.terms().len() as f64
+        };
+        for (g, &b) in goodness.iter_mut().zip(&bad) {
+            let normalised = if hi > lo { (hi - b) / (hi - lo) } else { 1.0 };
+            *g += weight * normalised;
+        }
+    }
+    Some(goodness)
+}
+
+/// Position in `fitting` of the highest goodness, ties going to the smallest node name.
+fn best_of(candidates: &[(&str, &NodeCapacity)], fitting: &[usize], goodness: &[f64]) -> usize {
+    let mut best = 0;
+    for k in 1..fitting.len() {
+        let better = goodness[k] > goodness[best]
+            || (goodness[k] == goodness[best]
+                && candidates[fitting[k]].0 < candidates[fitting[best]].0);
+        if better {
+            best = k;
+        }
+    }
+    best
+}
+
+fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn node(classes: &[(DeviceClass, u64, u64)]) -> NodeCapacity {
+        NodeCapacity {
+            classes: classes
+                .iter()
+                .map(|&(class, total, available)| {
+                    let cap = ClassCapacity {
+                        total,
+                        allocatable: available,
+                        pending: 0,
+                        healthy: true,
+                    };
+                    (class, cap)
+                })
+                .collect(),
+        }
+    }
+
+    fn demand(parts: &[(DeviceClass, Placement, u64)]) -> Demand {
+        let mut d = Demand::new();
+        for &(c, p, b) in parts {
+            d.add(c, p, b);
+        }
+        d
+    }
+
+    #[test]
+    fn binpack_prefers_the_tightest_fit_and_spread_the_emptiest_node() {
+        let a = node(&[(DeviceClass::Nvme, 1000 * GIB, 100 * GIB)]);
+        let b = node(&[(DeviceClass::Nvme, 1000 * GIB, 900 * GIB)]);
+        let c = node(&[(DeviceClass::Nvme, 1000 * GIB, 500 * GIB)]);
+        let small = node(&[(DeviceClass::Nvme, 10 * GIB, 10 * GIB)]);
+        let nodes = [("a", &a), ("b", &b), ("c", &c), ("small", &small)];
+        let pack = demand(&[(DeviceClass::Nvme, Placement::Binpack, 50 * GIB)]);
+        assert_eq!(score(&nodes, &pack), vec![10, 0, 4, 0]);
+        assert_eq!(best(&nodes, &pack), Some(0));
+        let spread = demand(&[(DeviceClass::Nvme, Placement::Spread, 50 * GIB)]);
+        assert_eq!(score(&nodes, &spread), vec![0, 10, 4, 0]);
+        assert_eq!(best(&nodes, &spread), Some(1));
+    }
+
+    #[test]
+    fn spread_compares_utilisation_not_free_bytes() {
+        // Big node has more free bytes but is fuller.
+        let big = node(&[(DeviceClass::Hdd, 10_000 * GIB, 3_000 * GIB)]);
+        let little = node(&[(DeviceClass::Hdd, 1_000 * GIB, 900 * GIB)]);
+        let d = demand(&[(DeviceClass::Hdd, Placement::Spread, 100 * GIB)]);
+        assert_eq!(best(&[("big", &big), ("little", &little)], &d), Some(1));
+    }
+
+    #[test]
+    fn ties_go_to_the_smallest_name_whatever_the_order() {
+        let n = node(&[(DeviceClass::Ssd, 100 * GIB, 100 * GIB)]);
+        let d = demand(&[(DeviceClass::Ssd, Placement::Binpack, GIB)]);
+        assert_eq!(
+            score(&[("b", &n), ("a", &n), ("c", &n)], &d),
+            vec![9, 10, 9]
+        );
+        assert_eq!(best(&[("c", &n), ("b", &n)], &d), Some(1));
+    }
+
+    #[test]
+    fn byte_precise_differences_decide() {
+        let a = node(&[(DeviceClass::Nvme, 1 << 40, (1 << 39) + 1)]);
+        let b = node(&[(DeviceClass::Nvme, 1 << 40, 1 << 39)]);
+        let d = demand(&[(DeviceClass::Nvme, Placement::Binpack, GIB)]);
+        assert_eq!(score(&[("a", &a), ("b", &b)], &d), vec![0, 10]);
+        let d = demand(&[(DeviceClass::Nvme, Placement::Spread, GIB)]);
+        assert_eq!(score(&[("a", &a), ("b", &b)], &d), vec![10, 0]);
+    }
+
+    #[test]
+    fn terms_are_weighted_by_bytes_across_classes() {
+        // x is the tight fit for the small nvme term, y for the big hdd term.
+        let x = node(&[
+            (DeviceClass::Nvme, 100 * GIB, 20 * GIB),
+            (DeviceClass::Hdd, 10_000 * GIB, 9_000 * GIB),
+        ]);
+        let y = node(&[
+            (DeviceClass::Nvme, 100 * GIB, 90 * GIB),
+            (DeviceClass::Hdd, 10_000 * GIB, 1_000 * GIB),
+        ]);
+        let nodes = [("x", &x), ("y", &y)];
+        let d = demand(&[
+            (DeviceClass::Nvme, Placement::Binpack, 10 * GIB),
+            (DeviceClass::Hdd, Placement::Binpack, 500 * GIB),
+        ]);
+        assert_eq!(best(&nodes, &d), Some(1));
+        let d = demand(&[
+            (DeviceClass::Nvme, Placement::Binpack, 15 * GIB),
+            (DeviceClass::Hdd, Placement::Binpack, GIB),
+        ]);
+        assert_eq!(best(&nodes, &d), Some(0));
+        // Mixed strategies: binpack nvme heavy, spread hdd light.
+        let d = demand(&[
+            (DeviceClass::Nvme, Placement::Binpack, 15 * GIB),
+            (DeviceClass::Hdd, Placement::Spread, GIB),
+        ]);
+        assert_eq!(score(&nodes, &d), vec![10, 0]);
+    }
+
+    #[test]
+    fn nodes_that_do_not_fit_score_zero_and_empty_demand_scores_nothing() {
+        let full = node(&[(DeviceClass::Nvme, 100 * GIB, GIB)]);
+        let ok = node(&[(DeviceClass::Nvme, 100 * GIB, 50 * GIB)]);
+        let other = node(&[(DeviceClass::Ssd, 100 * GIB, 50 * GIB)]);
+        let nodes = [("full", &full), ("ok", &ok), ("other", &other)];
+        let d = demand(&[(DeviceClass::Nvme, Placement::Spread, 2 * GIB)]);
+        assert_eq!(score(&nodes, &d), vec![0, 10, 0]);
+        assert_eq!(score(&nodes, &Demand::new()), vec![0, 0, 0]);
+        let huge = demand(&[(DeviceClass::Nvme, Placement::Spread, u64::MAX)]);
+        assert_eq!(score(&nodes, &huge), vec![0, 0, 0]);
+        assert_eq!(best(&nodes, &huge), None);
+        assert_eq!(best(&nodes, &Demand::new()), Some(0));
+    }
+
+    #[test]
+    fn demand_merges_equal_terms_and_sums_classes() {
+        let d = demand(&[
+            (DeviceClass::Nvme, Placement::Binpack, 1),
+            (DeviceClass::Nvme, Placement::Spread, 2),
+            (DeviceClass::Nvme, Placement::Binpack, 3),
+            (DeviceClass::Hdd, Placement::Spread, u64::MAX),
+            (DeviceClass::Hdd, Placement::Spread, 1),
+        ]);
+        assert_eq!(d.terms().len(), 3);
+        assert_eq!(d.terms()[0].bytes, 4);
+        assert_eq!(
+            d.by_class(),
+            &ClassBytes::from([(DeviceClass::Nvme, 6), (DeviceClass::Hdd, u64::MAX)])
+        );
+    }
+}

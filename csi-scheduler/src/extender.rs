@@ -1,0 +1,366 @@
+//! The extender's decisions as pure functions over a [`ClusterView`] and a pod's [`PodDemand`]:
+//! `filter` (does the demand fit each candidate, and if not, why) and `prioritize` (0..=10 by
+//! the StorageClasses' placement). The fit test is `csi_api::capacity`, the scores
+//! `csi_api::placement`, so the controller's admission and node choice agree with them.
+
+use std::borrow::Cow;
+
+use csi_api::capacity::{NodeCapacity, Shortfall};
+use csi_api::placement;
+
+use crate::view::{ClusterView, PodDemand};
+
+/// Why a node was filtered out, for messages and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectKind {
+    /// The node has no NodeStorage (no Strata agent): unresolvable.
+    NoNodeStorage,
+    /// The node has no volume group of a class the pod needs: unresolvable.
+    NoSuchClass,
+    /// A class the pod needs lost a disk and takes no new volumes.
+    Degraded,
+    /// Not enough bytes of a class right now.
+    Insufficient,
+    /// The pod's claims cannot be placed anywhere (invalid StorageClass or size).
+    InvalidClaim,
+}
+
+impl RejectKind {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::NoNodeStorage => "no_node_storage",
+            RejectKind::NoSuchClass => "no_such_class",
+            RejectKind::Degraded => "degraded",
+            RejectKind::Insufficient => "insufficient",
+            RejectKind::InvalidClaim => "invalid_claim",
+        }
+    }
+
+    /// Whether waiting (or preemption) cannot make the node fit: `FailedAndUnresolvableNodes`.
+    pub fn is_unresolvable(self) -> bool {
+        match self {
+            RejectKind::NoNodeStorage | RejectKind::NoSuchClass | RejectKind::InvalidClaim => true,
+            RejectKind::Degraded | RejectKind::Insufficient => false,
+        }
+    }
+}
+
+/// A node filtered out and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    pub message: String,
+}
+
+/// The verdict for each candidate, aligned with the input: `None` passes.
+pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Option<Rejection>> {
+    match demand {
+        PodDemand::Nothing => vec![None; nodes.len()],
+        PodDemand::Invalid(message) => {
+            let rejection = Rejection {
+                kind: RejectKind::InvalidClaim,
+                message: format!("strata: {message}"),
+            };
+            vec![Some(rejection); nodes.len()]
+        }
+        PodDemand::Needs {
+            demand,
+            own_pending,
+        } => nodes
+            .iter()
+            .map(|&name| {
+                let Some(cap) = node_capacity(view, own_pending, name) else {
+                    return Some(Rejection {
+                        kind: RejectKind::NoNodeStorage,
+                        message: "strata: node has no NodeStorage (no Strata agent runs there)"
+                            .to_owned(),
+                    });
+                };
+                let shortfall = cap.check(demand.by_class()).err()?;
+                let kind = match shortfall {
+                    Shortfall::NoSuchClass(_) => RejectKind::NoSuchClass,
+                    Shortfall::Degraded(_) => RejectKind::Degraded,
+                    Shortfall::Insufficient { .. } => RejectKind::Insufficient,
+                };
+                Some(Rejection {
+                    kind,
+                    message: format!("strata: {shortfall}"),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Scores 0..=10 for each candidate, aligned with the input: 0 everywhere for a pod without
+/// Strata demand, 0 for nodes the demand does not fit, and exactly one 10 otherwise.
+pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<i64> {
+    let mut scores = vec![0; nodes.len()];
+    let PodDemand::Needs {
+        demand,
+        own_pending,
+    } = demand
+    else {
+        return scores;
+    };
+    let mut positions = Vec::with_capacity(nodes.len());
+    let mut caps = Vec::with_capacity(nodes.len());
+    for (i, &name) in nodes.iter().enumerate() {
+        if let Some(cap) = node_capacity(view, own_pending, name) {
+            positions.push(i);
+            caps.push((name, cap));
+        }
+    }
+    let candidates: Vec<(&str, &NodeCapacity)> = caps
+        .iter()
+        .map(|(name, cap)| (*name, cap.as_ref()))
+        .collect();
+    for (i, s) in positions
+        .into_iter()
+        .zip(placement::score(&candidates, demand))
+    {
+        scores[i] = s;
+    }
+    scores
+}
+
+/// A node's capacity, with the pod's own claims (already counted as pending on the node they
+/// selected) taken back out of pending.
+fn node_capacity<'v>(
+    view: &'v ClusterView,
+    own_pending: &[(String, csi_api::names::DeviceClass, u64)],
+    name: &str,
+) -> Option<Cow<'v, NodeCapacity>> {
+    let cap = view.node(name)?;
+    if own_pending.iter().all(|(node, ..)| node != name) {
+        return Some(Cow::Borrowed(cap));
+    }
+    let mut adjusted = cap.clone();
+    for (_, class, bytes) in own_pending.iter().filter(|(node, ..)| node == name) {
+        if let Some(c) = adjusted.classes.get_mut(class) {
+            c.pending = c.pending.saturating_sub(*bytes);
+        }
+    }
+    Some(Cow::Owned(adjusted))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use csi_api::crd::{LogicalVolume, LogicalVolumePhase};
+    use csi_api::names::{DeviceClass, Placement};
+
+    use super::*;
+    use crate::view::tests::*;
+
+    fn view(
+        claims: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+        volumes: &[Arc<LogicalVolume>],
+    ) -> ClusterView {
+        let nodes = [
+            node_storage(
+                "both",
+                &[
+                    (DeviceClass::Nvme, 100 * GIB, true),
+                    (DeviceClass::Hdd, 900 * GIB, true),
+                ],
+            ),
+            node_storage("nvme-only", &[(DeviceClass::Nvme, 500 * GIB, true)]),
+            node_storage(
+                "tight",
+                &[
+                    (DeviceClass::Nvme, 30 * GIB, true),
+                    (DeviceClass::Hdd, 200 * GIB, true),
+                ],
+            ),
+            node_storage(
+                "sick",
+                &[
+                    (DeviceClass::Nvme, 900 * GIB, false),
+                    (DeviceClass::Hdd, 900 * GIB, true),
+                ],
+            ),
+            node_storage(
+                "roomy",
+                &[
+                    (DeviceClass::Nvme, 800 * GIB, true),
+                    (DeviceClass::Hdd, 950 * GIB, true),
+                ],
+            ),
+        ];
+        let claims: Vec<_> = claims.into_iter().map(Arc::new).collect();
+        ClusterView::build(
+            &nodes,
+            volumes,
+            &claims,
+            &standard_classes(),
+            Placement::Binpack,
+        )
+    }
+
+    fn multi_class_pod() -> crate::wire::Pod {
+        pod(
+            "db-0",
+            serde_json::json!([
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+                {"name": "wal", "persistentVolumeClaim": {"claimName": "wal"}},
+                {"name": "archive", "persistentVolumeClaim": {"claimName": "archive"}}
+            ]),
+        )
+    }
+
+    fn multi_class_claims() -> Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim> {
+        vec![
+            claim("apps", "data", "u1", "fast", "20Gi"),
+            claim("apps", "wal", "u2", "fast", "5Gi"),
+            claim("apps", "archive", "u3", "bulk", "100Gi"),
+        ]
+    }
+
+    const NODES: [&str; 6] = ["both", "nvme-only", "tight", "sick", "roomy", "no-agent"];
+
+    fn kinds(verdicts: &[Option<Rejection>]) -> Vec<Option<RejectKind>> {
+        verdicts
+            .iter()
+            .map(|v| v.as_ref().map(|r| r.kind))
+            .collect()
+    }
+
+    #[test]
+    fn multi_class_pod_passes_only_where_every_class_fits() {
+        let v = view(multi_class_claims(), &[]);
+        let demand = v.demand_of(&multi_class_pod());
+        let verdicts = filter(&v, &demand, &NODES);
+        assert_eq!(
+            kinds(&verdicts),
+            [
+                None,
+                Some(RejectKind::NoSuchClass),
+                None,
+                Some(RejectKind::Degraded),
+                None,
+                Some(RejectKind::NoNodeStorage)
+            ]
+        );
+        assert!(RejectKind::NoSuchClass.is_unresolvable());
+        assert!(RejectKind::NoNodeStorage.is_unresolvable());
+        assert!(!RejectKind::Degraded.is_unresolvable());
+        assert!(verdicts[1].as_ref().unwrap().message.contains("hdd"));
+    }
+
+    #[test]
+    fn pending_demand_makes_a_node_fail_with_class_needed_and_available() {
+        // 10 GiB of "tight"'s 30 GiB nvme is promised to a volume not yet Ready.
+        let volumes = [volume(
+            "pvc-z",
+            "tight",
+            DeviceClass::Nvme,
+            10 * GIB,
+            LogicalVolumePhase::Pending,
+        )];
+        let v = view(multi_class_claims(), &volumes);
+        let demand = v.demand_of(&multi_class_pod());
+        let verdicts = filter(&v, &demand, &["tight"]);
+        let r = verdicts[0].as_ref().unwrap();
+        assert_eq!(r.kind, RejectKind::Insufficient);
+        assert!(r.message.contains("nvme"), "{}", r.message);
+        assert!(r.message.contains(&(25 * GIB).to_string()), "{}", r.message);
+        assert!(r.message.contains(&(20 * GIB).to_string()), "{}", r.message);
+
+        // The same through a claim another pod's scheduling selected the node for.
+        let mut claims = multi_class_claims();
+        claims.push(selected(
+            claim("apps", "other", "u9", "fast", "6Gi"),
+            "tight",
+        ));
+        let v = view(claims, &[]);
+        let verdicts = filter(&v, &v.demand_of(&multi_class_pod()), &["tight"]);
+        assert_eq!(kinds(&verdicts), [Some(RejectKind::Insufficient)]);
+    }
+
+    #[test]
+    fn an_exhausted_class_fails_and_exact_fit_passes() {
+        let claims = vec![claim("apps", "big", "u1", "bulk", "900Gi")];
+        let v = view(claims, &[]);
+        let p = pod(
+            "p",
+            serde_json::json!([{"name": "v", "persistentVolumeClaim": {"claimName": "big"}}]),
+        );
+        let demand = v.demand_of(&p);
+        let verdicts = filter(&v, &demand, &["both", "tight", "roomy"]);
+        assert_eq!(
+            kinds(&verdicts),
+            [None, Some(RejectKind::Insufficient), None]
+        );
+    }
+
+    #[test]
+    fn a_rescheduled_pod_is_not_counted_twice_on_its_selected_node() {
+        // 25 GiB nvme selected on "tight" (30 GiB) for this very pod.
+        let claims = vec![
+            selected(claim("apps", "data", "u1", "fast", "20Gi"), "tight"),
+            selected(claim("apps", "wal", "u2", "fast", "5Gi"), "tight"),
+            claim("apps", "archive", "u3", "bulk", "100Gi"),
+        ];
+        let v = view(claims, &[]);
+        assert_eq!(
+            v.node("tight").unwrap().classes[&DeviceClass::Nvme].available(),
+            5 * GIB
+        );
+        let demand = v.demand_of(&multi_class_pod());
+        assert_eq!(kinds(&filter(&v, &demand, &["tight"])), [None]);
+        // Another pod asking the same is refused there.
+        let other = pod(
+            "other",
+            serde_json::json!([{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "storageClassName": "fast", "resources": {"requests": {"storage": "25Gi"}}}}}}]),
+        );
+        let demand = v.demand_of(&other);
+        assert_eq!(
+            kinds(&filter(&v, &demand, &["tight"])),
+            [Some(RejectKind::Insufficient)]
+        );
+    }
+
+    #[test]
+    fn pods_without_demand_pass_everywhere_with_zero_scores() {
+        let v = view(vec![], &[]);
+        let p = pod("p", serde_json::json!([{"name": "t", "emptyDir": {}}]));
+        let demand = v.demand_of(&p);
+        assert_eq!(filter(&v, &demand, &NODES), vec![None; NODES.len()]);
+        assert_eq!(prioritize(&v, &demand, &NODES), vec![0; NODES.len()]);
+    }
+
+    #[test]
+    fn invalid_claims_fail_every_node_as_unresolvable() {
+        let v = view(vec![claim("apps", "x", "u1", "broken", "1Gi")], &[]);
+        let p = pod(
+            "p",
+            serde_json::json!([{"name": "v", "persistentVolumeClaim": {"claimName": "x"}}]),
+        );
+        let verdicts = filter(&v, &v.demand_of(&p), &NODES);
+        assert!(
+            verdicts
+                .iter()
+                .all(|r| r.as_ref().unwrap().kind == RejectKind::InvalidClaim)
+        );
+        let v = view(vec![claim("apps", "x", "u1", "fast", "lots")], &[]);
+        let verdicts = filter(&v, &v.demand_of(&p), &["both"]);
+        assert!(verdicts[0].as_ref().unwrap().message.contains("lots"));
+    }
+
+    #[test]
+    fn prioritize_weighs_binpack_nvme_against_spread_hdd() {
+        let v = view(multi_class_claims(), &[]);
+        let demand = v.demand_of(&multi_class_pod());
+        let scores = prioritize(&v, &demand, &NODES);
+        // Fitting: both (nvme 100 → 75 left; hdd 900 → 800 of 1000), tight (nvme 30 → 5;
+        // hdd 200 → 100), roomy (nvme 800 → 775; hdd 950 → 850). The nvme binpack term
+        // (weight 25/125) favours tight, then both; the hdd spread term (100/125) favours roomy,
+        // then both, closely: both wins overall, roomy second, tight last.
+        assert_eq!(scores, vec![10, 0, 0, 0, 7, 0]);
+        // Deterministic.
+        assert_eq!(prioritize(&v, &demand, &NODES), scores);
+    }
+}

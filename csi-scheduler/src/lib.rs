@@ -1,0 +1,40 @@
+//! Strata's kube-scheduler extender (DESIGN.md flow 2). The kube-facing layer is thin:
+//! - [`cache`]: reflectors on NodeStorage, LogicalVolume, PVC and StorageClass, rebuilding a
+//!   [`view::ClusterView`] snapshot after changes;
+//! - [`view`]: the snapshot and a pod's demand (pure);
+//! - [`extender`]: filter and prioritize (pure, over `csi_api::capacity` and `placement`);
+//! - [`wire`]: the extender v1 JSON types; [`http`]: the axum routes; [`metrics`]: Prometheus.
+
+pub mod cache;
+pub mod extender;
+pub mod http;
+pub mod metrics;
+pub mod view;
+pub mod wire;
+
+use axum::http::StatusCode;
+
+/// What can go wrong answering a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request cannot be understood; the text says why.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caches have not been listed yet.
+    #[error("the extender's cluster caches are not synced yet")]
+    NotReady,
+    /// A failure of the extender itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The HTTP status answered for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
