@@ -1,1 +1,388 @@
-//! The LVM layer; see the crate documentation.
+//! The LVM layer: the one narrow interface through which every change to disks goes (no kube).
+//! [`Lvm`] runs lvm2 through an [`LvmRunner`] (real: [`CommandRunner`]; tests: [`FakeRunner`]),
+//! reads typed JSON reports ([`Pv`], [`Vg`], [`Lv`]) and offers idempotent operations by CSI
+//! volume name. Objects without the `strata.io/owner` tag are never modified ([`LvmError::NotOwned`]);
+//! devices with any signature are refused (our `blkid -p` check, then pvcreate's own, never `-y`).
+//! Operations on one VG are serialised by a per-VG async mutex; different VGs run in parallel.
+//! LV names: plain volume names (e.g. `pvc-<uid>`) are used as is, others become
+//! `strata_<sha256 prefix>`; the real name lives in a tag (see [`naming`]). Sizes are rounded up
+//! to whole extents. With `activate: false` (hosts without device-mapper) LVs are created inactive
+//! and unzeroed (`-an -Zn`); otherwise they are activated, zeroed and stale signatures inside the
+//! new LV's extents are wiped (`-Wy --yes`: the new LV is ours, unlike a disk handed to pvcreate).
+
+mod error;
+pub mod fake;
+mod lv;
+pub mod naming;
+mod pv_vg;
+pub mod report;
+mod runner;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::{CommandFailure, LvmError, Result};
+pub use fake::{FakeRunner, Reply};
+pub use naming::{OWNER_TAG, PvcRef, lv_name_for};
+pub use report::{Activation, Lv, Pv, Vg, device_path};
+pub use runner::{CommandRunner, Invocation, LvmRunner, Output, RunnerConfig, Tool};
+
+use error::{Subject, classify};
+use report::{LV_FIELDS, PV_FIELDS, VG_FIELDS, report_args};
+
+/// Behaviour of the layer.
+#[derive(Debug, Clone)]
+pub struct LvmOptions {
+    /// Activate (and zero) LVs on create. `false` on hosts without device-mapper (tests).
+    pub activate: bool,
+    /// Extra lvm2 configuration passed as `--config` to every command (e.g. a device filter).
+    pub config: Option<String>,
+    /// How long a VG's ownership and extent size are trusted without re-reading `vgs`.
+    pub vg_cache_ttl: Duration,
+}
+
+impl Default for LvmOptions {
+    fn default() -> Self {
+        LvmOptions {
+            activate: true,
+            config: None,
+            vg_cache_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the layer remembers about a VG between calls (behind the VG's mutex).
+#[derive(Debug, Default)]
+struct VgSlot {
+    facts: Option<(VgFacts, Instant)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct VgFacts {
+    owned: bool,
+    extent_size: u64,
+}
+
+struct Shared<R> {
+    runner: R,
+    options: LvmOptions,
+    vgs: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<VgSlot>>>>,
+    /// Orphan PVs created by this process (orphans cannot carry tags).
+    created_pvs: StdMutex<HashSet<PathBuf>>,
+}
+
+/// The LVM layer. Cheap to clone; clones share the runner, the per-VG locks and caches.
+pub struct Lvm<R: LvmRunner> {
+    shared: Arc<Shared<R>>,
+    cancel: CancellationToken,
+}
+
+impl<R: LvmRunner> Clone for Lvm<R> {
+    fn clone(&self) -> Self {
+        Lvm {
+            shared: Arc::clone(&self.shared),
+            cancel: self.cancel.clone(),
+        }
+    }
+}
+
+impl Lvm<CommandRunner> {
+    /// The layer over real lvm2 with these runner settings.
+    pub fn system(config: RunnerConfig, options: LvmOptions) -> Self {
+        Lvm::new(CommandRunner::new(config), options)
+    }
+}
+
+impl<R: LvmRunner> Lvm<R> {
+    pub fn new(runner: R, options: LvmOptions) -> Self {
+        Lvm {
+            shared: Arc::new(Shared {
+                runner,
+                options,
+                vgs: StdMutex::new(HashMap::new()),
+                created_pvs: StdMutex::new(HashSet::new()),
+            }),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// A handle whose commands are stopped (SIGTERM, then SIGKILL) when `token` is cancelled;
+    /// it shares locks and caches with `self` (use one per request or for shutdown).
+    pub fn with_cancellation(&self, token: CancellationToken) -> Self {
+        Lvm {
+            shared: Arc::clone(&self.shared),
+            cancel: token,
+        }
+    }
+
+    pub fn runner(&self) -> &R {
+        &self.shared.runner
+    }
+
+    pub fn options(&self) -> &LvmOptions {
+        &self.shared.options
+    }
+
+    // ---- plumbing -------------------------------------------------------------------------
+
+    /// `[subcommand, --config X]`: the head of every lvm2 argument vector.
+    fn lvm_args(&self, subcommand: &str) -> Vec<String> {
+        let mut args = vec![subcommand.to_owned()];
+        if let Some(config) = &self.shared.options.config {
+            args.push("--config".into());
+            args.push(config.clone());
+        }
+        args
+    }
+
+    fn report(&self, subcommand: &str, fields: &str) -> Vec<String> {
+        let mut args = report_args(subcommand, fields);
+        if let Some(config) = &self.shared.options.config {
+            args.insert(1, "--config".into());
+            args.insert(2, config.clone());
+        }
+        args
+    }
+
+    async fn run(&self, inv: Invocation) -> Result<(Invocation, Output)> {
+        let out = self.shared.runner.run(&inv, &self.cancel).await?;
+        tracing::debug!(command = %inv.display(), code = ?out.code, "lvm2");
+        Ok((inv, out))
+    }
+
+    /// Runs and classifies a failure (see [`classify`]).
+    async fn run_ok(
+        &self,
+        args: Vec<String>,
+        subject: Subject<'_>,
+        requested: u64,
+    ) -> Result<Output> {
+        let (inv, out) = self.run(Invocation::lvm(args)).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(classify(failure(&inv, &out), subject, requested))
+        }
+    }
+
+    fn vg_lock(&self, vg: &str) -> Arc<tokio::sync::Mutex<VgSlot>> {
+        let mut map = self
+            .shared
+            .vgs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(map.entry(vg.to_owned()).or_default())
+    }
+
+    /// The VG's ownership and extent size, from the cache or `vgs` (caller holds the VG lock).
+    async fn vg_facts(&self, vg: &str, slot: &mut VgSlot) -> Result<VgFacts> {
+        if let Some((facts, at)) = slot.facts
+            && at.elapsed() < self.shared.options.vg_cache_ttl
+        {
+            return Ok(facts);
+        }
+        let Some(info) = self.vg(vg).await? else {
+            slot.facts = None;
+            return Err(LvmError::NotFound {
+                what: format!("volume group {vg}"),
+            });
+        };
+        let facts = VgFacts {
+            owned: info.owned,
+            extent_size: info.extent_size,
+        };
+        slot.facts = Some((facts, Instant::now()));
+        Ok(facts)
+    }
+
+    // ---- reads (no VG lock: lvm2's own read locks make reports consistent) --------------------
+
+    /// Every PV lvm2 sees (Strata's or not), including missing PVs of VGs.
+    pub async fn pvs(&self) -> Result<Vec<Pv>> {
+        let args = self.report("pvs", PV_FIELDS);
+        let out = self.run_ok(args, Subject::Other, 0).await?;
+        report::parse_pvs("pvs", &out.stdout)
+    }
+
+    /// PVs that carry the owner tag or belong to a Strata VG.
+    pub async fn strata_pvs(&self) -> Result<Vec<Pv>> {
+        Ok(self.pvs().await?.into_iter().filter(|p| p.owned).collect())
+    }
+
+    /// The PVs of one VG, missing ones included (`device: None`, `missing: true`).
+    pub async fn vg_pvs(&self, vg: &str) -> Result<Vec<Pv>> {
+        Ok(self
+            .pvs()
+            .await?
+            .into_iter()
+            .filter(|p| p.vg.as_deref() == Some(vg))
+            .collect())
+    }
+
+    /// The PV on `device` (any name lvm2 resolves: `/dev/sdX`, `/dev/disk/by-id/...`), or
+    /// `None` if the device is not a PV. A device that does not exist is [`LvmError::NotFound`].
+    pub async fn pv(&self, device: &Path) -> Result<Option<Pv>> {
+        let mut args = self.report("pvs", PV_FIELDS);
+        args.push(path_arg(device)?);
+        let (inv, out) = self.run(Invocation::lvm(args)).await?;
+        if out.success() {
+            return Ok(report::parse_pvs("pvs", &out.stdout)?.into_iter().next());
+        }
+        if out.stderr.contains("Failed to find physical volume") {
+            return Ok(None);
+        }
+        Err(classify(failure(&inv, &out), Subject::Device(device), 0))
+    }
+
+    /// Every VG lvm2 sees.
+    pub async fn vgs(&self) -> Result<Vec<Vg>> {
+        let args = self.report("vgs", VG_FIELDS);
+        let out = self.run_ok(args, Subject::Other, 0).await?;
+        report::parse_vgs("vgs", &out.stdout)
+    }
+
+    /// VGs that carry the owner tag.
+    pub async fn strata_vgs(&self) -> Result<Vec<Vg>> {
+        Ok(self.vgs().await?.into_iter().filter(|v| v.owned).collect())
+    }
+
+    /// One VG (size, free, extent size, missing PVs, ownership), or `None` if it does not exist.
+    pub async fn vg(&self, vg: &str) -> Result<Option<Vg>> {
+        let mut args = self.report("vgs", VG_FIELDS);
+        args.push(name_arg(vg)?);
+        let (inv, out) = self.run(Invocation::lvm(args)).await?;
+        if out.success() {
+            return Ok(report::parse_vgs("vgs", &out.stdout)?.into_iter().next());
+        }
+        match classify(failure(&inv, &out), Subject::Vg(vg), 0) {
+            LvmError::NotFound { .. } => Ok(None),
+            e => Err(e),
+        }
+    }
+
+    /// The extent size of a VG in bytes (cached like the VG's ownership).
+    pub async fn extent_size(&self, vg: &str) -> Result<u64> {
+        let lock = self.vg_lock(vg);
+        let mut slot = lock.lock().await;
+        Ok(self.vg_facts(vg, &mut slot).await?.extent_size)
+    }
+
+    /// Every LV lvm2 sees, or those of one VG.
+    pub async fn lvs(&self, vg: Option<&str>) -> Result<Vec<Lv>> {
+        let mut args = self.report("lvs", LV_FIELDS);
+        if let Some(vg) = vg {
+            args.push(name_arg(vg)?);
+        }
+        let out = self
+            .run_ok(args, vg.map_or(Subject::Other, Subject::Vg), 0)
+            .await?;
+        report::parse_lvs("lvs", &out.stdout)
+    }
+
+    /// LVs that carry the owner tag (all VGs, or one).
+    pub async fn strata_lvs(&self, vg: Option<&str>) -> Result<Vec<Lv>> {
+        Ok(self
+            .lvs(vg)
+            .await?
+            .into_iter()
+            .filter(|l| l.owned)
+            .collect())
+    }
+
+    /// The LV of `volume` in `vg`, or `None`. An LV with the volume's name that is not Strata's,
+    /// or that carries another volume's tag, is [`LvmError::NotOwned`].
+    pub async fn lv(&self, vg: &str, volume: &str) -> Result<Option<Lv>> {
+        naming::validate_volume_name(volume)?;
+        let lv_name = lv_name_for(volume);
+        let Some(lv) = self.lv_by_name(vg, &lv_name).await? else {
+            return Ok(None);
+        };
+        if !lv.owned || lv.volume.as_deref() != Some(volume) {
+            return Err(LvmError::NotOwned {
+                what: format!("logical volume {vg}/{lv_name}"),
+            });
+        }
+        Ok(Some(lv))
+    }
+
+    /// The LV of `volume` in any Strata VG (looked up by its volume tag), or `None`.
+    pub async fn find_lv(&self, volume: &str) -> Result<Option<Lv>> {
+        naming::validate_volume_name(volume)?;
+        Ok(self
+            .strata_lvs(None)
+            .await?
+            .into_iter()
+            .find(|l| l.volume.as_deref() == Some(volume)))
+    }
+
+    /// The LV named `lv_name` in `vg`, whoever owns it, or `None`.
+    async fn lv_by_name(&self, vg: &str, lv_name: &str) -> Result<Option<Lv>> {
+        let mut args = self.report("lvs", LV_FIELDS);
+        args.push(format!("{}/{lv_name}", name_arg(vg)?));
+        let (inv, out) = self.run(Invocation::lvm(args)).await?;
+        if out.success() {
+            return Ok(report::parse_lvs("lvs", &out.stdout)?.into_iter().next());
+        }
+        match classify(failure(&inv, &out), Subject::Lv(vg, lv_name), 0) {
+            LvmError::NotFound { .. } if out.stderr.contains("Failed to find logical volume") => {
+                Ok(None)
+            }
+            e => Err(e),
+        }
+    }
+
+    fn forget_vg(&self, slot: &mut VgSlot) {
+        slot.facts = None;
+    }
+}
+
+/// The [`CommandFailure`] of a command that exited non-zero.
+fn failure(inv: &Invocation, out: &Output) -> CommandFailure {
+    CommandFailure {
+        command: inv.display(),
+        code: out.code,
+        stderr: out.stderr.trim().to_owned(),
+    }
+}
+
+/// A VG name as an argument: refuses what lvm2 would read as an option or a tag.
+fn name_arg(name: &str) -> Result<String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(LvmError::InvalidArgument(format!(
+            "invalid volume group name {name:?}"
+        )))
+    }
+}
+
+/// A device path as an argument: absolute, so it is never read as an option or a name.
+fn path_arg(device: &Path) -> Result<String> {
+    match device.to_str() {
+        Some(s) if device.is_absolute() => Ok(s.to_owned()),
+        _ => Err(LvmError::InvalidArgument(format!(
+            "device path {} must be absolute UTF-8",
+            device.display()
+        ))),
+    }
+}
+
+/// `bytes` rounded up to a whole number of extents.
+pub fn round_up_to_extent(bytes: u64, extent_size: u64) -> u64 {
+    if extent_size == 0 {
+        return bytes;
+    }
+    bytes.div_ceil(extent_size).saturating_mul(extent_size)
+}
+
+#[cfg(test)]
+mod tests;

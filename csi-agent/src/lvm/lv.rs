@@ -1,0 +1,232 @@
+//! LV changes by CSI volume name: create, extend (grow only), remove, activate. Each runs under
+//! its VG's mutex and costs one lvm2 command on the common path: ownership and extent size of the
+//! VG come from a short-lived cache, existence is learnt from lvcreate's own refusal, and removal
+//! is restricted to LVs carrying both the owner and the volume tag with lvm2's `--select`.
+//! The slower path (re-reading the LV) only runs to explain a refusal.
+
+use super::error::{LvmError, Result, Subject, classify};
+use super::naming::{self, OWNER_TAG, PvcRef, lv_name_for};
+use super::report::{Activation, Lv};
+use super::runner::LvmRunner;
+use super::{Lvm, VgSlot, name_arg, round_up_to_extent};
+
+impl<R: LvmRunner> Lvm<R> {
+    /// Creates the LV of `volume` in the Strata VG `vg` with at least `size_bytes` (rounded up
+    /// to whole extents), tagged with the owner, the volume name and the PVC (if given).
+    /// Idempotent: an LV of this volume with the same rounded size is success (activated if the
+    /// layer activates); another size is [`LvmError::AlreadyExistsDifferent`]. Not enough free
+    /// extents is [`LvmError::InsufficientSpace`] and creates nothing.
+    pub async fn create_lv(
+        &self,
+        vg: &str,
+        volume: &str,
+        size_bytes: u64,
+        pvc: Option<&PvcRef>,
+    ) -> Result<Lv> {
+        naming::validate_volume_name(volume)?;
+        let vg_arg = name_arg(vg)?;
+        if size_bytes == 0 {
+            return Err(LvmError::InvalidArgument(format!(
+                "volume {volume:?}: size must be positive"
+            )));
+        }
+        let lv_name = lv_name_for(volume);
+        let mut tags = vec![OWNER_TAG.to_owned(), naming::volume_tag(volume)?];
+        if let Some(pvc) = pvc {
+            tags.push(naming::pvc_tag(pvc)?);
+        }
+
+        let lock = self.vg_lock(vg);
+        let mut slot = lock.lock().await;
+        let facts = self.owned_vg(vg, &mut slot).await?;
+        let size = round_up_to_extent(size_bytes, facts.extent_size);
+
+        let activate = self.shared.options.activate;
+        let mut args = self.lvm_args("lvcreate");
+        args.extend(["-n".to_owned(), lv_name.clone()]);
+        args.extend(["-L".to_owned(), format!("{size}b")]);
+        for tag in &tags {
+            args.extend(["--addtag".to_owned(), tag.clone()]);
+        }
+        if activate {
+            args.extend(["-ay", "-Zy", "-Wy", "--yes"].map(String::from));
+        } else {
+            args.extend(["-an", "-Zn"].map(String::from));
+        }
+        args.push(vg_arg);
+
+        let (inv, out) = self.run(super::Invocation::lvm(args)).await?;
+        if out.success() {
+            return Ok(Lv {
+                vg: vg.to_owned(),
+                name: lv_name,
+                uuid: None,
+                size_bytes: size,
+                tags,
+                active: if activate {
+                    Activation::Active
+                } else {
+                    Activation::Inactive
+                },
+                volume: Some(volume.to_owned()),
+                pvc: pvc.cloned(),
+                owned: true,
+            });
+        }
+        if !out.stderr.contains("already exists") {
+            let err = classify(super::failure(&inv, &out), Subject::Vg(vg), size);
+            if !matches!(err, LvmError::InsufficientSpace { .. }) {
+                self.forget_vg(&mut slot);
+            }
+            return Err(err);
+        }
+        let Some(existing) = self.lv_by_name(vg, &lv_name).await? else {
+            return Err(classify(super::failure(&inv, &out), Subject::Vg(vg), size));
+        };
+        let existing = check_ours(vg, volume, existing)?;
+        if existing.size_bytes != size {
+            return Err(LvmError::AlreadyExistsDifferent {
+                volume: volume.to_owned(),
+                vg: vg.to_owned(),
+                lv: lv_name,
+                existing_bytes: existing.size_bytes,
+                requested_bytes: size,
+                other_volume: false,
+            });
+        }
+        if activate && existing.active == Activation::Inactive {
+            return self.activate_locked(vg, existing).await;
+        }
+        Ok(existing)
+    }
+
+    /// Grows the LV of `volume` to at least `size_bytes` (rounded up to whole extents).
+    /// Never shrinks: a smaller or equal request returns the LV unchanged. A missing LV is
+    /// [`LvmError::NotFound`]. The filesystem is not touched (the CSI node grows it).
+    pub async fn extend_lv(&self, vg: &str, volume: &str, size_bytes: u64) -> Result<Lv> {
+        naming::validate_volume_name(volume)?;
+        let vg_arg = name_arg(vg)?;
+        let lv_name = lv_name_for(volume);
+        let lock = self.vg_lock(vg);
+        let mut slot = lock.lock().await;
+        let facts = self.owned_vg(vg, &mut slot).await?;
+        let size = round_up_to_extent(size_bytes, facts.extent_size);
+        let Some(lv) = self.lv_by_name(vg, &lv_name).await? else {
+            return Err(LvmError::NotFound {
+                what: format!("logical volume {vg}/{lv_name} of volume {volume:?}"),
+            });
+        };
+        let mut lv = check_ours(vg, volume, lv)?;
+        if lv.size_bytes >= size {
+            return Ok(lv);
+        }
+        let mut args = self.lvm_args("lvextend");
+        args.extend([
+            "-L".to_owned(),
+            format!("{size}b"),
+            format!("{vg_arg}/{lv_name}"),
+        ]);
+        if let Err(err) = self.run_ok(args, Subject::Lv(vg, &lv_name), size).await {
+            if !matches!(err, LvmError::InsufficientSpace { .. }) {
+                self.forget_vg(&mut slot);
+            }
+            return Err(err);
+        }
+        lv.size_bytes = size;
+        Ok(lv)
+    }
+
+    /// Removes the LV of `volume` from `vg`. Returns `true` if it was removed, `false` if it was
+    /// already gone (idempotent). An LV of that name without Strata's tags is never removed
+    /// ([`LvmError::NotOwned`]); an open LV is [`LvmError::Busy`]; a VG that does not exist is
+    /// [`LvmError::NotFound`] (the LV cannot be proven gone while its disks are away).
+    pub async fn remove_lv(&self, vg: &str, volume: &str) -> Result<bool> {
+        naming::validate_volume_name(volume)?;
+        let vg_arg = name_arg(vg)?;
+        let lv_name = lv_name_for(volume);
+        let volume_tag = naming::volume_tag(volume)?;
+        let lock = self.vg_lock(vg);
+        let mut slot = lock.lock().await;
+        let mut args = self.lvm_args("lvremove");
+        args.extend([
+            "-f".to_owned(),
+            "-S".to_owned(),
+            format!("lv_tags={{{OWNER_TAG},{volume_tag}}}"),
+            format!("{vg_arg}/{lv_name}"),
+        ]);
+        let (inv, out) = self.run(super::Invocation::lvm(args)).await?;
+        if out.success() {
+            if out.stdout.contains("successfully removed") {
+                return Ok(true);
+            }
+            // Nothing matched the selection: either gone meanwhile, or not ours.
+            return match self.lv_by_name(vg, &lv_name).await? {
+                None => Ok(false),
+                Some(_) => Err(LvmError::NotOwned {
+                    what: format!("logical volume {vg}/{lv_name}"),
+                }),
+            };
+        }
+        if out.stderr.contains("Failed to find logical volume") {
+            return Ok(false);
+        }
+        let err = classify(super::failure(&inv, &out), Subject::Lv(vg, &lv_name), 0);
+        self.forget_vg(&mut slot);
+        Err(err)
+    }
+
+    /// Activates the LV of `volume` (its device node appears at [`Lv::device_path`]).
+    pub async fn activate_lv(&self, vg: &str, volume: &str) -> Result<Lv> {
+        naming::validate_volume_name(volume)?;
+        name_arg(vg)?;
+        let lock = self.vg_lock(vg);
+        let _slot = lock.lock().await;
+        let lv_name = lv_name_for(volume);
+        let Some(lv) = self.lv_by_name(vg, &lv_name).await? else {
+            return Err(LvmError::NotFound {
+                what: format!("logical volume {vg}/{lv_name} of volume {volume:?}"),
+            });
+        };
+        let lv = check_ours(vg, volume, lv)?;
+        self.activate_locked(vg, lv).await
+    }
+
+    async fn activate_locked(&self, vg: &str, mut lv: Lv) -> Result<Lv> {
+        let mut args = self.lvm_args("lvchange");
+        args.extend(["-ay".to_owned(), format!("{vg}/{}", lv.name)]);
+        self.run_ok(args, Subject::Lv(vg, &lv.name), 0).await?;
+        lv.active = Activation::Active;
+        Ok(lv)
+    }
+
+    /// The VG's facts if it exists and is Strata's (caller holds the VG lock).
+    async fn owned_vg(&self, vg: &str, slot: &mut VgSlot) -> Result<super::VgFacts> {
+        let facts = self.vg_facts(vg, slot).await?;
+        if !facts.owned {
+            return Err(LvmError::NotOwned {
+                what: format!("volume group {vg}"),
+            });
+        }
+        Ok(facts)
+    }
+}
+
+/// `lv` if it is Strata's LV of `volume`; otherwise the refusal that fits.
+fn check_ours(vg: &str, volume: &str, lv: Lv) -> Result<Lv> {
+    if !lv.owned {
+        return Err(LvmError::NotOwned {
+            what: format!("logical volume {vg}/{}", lv.name),
+        });
+    }
+    if lv.volume.as_deref() != Some(volume) {
+        return Err(LvmError::AlreadyExistsDifferent {
+            volume: volume.to_owned(),
+            vg: vg.to_owned(),
+            lv: lv.name.clone(),
+            existing_bytes: lv.size_bytes,
+            requested_bytes: 0,
+            other_volume: true,
+        });
+    }
+    Ok(lv)
+}
