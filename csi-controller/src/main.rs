@@ -8,13 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use csi_api::csi::controller_server::ControllerServer;
 use csi_api::csi::identity_server::IdentityServer;
 use csi_api::names::Placement;
 use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_token};
 use csi_controller::cluster::KubeCluster;
 use csi_controller::grpc::Grpc;
+use csi_controller::housekeeping::{NodeLossPolicy, OrphanPolicy, Policies};
+use csi_controller::lease::Elector;
 use csi_controller::metrics::Metrics;
 use csi_controller::service::{ControllerService, Settings};
 use tracing::info;
@@ -50,22 +52,12 @@ struct Cli {
     /// Namespace of the Lease that guards background work.
     #[arg(long, env = "POD_NAMESPACE", default_value = "strata-system")]
     lease_namespace: String,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OrphanPolicy {
-    /// Emit an Event and a metric only.
-    Report,
-    /// Also delete the orphan LogicalVolume (its LV is wiped and removed by the agent).
-    Delete,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum NodeLossPolicy {
-    /// Mark the volumes lost and emit Events.
-    Report,
-    /// Also delete the bound PVCs so that StatefulSets recreate them elsewhere.
-    DeletePvc,
+    /// This replica's identity in the Lease (defaults to the host name, the pod name in a pod).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How often the leader checks bindings, orphans and lost nodes.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    housekeeping_period: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -96,10 +88,35 @@ async fn main() -> Result<()> {
         max_wait: Duration::from_secs(300),
     };
     let service = Arc::new(ControllerService::new(
-        Arc::new(KubeCluster::new(client)),
+        Arc::new(KubeCluster::new(client.clone())),
         settings,
     ));
     let grpc = Grpc::new(service, metrics.clone());
+
+    let identity = match cli.identity {
+        Some(id) => id,
+        None => host_name()?,
+    };
+    let elector = Elector::new(
+        client.clone(),
+        &cli.lease_namespace,
+        "strata-csi-controller",
+        &identity,
+        Duration::from_secs(15),
+    );
+    let policies = Policies {
+        orphan: cli.orphan_policy,
+        orphan_grace: cli.orphan_grace,
+        node_loss: cli.node_loss_policy,
+    };
+    let background = tokio::spawn(csi_controller::background::run(
+        client.clone(),
+        elector,
+        policies,
+        cli.housekeeping_period,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let metrics_addr: SocketAddr = cli.metrics_addr.parse().context("--metrics-addr")?;
     let metrics_task = tokio::spawn(metrics.serve(metrics_addr, shutdown.clone()));
@@ -118,6 +135,13 @@ async fn main() -> Result<()> {
         .await
         .context("gRPC server")?;
     metrics_task.abort();
+    background.await.ok();
     info!("stopped");
     Ok(())
+}
+
+fn host_name() -> Result<String> {
+    let name =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
+    Ok(name.trim().to_owned())
 }
