@@ -14,7 +14,7 @@ use crate::names::DeviceClass;
     version = "v1alpha1",
     kind = "NodeStorage",
     plural = "nodestorages",
-    shortname = "ns",
+    shortname = "strns",
     status = "NodeStorageStatus",
     printcolumn = r#"{"name":"NVMe free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"nvme\")].allocatableBytes"}"#,
     printcolumn = r#"{"name":"SSD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"ssd\")].allocatableBytes"}"#,
