@@ -179,6 +179,9 @@ main() {
     cp "/lib/udev/rules.d/$r.rules" "$ROOT/usr/lib/udev/rules.d/"
   done
 
+  # terminal descriptions for the interactive shell (ncurses-base)
+  [ ! -d /lib/terminfo ] || cp -a /lib/terminfo "$ROOT/usr/lib/terminfo"
+
   # busybox for everything not provided above
   cp /bin/busybox "$ROOT/usr/bin/busybox"
   local applet

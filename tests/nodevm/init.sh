@@ -81,9 +81,12 @@ stage shares
 
 if [ "$NODEVM_INTERACTIVE" = 1 ]; then
   tty=/dev/ttyS1
+  # hold the tty open: its settings (the window size) would be reset when
+  # the last descriptor closes
+  exec 9<>$tty
   stty -F $tty sane
   [ -z "$NODEVM_STTY" ] || stty -F $tty $NODEVM_STTY
-  setsid -c /bin/bash "$ctl/cmd.sh" <$tty >$tty 2>&1
+  setsid -c /bin/bash "$ctl/cmd.sh" <$tty >$tty 2>&1 9>&-
 else
   # stdout/stderr travel over two virtio-serial ports (writes block until the
   # host has taken the data, so nothing is lost at power-off)
