@@ -1,0 +1,405 @@
+//! The LogicalVolume reconciler. `decide` is the pure heart (spec + deletion + what LVM holds →
+//! one step); `reconcile` performs the step through the LVM layer and writes the status with the
+//! agent's field manager. Failures an operator must act on become Events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_api::crd::{LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus};
+use csi_api::names::{self, DeviceClass};
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::lvm::{Lv, LvmError, LvmRunner, PvcRef};
+
+/// `status.reason` when the VG has no room; the controller turns it into ResourceExhausted.
+pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
+/// `status.reason` for other LVM failures.
+pub const REASON_LVM_ERROR: &str = "LvmError";
+
+/// The one thing to do next for a LogicalVolume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Not this node's volume: leave it alone.
+    Ignore,
+    /// Being deleted and the LV still exists: remove it (then the finalizer).
+    Remove,
+    /// Being deleted and the LV is gone: release the finalizer.
+    ReleaseFinalizer,
+    /// Deleted without our finalizer: nothing of ours to do.
+    Done,
+    /// Live but without our finalizer: add it before touching LVM.
+    AddFinalizer,
+    Create {
+        size: u64,
+    },
+    Extend {
+        size: u64,
+    },
+    /// The LV matches the spec: report it Ready.
+    Report,
+}
+
+/// Decides the next step; pure.
+pub fn decide(lv: &LogicalVolume, node: &str, existing: Option<&Lv>) -> Step {
+    if lv.spec.node_name != node {
+        return Step::Ignore;
+    }
+    let ours = lv.finalizers().iter().any(|f| f == names::FINALIZER);
+    if lv.metadata.deletion_timestamp.is_some() {
+        return match (ours, existing) {
+            (false, _) => Step::Done,
+            (true, Some(_)) => Step::Remove,
+            (true, None) => Step::ReleaseFinalizer,
+        };
+    }
+    if !ours {
+        return Step::AddFinalizer;
+    }
+    match existing {
+        None => Step::Create {
+            size: lv.spec.size_bytes,
+        },
+        Some(have) if have.size_bytes < lv.spec.size_bytes => Step::Extend {
+            size: lv.spec.size_bytes,
+        },
+        Some(_) => Step::Report,
+    }
+}
+
+/// Why a reconcile pass failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+struct Reconciler<R: LvmRunner> {
+    ctx: Arc<Context<R>>,
+    recorder: Recorder,
+}
+
+/// Runs the controller for this node's LogicalVolumes until `shutdown`.
+pub async fn run<R: LvmRunner + 'static>(ctx: Arc<Context<R>>, shutdown: CancellationToken) {
+    let api: Api<LogicalVolume> = Api::all(ctx.client.clone());
+    let selector = format!("{}={}", names::LABEL_NODE, ctx.node);
+    let recorder = Recorder::new(
+        ctx.client.clone(),
+        Reporter {
+            controller: names::FIELD_MANAGER_AGENT.into(),
+            instance: Some(ctx.node.clone()),
+        },
+    );
+    let reconciler = Arc::new(Reconciler { ctx, recorder });
+    Controller::new(api, watcher::Config::default().labels(&selector))
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, reconciler)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy<R: LvmRunner>(
+    _lv: Arc<LogicalVolume>,
+    error: &ReconcileError,
+    _r: Arc<Reconciler<R>>,
+) -> Action {
+    let delay = match error {
+        ReconcileError::Lvm(e) if e.is_transient() => Duration::from_secs(2),
+        _ => Duration::from_secs(15),
+    };
+    Action::requeue(delay)
+}
+
+async fn reconcile<R: LvmRunner>(
+    lv: Arc<LogicalVolume>,
+    r: Arc<Reconciler<R>>,
+) -> Result<Action, ReconcileError> {
+    let ctx = &r.ctx;
+    let name = lv.name_any();
+    let class: DeviceClass = lv.spec.device_class;
+    let vg = class.vg_name();
+    let api: Api<LogicalVolume> = Api::all(ctx.client.clone());
+    let existing = ctx.lvm.lv(vg, &name).await?;
+    let step = decide(&lv, &ctx.node, existing.as_ref());
+    match step {
+        Step::Ignore | Step::Done => {}
+        Step::AddFinalizer => {
+            let mut finalizers = lv.finalizers().to_vec();
+            finalizers.push(names::FINALIZER.to_owned());
+            let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": lv.resource_version() } });
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Step::Remove => {
+            info!(volume = %name, %vg, "removing LV");
+            ctx.lvm.remove_lv(vg, &name).await?;
+            ctx.changed.notify_one();
+            release_finalizer(&api, &lv).await?;
+        }
+        Step::ReleaseFinalizer => release_finalizer(&api, &lv).await?,
+        Step::Create { size } => {
+            let pvc = lv.spec.pvc.as_ref().map(|p| PvcRef {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+            });
+            match ctx.lvm.create_lv(vg, &name, size, pvc.as_ref()).await {
+                Ok(made) => {
+                    info!(volume = %name, %vg, size = made.size_bytes, "LV created");
+                    ctx.changed.notify_one();
+                    write_status(&api, &name, ready_status(&made, None)).await?;
+                }
+                Err(e) => return fail(&r, &api, &lv, &e, true).await,
+            }
+        }
+        Step::Extend { size } => match ctx.lvm.extend_lv(vg, &name, size).await {
+            Ok(grown) => {
+                info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
+                ctx.changed.notify_one();
+                write_status(&api, &name, ready_status(&grown, None)).await?;
+            }
+            Err(e) => return fail(&r, &api, &lv, &e, false).await,
+        },
+        Step::Report => {
+            if let Some(have) = existing.as_ref() {
+                let current = lv.status.as_ref();
+                let fresh = ready_status(have, None);
+                let unchanged = current.is_some_and(|s| {
+                    s.phase == fresh.phase
+                        && s.current_size_bytes == fresh.current_size_bytes
+                        && s.device_path == fresh.device_path
+                        && s.reason.is_none()
+                });
+                if !unchanged {
+                    write_status(&api, &name, fresh).await?;
+                }
+            }
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn ready_status(lv: &Lv, reason: Option<(&str, String)>) -> LogicalVolumeStatus {
+    LogicalVolumeStatus {
+        phase: Some(LogicalVolumePhase::Ready),
+        vg_name: Some(lv.vg.clone()),
+        lv_name: Some(lv.name.clone()),
+        device_path: Some(lv.device_path().display().to_string()),
+        current_size_bytes: Some(lv.size_bytes),
+        reason: reason.as_ref().map(|(r, _)| r.to_string()),
+        message: reason.map(|(_, m)| m),
+        ..Default::default()
+    }
+}
+
+/// Records a failure: a create that cannot fit fails the volume (`Failed`, nothing half-made);
+/// an extend that cannot fit keeps it `Ready` at its size with the reason; others are retried.
+async fn fail<R: LvmRunner>(
+    r: &Reconciler<R>,
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    error: &LvmError,
+    creating: bool,
+) -> Result<Action, ReconcileError> {
+    let name = lv.name_any();
+    let space = matches!(error, LvmError::InsufficientSpace { .. });
+    let reason = if space {
+        REASON_INSUFFICIENT_SPACE
+    } else {
+        REASON_LVM_ERROR
+    };
+    let message = error.to_string();
+    warn!(volume = %name, %reason, %message, "LV operation failed");
+    let status = if creating {
+        LogicalVolumeStatus {
+            phase: Some(if space {
+                LogicalVolumePhase::Failed
+            } else {
+                LogicalVolumePhase::Pending
+            }),
+            reason: Some(reason.into()),
+            message: Some(message.clone()),
+            ..Default::default()
+        }
+    } else {
+        let mut s = lv.status.clone().unwrap_or_default();
+        s.reason = Some(reason.into());
+        s.message = Some(message.clone());
+        s
+    };
+    write_status(api, &name, status).await?;
+    let note = if space {
+        format!(
+            "{message}. Free space on node {} (delete unused volumes or add a disk) or let the workload be scheduled elsewhere",
+            r.ctx.node
+        )
+    } else {
+        format!(
+            "{message}. The agent retries; check the node's LVM state (`vgs`, `pvs`) if this persists"
+        )
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: if creating { "CreateLV" } else { "ExtendLV" }.into(),
+        secondary: None,
+    };
+    if let Err(e) = r.recorder.publish(&event, &lv.object_ref(&())).await {
+        warn!(error = %e, "cannot publish Event");
+    }
+    if space {
+        Ok(Action::await_change())
+    } else {
+        Ok(Action::requeue(Duration::from_secs(10)))
+    }
+}
+
+async fn write_status(
+    api: &Api<LogicalVolume>,
+    name: &str,
+    status: LogicalVolumeStatus,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "strata.io/v1alpha1",
+        "kind": "LogicalVolume",
+        "status": status,
+    });
+    let params = PatchParams::apply(names::FIELD_MANAGER_AGENT).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch))
+        .await
+        .map(drop)
+}
+
+async fn release_finalizer(
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+) -> Result<(), kube::Error> {
+    let finalizers: Vec<&String> = lv
+        .finalizers()
+        .iter()
+        .filter(|f| *f != names::FINALIZER)
+        .collect();
+    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": lv.resource_version() } });
+    match api
+        .patch(
+            &lv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lvm::Activation;
+    use csi_api::crd::LogicalVolumeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn volume(node: &str, size: u64, finalizer: bool, deleting: bool) -> LogicalVolume {
+        let mut lv = LogicalVolume::new(
+            "pvc-1",
+            LogicalVolumeSpec {
+                node_name: node.into(),
+                device_class: DeviceClass::Ssd,
+                size_bytes: size,
+                pvc: None,
+                source: None,
+                wipe: None,
+            },
+        );
+        if finalizer {
+            lv.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        }
+        if deleting {
+            lv.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        }
+        lv
+    }
+
+    fn lvm_lv(size: u64) -> Lv {
+        Lv {
+            vg: "strata-ssd".into(),
+            name: "pvc-1".into(),
+            uuid: None,
+            size_bytes: size,
+            tags: vec![],
+            active: Activation::Active,
+            volume: Some("pvc-1".into()),
+            pvc: None,
+            owned: true,
+        }
+    }
+
+    #[test]
+    fn other_nodes_volumes_are_ignored() {
+        assert_eq!(
+            decide(&volume("b", 1, true, false), "a", None),
+            Step::Ignore
+        );
+    }
+
+    #[test]
+    fn the_finalizer_comes_before_any_lvm_change() {
+        assert_eq!(
+            decide(&volume("a", 8, false, false), "a", None),
+            Step::AddFinalizer
+        );
+    }
+
+    #[test]
+    fn create_extend_report_follow_the_spec() {
+        assert_eq!(
+            decide(&volume("a", 8, true, false), "a", None),
+            Step::Create { size: 8 }
+        );
+        assert_eq!(
+            decide(&volume("a", 8, true, false), "a", Some(&lvm_lv(4))),
+            Step::Extend { size: 8 }
+        );
+        assert_eq!(
+            decide(&volume("a", 8, true, false), "a", Some(&lvm_lv(8))),
+            Step::Report
+        );
+        // Never shrink: a bigger LV (extent rounding) is reported as it is.
+        assert_eq!(
+            decide(&volume("a", 6, true, false), "a", Some(&lvm_lv(8))),
+            Step::Report
+        );
+    }
+
+    #[test]
+    fn deletion_removes_the_lv_before_the_finalizer() {
+        assert_eq!(
+            decide(&volume("a", 8, true, true), "a", Some(&lvm_lv(8))),
+            Step::Remove
+        );
+        assert_eq!(
+            decide(&volume("a", 8, true, true), "a", None),
+            Step::ReleaseFinalizer
+        );
+        assert_eq!(
+            decide(&volume("a", 8, false, true), "a", Some(&lvm_lv(8))),
+            Step::Done
+        );
+    }
+}
