@@ -1,0 +1,101 @@
+//! The per-class capacity summary (`csi_api::crd::DeviceClassStatus`) from LVM's view of the
+//! Strata VGs, as a pure function: NodeStorage status and standalone GetCapacity both use it.
+//! allocatable = free − the class's reserve (never negative); a VG with a missing PV is Degraded.
+
+use csi_api::crd::{ClassHealth, DeviceClassStatus};
+use csi_api::names::DeviceClass;
+
+use super::policy::Policy;
+use crate::lvm::Vg;
+
+/// One entry per Strata class VG (owner tag, `strata-<class>` name), in class order.
+pub fn class_summary(vgs: &[Vg], policy: &Policy) -> Vec<DeviceClassStatus> {
+    let mut out: Vec<DeviceClassStatus> = vgs
+        .iter()
+        .filter(|v| v.owned)
+        .filter_map(|v| DeviceClass::from_vg_name(&v.name).map(|c| (c, v)))
+        .map(|(class, v)| {
+            let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            DeviceClassStatus {
+                name: class,
+                vg_name: v.name.clone(),
+                total_bytes: v.size_bytes,
+                free_bytes: v.free_bytes,
+                allocatable_bytes: v.free_bytes.saturating_sub(policy.reserved(class)),
+                pv_count: count(v.pv_count),
+                missing_pv_count: count(v.missing_pv_count),
+                lv_count: count(v.lv_count),
+                health: if v.missing_pv_count > 0 {
+                    ClassHealth::Degraded
+                } else {
+                    ClassHealth::Healthy
+                },
+            }
+        })
+        .collect();
+    out.sort_by_key(|c| c.name);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csi_api::crd::NodeStorageSpec;
+
+    pub(crate) fn vg(name: &str, size: u64, free: u64, pvs: u64, missing: u64, owned: bool) -> Vg {
+        Vg {
+            name: name.into(),
+            uuid: format!("uuid-{name}"),
+            size_bytes: size,
+            free_bytes: free,
+            extent_size: 4 << 20,
+            extent_count: size / (4 << 20),
+            free_extents: free / (4 << 20),
+            pv_count: pvs,
+            lv_count: 3,
+            missing_pv_count: missing,
+            tags: if owned {
+                vec![crate::lvm::OWNER_TAG.into()]
+            } else {
+                vec![]
+            },
+            owned,
+        }
+    }
+
+    #[test]
+    fn summarises_only_strata_class_vgs_with_reserve_and_health() {
+        let mut spec = NodeStorageSpec::default();
+        spec.reserved_bytes.insert(DeviceClass::Nvme, 2 << 30);
+        spec.reserved_bytes.insert(DeviceClass::Hdd, 100 << 30);
+        let policy = Policy::new(&spec).unwrap();
+        let vgs = [
+            vg("strata-hdd", 16 << 30, 10 << 30, 1, 1, true),
+            vg("strata-nvme", 16 << 30, 12 << 30, 2, 0, true),
+            vg("othervg", 2 << 30, 2 << 30, 1, 0, false),
+            vg("strata-ssd", 4 << 30, 4 << 30, 1, 0, false), // not tagged: not Strata's
+            vg("strata-extra", 4 << 30, 4 << 30, 1, 0, true), // tagged but no class
+        ];
+        let out = class_summary(&vgs, &policy);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0],
+            DeviceClassStatus {
+                name: DeviceClass::Nvme,
+                vg_name: "strata-nvme".into(),
+                total_bytes: 16 << 30,
+                free_bytes: 12 << 30,
+                allocatable_bytes: 10 << 30,
+                pv_count: 2,
+                missing_pv_count: 0,
+                lv_count: 3,
+                health: ClassHealth::Healthy,
+            }
+        );
+        assert_eq!(out[1].name, DeviceClass::Hdd);
+        assert_eq!(out[1].allocatable_bytes, 0, "reserve larger than free");
+        assert_eq!(out[1].missing_pv_count, 1);
+        assert_eq!(out[1].health, ClassHealth::Degraded);
+        assert!(class_summary(&[], &policy).is_empty());
+    }
+}
