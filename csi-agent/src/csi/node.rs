@@ -1,0 +1,552 @@
+//! The CSI Node service: stage (format an empty device, never reformat; mount), publish (bind
+//! mount, read-only honoured; raw block: bind the device node onto a file), unpublish/unstage
+//! (idempotent), online expansion, stats and volume condition. A volume's device always comes
+//! from the LVM layer (the LV tagged with the volume's name), never from a path in the request;
+//! and a path is only unmounted when what is mounted there is this volume (or, with the LV gone,
+//! some Strata LV), so a bad request cannot unmount anything else.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use csi_api::csi::node_service_capability::rpc::Type as RpcType;
+use csi_api::csi::node_service_capability::{Rpc, Type as CapType};
+use csi_api::csi::volume_usage::Unit;
+use csi_api::csi::{self, VolumeCondition, VolumeUsage};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::controller::node_topology;
+use super::error::{Error, Result};
+use super::validate::{self, Access};
+use super::volumes::{VolumeInfo, Volumes};
+use crate::fs::{self, FsTools, Signature};
+use crate::mount::Mounter;
+use crate::mount::mountinfo::{self, MountEntry};
+use crate::volume_lock::VolumeLocks;
+
+/// The capabilities this service implements.
+pub const CAPABILITIES: [RpcType; 4] = [
+    RpcType::StageUnstageVolume,
+    RpcType::ExpandVolume,
+    RpcType::GetVolumeStats,
+    RpcType::VolumeCondition,
+];
+
+/// Device paths of Strata's LVs: `/dev/<vg>/<lv>` (what the agent mounts) and the
+/// device-mapper name (`strata-nvme` → `/dev/mapper/strata--nvme-<lv>`).
+const STRATA_DEVICE_PREFIXES: [&str; 2] = ["/dev/strata-", "/dev/mapper/strata--"];
+
+/// The Node service of this node.
+#[derive(Clone)]
+pub struct NodeService {
+    node: String,
+    volumes: Arc<dyn Volumes>,
+    mounter: Arc<dyn Mounter>,
+    fs: FsTools,
+    locks: VolumeLocks,
+}
+
+/// How the kernel identifies a block device in the mount table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DeviceId {
+    /// `major:minor`, as in mountinfo field 3 for a filesystem on the device.
+    major_minor: String,
+    /// The device node's path under `/dev` without the `/dev` prefix (`/dm-3`), as in mountinfo's
+    /// root field for a bind mount of the node from devtmpfs.
+    devtmpfs_root: Option<String>,
+}
+
+async fn device_id(device: &Path) -> Result<DeviceId> {
+    let meta = tokio::fs::metadata(device).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(format!(
+                "device {} of the volume is missing",
+                device.display()
+            ))
+        } else {
+            Error::io(format!("stat {}", device.display()))(e)
+        }
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(Error::FailedPrecondition(format!(
+            "{} is not a block device",
+            device.display()
+        )));
+    }
+    let rdev = meta.rdev();
+    let canonical = tokio::fs::canonicalize(device).await.ok();
+    Ok(DeviceId {
+        major_minor: format!(
+            "{}:{}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        ),
+        devtmpfs_root: canonical.and_then(|c| {
+            c.strip_prefix("/dev")
+                .ok()
+                .map(|rest| format!("/{}", rest.display()))
+        }),
+    })
+}
+
+impl DeviceId {
+    /// Whether `entry` mounts this device: its filesystem, or the device node itself.
+    fn matches(&self, entry: &MountEntry) -> bool {
+        entry.major_minor == self.major_minor
+            || (entry.fs_type == "devtmpfs"
+                && self.devtmpfs_root.as_deref() == Some(entry.root.as_str()))
+    }
+}
+
+/// Whether `entry` looks like a mount of some Strata LV (used when the LV itself is gone).
+fn is_strata_mount(entry: &MountEntry) -> bool {
+    entry
+        .source
+        .as_deref()
+        .is_some_and(|s| STRATA_DEVICE_PREFIXES.iter().any(|p| s.starts_with(p)))
+        || (entry.fs_type == "devtmpfs" && entry.root.starts_with("/dm-"))
+}
+
+/// `path` with symlinks resolved when it exists (mountinfo holds resolved paths).
+async fn resolved(path: &Path) -> PathBuf {
+    tokio::fs::canonicalize(path)
+        .await
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl NodeService {
+    /// `locks` is shared with the Controller service in standalone mode.
+    pub fn new(
+        node: impl Into<String>,
+        volumes: Arc<dyn Volumes>,
+        mounter: Arc<dyn Mounter>,
+        fs: FsTools,
+        locks: VolumeLocks,
+    ) -> Self {
+        NodeService {
+            node: node.into(),
+            volumes,
+            mounter,
+            fs,
+            locks,
+        }
+    }
+
+    async fn volume(&self, id: &str) -> Result<VolumeInfo> {
+        self.volumes
+            .find(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist on this node")))
+    }
+
+    async fn mounts(&self) -> Result<Vec<MountEntry>> {
+        Ok(self.mounter.mounts().await?)
+    }
+
+    #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
+    pub async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let staging = validate::path("staging_target_path", &req.staging_target_path)?;
+        let cap = validate::required_capability(req.volume_capability.as_ref())?;
+        let _guard = self.locks.try_lock(id)?;
+        let volume = self.volume(id).await?;
+        let device = device_id(&volume.device).await?;
+        let Access::Mount { fs, options } = &cap.access else {
+            // Block volumes are published straight from the device node.
+            return Ok(());
+        };
+        let staging = resolved(&staging).await;
+        let mounts = self.mounts().await?;
+        if let Some(entry) = mountinfo::mount_at(&mounts, &staging) {
+            if device.matches(entry) && entry.fs_type == fs.name() {
+                return Ok(());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "{} already holds another mount ({} {})",
+                staging.display(),
+                entry.fs_type,
+                entry.source.as_deref().unwrap_or("-")
+            )));
+        }
+        tokio::fs::create_dir_all(&staging)
+            .await
+            .map_err(Error::io(format!("create {}", staging.display())))?;
+        match self.fs.probe(&volume.device).await? {
+            Signature::None => {
+                tracing::info!(fs = fs.name(), "formatting empty volume");
+                self.fs.format(*fs, &volume.device).await?;
+            }
+            Signature::Type(t) if t == fs.name() => {}
+            other => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume holds {other}, not {}; it is never reformatted",
+                    fs.name()
+                )));
+            }
+        }
+        self.mounter
+            .mount(&volume.device, &staging, fs.name(), options)
+            .await?;
+        tracing::info!(path = %staging.display(), "volume staged");
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
+    pub async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<()> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let staging = validate::path("staging_target_path", &req.staging_target_path)?;
+        let _guard = self.locks.try_lock(id)?;
+        // The CO owns the staging folder; only the mount goes.
+        self.unmount_all(id, &staging).await
+    }
+
+    #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
+    pub async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<()> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let target = validate::path("target_path", &req.target_path)?;
+        if req.staging_target_path.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "staging_target_path is required (the plugin stages volumes)".into(),
+            ));
+        }
+        let staging = validate::path("staging_target_path", &req.staging_target_path)?;
+        let cap = validate::required_capability(req.volume_capability.as_ref())?;
+        let read_only = req.readonly || cap.read_only_mode();
+        let _guard = self.locks.try_lock(id)?;
+        let volume = self.volume(id).await?;
+        let device = device_id(&volume.device).await?;
+        let target = resolved(&target).await;
+        let mounts = self.mounts().await?;
+        if let Some(entry) = mountinfo::mount_at(&mounts, &target) {
+            if device.matches(entry) && entry.read_only == read_only {
+                return Ok(());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "{} is already published with other properties (or holds another mount)",
+                target.display()
+            )));
+        }
+        let source = match &cap.access {
+            Access::Mount { .. } => {
+                let staging = resolved(&staging).await;
+                match mountinfo::mount_at(&mounts, &staging) {
+                    Some(entry) if device.matches(entry) => {}
+                    _ => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "volume is not staged at {}",
+                            staging.display()
+                        )));
+                    }
+                }
+                tokio::fs::create_dir_all(&target)
+                    .await
+                    .map_err(Error::io(format!("create {}", target.display())))?;
+                staging
+            }
+            Access::Block => {
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent)
+                        .await
+                        .map_err(Error::io(format!("create {}", parent.display())))?;
+                }
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&target)
+                    .await
+                    .map_err(Error::io(format!("create {}", target.display())))?;
+                volume.device.clone()
+            }
+        };
+        self.mounter.bind(&source, &target, read_only).await?;
+        tracing::info!(path = %target.display(), read_only, "volume published");
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
+    pub async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<()> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let target = validate::path("target_path", &req.target_path)?;
+        let _guard = self.locks.try_lock(id)?;
+        self.unmount_all(id, &target).await?;
+        // The plugin created the target (folder or file); it removes it.
+        match tokio::fs::symlink_metadata(&target).await {
+            Ok(meta) if meta.is_dir() => tokio::fs::remove_dir(&target).await,
+            Ok(_) => tokio::fs::remove_file(&target).await,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(Error::io(format!("remove {}", target.display())))?;
+        Ok(())
+    }
+
+    /// Unmounts every mount at `path` that is volume `id`'s (or a Strata LV's when the LV is
+    /// gone); refuses anything else. Success when nothing is mounted.
+    async fn unmount_all(&self, id: &str, path: &Path) -> Result<()> {
+        let path = resolved(path).await;
+        let device = match self.volumes.find(id).await? {
+            Some(v) => device_id(&v.device).await.ok(),
+            None => None,
+        };
+        // Stacked mounts come off one at a time; a bounded loop guards against surprises.
+        for _ in 0..16 {
+            let mounts = self.mounts().await?;
+            let Some(entry) = mountinfo::mount_at(&mounts, &path) else {
+                return Ok(());
+            };
+            let ours = match &device {
+                Some(d) => d.matches(entry),
+                None => is_strata_mount(entry),
+            };
+            if !ours {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} holds a mount that is not volume {id:?} ({} {}); refusing to unmount it",
+                    path.display(),
+                    entry.fs_type,
+                    entry.source.as_deref().unwrap_or("-")
+                )));
+            }
+            self.mounter.unmount(&path).await?;
+        }
+        Err(Error::FailedPrecondition(format!(
+            "{} still has mounts after 16 unmounts",
+            path.display()
+        )))
+    }
+
+    #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
+    pub async fn stats(
+        &self,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> Result<csi::NodeGetVolumeStatsResponse> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let path = validate::path("volume_path", &req.volume_path)?;
+        let meta = tokio::fs::metadata(&path).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound(format!("volume_path {} does not exist", path.display()))
+            } else {
+                Error::io(format!("stat {}", path.display()))(e)
+            }
+        })?;
+        let path = resolved(&path).await;
+        let volume = self.volumes.find(id).await?;
+        let mounts = self.mounts().await?;
+        let entry = mountinfo::mount_at(&mounts, &path);
+        let device = match &volume {
+            Some(v) => device_id(&v.device).await.ok(),
+            None => None,
+        };
+        let condition = match (&volume, entry) {
+            (None, _) => abnormal(format!("the logical volume of {id:?} is missing")),
+            (Some(v), _) if v.problem.is_some() => abnormal(v.problem.clone().unwrap_or_default()),
+            (Some(_), None) => abnormal(format!("{} is not mounted", path.display())),
+            (Some(_), Some(e)) if device.as_ref().is_some_and(|d| !d.matches(e)) => {
+                abnormal(format!("{} holds another device", path.display()))
+            }
+            (Some(_), Some(_)) => VolumeCondition {
+                abnormal: false,
+                message: "volume is healthy".into(),
+            },
+        };
+        let usage = if meta.is_dir() {
+            let p = path.clone();
+            let st = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&p))
+                .await
+                .map_err(|e| Error::Unavailable(format!("statvfs worker: {e}")))?
+                .map_err(|errno| Error::io(format!("statvfs {}", path.display()))(errno.into()))?;
+            let frsize = st.fragment_size();
+            let blocks = st.blocks();
+            vec![
+                VolumeUsage {
+                    available: to_i64(st.blocks_available().saturating_mul(frsize)),
+                    total: to_i64(blocks.saturating_mul(frsize)),
+                    used: to_i64(
+                        blocks
+                            .saturating_sub(st.blocks_free())
+                            .saturating_mul(frsize),
+                    ),
+                    unit: Unit::Bytes as i32,
+                },
+                VolumeUsage {
+                    available: to_i64(st.files_free()),
+                    total: to_i64(st.files()),
+                    used: to_i64(st.files().saturating_sub(st.files_free())),
+                    unit: Unit::Inodes as i32,
+                },
+            ]
+        } else {
+            // A raw block volume: its size is all there is to say.
+            vec![VolumeUsage {
+                available: 0,
+                total: to_i64(volume.as_ref().map_or(0, |v| v.size_bytes)),
+                used: 0,
+                unit: Unit::Bytes as i32,
+            }]
+        };
+        Ok(csi::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(condition),
+        })
+    }
+
+    #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
+    pub async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> Result<i64> {
+        let id = validate::id("volume_id", &req.volume_id)?;
+        let volume_path = validate::path("volume_path", &req.volume_path)?;
+        let staging = if req.staging_target_path.is_empty() {
+            None
+        } else {
+            Some(validate::path(
+                "staging_target_path",
+                &req.staging_target_path,
+            )?)
+        };
+        let block = match req.volume_capability.as_ref() {
+            Some(cap) => validate::capability(cap)?.access.is_block(),
+            None => false,
+        };
+        let _guard = self.locks.try_lock(id)?;
+        let volume = self.volume(id).await?;
+        let required = req
+            .capacity_range
+            .as_ref()
+            .map_or(0, |r| u64::try_from(r.required_bytes).unwrap_or(0));
+        if required > volume.size_bytes {
+            return Err(Error::OutOfRange(format!(
+                "the volume is {} bytes, less than the {required} requested: \
+                 ControllerExpandVolume must grow it first",
+                volume.size_bytes
+            )));
+        }
+        let size = to_i64(volume.size_bytes);
+        if block {
+            return Ok(size);
+        }
+        let device = device_id(&volume.device).await?;
+        let mounts = self.mounts().await?;
+        let mut candidates = Vec::new();
+        if let Some(s) = staging {
+            candidates.push(resolved(&s).await);
+        }
+        candidates.push(resolved(&volume_path).await);
+        let found = candidates.iter().find_map(|p| {
+            mountinfo::mount_at(&mounts, p)
+                .filter(|e| device.matches(e))
+                .map(|e| (p.clone(), e.clone()))
+        });
+        let Some((mount_point, entry)) = found else {
+            let meta = tokio::fs::metadata(&volume_path).await.ok();
+            if meta.is_some_and(|m| !m.is_dir()) {
+                // A raw block volume published as a file: nothing to grow.
+                return Ok(size);
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "volume is not mounted at {}",
+                volume_path.display()
+            )));
+        };
+        if entry.fs_type == "devtmpfs" {
+            return Ok(size);
+        }
+        let fs =
+            fs::by_name(&entry.fs_type).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        self.fs.grow(fs, &volume.device, &mount_point).await?;
+        tracing::info!(
+            bytes = volume.size_bytes,
+            fs = fs.name(),
+            "filesystem grown"
+        );
+        Ok(size)
+    }
+}
+
+fn abnormal(message: String) -> VolumeCondition {
+    VolumeCondition {
+        abnormal: true,
+        message,
+    }
+}
+
+#[tonic::async_trait]
+impl csi::node_server::Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        self.stage(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        self.unstage(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        self.publish(request.into_inner()).await?;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        self.unpublish(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        Ok(Response::new(self.stats(request.into_inner()).await?))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        let capacity_bytes = self.expand(request.into_inner()).await?;
+        Ok(Response::new(csi::NodeExpandVolumeResponse {
+            capacity_bytes,
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        let capabilities = CAPABILITIES
+            .iter()
+            .map(|t| csi::NodeServiceCapability {
+                r#type: Some(CapType::Rpc(Rpc { r#type: *t as i32 })),
+            })
+            .collect();
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(node_topology(&self.node)),
+        }))
+    }
+}

@@ -1,0 +1,150 @@
+//! Standalone mode: one process serves Identity + Controller + Node on one socket, with no
+//! Kubernetes. At start and then every `rescan` interval it discovers the node's disks and claims
+//! the eligible ones into the class VGs (policy from flags, `auto` by default), so a fresh node
+//! with raw disks serves volumes with no setup. Probe turns ready after the first successful pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi_api::crd::NodeStorageSpec;
+use csi_api::runtime::Endpoint;
+use tokio_util::sync::CancellationToken;
+
+use super::controller::ControllerService;
+use super::identity::{IdentityService, Readiness};
+use super::lvm_volumes::LvmVolumes;
+use super::node::NodeService;
+use super::server::{ServeError, Services, serve};
+use crate::claim::{self, ClaimError, InvalidPattern, Policy};
+use crate::discovery::{BlkidProbe, Roots, Usage};
+use crate::fs::{FsTools, ProcessRunner};
+use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
+use crate::mount::SyscallMounter;
+use crate::volume_lock::VolumeLocks;
+
+/// Everything standalone mode is configured with.
+#[derive(Clone, Debug)]
+pub struct StandaloneConfig {
+    pub node: String,
+    pub endpoint: Endpoint,
+    pub roots: Roots,
+    /// The claim policy (mode, slot globs, reserve per class, media overrides).
+    pub spec: NodeStorageSpec,
+    /// Time between discovery passes.
+    pub rescan: Duration,
+    pub lvm_runner: RunnerConfig,
+    pub lvm_options: LvmOptions,
+}
+
+/// Why standalone mode stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error(transparent)]
+    Policy(#[from] InvalidPattern),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Runs standalone mode until `shutdown` is cancelled; in-flight calls finish first.
+pub async fn run(
+    config: StandaloneConfig,
+    shutdown: CancellationToken,
+) -> Result<(), StandaloneError> {
+    let policy = Policy::new(&config.spec)?;
+    let lvm = Lvm::new(
+        CommandRunner::new(config.lvm_runner.clone()),
+        config.lvm_options.clone(),
+    )
+    .with_cancellation(shutdown.child_token());
+    let volumes = Arc::new(LvmVolumes::new(
+        lvm.clone(),
+        config.spec.reserved_bytes.clone(),
+    ));
+    let locks = VolumeLocks::new();
+    let ready = Readiness::default();
+    let services = Services {
+        identity: IdentityService::new(true, ready.clone()),
+        node: NodeService::new(
+            config.node.clone(),
+            volumes.clone(),
+            Arc::new(SyscallMounter::default()),
+            FsTools::new(Arc::new(ProcessRunner)),
+            locks.clone(),
+        ),
+        controller: Some(ControllerService::new(config.node.clone(), volumes, locks)),
+    };
+    let rescans = tokio::spawn(rescan_loop(
+        config.roots.clone(),
+        policy,
+        lvm,
+        ready,
+        config.rescan,
+        shutdown.clone(),
+    ));
+    let served = serve(
+        &config.endpoint,
+        services,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = rescans.await;
+    Ok(served?)
+}
+
+/// One discovery + claim pass; returns how many disks were claimed.
+pub async fn claim_pass<R: LvmRunner>(
+    roots: &Roots,
+    policy: &Policy,
+    lvm: &Lvm<R>,
+) -> Result<usize, ClaimError> {
+    let usage = Usage::read(&roots.proc).map_err(ClaimError::Usage)?;
+    let probe = BlkidProbe::default();
+    let (survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
+    let mut claimed = 0;
+    for outcome in &outcomes {
+        match &outcome.result {
+            Ok(()) => {
+                claimed += 1;
+                tracing::info!(slot = %outcome.slot, action = ?outcome.kind, "disk claimed");
+            }
+            Err(why) => {
+                tracing::warn!(slot = %outcome.slot, action = ?outcome.kind, error = %why, "claim failed");
+            }
+        }
+    }
+    for class in &survey.classes {
+        tracing::debug!(
+            class = %class.name,
+            total = class.total_bytes,
+            allocatable = class.allocatable_bytes,
+            "device class"
+        );
+    }
+    Ok(claimed)
+}
+
+async fn rescan_loop<R: LvmRunner>(
+    roots: Roots,
+    policy: Policy,
+    lvm: Lvm<R>,
+    ready: Readiness,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match claim_pass(&roots, &policy, &lvm).await {
+            Ok(claimed) => {
+                if !ready.is_ready() {
+                    ready.set_ready();
+                    tracing::info!(claimed, "discovery and LVM ready");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "discovery pass failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

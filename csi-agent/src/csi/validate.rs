@@ -1,0 +1,623 @@
+//! Request checks shared by the CSI services, all pure: ids, paths, volume capabilities,
+//! StorageClass parameters (parsed in exactly this one place; unknown keys are refused), capacity
+//! ranges and the ListVolumes paging token. Each returns [`Error::InvalidArgument`] (or the code
+//! the spec names) with a message that says which field is wrong; none of them touches state.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use csi_api::csi::volume_capability::access_mode::Mode;
+use csi_api::csi::volume_capability::{AccessType, MountVolume};
+use csi_api::csi::{CapacityRange, VolumeCapability};
+use csi_api::names::{self, DeviceClass};
+
+use super::error::Error;
+use crate::fs::{self, Filesystem};
+use crate::mount::MountOptions;
+
+/// The longest id or name accepted (the spec asks plugins to take at least 128 bytes).
+pub const MAX_ID_BYTES: usize = 128;
+/// Size of a volume created with no capacity range.
+pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
+
+/// A required id field: non-empty, at most 128 bytes, no control characters.
+pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{field} is longer than {MAX_ID_BYTES} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(value)
+}
+
+/// A required path field: absolute, without `.`/`..` components or NUL; returned normalised
+/// (no trailing slash, no doubled slashes).
+pub fn path(field: &str, value: &str) -> Result<PathBuf, Error> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    if value.contains('\0') {
+        return Err(Error::InvalidArgument(format!("{field} contains NUL")));
+    }
+    let p = Path::new(value);
+    if !p.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {value:?} is not an absolute path"
+        )));
+    }
+    // Path::components drops `.` except at the start; look at the raw segments too.
+    if value.split('/').any(|seg| seg == "..")
+        || value.split('/').skip(1).any(|seg| seg == ".")
+        || p.components().any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {value:?} must not contain . or .. components"
+        )));
+    }
+    if p.parent().is_none() {
+        return Err(Error::InvalidArgument(format!("{field} must not be /")));
+    }
+    Ok(p.components().collect())
+}
+
+/// What a validated volume capability asks for.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Raw block device.
+    Block,
+    /// A filesystem of this type, mounted with these options.
+    Mount {
+        fs: &'static dyn Filesystem,
+        options: MountOptions,
+    },
+}
+
+impl Access {
+    pub fn is_block(&self) -> bool {
+        matches!(self, Access::Block)
+    }
+}
+
+/// A validated capability: access type and whether the mode is read-only.
+#[derive(Clone, Debug)]
+pub struct Capability {
+    pub access: Access,
+    pub mode: Mode,
+}
+
+impl Capability {
+    pub fn read_only_mode(&self) -> bool {
+        self.mode == Mode::SingleNodeReaderOnly
+    }
+}
+
+/// Why a capability is not supported; `InvalidArgument` when malformed.
+#[derive(Debug)]
+pub enum CapabilityProblem {
+    /// Well-formed but not something Strata offers (multi-node modes, unknown fs).
+    Unsupported(String),
+    /// Missing or malformed fields.
+    Malformed(String),
+}
+
+impl From<CapabilityProblem> for Error {
+    fn from(p: CapabilityProblem) -> Self {
+        match p {
+            CapabilityProblem::Unsupported(m) | CapabilityProblem::Malformed(m) => {
+                Error::InvalidArgument(m)
+            }
+        }
+    }
+}
+
+/// Checks one capability: a single-node access mode, block or mount (xfs/ext4, allowed flags).
+pub fn capability(cap: &VolumeCapability) -> Result<Capability, CapabilityProblem> {
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown))
+        .ok_or_else(|| {
+            CapabilityProblem::Malformed("volume capability has no access_mode".into())
+        })?;
+    match mode {
+        Mode::SingleNodeWriter
+        | Mode::SingleNodeReaderOnly
+        | Mode::SingleNodeSingleWriter
+        | Mode::SingleNodeMultiWriter => {}
+        Mode::Unknown => {
+            return Err(CapabilityProblem::Malformed(
+                "volume capability has an unknown access mode".into(),
+            ));
+        }
+        Mode::MultiNodeReaderOnly | Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter => {
+            return Err(CapabilityProblem::Unsupported(format!(
+                "access mode {} is not supported: local volumes are single-node",
+                mode.as_str_name()
+            )));
+        }
+    }
+    let access = match &cap.access_type {
+        None => {
+            return Err(CapabilityProblem::Malformed(
+                "volume capability has neither block nor mount".into(),
+            ));
+        }
+        Some(AccessType::Block(_)) => Access::Block,
+        Some(AccessType::Mount(MountVolume {
+            fs_type,
+            mount_flags,
+            volume_mount_group,
+        })) => {
+            if !volume_mount_group.is_empty() {
+                return Err(CapabilityProblem::Unsupported(
+                    "volume_mount_group is not supported".into(),
+                ));
+            }
+            let fs =
+                fs::by_name(fs_type).map_err(|e| CapabilityProblem::Unsupported(e.to_string()))?;
+            let options = MountOptions::from_csi_flags(mount_flags)
+                .map_err(|e| CapabilityProblem::Malformed(e.to_string()))?;
+            Access::Mount { fs, options }
+        }
+    };
+    Ok(Capability { access, mode })
+}
+
+/// Checks a non-empty list of capabilities; all must be supported.
+pub fn capabilities(caps: &[VolumeCapability]) -> Result<Vec<Capability>, CapabilityProblem> {
+    if caps.is_empty() {
+        return Err(CapabilityProblem::Malformed(
+            "volume_capabilities is required".into(),
+        ));
+    }
+    caps.iter().map(capability).collect()
+}
+
+/// The one required capability of a node call.
+pub fn required_capability(cap: Option<&VolumeCapability>) -> Result<Capability, Error> {
+    let cap = cap.ok_or_else(|| Error::InvalidArgument("volume_capability is required".into()))?;
+    Ok(capability(cap)?)
+}
+
+/// StorageClass parameters of CreateVolume (and GetCapacity, ValidateVolumeCapabilities).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub class: Option<DeviceClass>,
+    /// `csi.storage.k8s.io/fstype` if given.
+    pub fs_type: Option<String>,
+}
+
+/// Prefix of the keys the Kubernetes sidecars add (`csi.storage.k8s.io/pvc/name`, ...).
+const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
+
+impl TryFrom<&HashMap<String, String>> for Params {
+    type Error = Error;
+
+    fn try_from(map: &HashMap<String, String>) -> Result<Self, Error> {
+        let mut params = Params {
+            class: None,
+            fs_type: None,
+        };
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        for key in keys {
+            let value = &map[key];
+            match key.as_str() {
+                names::PARAM_DEVICE_CLASS => {
+                    params.class =
+                        Some(value.parse().map_err(|e: names::UnknownDeviceClass| {
+                            Error::InvalidArgument(format!("{key}: {e}"))
+                        })?);
+                }
+                names::PARAM_PLACEMENT => {
+                    // Node choice belongs to the scheduler; one node here, but a typo still fails.
+                    value
+                        .parse::<names::Placement>()
+                        .map_err(|e| Error::InvalidArgument(format!("{key}: {e}")))?;
+                }
+                names::PARAM_FS_TYPE => {
+                    fs::by_name(value)
+                        .map_err(|e| Error::InvalidArgument(format!("{key}: {e}")))?;
+                    params.fs_type = Some(value.clone());
+                }
+                k if k.starts_with(SIDECAR_PREFIX) => {}
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown parameter {other:?}: expected {}, {} or {}",
+                        names::PARAM_DEVICE_CLASS,
+                        names::PARAM_PLACEMENT,
+                        names::PARAM_FS_TYPE
+                    )));
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+impl Params {
+    /// The device class, which CreateVolume requires.
+    pub fn required_class(&self) -> Result<DeviceClass, Error> {
+        self.class.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "parameter {} is required",
+                names::PARAM_DEVICE_CLASS
+            ))
+        })
+    }
+}
+
+/// Bytes to allocate for a capacity range: at least `min_bytes` and the requested bytes, rounded
+/// up to whole `extent`s, never above the limit. Negative fields or a limit below the requirement
+/// are malformed (`InvalidArgument`); a range that cannot be met is `OutOfRange`.
+pub fn capacity(range: Option<&CapacityRange>, min_bytes: u64, extent: u64) -> Result<u64, Error> {
+    let (required, limit) = match range {
+        None => (0, 0),
+        Some(r) => (r.required_bytes, r.limit_bytes),
+    };
+    if required < 0 || limit < 0 {
+        return Err(Error::InvalidArgument(
+            "capacity_range bytes must not be negative".into(),
+        ));
+    }
+    let (required, limit) = (required.unsigned_abs(), limit.unsigned_abs());
+    if limit != 0 && limit < required {
+        return Err(Error::InvalidArgument(format!(
+            "capacity_range limit_bytes {limit} is below required_bytes {required}"
+        )));
+    }
+    // The smallest acceptable size, and the size aimed at (the default when only a limit or
+    // nothing is given, capped by the limit).
+    let floor = required.max(min_bytes).max(1);
+    let mut target = if required == 0 {
+        DEFAULT_VOLUME_BYTES.max(floor)
+    } else {
+        floor
+    };
+    if limit != 0 {
+        target = target.min(limit).max(floor);
+    }
+    let mut bytes = csi_api::capacity::round_up_to_extent(target, extent)
+        .filter(|b| i64::try_from(*b).is_ok())
+        .ok_or_else(|| Error::OutOfRange(format!("{target} bytes is beyond any volume size")))?;
+    if limit != 0 && bytes > limit {
+        // Rounding up crossed the limit: the largest whole-extent size under it may still do.
+        let down = limit / extent * extent;
+        if down < floor {
+            return Err(Error::OutOfRange(format!(
+                "no volume fits the range: at least {floor} bytes in whole {extent}-byte \
+                 extents, at most {limit}"
+            )));
+        }
+        bytes = down;
+    }
+    Ok(bytes)
+}
+
+/// Whether an existing volume of `size` bytes satisfies a capacity range.
+pub fn size_fits(size: u64, range: Option<&CapacityRange>) -> bool {
+    let Some(r) = range else { return true };
+    let required = u64::try_from(r.required_bytes).unwrap_or(0);
+    let limit = u64::try_from(r.limit_bytes).unwrap_or(0);
+    size >= required && (limit == 0 || size <= limit)
+}
+
+/// The ListVolumes paging token: the name to start at, hex-encoded behind a version mark, so that
+/// a token the plugin did not issue is recognised (`Aborted`, as the spec says).
+pub mod token {
+    use super::Error;
+
+    const MARK: &str = "v1.";
+
+    /// The token that starts a page at `name`.
+    pub fn encode(name: &str) -> String {
+        let mut out = String::with_capacity(MARK.len() + name.len() * 2);
+        out.push_str(MARK);
+        for b in name.bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// The name a token starts at; `Aborted` for anything not made by [`encode`].
+    pub fn decode(token: &str) -> Result<String, Error> {
+        let bad = || Error::Aborted(format!("invalid starting_token {token:?}"));
+        let hex = token.strip_prefix(MARK).ok_or_else(bad)?;
+        if hex.is_empty() || hex.len() % 2 != 0 {
+            return Err(bad());
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad())?;
+        String::from_utf8(bytes).map_err(|_| bad())
+    }
+}
+
+/// One page of `names` (sorted): from the token's name on, at most `max_entries` (0 = all);
+/// returns the indexes and the next token (empty at the end).
+pub fn page(
+    names: &[&str],
+    max_entries: i32,
+    starting_token: &str,
+) -> Result<(std::ops::Range<usize>, String), Error> {
+    if max_entries < 0 {
+        return Err(Error::InvalidArgument(
+            "max_entries must not be negative".into(),
+        ));
+    }
+    let start = if starting_token.is_empty() {
+        0
+    } else {
+        let from = token::decode(starting_token)?;
+        names.partition_point(|n| *n < from.as_str())
+    };
+    let max = usize::try_from(max_entries).unwrap_or(usize::MAX);
+    let end = if max == 0 {
+        names.len()
+    } else {
+        start.saturating_add(max).min(names.len())
+    };
+    let next = names.get(end).map(|n| token::encode(n)).unwrap_or_default();
+    Ok((start..end, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use csi_api::csi::volume_capability::{AccessMode, BlockVolume};
+
+    use super::*;
+
+    fn mount_cap(fs: &str, flags: &[&str], mode: Mode) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                mount_flags: flags.iter().map(|s| s.to_string()).collect(),
+                volume_mount_group: String::new(),
+            })),
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    fn block_cap(mode: Mode) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(AccessType::Block(BlockVolume {})),
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    fn is_invalid(r: Result<impl std::fmt::Debug, Error>) -> bool {
+        matches!(r, Err(Error::InvalidArgument(_)))
+    }
+
+    #[test]
+    fn ids_must_be_present_and_bounded() {
+        assert_eq!(id("volume_id", "pvc-1").unwrap(), "pvc-1");
+        assert!(is_invalid(id("volume_id", "")));
+        assert!(is_invalid(id("volume_id", &"x".repeat(129))));
+        assert!(id("volume_id", &"x".repeat(128)).is_ok());
+        assert!(is_invalid(id("volume_id", "a\nb")));
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_free_of_dot_dot() {
+        assert_eq!(
+            path("target_path", "/var/lib/kubelet//pods/x/").unwrap(),
+            PathBuf::from("/var/lib/kubelet/pods/x")
+        );
+        for bad in [
+            "",
+            "relative/path",
+            "./x",
+            "/a/../b",
+            "/a/..",
+            "/../etc",
+            "/a/./b",
+            "/",
+            "/a\0b",
+        ] {
+            assert!(is_invalid(path("target_path", bad)), "{bad:?}");
+        }
+        assert!(
+            path("p", "/a/..b/c..").is_ok(),
+            "dots inside names are fine"
+        );
+    }
+
+    #[test]
+    fn only_single_node_modes_and_known_filesystems_are_supported() {
+        for mode in [
+            Mode::SingleNodeWriter,
+            Mode::SingleNodeReaderOnly,
+            Mode::SingleNodeSingleWriter,
+            Mode::SingleNodeMultiWriter,
+        ] {
+            assert!(capability(&block_cap(mode)).is_ok());
+            assert!(capability(&mount_cap("", &[], mode)).is_ok());
+        }
+        for mode in [
+            Mode::MultiNodeReaderOnly,
+            Mode::MultiNodeSingleWriter,
+            Mode::MultiNodeMultiWriter,
+        ] {
+            assert!(matches!(
+                capability(&mount_cap("xfs", &[], mode)),
+                Err(CapabilityProblem::Unsupported(_))
+            ));
+        }
+        assert!(matches!(
+            capability(&mount_cap("btrfs", &[], Mode::SingleNodeWriter)),
+            Err(CapabilityProblem::Unsupported(_))
+        ));
+        assert!(matches!(
+            capability(&mount_cap("xfs", &["bind"], Mode::SingleNodeWriter)),
+            Err(CapabilityProblem::Malformed(_))
+        ));
+        let no_type = VolumeCapability {
+            access_type: None,
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+        };
+        assert!(matches!(
+            capability(&no_type),
+            Err(CapabilityProblem::Malformed(_))
+        ));
+        let no_mode = VolumeCapability {
+            access_mode: None,
+            ..block_cap(Mode::SingleNodeWriter)
+        };
+        assert!(matches!(
+            capability(&no_mode),
+            Err(CapabilityProblem::Malformed(_))
+        ));
+        let bogus_mode = VolumeCapability {
+            access_mode: Some(AccessMode { mode: 99 }),
+            ..block_cap(Mode::SingleNodeWriter)
+        };
+        assert!(capability(&bogus_mode).is_err());
+        assert!(matches!(
+            capabilities(&[]),
+            Err(CapabilityProblem::Malformed(_))
+        ));
+        let ext4 =
+            capability(&mount_cap("ext4", &["noatime"], Mode::SingleNodeReaderOnly)).unwrap();
+        assert!(ext4.read_only_mode());
+        match ext4.access {
+            Access::Mount { fs, options } => {
+                assert_eq!(fs.name(), "ext4");
+                assert_eq!(options.flags, nix::mount::MsFlags::MS_NOATIME);
+            }
+            Access::Block => panic!("mount expected"),
+        }
+    }
+
+    #[test]
+    fn parameters_are_parsed_in_one_place_and_unknown_keys_refused() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let p = Params::try_from(&map(&[
+            ("strata.io/device-class", "ssd"),
+            ("strata.io/placement", "spread"),
+            ("csi.storage.k8s.io/fstype", "ext4"),
+            ("csi.storage.k8s.io/pvc/name", "data"),
+        ]))
+        .unwrap();
+        assert_eq!(p.class, Some(DeviceClass::Ssd));
+        assert_eq!(p.fs_type.as_deref(), Some("ext4"));
+        assert_eq!(p.required_class().unwrap(), DeviceClass::Ssd);
+
+        let none = Params::try_from(&map(&[])).unwrap();
+        assert!(is_invalid(none.required_class()));
+        for bad in [
+            [("strata.io/device-class", "tape")],
+            [("strata.io/placement", "fill")],
+            [("csi.storage.k8s.io/fstype", "zfs")],
+            [("strata.io/devcie-class", "ssd")],
+        ] {
+            assert!(is_invalid(Params::try_from(&map(&bad))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn capacity_ranges_round_to_extents_and_respect_limits() {
+        const MI: u64 = 1 << 20;
+        let extent = 4 * MI;
+        let r = |req: i64, lim: i64| CapacityRange {
+            required_bytes: req,
+            limit_bytes: lim,
+        };
+        assert_eq!(capacity(None, 0, extent).unwrap(), DEFAULT_VOLUME_BYTES);
+        assert_eq!(capacity(Some(&r(1, 0)), 0, extent).unwrap(), extent);
+        assert_eq!(
+            capacity(Some(&r(10 * MI as i64, 0)), 0, extent).unwrap(),
+            12 * MI
+        );
+        // the filesystem minimum raises small requests
+        assert_eq!(
+            capacity(Some(&r(MI as i64, 0)), 300 * MI, extent).unwrap(),
+            300 * MI
+        );
+        // only a limit: default size capped by it, rounded down to whole extents if need be
+        assert_eq!(
+            capacity(Some(&r(0, 100 * MI as i64)), 0, extent).unwrap(),
+            100 * MI
+        );
+        assert_eq!(
+            capacity(Some(&r(0, 101 * MI as i64)), 0, extent).unwrap(),
+            100 * MI
+        );
+        assert_eq!(
+            capacity(Some(&r(97 * MI as i64, 101 * MI as i64)), 0, extent).unwrap(),
+            100 * MI
+        );
+        assert!(is_invalid(capacity(Some(&r(-1, 0)), 0, extent)));
+        assert!(is_invalid(capacity(Some(&r(0, -5)), 0, extent)));
+        assert!(is_invalid(capacity(Some(&r(10, 5)), 0, extent)));
+        // rounding up crosses the limit
+        assert!(matches!(
+            capacity(Some(&r(MI as i64, 2 * MI as i64)), 0, extent),
+            Err(Error::OutOfRange(_))
+        ));
+        // below the filesystem minimum
+        assert!(matches!(
+            capacity(Some(&r(0, 100 * MI as i64)), 300 * MI, extent),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(matches!(
+            capacity(Some(&r(i64::MAX, 0)), 0, extent),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(size_fits(8 * MI, Some(&r(5 * MI as i64, 8 * MI as i64))));
+        assert!(!size_fits(8 * MI, Some(&r(9 * MI as i64, 0))));
+        assert!(!size_fits(8 * MI, Some(&r(0, 4 * MI as i64))));
+        assert!(size_fits(8 * MI, None));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_foreign_tokens_abort() {
+        for name in ["pvc-1", "a+b_c.d", "x"] {
+            assert_eq!(token::decode(&token::encode(name)).unwrap(), name);
+        }
+        for bad in ["invalid-token", "v1.", "v1.abc", "v1.zz", "v1.ff", "1"] {
+            assert!(
+                matches!(token::decode(bad), Err(Error::Aborted(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_walk_the_whole_list_once() {
+        let names = ["a", "b", "c", "d", "e"];
+        let (r, next) = page(&names, 2, "").unwrap();
+        assert_eq!((r, next.as_str()), (0..2, token::encode("c").as_str()));
+        let (r, next) = page(&names, 2, &next).unwrap();
+        assert_eq!(r, 2..4);
+        let (r, last) = page(&names, 2, &next).unwrap();
+        assert_eq!((r, last.as_str()), (4..5, ""));
+        let (all, next) = page(&names, 0, "").unwrap();
+        assert_eq!((all, next.as_str()), (0..5, ""));
+        // a deleted entry at the token's name does not skip its successor
+        let fewer = ["a", "b", "d", "e"];
+        let (r, _) = page(&fewer, 2, &token::encode("c")).unwrap();
+        assert_eq!(r, 2..4);
+        assert!(is_invalid(page(&names, -1, "")));
+        assert!(matches!(page(&names, 1, "bogus"), Err(Error::Aborted(_))));
+        let (r, next) = page(&[], 3, "").unwrap();
+        assert_eq!((r, next.as_str()), (0..0, ""));
+    }
+}

@@ -1,0 +1,182 @@
+//! What the CSI services need from the node's storage, as one trait: find, list, create, extend
+//! and remove volumes by CSI volume name, and the capacity of each device class. The real
+//! implementation (`super::lvm_volumes`) sits on the LVM layer and keeps all state in LVM tags;
+//! [`memory::MemVolumes`] (tests only) keeps it in a map, so the controller and node logic can be
+//! tested without LVM.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use csi_api::names::DeviceClass;
+
+use super::error::Result;
+
+/// One volume as the CSI services see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The CSI volume id (= the CreateVolume name).
+    pub id: String,
+    pub class: DeviceClass,
+    pub size_bytes: u64,
+    /// The block device of the LV (`/dev/<vg>/<lv>`).
+    pub device: PathBuf,
+    /// Why the volume is not healthy (its VG lost a PV, the LV is not active), if it is not.
+    pub problem: Option<String>,
+}
+
+/// One device class of the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    pub class: DeviceClass,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Free bytes minus the class's reserve: what new volumes may take.
+    pub allocatable_bytes: u64,
+    pub extent_bytes: u64,
+    /// PVs of the VG that are missing; a degraded class takes no new volumes.
+    pub missing_pvs: u32,
+}
+
+impl ClassInfo {
+    pub fn healthy(&self) -> bool {
+        self.missing_pvs == 0
+    }
+}
+
+/// The node's volumes and classes.
+#[async_trait]
+pub trait Volumes: Send + Sync {
+    /// The volume called `id`, if it exists.
+    async fn find(&self, id: &str) -> Result<Option<VolumeInfo>>;
+    /// Every Strata volume of the node, sorted by id.
+    async fn list(&self) -> Result<Vec<VolumeInfo>>;
+    /// The device classes the node has (a class without VG is absent).
+    async fn classes(&self) -> Result<Vec<ClassInfo>>;
+    /// Creates volume `id` of `bytes` in `class` (the caller checked it does not exist).
+    async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo>;
+    /// Grows volume `id` to `bytes` (the caller checked it is smaller).
+    async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo>;
+    /// Removes volume `id`; success when it is already gone.
+    async fn remove(&self, id: &str) -> Result<()>;
+}
+
+#[cfg(test)]
+pub mod memory {
+    //! An in-memory [`Volumes`] with a fixed set of classes, for controller and node tests.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::csi::error::Error;
+
+    #[derive(Default)]
+    pub struct MemVolumes {
+        pub classes: Mutex<BTreeMap<DeviceClass, ClassInfo>>,
+        pub volumes: Mutex<BTreeMap<String, VolumeInfo>>,
+        /// Every mutating call, as text (`create pvc-1 nvme 1073741824`).
+        pub calls: Mutex<Vec<String>>,
+        /// How long `create` takes (to hold the volume lock in concurrency tests).
+        pub create_delay: Duration,
+    }
+
+    impl MemVolumes {
+        pub fn with_class(self, class: DeviceClass, total: u64, missing_pvs: u32) -> Self {
+            self.classes.lock().unwrap().insert(
+                class,
+                ClassInfo {
+                    class,
+                    total_bytes: total,
+                    free_bytes: total,
+                    allocatable_bytes: total,
+                    extent_bytes: 4 << 20,
+                    missing_pvs,
+                },
+            );
+            self
+        }
+
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Volumes for MemVolumes {
+        async fn find(&self, id: &str) -> Result<Option<VolumeInfo>> {
+            Ok(self.volumes.lock().unwrap().get(id).cloned())
+        }
+
+        async fn list(&self) -> Result<Vec<VolumeInfo>> {
+            Ok(self.volumes.lock().unwrap().values().cloned().collect())
+        }
+
+        async fn classes(&self) -> Result<Vec<ClassInfo>> {
+            Ok(self.classes.lock().unwrap().values().cloned().collect())
+        }
+
+        async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("create {id} {class} {bytes}"));
+            if !self.create_delay.is_zero() {
+                tokio::time::sleep(self.create_delay).await;
+            }
+            let mut classes = self.classes.lock().unwrap();
+            let info = classes
+                .get_mut(&class)
+                .ok_or_else(|| Error::NotFound(format!("no {class} class")))?;
+            if info.free_bytes < bytes {
+                return Err(Error::ResourceExhausted(format!("{class} is full")));
+            }
+            info.free_bytes -= bytes;
+            info.allocatable_bytes -= bytes;
+            let volume = VolumeInfo {
+                id: id.to_owned(),
+                class,
+                size_bytes: bytes,
+                device: PathBuf::from(format!("/dev/{}/{id}", class.vg_name())),
+                problem: None,
+            };
+            self.volumes
+                .lock()
+                .unwrap()
+                .insert(id.to_owned(), volume.clone());
+            Ok(volume)
+        }
+
+        async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("extend {id} {bytes}"));
+            let mut volumes = self.volumes.lock().unwrap();
+            let volume = volumes
+                .get_mut(id)
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            let mut classes = self.classes.lock().unwrap();
+            let info = classes.get_mut(&volume.class).expect("class of a volume");
+            let more = bytes - volume.size_bytes;
+            if info.free_bytes < more {
+                return Err(Error::ResourceExhausted("full".into()));
+            }
+            info.free_bytes -= more;
+            info.allocatable_bytes -= more;
+            volume.size_bytes = bytes;
+            Ok(volume.clone())
+        }
+
+        async fn remove(&self, id: &str) -> Result<()> {
+            self.calls.lock().unwrap().push(format!("remove {id}"));
+            if let Some(v) = self.volumes.lock().unwrap().remove(id) {
+                let mut classes = self.classes.lock().unwrap();
+                let info = classes.get_mut(&v.class).expect("class of a volume");
+                info.free_bytes += v.size_bytes;
+                info.allocatable_bytes += v.size_bytes;
+            }
+            Ok(())
+        }
+    }
+}
