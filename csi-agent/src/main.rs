@@ -28,6 +28,9 @@ enum Command {
         json: bool,
         #[command(flatten)]
         roots: Roots,
+        /// Root of procfs (mounts and swaps are read from it).
+        #[arg(long, default_value = "/proc")]
+        proc_root: PathBuf,
     },
     /// Run the CSI plugin until SIGTERM.
     Serve {
@@ -73,7 +76,26 @@ async fn main() -> Result<()> {
     init_logging(&cli.log);
     let _shutdown = shutdown_token()?;
     match cli.command {
-        Command::Discover { .. } => bail!("discover is not available in this build yet"),
+        Command::Discover {
+            json,
+            roots,
+            proc_root,
+        } => {
+            let roots = csi_agent::discovery::Roots {
+                sysfs: roots.sysfs_root,
+                dev: roots.dev_root,
+                proc: proc_root,
+            };
+            let spec = csi_api::crd::NodeStorageSpec::default();
+            let (out, notes) = csi_agent::claim::discover(&roots, json, &spec).await?;
+            print!("{out}");
+            if json {
+                for note in notes {
+                    eprintln!("note: {note}");
+                }
+            }
+            Ok(())
+        }
         Command::Serve { mode, .. } => {
             bail!("serve --mode {mode:?} is not available in this build yet")
         }
