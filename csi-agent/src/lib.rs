@@ -6,5 +6,9 @@
 //! The CSI services and the Kubernetes reconciler sit on top of these and come in later modules.
 
 pub mod claim;
+pub mod csi;
 pub mod discovery;
+pub mod fs;
 pub mod lvm;
+pub mod mount;
+pub mod volume_lock;
