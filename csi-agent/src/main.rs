@@ -3,9 +3,14 @@
 //! to the library; nothing else lives in this file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use csi_agent::csi::standalone::StandaloneConfig;
+use csi_agent::lvm::{LvmOptions, RunnerConfig};
+use csi_api::crd::{ClaimMode, NodeStorageSpec};
+use csi_api::names::DeviceClass;
 use csi_api::runtime::{Endpoint, LogArgs, init_logging, shutdown_token};
 
 /// Strata node agent: turns a node's raw disks into LVM volume groups per media class and serves
@@ -50,7 +55,68 @@ enum Command {
         node_name: String,
         #[command(flatten)]
         roots: Roots,
+        /// Root of procfs (mounts and swaps are read from it).
+        #[arg(long, default_value = "/proc")]
+        proc_root: PathBuf,
+        #[command(flatten)]
+        standalone: StandaloneArgs,
     },
+}
+
+/// Standalone mode's claim policy and rescans (Kubernetes mode reads the policy from NodeStorage).
+#[derive(clap::Args, Debug)]
+struct StandaloneArgs {
+    /// `auto` claims every eligible disk; `manual` only slots matched by `--include`.
+    #[arg(long, value_enum, default_value = "auto")]
+    claim_mode: ClaimModeArg,
+    /// Slot glob that may be claimed (repeatable; empty = all in auto mode).
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
+    /// Slot glob never claimed (repeatable; wins over --include).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Bytes of a class kept free of volumes, e.g. `nvme=10Gi` (repeatable).
+    #[arg(long = "reserve", value_name = "CLASS=QUANTITY", value_parser = parse_reserve)]
+    reserve: Vec<(DeviceClass, u64)>,
+    /// Media class forced for a slot, e.g. `pci-0000:00:05.0-ata-1=hdd` (repeatable).
+    #[arg(long = "media-override", value_name = "SLOT=CLASS", value_parser = parse_override)]
+    media_override: Vec<(String, DeviceClass)>,
+    /// Seconds between discovery passes (new disks are claimed on the next pass).
+    #[arg(long, default_value_t = 10)]
+    rescan_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ClaimModeArg {
+    Auto,
+    Manual,
+}
+
+fn parse_reserve(s: &str) -> Result<(DeviceClass, u64), String> {
+    let (class, qty) = s.split_once('=').ok_or("expected CLASS=QUANTITY")?;
+    let class = class.parse().map_err(|e| format!("{e}"))?;
+    let bytes = csi_api::capacity::quantity_bytes(qty).map_err(|e| e.to_string())?;
+    Ok((class, bytes))
+}
+
+fn parse_override(s: &str) -> Result<(String, DeviceClass), String> {
+    let (slot, class) = s.split_once('=').ok_or("expected SLOT=CLASS")?;
+    Ok((slot.to_owned(), class.parse().map_err(|e| format!("{e}"))?))
+}
+
+impl StandaloneArgs {
+    fn spec(&self) -> NodeStorageSpec {
+        NodeStorageSpec {
+            claim_mode: match self.claim_mode {
+                ClaimModeArg::Auto => ClaimMode::Auto,
+                ClaimModeArg::Manual => ClaimMode::Manual,
+            },
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            reserved_bytes: self.reserve.iter().copied().collect(),
+            media_overrides: self.media_override.iter().cloned().collect(),
+        }
+    }
 }
 
 /// Where the agent reads the kernel's view of devices (tests point these at fixtures).
@@ -74,7 +140,7 @@ enum Mode {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let _shutdown = shutdown_token()?;
+    let shutdown = shutdown_token()?;
     match cli.command {
         Command::Discover {
             json,
@@ -96,8 +162,33 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { mode, .. } => {
-            bail!("serve --mode {mode:?} is not available in this build yet")
+        Command::Serve {
+            mode: Mode::Kubernetes,
+            ..
+        } => bail!("serve --mode kubernetes is not available in this build yet"),
+        Command::Serve {
+            mode: Mode::Standalone,
+            csi_endpoint,
+            node_name,
+            roots,
+            proc_root,
+            standalone,
+        } => {
+            let config = StandaloneConfig {
+                node: node_name,
+                endpoint: csi_endpoint,
+                roots: csi_agent::discovery::Roots {
+                    sysfs: roots.sysfs_root,
+                    dev: roots.dev_root,
+                    proc: proc_root,
+                },
+                spec: standalone.spec(),
+                rescan: Duration::from_secs(standalone.rescan_seconds.max(1)),
+                lvm_runner: RunnerConfig::default(),
+                lvm_options: LvmOptions::default(),
+            };
+            csi_agent::csi::standalone::run(config, shutdown).await?;
+            Ok(())
         }
     }
 }
