@@ -416,7 +416,7 @@ async fn remove_lv_is_idempotent_and_refuses_foreign_and_busy() {
         &[],
         Reply::fail(
             5,
-            &format!("Logical volume {VG}/{VOL} contains a filesystem in use."),
+            format!("Logical volume {VG}/{VOL} contains a filesystem in use."),
         ),
     );
     let err = lvm(busy).remove_lv(VG, VOL).await.unwrap_err();
