@@ -26,7 +26,11 @@ struct Teardown {
 
 impl Teardown {
     fn new() -> Self {
-        Teardown { mounts: Vec::new(), vg: None, pvs: Vec::new() }
+        Teardown {
+            mounts: Vec::new(),
+            vg: None,
+            pvs: Vec::new(),
+        }
     }
 }
 
@@ -50,14 +54,25 @@ fn s(p: &Path) -> &str {
 
 fn assert_blank(disk: &vm::Disk) {
     let found = vm::probe(&disk.dev);
-    assert!(found.is_empty(), "{} ({}) should carry no signature, blkid -p finds {found:?}", disk.serial, disk.name);
-    assert_eq!(disk.partitions, 0, "{} ({}) should have no partitions", disk.serial, disk.name);
+    assert!(
+        found.is_empty(),
+        "{} ({}) should carry no signature, blkid -p finds {found:?}",
+        disk.serial,
+        disk.name
+    );
+    assert_eq!(
+        disk.partitions, 0,
+        "{} ({}) should have no partitions",
+        disk.serial, disk.name
+    );
 }
 
 /// The lab carries what `nodevm --lab` declares: slots, media, sizes and prepared content.
 #[test]
 fn lab_disks_carry_declared_content() {
-    let Some(_lab) = vm::enter("lab_disks_carry_declared_content") else { return };
+    let Some(_lab) = vm::enter("lab_disks_carry_declared_content") else {
+        return;
+    };
 
     let nvme_a = vm::nvme_at("0000:00:04.0");
     let nvme_b = vm::nvme_at("0000:00:05.0");
@@ -78,7 +93,10 @@ fn lab_disks_carry_declared_content() {
         ("SWAP-A", false, 2),
     ] {
         let d = vm::by_serial(serial);
-        assert_eq!(d.pci, "0000:00:1f.2", "{serial} should sit on the q35 AHCI controller: {d:?}");
+        assert_eq!(
+            d.pci, "0000:00:1f.2",
+            "{serial} should sit on the q35 AHCI controller: {d:?}"
+        );
         assert!(d.name.starts_with("sd"), "{d:?}");
         assert_eq!(d.rotational, rotational, "{d:?}");
         assert_eq!(d.size_bytes, gib * GIB, "{d:?}");
@@ -87,32 +105,54 @@ fn lab_disks_carry_declared_content() {
     assert_blank(&vm::by_serial("HDD-A"));
 
     let gpt = vm::by_serial("HDD-GPT");
-    assert_eq!(vm::probe(&gpt.dev).get("PTTYPE").map(String::as_str), Some("gpt"), "{gpt:?}");
+    assert_eq!(
+        vm::probe(&gpt.dev).get("PTTYPE").map(String::as_str),
+        Some("gpt"),
+        "{gpt:?}"
+    );
     assert_eq!(gpt.partitions, 2, "{gpt:?}");
 
     let ext4 = vm::by_serial("SSD-EXT4");
-    assert_eq!(vm::probe(&ext4.dev).get("TYPE").map(String::as_str), Some("ext4"), "{ext4:?}");
+    assert_eq!(
+        vm::probe(&ext4.dev).get("TYPE").map(String::as_str),
+        Some("ext4"),
+        "{ext4:?}"
+    );
 
     let swap = vm::by_serial("SWAP-A");
-    assert_eq!(vm::probe(&swap.dev).get("TYPE").map(String::as_str), Some("swap"), "{swap:?}");
+    assert_eq!(
+        vm::probe(&swap.dev).get("TYPE").map(String::as_str),
+        Some("swap"),
+        "{swap:?}"
+    );
 
     let foreign = vm::by_serial("PV-FOREIGN");
     assert_eq!(foreign.pci, "0000:00:06.0", "{foreign:?}");
     assert!(foreign.name.starts_with("vd"), "{foreign:?}");
     assert_eq!(foreign.size_bytes, 2 * GIB);
-    assert_eq!(vm::probe(&foreign.dev).get("TYPE").map(String::as_str), Some("LVM2_member"), "{foreign:?}");
+    assert_eq!(
+        vm::probe(&foreign.dev).get("TYPE").map(String::as_str),
+        Some("LVM2_member"),
+        "{foreign:?}"
+    );
     let vg = vm::run("pvs", &["--noheadings", "-o", "vg_name", s(&foreign.dev)]);
     assert_eq!(vg.trim(), "othervg");
     // the foreign VG's LV exists but nothing activated it
     let attr = vm::run("lvs", &["--noheadings", "-o", "lv_attr", "othervg/data"]);
-    assert_eq!(attr.trim().chars().nth(4), Some('-'), "othervg/data should be inactive: {attr}");
+    assert_eq!(
+        attr.trim().chars().nth(4),
+        Some('-'),
+        "othervg/data should be inactive: {attr}"
+    );
 }
 
 /// The acceptance path of a Strata volume: VG over both NVMe disks, LV, XFS, online growth
 /// across the second PV, data intact, and the disks clean afterwards.
 #[test]
 fn lvm_xfs_online_grow_on_nvme() {
-    let Some(_lab) = vm::enter("lvm_xfs_online_grow_on_nvme") else { return };
+    let Some(_lab) = vm::enter("lvm_xfs_online_grow_on_nvme") else {
+        return;
+    };
     let vg = "nodetest_nvme";
     let disks = [vm::nvme_at("0000:00:04.0"), vm::nvme_at("0000:00:05.0")];
     for d in &disks {
@@ -125,7 +165,10 @@ fn lvm_xfs_online_grow_on_nvme() {
     vm::run("pvcreate", &[&["-q", "-y"], devs.as_slice()].concat());
     teardown.vg = Some(vg.to_owned());
     vm::run("vgcreate", &[&["-q", vg], devs.as_slice()].concat());
-    vm::run("lvcreate", &["-q", "-y", "-W", "y", "-L", "1G", "-n", "data", vg]);
+    vm::run(
+        "lvcreate",
+        &["-q", "-y", "-W", "y", "-L", "1G", "-n", "data", vg],
+    );
     let lv = PathBuf::from(format!("/dev/{vg}/data"));
     assert!(lv.exists(), "{} missing after lvcreate", lv.display());
     assert_eq!(vm::dev_size(&lv), GIB);
@@ -136,7 +179,9 @@ fn lvm_xfs_online_grow_on_nvme() {
     vm::run("mount", &[s(&lv), s(&mnt)]);
     teardown.mounts.push(mnt.clone());
 
-    let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let file = mnt.join("payload");
     fs::write(&file, &data).expect("write payload");
     vm::run("sync", &[]);
@@ -146,14 +191,24 @@ fn lvm_xfs_online_grow_on_nvme() {
     // 10 GiB does not fit on one 8 GiB PV: the LV must span both disks
     vm::run("lvextend", &["-q", "-L", "10G", &format!("{vg}/data")]);
     assert_eq!(vm::dev_size(&lv), 10 * GIB);
-    let pvs_used = vm::run("lvs", &["--noheadings", "-o", "devices", &format!("{vg}/data")]);
+    let pvs_used = vm::run(
+        "lvs",
+        &["--noheadings", "-o", "devices", &format!("{vg}/data")],
+    );
     for d in &devs {
         assert!(pvs_used.contains(d), "LV should use {d}: {pvs_used}");
     }
     vm::run("xfs_growfs", &[s(&mnt)]);
     let after = vm::fs_size(&mnt);
-    assert!(after > 9 * GIB, "filesystem did not grow online: {before} -> {after} bytes");
-    assert_eq!(fs::read(&file).expect("read payload back"), data, "payload changed by the growth");
+    assert!(
+        after > 9 * GIB,
+        "filesystem did not grow online: {before} -> {after} bytes"
+    );
+    assert_eq!(
+        fs::read(&file).expect("read payload back"),
+        data,
+        "payload changed by the growth"
+    );
 
     vm::run("umount", &[s(&mnt)]);
     teardown.mounts.clear();
@@ -168,7 +223,10 @@ fn lvm_xfs_online_grow_on_nvme() {
         assert_blank(d);
     }
     let left = vm::run("dmsetup", &["ls"]);
-    assert!(!left.contains(vg), "device-mapper devices left behind: {left}");
+    assert!(
+        !left.contains(vg),
+        "device-mapper devices left behind: {left}"
+    );
 }
 
 /// What the image must bring beyond plain LVM: thin pools (dm-thin-pool, thin_check),
@@ -176,7 +234,9 @@ fn lvm_xfs_online_grow_on_nvme() {
 /// `lvextend -r` (fsadm needs GNU coreutils).
 #[test]
 fn thin_pool_snapshot_and_monitoring() {
-    let Some(_lab) = vm::enter("thin_pool_snapshot_and_monitoring") else { return };
+    let Some(_lab) = vm::enter("thin_pool_snapshot_and_monitoring") else {
+        return;
+    };
     let vg = "nodetest_ssd";
     let disk = vm::by_serial("SSD-A");
     assert_blank(&disk);
@@ -188,10 +248,32 @@ fn thin_pool_snapshot_and_monitoring() {
     vm::run("vgcreate", &["-q", vg, dev]);
 
     // thin pool + thin volume, monitored by dmeventd
-    vm::run("lvcreate", &["-q", "-y", "-L", "512M", "-T", &format!("{vg}/pool")]);
-    vm::run("lvcreate", &["-q", "-y", "-V", "2G", "-T", &format!("{vg}/pool"), "-n", "thin"]);
-    let monitor = vm::run("lvs", &["--noheadings", "-o", "seg_monitor", &format!("{vg}/pool")]);
-    assert_eq!(monitor.trim(), "monitored", "dmeventd does not monitor the thin pool");
+    vm::run(
+        "lvcreate",
+        &["-q", "-y", "-L", "512M", "-T", &format!("{vg}/pool")],
+    );
+    vm::run(
+        "lvcreate",
+        &[
+            "-q",
+            "-y",
+            "-V",
+            "2G",
+            "-T",
+            &format!("{vg}/pool"),
+            "-n",
+            "thin",
+        ],
+    );
+    let monitor = vm::run(
+        "lvs",
+        &["--noheadings", "-o", "seg_monitor", &format!("{vg}/pool")],
+    );
+    assert_eq!(
+        monitor.trim(),
+        "monitored",
+        "dmeventd does not monitor the thin pool"
+    );
     let thin = PathBuf::from(format!("/dev/{vg}/thin"));
     vm::run("mkfs.ext4", &["-q", s(&thin)]);
     let mnt = PathBuf::from("/mnt/nodetest-thin");
@@ -201,24 +283,53 @@ fn thin_pool_snapshot_and_monitoring() {
     fs::write(mnt.join("f"), b"before").expect("write");
     vm::run("sync", &[]);
     // a snapshot of a mounted volume: LVM's suspend freezes the filesystem itself
-    vm::run("lvcreate", &["-q", "-s", "-n", "thinsnap", &format!("{vg}/thin")]);
+    vm::run(
+        "lvcreate",
+        &["-q", "-s", "-n", "thinsnap", &format!("{vg}/thin")],
+    );
     fs::write(mnt.join("f"), b"after").expect("write");
-    vm::run("lvchange", &["-q", "-a", "y", "-K", &format!("{vg}/thinsnap")]);
+    vm::run(
+        "lvchange",
+        &["-q", "-a", "y", "-K", &format!("{vg}/thinsnap")],
+    );
     let snapmnt = PathBuf::from("/mnt/nodetest-thinsnap");
     fs::create_dir_all(&snapmnt).expect("mkdir mountpoint");
-    vm::run("mount", &["-o", "ro", &format!("/dev/{vg}/thinsnap"), s(&snapmnt)]);
+    vm::run(
+        "mount",
+        &["-o", "ro", &format!("/dev/{vg}/thinsnap"), s(&snapmnt)],
+    );
     teardown.mounts.push(snapmnt.clone());
-    assert_eq!(fs::read(snapmnt.join("f")).expect("read snapshot"), b"before");
+    assert_eq!(
+        fs::read(snapmnt.join("f")).expect("read snapshot"),
+        b"before"
+    );
     vm::run("umount", &[s(&snapmnt)]);
     vm::run("umount", &[s(&mnt)]);
     teardown.mounts.clear();
 
     // linear LV with ext4: classic snapshot, then lvextend -r (fsadm) online
-    vm::run("lvcreate", &["-q", "-y", "-W", "y", "-L", "256M", "-n", "lin", vg]);
+    vm::run(
+        "lvcreate",
+        &["-q", "-y", "-W", "y", "-L", "256M", "-n", "lin", vg],
+    );
     let lin = PathBuf::from(format!("/dev/{vg}/lin"));
     vm::run("mkfs.ext4", &["-q", s(&lin)]);
-    vm::run("lvcreate", &["-q", "-s", "-L", "64M", "-n", "linsnap", &format!("{vg}/lin")]);
-    let origin = vm::run("lvs", &["--noheadings", "-o", "origin", &format!("{vg}/linsnap")]);
+    vm::run(
+        "lvcreate",
+        &[
+            "-q",
+            "-s",
+            "-L",
+            "64M",
+            "-n",
+            "linsnap",
+            &format!("{vg}/lin"),
+        ],
+    );
+    let origin = vm::run(
+        "lvs",
+        &["--noheadings", "-o", "origin", &format!("{vg}/linsnap")],
+    );
     assert_eq!(origin.trim(), "lin");
     vm::run("lvremove", &["-q", "-y", &format!("{vg}/linsnap")]);
     let linmnt = PathBuf::from("/mnt/nodetest-lin");
@@ -226,9 +337,15 @@ fn thin_pool_snapshot_and_monitoring() {
     vm::run("mount", &[s(&lin), s(&linmnt)]);
     teardown.mounts.push(linmnt.clone());
     let before = vm::fs_size(&linmnt);
-    vm::run("lvextend", &["-q", "-r", "-L", "512M", &format!("{vg}/lin")]);
+    vm::run(
+        "lvextend",
+        &["-q", "-r", "-L", "512M", &format!("{vg}/lin")],
+    );
     let after = vm::fs_size(&linmnt);
-    assert!(after > before + 200 * (1 << 20), "ext4 did not grow online: {before} -> {after}");
+    assert!(
+        after > before + 200 * (1 << 20),
+        "ext4 did not grow online: {before} -> {after}"
+    );
     vm::run("umount", &[s(&linmnt)]);
     teardown.mounts.clear();
 

@@ -47,7 +47,9 @@ pub fn enter(test: &str) -> Option<MutexGuard<'static, ()>> {
     }
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     assert!(
-        status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
         "{test}: the node VM runs tests as root, but this process is not root"
     );
     static LAB: Mutex<()> = Mutex::new(());
@@ -56,7 +58,10 @@ pub fn enter(test: &str) -> Option<MutexGuard<'static, ()>> {
 }
 
 fn describe(prog: &str, args: &[&str]) -> String {
-    std::iter::once(prog).chain(args.iter().copied()).collect::<Vec<_>>().join(" ")
+    std::iter::once(prog)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs `prog args`, returning its output whatever its exit status.
@@ -93,7 +98,10 @@ pub fn probe(dev: &Path) -> BTreeMap<String, String> {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         Some(2) => BTreeMap::new(),
-        _ => panic!("blkid -p {dev} failed: {}", String::from_utf8_lossy(&out.stderr)),
+        _ => panic!(
+            "blkid -p {dev} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
@@ -123,7 +131,8 @@ fn serial_of(sys: &Path) -> String {
         .or_else(|| read_trim(sys.join("serial")))
         .or_else(|| {
             let page = fs::read(sys.join("device/vpd_pg80")).ok()?;
-            page.get(4..).map(|s| String::from_utf8_lossy(s).trim().to_owned())
+            page.get(4..)
+                .map(|s| String::from_utf8_lossy(s).trim().to_owned())
         })
         .unwrap_or_default()
 }
@@ -134,7 +143,10 @@ pub fn disks() -> Vec<Disk> {
     for entry in fs::read_dir("/sys/block").expect("read /sys/block") {
         let entry = entry.expect("read /sys/block");
         let name = entry.file_name().to_string_lossy().into_owned();
-        if ["loop", "ram", "dm-", "sr", "md", "zram", "nbd"].iter().any(|p| name.starts_with(p)) {
+        if ["loop", "ram", "dm-", "sr", "md", "zram", "nbd"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             continue;
         }
         let sys = entry.path();
@@ -156,7 +168,10 @@ pub fn disks() -> Vec<Disk> {
             serial: serial_of(&sys),
             pci,
             rotational: read_trim(sys.join("queue/rotational")).as_deref() == Some("1"),
-            size_bytes: read_trim(sys.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) * 512,
+            size_bytes: read_trim(sys.join("size"))
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 512,
             partitions,
             name,
         });
@@ -170,7 +185,9 @@ fn find(what: &str, pred: impl Fn(&Disk) -> bool) -> Disk {
     let mut found = all.iter().filter(|d| pred(d));
     match (found.next(), found.next()) {
         (Some(d), None) => d.clone(),
-        (None, _) => panic!("no disk with {what} in the VM (was it booted with --lab?); disks: {all:#?}"),
+        (None, _) => {
+            panic!("no disk with {what} in the VM (was it booted with --lab?); disks: {all:#?}")
+        }
         (Some(_), Some(_)) => panic!("more than one disk with {what}; disks: {all:#?}"),
     }
 }
@@ -183,7 +200,9 @@ pub fn by_serial(serial: &str) -> Disk {
 /// The NVMe namespace of the controller in PCI slot `pci` (e.g. `0000:00:04.0`), checked against
 /// udev's `/dev/disk/by-path/pci-<slot>-nvme-1` link when udev runs.
 pub fn nvme_at(pci: &str) -> Disk {
-    let disk = find(&format!("NVMe at {pci}"), |d| d.pci == pci && d.name.starts_with("nvme"));
+    let disk = find(&format!("NVMe at {pci}"), |d| {
+        d.pci == pci && d.name.starts_with("nvme")
+    });
     let link = PathBuf::from(format!("/dev/disk/by-path/pci-{pci}-nvme-1"));
     if Path::new("/dev/disk/by-path").is_dir() {
         let target = fs::canonicalize(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
@@ -194,7 +213,14 @@ pub fn nvme_at(pci: &str) -> Disk {
 
 /// Size of the filesystem mounted at `mountpoint`, in bytes (GNU df).
 pub fn fs_size(mountpoint: &Path) -> u64 {
-    let out = run("df", &["-B1", "--output=size", mountpoint.to_str().expect("UTF-8 path")]);
+    let out = run(
+        "df",
+        &[
+            "-B1",
+            "--output=size",
+            mountpoint.to_str().expect("UTF-8 path"),
+        ],
+    );
     out.lines()
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
@@ -203,6 +229,11 @@ pub fn fs_size(mountpoint: &Path) -> u64 {
 
 /// Size of a block device in bytes.
 pub fn dev_size(dev: &Path) -> u64 {
-    let out = run("blockdev", &["--getsize64", dev.to_str().expect("UTF-8 path")]);
-    out.trim().parse().unwrap_or_else(|_| panic!("cannot parse blockdev output: {out}"))
+    let out = run(
+        "blockdev",
+        &["--getsize64", dev.to_str().expect("UTF-8 path")],
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot parse blockdev output: {out}"))
 }
