@@ -1,9 +1,11 @@
 //! Placement strategies shared by the scheduler's prioritize and the controller's choice of node
 //! for Immediate-binding volumes: among the nodes a [`Demand`] fits, `binpack` prefers the node
-//! left with the fewest free bytes of the class (best fit), `spread` the node left with the
-//! lowest utilisation of the class. Each term (class × placement) is ranked across the candidates
-//! from exact byte counts, terms are weighted by their bytes, and the result is mapped to the
-//! extender's 0..=10: the single best node (ties broken by node name) gets 10, the others 0..=9.
+//! left fullest — the fewest free bytes over all its classes once the demand is placed (best fit,
+//! which also keeps nodes offering several classes for pods that need several), `spread` the node
+//! left with the lowest utilisation of the class. Each term (class × placement) is ranked across
+//! the candidates from exact byte counts, terms are weighted by their bytes, and the result is
+//! mapped to the extender's 0..=10: the single best node (ties broken by node name) gets 10, the
+//! others 0..=9.
 
 use crate::capacity::{ClassBytes, ClassCapacity, NodeCapacity, add_class_bytes};
 use crate::names::{DeviceClass, Placement};
@@ -65,18 +67,19 @@ impl Demand {
     }
 }
 
-/// A node's free bytes of `class` once the whole demand of that class is placed on it.
-fn left_after(cap: &ClassCapacity, needed: u64) -> u64 {
-    cap.available().saturating_sub(needed)
-}
-
-/// How bad a node is for one term, lower is better: bytes left for binpack, utilisation left
-/// (as a fraction of the class's total) for spread.
-fn badness(cap: &ClassCapacity, needed: u64, placement: Placement) -> f64 {
-    let left = left_after(cap, needed);
-    match placement {
-        Placement::Binpack => left as f64,
+/// How bad a node is for one term, lower is better. Binpack: the node's free bytes over all its
+/// classes once the whole demand is placed. Spread: the class's utilisation once its demand is
+/// placed (a fraction of the class's total).
+fn badness(node: &NodeCapacity, cap: &ClassCapacity, demand: &Demand, term: &Term) -> f64 {
+    match term.placement {
+        Placement::Binpack => {
+            let free: u64 = node.classes.values().map(ClassCapacity::available).sum();
+            let placed: u64 = demand.by_class().values().sum();
+            free.saturating_sub(placed) as f64
+        }
         Placement::Spread => {
+            let needed = demand.by_class().get(&term.class).copied().unwrap_or(0);
+            let left = cap.available().saturating_sub(needed);
             if cap.total == 0 {
                 1.0
             } else {
@@ -142,14 +145,13 @@ fn combined_goodness(
     let mut goodness = vec![0.0; fitting.len()];
     let mut bad = vec![0.0; fitting.len()];
     for term in demand.terms() {
-        let needed = demand.by_class().get(&term.class).copied().unwrap_or(0);
         for (slot, &i) in bad.iter_mut().zip(fitting) {
             // Fitting nodes have every class of the demand.
-            *slot = candidates[i]
-                .1
+            let node = candidates[i].1;
+            *slot = node
                 .classes
                 .get(&term.class)
-                .map_or(f64::MAX, |cap| badness(cap, needed, term.placement));
+                .map_or(f64::MAX, |cap| badness(node, cap, demand, term));
         }
         let (lo, hi) = min_max(bad.iter().copied());
         let weight = if total_weight > 0.0 {
@@ -262,31 +264,50 @@ mod tests {
     }
 
     #[test]
+    fn binpack_counts_every_class_of_the_node_and_keeps_multi_class_nodes() {
+        // Same nvme room; "multi" also has hdd free: an nvme-only claim goes to "plain".
+        let plain = node(&[(DeviceClass::Nvme, 100 * GIB, 60 * GIB)]);
+        let multi = node(&[
+            (DeviceClass::Nvme, 100 * GIB, 50 * GIB),
+            (DeviceClass::Hdd, 1000 * GIB, 900 * GIB),
+        ]);
+        let nodes = [("multi", &multi), ("plain", &plain)];
+        let d = demand(&[(DeviceClass::Nvme, Placement::Binpack, 10 * GIB)]);
+        assert_eq!(score(&nodes, &d), vec![0, 10]);
+    }
+
+    #[test]
     fn terms_are_weighted_by_bytes_across_classes() {
-        // x is the tight fit for the small nvme term, y for the big hdd term.
+        // x is fuller in nvme, y in hdd: spread prefers y for nvme, x for hdd.
         let x = node(&[
             (DeviceClass::Nvme, 100 * GIB, 20 * GIB),
-            (DeviceClass::Hdd, 10_000 * GIB, 9_000 * GIB),
+            (DeviceClass::Hdd, 1000 * GIB, 900 * GIB),
         ]);
         let y = node(&[
             (DeviceClass::Nvme, 100 * GIB, 90 * GIB),
-            (DeviceClass::Hdd, 10_000 * GIB, 1_000 * GIB),
+            (DeviceClass::Hdd, 1000 * GIB, 100 * GIB),
         ]);
         let nodes = [("x", &x), ("y", &y)];
         let d = demand(&[
-            (DeviceClass::Nvme, Placement::Binpack, 10 * GIB),
-            (DeviceClass::Hdd, Placement::Binpack, 500 * GIB),
-        ]);
-        assert_eq!(best(&nodes, &d), Some(1));
-        let d = demand(&[
-            (DeviceClass::Nvme, Placement::Binpack, 15 * GIB),
-            (DeviceClass::Hdd, Placement::Binpack, GIB),
+            (DeviceClass::Nvme, Placement::Spread, 10 * GIB),
+            (DeviceClass::Hdd, Placement::Spread, 50 * GIB),
         ]);
         assert_eq!(best(&nodes, &d), Some(0));
-        // Mixed strategies: binpack nvme heavy, spread hdd light.
+        let d = demand(&[
+            (DeviceClass::Nvme, Placement::Spread, 15 * GIB),
+            (DeviceClass::Hdd, Placement::Spread, GIB),
+        ]);
+        assert_eq!(best(&nodes, &d), Some(1));
+        // Mixed strategies: heavy nvme binpack (y is left with fewer bytes overall) against a
+        // light hdd spread (x is emptier in hdd).
         let d = demand(&[
             (DeviceClass::Nvme, Placement::Binpack, 15 * GIB),
             (DeviceClass::Hdd, Placement::Spread, GIB),
+        ]);
+        assert_eq!(score(&nodes, &d), vec![0, 10]);
+        let d = demand(&[
+            (DeviceClass::Nvme, Placement::Binpack, GIB),
+            (DeviceClass::Hdd, Placement::Spread, 15 * GIB),
         ]);
         assert_eq!(score(&nodes, &d), vec![10, 0]);
     }

@@ -355,11 +355,11 @@ mod tests {
         let v = view(multi_class_claims(), &[]);
         let demand = v.demand_of(&multi_class_pod());
         let scores = prioritize(&v, &demand, &NODES);
-        // Fitting: both (nvme 100 → 75 left; hdd 900 → 800 of 1000), tight (nvme 30 → 5;
-        // hdd 200 → 100), roomy (nvme 800 → 775; hdd 950 → 850). The nvme binpack term
-        // (weight 25/125) favours tight, then both; the hdd spread term (100/125) favours roomy,
-        // then both, closely: both wins overall, roomy second, tight last.
-        assert_eq!(scores, vec![10, 0, 0, 0, 7, 0]);
+        // Fitting: both (free 1000 GiB → 875 left; hdd 900 → 800 of 1000), tight (230 → 105;
+        // hdd 200 → 100), roomy (1750 → 1625; hdd 950 → 850). The nvme binpack term (weight
+        // 25/125) favours tight, then both; the hdd spread term (100/125) favours roomy, then
+        // both, closely: both wins overall, roomy second, tight last.
+        assert_eq!(scores, vec![10, 0, 0, 0, 8, 0]);
         // Deterministic.
         assert_eq!(prioritize(&v, &demand, &NODES), scores);
     }
