@@ -232,7 +232,11 @@ impl<R: LvmRunner> Lvm<R> {
         if out.success() {
             return Ok(report::parse_pvs("pvs", &out.stdout)?.into_iter().next());
         }
-        if out.stderr.contains("Failed to find physical volume") {
+        // "Failed to find physical volume", or lvm2 declining the device ("Cannot use /dev/x:
+        // device is partitioned"): not a PV. A device that does not exist is an error.
+        let declined =
+            out.stderr.contains("Cannot use") && !out.stderr.contains("device not found");
+        if out.stderr.contains("Failed to find physical volume") || declined {
             return Ok(None);
         }
         Err(classify(failure(&inv, &out), Subject::Device(device), 0))
