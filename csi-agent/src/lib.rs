@@ -9,6 +9,7 @@ pub mod claim;
 pub mod csi;
 pub mod discovery;
 pub mod fs;
+pub mod kubernetes;
 pub mod lvm;
 pub mod mount;
 pub mod volume_lock;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use csi_agent::csi::standalone::StandaloneConfig;
 use csi_agent::lvm::{LvmOptions, RunnerConfig};
@@ -164,8 +164,27 @@ async fn main() -> Result<()> {
         }
         Command::Serve {
             mode: Mode::Kubernetes,
-            ..
-        } => bail!("serve --mode kubernetes is not available in this build yet"),
+            csi_endpoint,
+            node_name,
+            roots,
+            proc_root,
+            standalone: _,
+        } => {
+            let config = csi_agent::kubernetes::KubernetesConfig {
+                node: node_name,
+                endpoint: csi_endpoint,
+                roots: csi_agent::discovery::Roots {
+                    sysfs: roots.sysfs_root,
+                    dev: roots.dev_root,
+                    proc: proc_root,
+                },
+                resync: Duration::from_secs(60),
+                lvm_runner: RunnerConfig::default(),
+                lvm_options: LvmOptions::default(),
+            };
+            csi_agent::kubernetes::serve(config, shutdown).await?;
+            Ok(())
+        }
         Command::Serve {
             mode: Mode::Standalone,
             csi_endpoint,

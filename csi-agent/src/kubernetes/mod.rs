@@ -8,13 +8,22 @@ pub mod node_storage;
 pub mod volumes;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use csi_api::runtime::Endpoint;
 use kube::Client;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::lvm_volumes::LvmVolumes;
+use crate::csi::node::NodeService;
+use crate::csi::server::{ServeError, Services, serve as serve_csi};
 use crate::discovery::Roots;
-use crate::lvm::{Lvm, LvmRunner};
+use crate::fs::{FsTools, ProcessRunner};
+use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
+use crate::mount::SyscallMounter;
+use crate::volume_lock::VolumeLocks;
 
 /// What the Kubernetes-mode tasks share.
 pub struct Context<R: LvmRunner> {
@@ -35,4 +44,83 @@ pub async fn run<R: LvmRunner + 'static>(
     let publisher = tokio::spawn(node_storage::run(ctx.clone(), resync, shutdown.clone()));
     volumes::run(ctx, shutdown).await;
     publisher.await.ok();
+}
+
+/// Everything Kubernetes mode is configured with.
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    pub node: String,
+    pub endpoint: Endpoint,
+    pub roots: Roots,
+    /// Safety-net period of the NodeStorage pass (changes are published at once).
+    pub resync: Duration,
+    pub lvm_runner: RunnerConfig,
+    pub lvm_options: LvmOptions,
+}
+
+/// Why Kubernetes mode stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error("no cluster access (in-cluster config or KUBECONFIG needed): {0}")]
+    Client(#[from] kube::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Serves CSI Identity + Node, reconciles this node's LogicalVolumes and publishes its
+/// NodeStorage until `shutdown`; in-flight CSI calls finish first. Probe is ready once LVM
+/// answers (the claim pass and reconciler run in the background).
+pub async fn serve(
+    config: KubernetesConfig,
+    shutdown: CancellationToken,
+) -> Result<(), KubernetesError> {
+    let client = Client::try_default().await?;
+    let lvm = Lvm::new(
+        CommandRunner::new(config.lvm_runner.clone()),
+        config.lvm_options.clone(),
+    );
+    let ready = Readiness::default();
+    let services = Services {
+        identity: IdentityService::new(false, ready.clone()),
+        node: NodeService::new(
+            config.node.clone(),
+            Arc::new(LvmVolumes::new(lvm.clone(), Default::default())),
+            Arc::new(SyscallMounter::default()),
+            FsTools::new(Arc::new(ProcessRunner)),
+            VolumeLocks::new(),
+        ),
+        controller: None,
+    };
+    let ctx = Arc::new(Context {
+        client,
+        node: config.node.clone(),
+        lvm: lvm.with_cancellation(shutdown.child_token()),
+        roots: config.roots.clone(),
+        changed: Arc::new(Notify::new()),
+    });
+    let probe_lvm = lvm.clone();
+    let readiness = tokio::spawn(async move {
+        loop {
+            match probe_lvm.vgs().await {
+                Ok(_) => {
+                    ready.set_ready();
+                    tracing::info!("LVM answers; ready");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "LVM not ready yet"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let background = tokio::spawn(run(ctx, config.resync, shutdown.clone()));
+    let served = serve_csi(
+        &config.endpoint,
+        services,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
+    shutdown.cancel();
+    readiness.abort();
+    let _ = background.await;
+    Ok(served?)
 }
