@@ -816,3 +816,26 @@ fn rounds_up_to_whole_extents() {
     assert_eq!(round_up_to_extent(4 * MIB + 1, 4 * MIB), 8 * MIB);
     assert_eq!(round_up_to_extent(7, 0), 7);
 }
+
+#[tokio::test]
+async fn a_device_lvm2_declines_is_probed_and_refused() {
+    let fake = FakeRunner::scripted()
+        .expect(
+            &["pvs"],
+            &[DEV],
+            Reply::fail(5, "Cannot use /dev/loop7: device is partitioned"),
+        )
+        .expect_tool(
+            Tool::Blkid,
+            &[],
+            &[DEV],
+            Reply::ok("DEVNAME=/dev/loop7\nPTUUID=1\nPTTYPE=gpt\n"),
+        );
+    let lvm = lvm(fake);
+    let err = lvm.create_pv(Path::new(DEV)).await.unwrap_err();
+    assert!(
+        matches!(err, LvmError::HasSignature { ref detail, .. } if detail == "PTTYPE=gpt"),
+        "{err:?}"
+    );
+    lvm.runner().assert_done();
+}
