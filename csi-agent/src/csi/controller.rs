@@ -115,7 +115,7 @@ impl ControllerService {
             .unwrap_or(0);
         let _guard = self.locks.try_lock(name)?;
 
-        if let Some(existing) = self.volumes.find(name).await? {
+        if let Some(existing) = self.volumes.locate(name).await? {
             if existing.class != class {
                 return Err(Error::AlreadyExists(format!(
                     "volume {name:?} exists in class {} (requested {class})",
@@ -164,9 +164,7 @@ impl ControllerService {
     pub async fn delete(&self, req: csi::DeleteVolumeRequest) -> Result<()> {
         let id = validate::id("volume_id", &req.volume_id)?;
         let _guard = self.locks.try_lock(id)?;
-        if self.volumes.find(id).await?.is_none() {
-            return Ok(());
-        }
+        // Idempotent: removing a volume that is gone is success.
         self.volumes.remove(id).await?;
         tracing::info!("volume deleted");
         Ok(())
@@ -699,7 +697,12 @@ mod tests {
         );
         assert_eq!(
             mem.calls(),
-            vec![format!("create pvc-1 nvme {GI}"), "remove pvc-1".into()]
+            vec![
+                format!("create pvc-1 nvme {GI}"),
+                "remove pvc-1".to_owned(),
+                "remove pvc-1".to_owned(),
+                "remove never-existed".to_owned(),
+            ]
         );
         let class = &mem.classes.lock().unwrap()[&DeviceClass::Nvme];
         assert_eq!(class.free_bytes, 16 * GI);

@@ -2,9 +2,13 @@
 //! VGs (`strata-nvme`, `strata-ssd`, `strata-hdd`); its class is its VG, its size the LV's size.
 //! Nothing else is stored anywhere, so the state survives restarts and is shared with `lvs`.
 //! A volume is unhealthy when its VG misses a PV or its LV is not active; an inactive LV is
-//! activated when looked up (after a reboot nothing else activates it).
+//! activated when looked up (after a reboot nothing else activates it). The class VGs' report is
+//! kept for a few seconds and adjusted by this process's own creates, grows and removals, so that
+//! a CreateVolume costs one `lvs` and one `lvcreate`; lvcreate remains the arbiter of space.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use csi_api::names::DeviceClass;
@@ -18,11 +22,46 @@ pub struct LvmVolumes<R: LvmRunner> {
     lvm: Lvm<R>,
     /// Bytes of each class kept free of volumes.
     reserved: BTreeMap<DeviceClass, u64>,
+    /// The class VGs as last read, and when.
+    classes: Mutex<Option<(Vec<ClassInfo>, Instant)>>,
 }
+
+/// How long the class VGs' report is reused.
+const CLASS_CACHE_TTL: Duration = Duration::from_secs(5);
 
 impl<R: LvmRunner> LvmVolumes<R> {
     pub fn new(lvm: Lvm<R>, reserved: BTreeMap<DeviceClass, u64>) -> Self {
-        LvmVolumes { lvm, reserved }
+        LvmVolumes {
+            lvm,
+            reserved,
+            classes: Mutex::new(None),
+        }
+    }
+
+    /// Applies this process's own change of `delta` bytes in `class` to the cached report.
+    fn adjust(&self, class: DeviceClass, delta: i128) {
+        let mut cache = self.classes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((classes, _)) = cache.as_mut() {
+            for c in classes.iter_mut().filter(|c| c.class == class) {
+                let apply = |v: u64| u64::try_from((i128::from(v) - delta).max(0)).unwrap_or(0);
+                c.free_bytes = apply(c.free_bytes);
+                c.allocatable_bytes = apply(c.allocatable_bytes);
+            }
+        }
+    }
+
+    /// Looks the LV up by its volume tag; activates it if it is inactive.
+    async fn lookup(&self, id: &str) -> Result<Option<(Lv, DeviceClass)>> {
+        let Some(mut lv) = self.lvm.find_lv(id).await? else {
+            return Ok(None);
+        };
+        let Some(class) = DeviceClass::from_vg_name(&lv.vg) else {
+            return Ok(None);
+        };
+        if lv.active == Activation::Inactive && self.lvm.options().activate {
+            lv = self.lvm.activate_lv(&lv.vg, id).await?;
+        }
+        Ok(Some((lv, class)))
     }
 
     async fn class_vgs(&self) -> Result<Vec<(DeviceClass, Vg)>> {
@@ -61,17 +100,24 @@ impl<R: LvmRunner> LvmVolumes<R> {
 #[async_trait]
 impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     async fn find(&self, id: &str) -> Result<Option<VolumeInfo>> {
-        let Some(mut lv) = self.lvm.find_lv(id).await? else {
+        let Some((lv, class)) = self.lookup(id).await? else {
             return Ok(None);
         };
-        let Some(class) = DeviceClass::from_vg_name(&lv.vg) else {
-            return Ok(None);
-        };
-        if lv.active == Activation::Inactive && self.lvm.options().activate {
-            lv = self.lvm.activate_lv(&lv.vg, id).await?;
-        }
         let vg = self.lvm.vg(&lv.vg).await?;
         Ok(Self::info(&lv, class, vg.as_ref()))
+    }
+
+    async fn locate(&self, id: &str) -> Result<Option<VolumeInfo>> {
+        let Some((lv, class)) = self.lookup(id).await? else {
+            return Ok(None);
+        };
+        Ok(lv.volume.clone().map(|id| VolumeInfo {
+            id,
+            class,
+            size_bytes: lv.size_bytes,
+            device: lv.device_path(),
+            problem: None,
+        }))
     }
 
     async fn list(&self) -> Result<Vec<VolumeInfo>> {
@@ -96,7 +142,16 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn classes(&self) -> Result<Vec<ClassInfo>> {
-        Ok(self
+        {
+            let cache = self.classes.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = cache
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < CLASS_CACHE_TTL);
+            if let Some((classes, _)) = fresh {
+                return Ok(classes.clone());
+            }
+        }
+        let classes: Vec<ClassInfo> = self
             .class_vgs()
             .await?
             .into_iter()
@@ -111,11 +166,15 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
                     missing_pvs: u32::try_from(vg.missing_pv_count).unwrap_or(u32::MAX),
                 }
             })
-            .collect())
+            .collect();
+        *self.classes.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((classes.clone(), Instant::now()));
+        Ok(classes)
     }
 
     async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo> {
         let lv = self.lvm.create_lv(class.vg_name(), id, bytes, None).await?;
+        self.adjust(class, i128::from(lv.size_bytes));
         Ok(VolumeInfo {
             id: id.to_owned(),
             class,
@@ -127,13 +186,17 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
 
     async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo> {
         let current = self
-            .find(id)
+            .locate(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist")))?;
         let lv = self
             .lvm
             .extend_lv(current.class.vg_name(), id, bytes)
             .await?;
+        self.adjust(
+            current.class,
+            i128::from(lv.size_bytes) - i128::from(current.size_bytes),
+        );
         Ok(VolumeInfo {
             size_bytes: lv.size_bytes,
             ..current
@@ -144,7 +207,152 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
         let Some(lv) = self.lvm.find_lv(id).await? else {
             return Ok(());
         };
-        self.lvm.remove_lv(&lv.vg, id).await?;
+        let removed = self.lvm.remove_lv(&lv.vg, id).await?;
+        match DeviceClass::from_vg_name(&lv.vg) {
+            Some(class) if removed => self.adjust(class, -i128::from(lv.size_bytes)),
+            _ => {}
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use csi_api::csi;
+    use csi_api::csi::volume_capability::access_mode::Mode;
+    use csi_api::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+
+    use super::*;
+    use crate::csi::controller::ControllerService;
+    use crate::lvm::naming::volume_tag;
+    use crate::lvm::{FakeRunner, Invocation, LvmOptions, OWNER_TAG, Reply};
+    use crate::volume_lock::VolumeLocks;
+
+    const GIB: u64 = 1 << 30;
+
+    /// A tiny lvm2: one owned VG `strata-nvme` of 8 GiB and the LVs created through it.
+    fn fake_lvm(lvs: Arc<Mutex<Vec<(String, u64)>>>) -> FakeRunner {
+        FakeRunner::from_fn(move |inv: &Invocation| {
+            let lvs_now = lvs.lock().unwrap().clone();
+            match inv.subcommand() {
+                "vgs" => {
+                    let used: u64 = lvs_now.iter().map(|(_, s)| s).sum();
+                    Reply::ok(format!(
+                        r#"{{"report":[{{"vg":[{{"vg_name":"strata-nvme","vg_uuid":"U","vg_size":"{}","vg_free":"{}","vg_extent_size":"4194304","vg_extent_count":"2048","vg_free_count":"0","pv_count":"2","lv_count":"{}","vg_missing_pv_count":"0","vg_tags":"{OWNER_TAG}"}}]}}]}}"#,
+                        8 * GIB,
+                        8 * GIB - used,
+                        lvs_now.len()
+                    ))
+                }
+                "lvs" => {
+                    let rows: Vec<String> = lvs_now
+                        .iter()
+                        .map(|(name, size)| {
+                            format!(
+                                r#"{{"lv_name":"{name}","vg_name":"strata-nvme","lv_uuid":"L","lv_size":"{size}","lv_tags":"{OWNER_TAG},{}","lv_active":"","lv_attr":"-wi-------"}}"#,
+                                volume_tag(name).unwrap()
+                            )
+                        })
+                        .collect();
+                    Reply::ok(format!(r#"{{"report":[{{"lv":[{}]}}]}}"#, rows.join(",")))
+                }
+                "lvcreate" => {
+                    let arg = |flag: &str| {
+                        let i = inv.args.iter().position(|a| a == flag).unwrap();
+                        inv.args[i + 1].clone()
+                    };
+                    let size: u64 = arg("-L").trim_end_matches('b').parse().unwrap();
+                    lvs.lock().unwrap().push((arg("-n"), size));
+                    Reply::ok("  Logical volume created.")
+                }
+                other => Reply::fail(5, format!("unexpected lvm2 command {other}")),
+            }
+        })
+    }
+
+    fn mount_request(name: &str, bytes: i64) -> csi::CreateVolumeRequest {
+        csi::CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![csi::VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+                access_mode: Some(AccessMode {
+                    mode: Mode::SingleNodeWriter as i32,
+                }),
+            }],
+            parameters: HashMap::from([("strata.io/device-class".into(), "nvme".into())]),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn create_volume_becomes_one_tagged_lvcreate_and_repeats_read_the_tags() {
+        let state = Arc::new(Mutex::new(Vec::new()));
+        let lvm = Lvm::new(
+            fake_lvm(state.clone()),
+            LvmOptions {
+                activate: false,
+                ..LvmOptions::default()
+            },
+        );
+        let volumes = Arc::new(LvmVolumes::new(lvm.clone(), BTreeMap::new()));
+        let svc = ControllerService::new("n1", volumes.clone(), VolumeLocks::new());
+
+        let v = svc
+            .create(mount_request("pvc-1", GIB as i64))
+            .await
+            .unwrap();
+        assert_eq!(v.capacity_bytes, GIB as i64);
+        let creates = lvm.runner().calls_of("lvcreate");
+        assert_eq!(creates.len(), 1);
+        let args = &creates[0].args;
+        assert!(args.windows(2).any(|w| w == ["-n", "pvc-1"]), "{args:?}");
+        assert!(
+            args.windows(2).any(|w| w == ["-L", "1073741824b"]),
+            "{args:?}"
+        );
+        assert!(args.contains(&volume_tag("pvc-1").unwrap()), "{args:?}");
+        assert!(args.contains(&OWNER_TAG.to_owned()), "{args:?}");
+        assert_eq!(args.last().map(String::as_str), Some("strata-nvme"));
+
+        // The repeat finds the LV by its tag and creates nothing.
+        let again = svc
+            .create(mount_request("pvc-1", GIB as i64))
+            .await
+            .unwrap();
+        assert_eq!(again, v);
+        assert_eq!(lvm.runner().calls_of("lvcreate").len(), 1);
+        // A bigger repeat conflicts.
+        let err = svc
+            .create(mount_request("pvc-1", 2 * GIB as i64))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+
+        // The class report is read once and kept up to date by our own create.
+        let classes = volumes.classes().await.unwrap();
+        assert_eq!(classes[0].free_bytes, 7 * GIB);
+        assert_eq!(classes[0].class, DeviceClass::Nvme);
+        let found = volumes.find("pvc-1").await.unwrap().unwrap();
+        assert_eq!(
+            found.device,
+            std::path::PathBuf::from("/dev/strata-nvme/pvc-1")
+        );
+        // lvm2 reports the LV inactive (activation is off in this fake): that is a problem.
+        assert!(
+            found
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("not active")),
+            "{found:?}"
+        );
+        assert_eq!(volumes.list().await.unwrap(), vec![found]);
+        assert!(volumes.find("pvc-2").await.unwrap().is_none());
     }
 }

@@ -139,7 +139,7 @@ impl NodeService {
 
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {
         self.volumes
-            .find(id)
+            .locate(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist on this node")))
     }
@@ -290,7 +290,7 @@ impl NodeService {
     /// gone); refuses anything else. Success when nothing is mounted.
     async fn unmount_all(&self, id: &str, path: &Path) -> Result<()> {
         let path = resolved(path).await;
-        let device = match self.volumes.find(id).await? {
+        let device = match self.volumes.locate(id).await? {
             Some(v) => device_id(&v.device).await.ok(),
             None => None,
         };

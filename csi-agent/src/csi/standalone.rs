@@ -54,8 +54,9 @@ pub async fn run(
     let lvm = Lvm::new(
         CommandRunner::new(config.lvm_runner.clone()),
         config.lvm_options.clone(),
-    )
-    .with_cancellation(shutdown.child_token());
+    );
+    // Calls in flight at shutdown finish: only the rescans' LVM commands stop with the token.
+    let rescan_lvm = lvm.with_cancellation(shutdown.child_token());
     let volumes = Arc::new(LvmVolumes::new(
         lvm.clone(),
         config.spec.reserved_bytes.clone(),
@@ -76,7 +77,7 @@ pub async fn run(
     let rescans = tokio::spawn(rescan_loop(
         config.roots.clone(),
         policy,
-        lvm,
+        rescan_lvm,
         ready,
         config.rescan,
         shutdown.clone(),

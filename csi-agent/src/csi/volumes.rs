@@ -46,8 +46,12 @@ impl ClassInfo {
 /// The node's volumes and classes.
 #[async_trait]
 pub trait Volumes: Send + Sync {
-    /// The volume called `id`, if it exists.
+    /// The volume called `id`, if it exists, with its health (`problem`).
     async fn find(&self, id: &str) -> Result<Option<VolumeInfo>>;
+    /// The volume called `id` without the health check (cheaper: device, class and size).
+    async fn locate(&self, id: &str) -> Result<Option<VolumeInfo>> {
+        self.find(id).await
+    }
     /// Every Strata volume of the node, sorted by id.
     async fn list(&self) -> Result<Vec<VolumeInfo>>;
     /// The device classes the node has (a class without VG is absent).

@@ -1,0 +1,521 @@
+//! `csi-demo`: drives a standalone `csi-agent` inside the node VM over its unix socket.
+//! - `csi-demo demo`: shows discovery, creates one volume per class, stages and publishes it,
+//!   writes and reads a file, expands it online, shows stats, deletes everything, and prints a
+//!   report with timings (run by `tests/demo`);
+//! - `csi-demo bench`: CreateVolume+NodeStage+NodePublish end to end against the bare
+//!   `lvcreate`+`mkfs.xfs`+`mount` sequence on the same VG, and N concurrent CreateVolume calls
+//!   (run by `tests/bench`). Both start and stop the agent themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+use csi_api::csi::{self, CapacityRange, volume_usage::Unit};
+use strata_tests::csi_client::{
+    Agent, Csi, block_cap, create_request, mount_cap, publish_request, stage_request,
+    unpublish_request, unstage_request,
+};
+
+#[derive(Parser)]
+struct Cli {
+    /// Scratch folder (socket, agent log, mount points).
+    #[arg(long, default_value = "/run/strata-demo")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The guided tour.
+    Demo,
+    /// The benchmark.
+    Bench {
+        /// Sequential rounds of each end-to-end sequence.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Concurrent CreateVolume calls.
+        #[arg(long, default_value_t = 50)]
+        concurrent: usize,
+    },
+}
+
+const GI: i64 = 1 << 30;
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {prog}"))?;
+    if !out.status.success() {
+        bail!("{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ok<T>(what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+    r.map(tonic::Response::into_inner)
+        .map_err(|s| anyhow::anyhow!("{what}: {:?}: {}", s.code(), s.message()))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let _ = std::fs::remove_dir_all(&cli.dir);
+        std::fs::create_dir_all(&cli.dir)?;
+        match cli.command {
+            Cmd::Demo => demo(&cli.dir).await,
+            Cmd::Bench { rounds, concurrent } => bench(&cli.dir, rounds, concurrent).await,
+        }
+    })
+}
+
+async fn start(dir: &Path) -> Result<Agent> {
+    let log = dir.join("agent.log");
+    match Agent::start(
+        &dir.join("csi.sock"),
+        "demo-node",
+        &[],
+        &log,
+        Duration::from_secs(60),
+    )
+    .await
+    {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("the agent did not come up: {e}\n{text}")
+        }
+    }
+}
+
+/// Timings of the demo, printed at the end.
+struct Report(Vec<(String, Duration)>);
+
+impl Report {
+    async fn step<T>(
+        &mut self,
+        name: impl Into<String>,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let name = name.into();
+        let t = Instant::now();
+        let out = f.await.with_context(|| name.clone())?;
+        let took = t.elapsed();
+        println!("  {name:<44} {}", secs(took));
+        self.0.push((name, took));
+        Ok(out)
+    }
+}
+
+async fn demo(dir: &Path) -> Result<()> {
+    let total = Instant::now();
+    let agent_bin = strata_tests::csi_client::agent_bin();
+    let bin = agent_bin.to_string_lossy();
+    println!("== disks before the agent (csi-agent discover)");
+    print!("{}", run(&bin, &["discover"])?);
+    println!("\n== starting csi-agent serve --mode standalone");
+    let agent = start(dir).await?;
+    println!(
+        "  ready after {} (discovery + claim)",
+        secs(agent.ready_after)
+    );
+    println!("\n== disks after the first claim pass");
+    print!("{}", run(&bin, &["discover"])?);
+    println!("\n== volume groups");
+    print!(
+        "{}",
+        run("vgs", &["-o", "vg_name,pv_count,vg_size,vg_free,vg_tags"])?
+    );
+    let csi = agent.csi.clone();
+    let mut report = Report(Vec::new());
+    let mut volumes = Vec::new();
+    for class in ["nvme", "ssd", "hdd"] {
+        println!("\n== class {class}");
+        let name = format!("demo-{class}");
+        let cap = mount_cap("xfs", &[]);
+        let v = report
+            .step(format!("{class}: CreateVolume 1 GiB"), async {
+                let r = ok(
+                    "CreateVolume",
+                    csi.controller
+                        .clone()
+                        .create_volume(create_request(&name, class, GI, cap.clone()))
+                        .await,
+                )?;
+                r.volume.context("no volume")
+            })
+            .await?;
+        let id = v.volume_id.clone();
+        let staging = dir.join(&name).join("staging");
+        let target = dir.join(&name).join("target");
+        std::fs::create_dir_all(&staging)?;
+        report
+            .step(
+                format!("{class}: NodeStageVolume (mkfs.xfs + mount)"),
+                async {
+                    ok(
+                        "stage",
+                        csi.node
+                            .clone()
+                            .node_stage_volume(stage_request(&id, &staging, cap.clone()))
+                            .await,
+                    )
+                },
+            )
+            .await?;
+        report
+            .step(format!("{class}: NodePublishVolume (bind)"), async {
+                ok(
+                    "publish",
+                    csi.node
+                        .clone()
+                        .node_publish_volume(publish_request(
+                            &id,
+                            &staging,
+                            &target,
+                            cap.clone(),
+                            false,
+                        ))
+                        .await,
+                )
+            })
+            .await?;
+        let payload: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
+        report
+            .step(format!("{class}: write + read back 16 MiB"), async {
+                std::fs::write(target.join("hello.bin"), &payload)?;
+                ensure!(
+                    std::fs::read(target.join("hello.bin"))? == payload,
+                    "read back differs"
+                );
+                Ok(())
+            })
+            .await?;
+        let new_size = 2 * GI;
+        report
+            .step(format!("{class}: expand online to 2 GiB"), async {
+                ok(
+                    "ControllerExpandVolume",
+                    csi.controller
+                        .clone()
+                        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                            volume_id: id.clone(),
+                            capacity_range: Some(CapacityRange {
+                                required_bytes: new_size,
+                                limit_bytes: 0,
+                            }),
+                            volume_capability: Some(cap.clone()),
+                            ..Default::default()
+                        })
+                        .await,
+                )?;
+                ok(
+                    "NodeExpandVolume",
+                    csi.node
+                        .clone()
+                        .node_expand_volume(csi::NodeExpandVolumeRequest {
+                            volume_id: id.clone(),
+                            volume_path: target.to_string_lossy().into_owned(),
+                            staging_target_path: staging.to_string_lossy().into_owned(),
+                            capacity_range: Some(CapacityRange {
+                                required_bytes: new_size,
+                                limit_bytes: 0,
+                            }),
+                            volume_capability: Some(cap.clone()),
+                            ..Default::default()
+                        })
+                        .await,
+                )
+            })
+            .await?;
+        ensure!(
+            std::fs::read(target.join("hello.bin"))? == payload,
+            "data changed by expansion"
+        );
+        let st = ok(
+            "stats",
+            csi.node
+                .clone()
+                .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                    volume_id: id.clone(),
+                    volume_path: target.to_string_lossy().into_owned(),
+                    staging_target_path: String::new(),
+                })
+                .await,
+        )?;
+        for u in &st.usage {
+            let unit = if u.unit == Unit::Bytes as i32 {
+                "bytes "
+            } else {
+                "inodes"
+            };
+            println!(
+                "  stats {unit}: total {:>12} used {:>10} available {:>12}",
+                u.total, u.used, u.available
+            );
+        }
+        if let Some(c) = &st.volume_condition {
+            println!(
+                "  condition: {} ({})",
+                if c.abnormal { "ABNORMAL" } else { "normal" },
+                c.message
+            );
+        }
+        volumes.push((id, staging, target));
+    }
+    println!("\n== logical volumes");
+    print!(
+        "{}",
+        run("lvs", &["-o", "vg_name,lv_name,lv_size,lv_tags"])?
+    );
+    println!("\n== cleanup");
+    for (id, staging, target) in &volumes {
+        report
+            .step(format!("{id}: unpublish + unstage + delete"), async {
+                ok(
+                    "unpublish",
+                    csi.node
+                        .clone()
+                        .node_unpublish_volume(unpublish_request(id, target))
+                        .await,
+                )?;
+                ok(
+                    "unstage",
+                    csi.node
+                        .clone()
+                        .node_unstage_volume(unstage_request(id, staging))
+                        .await,
+                )?;
+                ok(
+                    "delete",
+                    csi.controller
+                        .clone()
+                        .delete_volume(csi::DeleteVolumeRequest {
+                            volume_id: id.clone(),
+                            ..Default::default()
+                        })
+                        .await,
+                )
+            })
+            .await?;
+    }
+    let left = ok(
+        "ListVolumes",
+        csi.controller
+            .clone()
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await,
+    )?;
+    ensure!(
+        left.entries.is_empty(),
+        "volumes left: {}",
+        left.entries.len()
+    );
+    let status = agent.stop().await?;
+    ensure!(status.success(), "agent exit {status}");
+    println!("\n== report");
+    let sum = |pred: &dyn Fn(&str) -> bool| -> Duration {
+        report
+            .0
+            .iter()
+            .filter(|(n, _)| pred(n))
+            .map(|(_, d)| *d)
+            .sum()
+    };
+    println!(
+        "  classes served             3 (nvme, ssd, hdd), all volumes deleted, agent exited cleanly"
+    );
+    println!(
+        "  create (3 volumes)         {}",
+        secs(sum(&|n| n.contains("CreateVolume")))
+    );
+    println!(
+        "  stage+publish (3)          {}",
+        secs(sum(&|n| n.contains("Stage") || n.contains("Publish")))
+    );
+    println!(
+        "  online expansion (3)       {}",
+        secs(sum(&|n| n.contains("expand")))
+    );
+    println!(
+        "  cleanup (3)                {}",
+        secs(sum(&|n| n.contains("unpublish")))
+    );
+    println!("  whole demo in the VM       {}", secs(total.elapsed()));
+    Ok(())
+}
+
+fn mean(xs: &[Duration]) -> Duration {
+    xs.iter().sum::<Duration>() / u32::try_from(xs.len().max(1)).unwrap_or(1)
+}
+
+async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
+    let agent = start(dir).await?;
+    let csi: Csi = agent.csi.clone();
+    let cap = mount_cap("xfs", &[]);
+    let vg = "strata-nvme";
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    // Interleaved rounds, so that drift affects both sequences alike.
+    for round in 0..rounds {
+        let name = format!("bench-{round}");
+        let staging = dir.join(&name).join("staging");
+        let target = dir.join(&name).join("target");
+        std::fs::create_dir_all(&staging)?;
+        let t = Instant::now();
+        let v = ok(
+            "create",
+            csi.controller
+                .clone()
+                .create_volume(create_request(&name, "nvme", GI, cap.clone()))
+                .await,
+        )?
+        .volume
+        .context("no volume")?;
+        ok(
+            "stage",
+            csi.node
+                .clone()
+                .node_stage_volume(stage_request(&v.volume_id, &staging, cap.clone()))
+                .await,
+        )?;
+        ok(
+            "publish",
+            csi.node
+                .clone()
+                .node_publish_volume(publish_request(
+                    &v.volume_id,
+                    &staging,
+                    &target,
+                    cap.clone(),
+                    false,
+                ))
+                .await,
+        )?;
+        ours.push(t.elapsed());
+
+        let bare_name = format!("bare-{round}");
+        let mnt = dir.join(&bare_name);
+        let dev = format!("/dev/{vg}/{bare_name}");
+        let t = Instant::now();
+        run(
+            "lvcreate",
+            &[
+                "-n", &bare_name, "-L", "1g", "-ay", "-Zy", "-Wy", "--yes", vg,
+            ],
+        )?;
+        run("mkfs.xfs", &["-q", &dev])?;
+        std::fs::create_dir_all(&mnt)?;
+        run("mount", &[&dev, &mnt.to_string_lossy()])?;
+        bare.push(t.elapsed());
+
+        ok(
+            "unpublish",
+            csi.node
+                .clone()
+                .node_unpublish_volume(unpublish_request(&v.volume_id, &target))
+                .await,
+        )?;
+        ok(
+            "unstage",
+            csi.node
+                .clone()
+                .node_unstage_volume(unstage_request(&v.volume_id, &staging))
+                .await,
+        )?;
+        ok(
+            "delete",
+            csi.controller
+                .clone()
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    ..Default::default()
+                })
+                .await,
+        )?;
+        run("umount", &[&mnt.to_string_lossy()])?;
+        run("lvremove", &["-y", &format!("{vg}/{bare_name}")])?;
+        println!(
+            "round {round}: strata {} bare {}",
+            secs(ours[round]),
+            secs(bare[round])
+        );
+    }
+    let ratio = mean(&ours).as_secs_f64() / mean(&bare).as_secs_f64().max(1e-9);
+    println!(
+        "\nCreateVolume+NodeStage+NodePublish: mean {} over {rounds} rounds",
+        secs(mean(&ours))
+    );
+    println!(
+        "lvcreate+mkfs.xfs+mount (same VG):  mean {}",
+        secs(mean(&bare))
+    );
+    println!("ratio strata/bare: {ratio:.3} (goal <= 1.10)");
+
+    // N concurrent CreateVolume calls (raw block, 64 MiB each, on the HDD class).
+    let t = Instant::now();
+    let calls = (0..concurrent).map(|i| {
+        let mut ctl = csi.controller.clone();
+        async move {
+            let t = Instant::now();
+            let r = ctl
+                .create_volume(create_request(
+                    &format!("conc-{i}"),
+                    "hdd",
+                    64 << 20,
+                    block_cap(),
+                ))
+                .await;
+            (r.is_ok(), t.elapsed())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let wall = t.elapsed();
+    let okc = results.iter().filter(|(o, _)| *o).count();
+    let mut lat: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "\n{concurrent} concurrent CreateVolume: {okc} ok in {} wall ({:.1} volumes/s); latency p50 {} p99 {} max {}",
+        secs(wall),
+        concurrent as f64 / wall.as_secs_f64(),
+        secs(p(0.5)),
+        secs(p(0.99)),
+        secs(p(1.0))
+    );
+    let t = Instant::now();
+    let deletes = (0..concurrent).map(|i| {
+        let mut ctl = csi.controller.clone();
+        async move {
+            ctl.delete_volume(csi::DeleteVolumeRequest {
+                volume_id: format!("conc-{i}"),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }
+    });
+    let deleted = futures::future::join_all(deletes)
+        .await
+        .into_iter()
+        .filter(|o| *o)
+        .count();
+    println!(
+        "{concurrent} concurrent DeleteVolume: {deleted} ok in {}",
+        secs(t.elapsed())
+    );
+    let status = agent.stop().await?;
+    ensure!(status.success(), "agent exit {status}");
+    ensure!(
+        okc == concurrent && deleted == concurrent,
+        "some concurrent calls failed"
+    );
+    Ok(())
+}
