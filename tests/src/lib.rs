@@ -2,3 +2,4 @@
 //! test targets of this crate, declared in `tests/Cargo.toml`; the VM harness is `tests/nodevm/`.
 
 pub mod apiserver;
+pub mod csi_client;
