@@ -153,3 +153,86 @@ async fn change_tags<R: LvmRunner>(
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use async_trait::async_trait;
+    use csi_api::names::DeviceClass;
+
+    use super::*;
+    use crate::discovery::{ProbeError, Probed, parse_export};
+    use crate::lvm::{FakeRunner, LvmOptions, Reply};
+
+    /// Answers every probe with the same result.
+    struct Fixed(Probed);
+
+    #[async_trait]
+    impl SignatureProbe for Fixed {
+        async fn probe(&self, _: &Path) -> Result<Probed, ProbeError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn one_claim() -> Plan {
+        let slot = "pci-0000:00:04.0-nvme-1";
+        Plan {
+            actions: vec![Action {
+                slot: slot.into(),
+                device: PathBuf::from("/dev/nvme0n1"),
+                class: DeviceClass::Nvme,
+                vg: "strata-nvme".into(),
+                kind: ActionKind::CreateVg,
+                tags: vec!["strata.io/slot=x".into()],
+                reason: "to be claimed: creates strata-nvme".into(),
+            }],
+            disks: vec![DiskStatus {
+                slot: slot.into(),
+                kernel_name: "nvme0n1".into(),
+                media: DeviceClass::Nvme,
+                size_bytes: 8 << 30,
+                model: String::new(),
+                serial: "NVME-A".into(),
+                wwn: String::new(),
+                state: DiskState::Available,
+                reason: "to be claimed: creates strata-nvme".into(),
+                volume_group: None,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signature_found_right_before_pvcreate_stops_the_claim() {
+        let lvm = Lvm::new(FakeRunner::scripted(), LvmOptions::default());
+        let probe = Fixed(parse_export("TYPE=xfs\nUSAGE=filesystem\n"));
+        let mut plan = one_claim();
+        let out = execute(&mut plan, &lvm, &probe).await;
+        assert!(out[0].result.is_err());
+        assert!(lvm.runner().calls().is_empty(), "no LVM command may run");
+        let d = &plan.disks[0];
+        assert_eq!(d.state, DiskState::Rejected);
+        assert_eq!(
+            d.reason,
+            "not claimed: has xfs filesystem (found right before pvcreate)"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_lvm_failure_marks_the_disk_failed() {
+        let runner =
+            FakeRunner::from_fn(|_| Reply::fail(5, "  Device /dev/nvme0n1 excluded by a filter."));
+        let lvm = Lvm::new(runner, LvmOptions::default());
+        let mut plan = one_claim();
+        let out = execute(&mut plan, &lvm, &Fixed(Probed::Blank)).await;
+        assert!(out[0].result.is_err());
+        let d = &plan.disks[0];
+        assert_eq!(d.state, DiskState::Failed);
+        assert!(
+            d.reason.starts_with("claim into strata-nvme failed:"),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.volume_group, None);
+    }
+}

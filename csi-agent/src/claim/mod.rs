@@ -175,3 +175,75 @@ pub async fn discover(
     };
     Ok((out, survey.notes))
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::lvm::{Invocation, Output};
+
+    /// lvm2 is not installed.
+    struct NoLvm;
+
+    #[async_trait]
+    impl LvmRunner for NoLvm {
+        async fn run(&self, _: &Invocation, _: &CancellationToken) -> Result<Output, LvmError> {
+            Err(LvmError::Spawn {
+                program: "lvm".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        }
+    }
+
+    struct Blank;
+
+    #[async_trait]
+    impl SignatureProbe for Blank {
+        async fn probe(
+            &self,
+            _: &std::path::Path,
+        ) -> Result<discovery::Probed, discovery::ProbeError> {
+            Ok(discovery::Probed::Blank)
+        }
+    }
+
+    fn lab() -> Roots {
+        let tree =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sysfs/lab");
+        Roots {
+            sysfs: tree.join("sys"),
+            dev: tree.join("dev"),
+            proc: tree.join("proc"),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_lvm_the_survey_degrades_with_a_note_and_reconcile_refuses() {
+        let roots = lab();
+        let usage = Usage::read(&roots.proc).unwrap();
+        let lvm = Lvm::new(NoLvm, LvmOptions::default());
+        let policy = Policy::new(&NodeStorageSpec::default()).unwrap();
+        // a probe that finds nothing: the raw disks stay Available, the others Rejected
+        let probe = Blank;
+        let s = survey(&roots, &usage, &probe, &lvm, &policy).await.unwrap();
+        assert!(s.lvm.is_err());
+        assert!(s.plan.actions.is_empty());
+        assert!(s.classes.is_empty());
+        assert_eq!(s.notes.len(), 1);
+        assert!(s.notes[0].contains("LVM is unavailable"), "{:?}", s.notes);
+        assert_eq!(s.plan.disks.len(), 8);
+        let nvme = s.plan.disks.iter().find(|d| d.serial == "NVME-A").unwrap();
+        assert_eq!(nvme.state, DiskState::Available);
+        assert!(
+            nvme.reason.contains("while LVM is unavailable"),
+            "{}",
+            nvme.reason
+        );
+        let err = reconcile(&roots, &usage, &probe, &lvm, &policy)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClaimError::LvmUnavailable(_)), "{err}");
+    }
+}
