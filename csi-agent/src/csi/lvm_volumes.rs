@@ -5,8 +5,11 @@
 //! activated when looked up (after a reboot nothing else activates it). The class VGs' report is
 //! kept for a few seconds and adjusted by this process's own creates, grows and removals, so that
 //! a CreateVolume costs one `lvs` and one `lvcreate`; lvcreate remains the arbiter of space.
+//! Volumes this process created or looked up are remembered (id → LV) for the node calls, and
+//! used only while their device node still exists; `find` (health) always asks lvm2.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileTypeExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,8 @@ pub struct LvmVolumes<R: LvmRunner> {
     reserved: BTreeMap<DeviceClass, u64>,
     /// The class VGs as last read, and when.
     classes: Mutex<Option<(Vec<ClassInfo>, Instant)>>,
+    /// Volumes seen by this process (created, looked up), by id.
+    known: Mutex<HashMap<String, VolumeInfo>>,
 }
 
 /// How long the class VGs' report is reused.
@@ -35,7 +40,38 @@ impl<R: LvmRunner> LvmVolumes<R> {
             lvm,
             reserved,
             classes: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn remember(&self, v: &VolumeInfo) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.insert(
+            v.id.clone(),
+            VolumeInfo {
+                problem: None,
+                ..v.clone()
+            },
+        );
+    }
+
+    fn forget(&self, id: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// A remembered volume whose device node is still a block device.
+    async fn remembered(&self, id: &str) -> Option<VolumeInfo> {
+        let v = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()?;
+        let meta = tokio::fs::metadata(&v.device).await.ok()?;
+        meta.file_type().is_block_device().then_some(v)
     }
 
     /// Applies this process's own change of `delta` bytes in `class` to the cached report.
@@ -101,6 +137,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
 impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     async fn find(&self, id: &str) -> Result<Option<VolumeInfo>> {
         let Some((lv, class)) = self.lookup(id).await? else {
+            self.forget(id);
             return Ok(None);
         };
         let vg = self.lvm.vg(&lv.vg).await?;
@@ -108,16 +145,24 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn locate(&self, id: &str) -> Result<Option<VolumeInfo>> {
+        if let Some(v) = self.remembered(id).await {
+            return Ok(Some(v));
+        }
         let Some((lv, class)) = self.lookup(id).await? else {
+            self.forget(id);
             return Ok(None);
         };
-        Ok(lv.volume.clone().map(|id| VolumeInfo {
+        let found = lv.volume.clone().map(|id| VolumeInfo {
             id,
             class,
             size_bytes: lv.size_bytes,
             device: lv.device_path(),
             problem: None,
-        }))
+        });
+        if let Some(v) = &found {
+            self.remember(v);
+        }
+        Ok(found)
     }
 
     async fn list(&self) -> Result<Vec<VolumeInfo>> {
@@ -175,13 +220,15 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo> {
         let lv = self.lvm.create_lv(class.vg_name(), id, bytes, None).await?;
         self.adjust(class, i128::from(lv.size_bytes));
-        Ok(VolumeInfo {
+        let created = VolumeInfo {
             id: id.to_owned(),
             class,
             size_bytes: lv.size_bytes,
             device: lv.device_path(),
             problem: None,
-        })
+        };
+        self.remember(&created);
+        Ok(created)
     }
 
     async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo> {
@@ -197,13 +244,16 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             current.class,
             i128::from(lv.size_bytes) - i128::from(current.size_bytes),
         );
-        Ok(VolumeInfo {
+        let grown = VolumeInfo {
             size_bytes: lv.size_bytes,
             ..current
-        })
+        };
+        self.remember(&grown);
+        Ok(grown)
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
+        self.forget(id);
         let Some(lv) = self.lvm.find_lv(id).await? else {
             return Ok(());
         };
