@@ -17,6 +17,7 @@ pub mod naming;
 mod pv_vg;
 pub mod report;
 mod runner;
+pub mod wipe;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ pub use fake::{FakeRunner, Reply};
 pub use naming::{OWNER_TAG, PvcRef, lv_name_for};
 pub use report::{Activation, Lv, Pv, Vg, device_path};
 pub use runner::{CommandRunner, Invocation, LvmRunner, Output, RunnerConfig, Tool};
+pub use wipe::{WIPING_TAG, WipeMethod, is_wiping};
 
 use error::{Subject, classify};
 use report::{LV_FIELDS, PV_FIELDS, VG_FIELDS, report_args};

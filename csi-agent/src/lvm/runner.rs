@@ -22,6 +22,8 @@ pub enum Tool {
     Lvm,
     /// util-linux `blkid`, used to refuse devices that carry a signature.
     Blkid,
+    /// util-linux `blkdiscard`, used to wipe an LV before it is removed (see `lvm::wipe`).
+    Blkdiscard,
 }
 
 impl Tool {
@@ -29,6 +31,7 @@ impl Tool {
         match self {
             Tool::Lvm => "lvm",
             Tool::Blkid => "blkid",
+            Tool::Blkdiscard => "blkdiscard",
         }
     }
 }
@@ -175,9 +178,11 @@ enum Stop {
 #[async_trait]
 impl LvmRunner for CommandRunner {
     async fn run(&self, inv: &Invocation, cancel: &CancellationToken) -> Result<Output> {
+        let blkdiscard = PathBuf::from(Tool::Blkdiscard.as_str());
         let program = match inv.tool {
             Tool::Lvm => &self.config.lvm_path,
             Tool::Blkid => &self.config.blkid_path,
+            Tool::Blkdiscard => &blkdiscard,
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(&inv.args)
