@@ -356,7 +356,10 @@ mod tests {
     #[test]
     fn only_single_node_modes_and_known_filesystems() {
         let block = cap(Mode::SingleNodeWriter, AccessType::Block(BlockVolume {}));
-        assert_eq!(check_capabilities(std::slice::from_ref(&block)), Ok(Access::Block));
+        assert_eq!(
+            check_capabilities(std::slice::from_ref(&block)),
+            Ok(Access::Block)
+        );
         assert_eq!(
             check_capabilities(&[cap(Mode::SingleNodeReaderOnly, mount(""))]),
             Ok(Access::Mount {
