@@ -60,7 +60,81 @@ enum Command {
         proc_root: PathBuf,
         #[command(flatten)]
         standalone: StandaloneArgs,
+        #[command(flatten)]
+        node_ops: Box<NodeOpsArgs>,
     },
+}
+
+/// Wipe on delete, fstrim and metrics (both modes).
+#[derive(clap::Args, Debug)]
+struct NodeOpsArgs {
+    /// Wipe policy of a class's deleted volumes, e.g. `ssd=zero` (repeatable; `discard`, `zero`
+    /// or `none`). Defaults: nvme and ssd `discard` (zeroing where the disks do not read zeroes
+    /// after a discard), hdd `zero`. A StorageClass's `strata.io/wipe` overrides it.
+    #[arg(long = "wipe-policy", value_name = "CLASS=POLICY", value_parser = parse_wipe_policy)]
+    wipe_policy: Vec<(DeviceClass, csi_agent::wipe_policy::Policy)>,
+    /// Time between fstrim passes over mounted nvme/ssd volumes: `7d`, `12h`, `30m`, `90s`;
+    /// `0` disables them.
+    #[arg(long, default_value = "7d", value_parser = parse_interval)]
+    fstrim_interval: Duration,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, default_value = "0.0.0.0:9809")]
+    metrics_addr: std::net::SocketAddr,
+}
+
+impl NodeOpsArgs {
+    fn wipe(&self, sysfs: &std::path::Path) -> csi_agent::wiper::WipeConfig {
+        csi_agent::wiper::WipeConfig {
+            policies: csi_agent::wipe_policy::ClassPolicies(
+                self.wipe_policy.iter().copied().collect(),
+            ),
+            sysfs: sysfs.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn fstrim(&self) -> Option<Duration> {
+        (!self.fstrim_interval.is_zero()).then_some(self.fstrim_interval)
+    }
+
+    /// The registry, served on `--metrics-addr` until `shutdown`.
+    fn metrics(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> csi_agent::metrics::Metrics {
+        let metrics = csi_agent::metrics::Metrics::new();
+        let (server, addr, stop) = (metrics.clone(), self.metrics_addr, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(addr, stop).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+        metrics
+    }
+}
+
+fn parse_wipe_policy(s: &str) -> Result<(DeviceClass, csi_agent::wipe_policy::Policy), String> {
+    let (class, policy) = s.split_once('=').ok_or("expected CLASS=POLICY")?;
+    let class = class.parse().map_err(|e| format!("{e}"))?;
+    Ok((class, policy.parse().map_err(|e| format!("{e}"))?))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("invalid interval {s:?}"))?;
+    let secs = match unit {
+        "" | "s" if n == 0 || !unit.is_empty() => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid interval {s:?}: use e.g. 7d, 12h, 30m, 90s or 0"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// Standalone mode's claim policy and rescans (Kubernetes mode reads the policy from NodeStorage).
@@ -169,8 +243,12 @@ async fn main() -> Result<()> {
             roots,
             proc_root,
             standalone: _,
+            node_ops,
         } => {
             let config = csi_agent::kubernetes::KubernetesConfig {
+                wipe: node_ops.wipe(&roots.sysfs_root),
+                fstrim_interval: node_ops.fstrim(),
+                metrics: Some(node_ops.metrics(&shutdown)),
                 node: node_name,
                 endpoint: csi_endpoint,
                 roots: csi_agent::discovery::Roots {
@@ -192,8 +270,12 @@ async fn main() -> Result<()> {
             roots,
             proc_root,
             standalone,
+            node_ops,
         } => {
             let config = StandaloneConfig {
+                wipe: node_ops.wipe(&roots.sysfs_root),
+                fstrim_interval: node_ops.fstrim(),
+                metrics: Some(node_ops.metrics(&shutdown)),
                 node: node_name,
                 endpoint: csi_endpoint,
                 roots: csi_agent::discovery::Roots {
@@ -209,5 +291,27 @@ async fn main() -> Result<()> {
             csi_agent::csi::standalone::run(config, shutdown).await?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_and_wipe_policies_parse() {
+        assert_eq!(parse_interval("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_interval("12h").unwrap(), Duration::from_secs(43_200));
+        assert_eq!(parse_interval("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_interval("0").unwrap(), Duration::ZERO);
+        assert!(parse_interval("90").is_err());
+        assert!(parse_interval("1w").is_err());
+        let (class, policy) = parse_wipe_policy("hdd=none").unwrap();
+        assert_eq!(
+            (class, policy),
+            (DeviceClass::Hdd, csi_agent::wipe_policy::Policy::None)
+        );
+        assert!(parse_wipe_policy("hdd=shred").is_err());
+        assert!(parse_wipe_policy("tape=zero").is_err());
     }
 }

@@ -223,9 +223,12 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// `(vg, lv name, tags)` of each LV the fake lvm2 holds.
+    type FakeLvs = Arc<StdMutex<Vec<(String, String, Vec<String>)>>>;
+
     /// A tiny lvm2 holding LVs `(vg, name, tags)` of 4 MiB, inactive (no device node on the
     /// host, so the wipe method falls back to what needs no sysfs facts).
-    fn fake(lvs: Arc<StdMutex<Vec<(String, String, Vec<String>)>>>) -> FakeRunner {
+    fn fake(lvs: FakeLvs) -> FakeRunner {
         FakeRunner::from_fn(move |inv: &Invocation| {
             let mut lvs = lvs.lock().unwrap();
             let row = |(vg, name, tags): &(String, String, Vec<String>)| {
@@ -283,12 +286,7 @@ mod tests {
         t
     }
 
-    fn wiper(
-        lvs: Vec<(String, String, Vec<String>)>,
-    ) -> (
-        Wiper<FakeRunner>,
-        Arc<StdMutex<Vec<(String, String, Vec<String>)>>>,
-    ) {
+    fn wiper(lvs: Vec<(String, String, Vec<String>)>) -> (Wiper<FakeRunner>, FakeLvs) {
         let state = Arc::new(StdMutex::new(lvs));
         let lvm = Lvm::new(fake(state.clone()), LvmOptions::default());
         let w = Wiper::new(

@@ -130,6 +130,10 @@ impl ControllerService {
                     existing.size_bytes
                 )));
             }
+            if let Some(wipe) = &params.wipe {
+                // A repeat after a crash between the create and the record finishes the record.
+                self.volumes.set_wipe_policy(name, wipe).await?;
+            }
             return Ok(self.to_csi(&existing));
         }
 
@@ -156,6 +160,9 @@ impl ControllerService {
             )));
         }
         let created = self.volumes.create(name, class, bytes).await?;
+        if let Some(wipe) = &params.wipe {
+            self.volumes.set_wipe_policy(name, wipe).await?;
+        }
         tracing::info!(class = %class, bytes, device = %created.device.display(), "volume created");
         Ok(self.to_csi(&created))
     }

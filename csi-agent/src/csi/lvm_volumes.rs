@@ -7,6 +7,8 @@
 //! a CreateVolume costs one `lvs` and one `lvcreate`; lvcreate remains the arbiter of space.
 //! Volumes this process created or looked up are remembered (id → LV) for the node calls, and
 //! used only while their device node still exists; `find` (health) always asks lvm2.
+//! Removal goes through the [`Wiper`] (wipe, then remove); an LV marked as being wiped is never
+//! handed out again (lookups answer Aborted, listings leave it out) until it is gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileTypeExt;
@@ -18,7 +20,8 @@ use csi_api::names::DeviceClass;
 
 use super::error::{Error, Result};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
-use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg};
+use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg, is_wiping};
+use crate::wiper::{WipeConfig, Wiper};
 
 /// The node's volumes in its class VGs.
 pub struct LvmVolumes<R: LvmRunner> {
@@ -29,6 +32,8 @@ pub struct LvmVolumes<R: LvmRunner> {
     classes: Mutex<Option<(Vec<ClassInfo>, Instant)>>,
     /// Volumes seen by this process (created, looked up), by id.
     known: Mutex<HashMap<String, VolumeInfo>>,
+    /// Wipes LVs before their removal.
+    wiper: Wiper<R>,
 }
 
 /// How long the class VGs' report is reused.
@@ -36,12 +41,20 @@ const CLASS_CACHE_TTL: Duration = Duration::from_secs(5);
 
 impl<R: LvmRunner> LvmVolumes<R> {
     pub fn new(lvm: Lvm<R>, reserved: BTreeMap<DeviceClass, u64>) -> Self {
+        let wiper = Wiper::new(lvm.clone(), WipeConfig::default(), None);
         LvmVolumes {
             lvm,
             reserved,
             classes: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
+            wiper,
         }
+    }
+
+    /// The same volumes, wiped on removal by `wiper` (its policies and metrics).
+    pub fn with_wiper(mut self, wiper: Wiper<R>) -> Self {
+        self.wiper = wiper;
+        self
     }
 
     fn remember(&self, v: &VolumeInfo) {
@@ -94,6 +107,11 @@ impl<R: LvmRunner> LvmVolumes<R> {
         let Some(class) = DeviceClass::from_vg_name(&lv.vg) else {
             return Ok(None);
         };
+        if is_wiping(&lv) {
+            return Err(Error::Aborted(format!(
+                "volume {id:?} is being deleted (its LV is being wiped); retry later"
+            )));
+        }
         if lv.active == Activation::Inactive && self.lvm.options().activate {
             lv = self.lvm.activate_lv(&lv.vg, id).await?;
         }
@@ -177,6 +195,7 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             .strata_lvs(None)
             .await?
             .iter()
+            .filter(|lv| !is_wiping(lv))
             .filter_map(|lv| {
                 let (class, vg) = vgs.get(&lv.vg)?;
                 Self::info(lv, *class, Some(vg))
@@ -252,12 +271,23 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
         Ok(grown)
     }
 
+    async fn set_wipe_policy(&self, id: &str, policy: &str) -> Result<()> {
+        let Some(lv) = self.lvm.find_lv(id).await? else {
+            return Err(Error::NotFound(format!("volume {id:?} does not exist")));
+        };
+        self.lvm.record_wipe_policy(&lv.vg, id, policy).await?;
+        Ok(())
+    }
+
     async fn remove(&self, id: &str) -> Result<()> {
         self.forget(id);
         let Some(lv) = self.lvm.find_lv(id).await? else {
             return Ok(());
         };
-        let removed = self.lvm.remove_lv(&lv.vg, id).await?;
+        let removed = self
+            .wiper
+            .wipe_and_remove(&lv.vg, id, None, &|_| {})
+            .await?;
         match DeviceClass::from_vg_name(&lv.vg) {
             Some(class) if removed => self.adjust(class, -i128::from(lv.size_bytes)),
             _ => {}

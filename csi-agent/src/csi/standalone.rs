@@ -2,6 +2,8 @@
 //! Kubernetes. At start and then every `rescan` interval it discovers the node's disks and claims
 //! the eligible ones into the class VGs (policy from flags, `auto` by default), so a fresh node
 //! with raw disks serves volumes with no setup. Probe turns ready after the first successful pass.
+//! DeleteVolume wipes before it removes (see `crate::wiper`); wipes a previous run left marked are
+//! finished at start, and mounted flash volumes get a periodic fstrim.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,11 @@ pub struct StandaloneConfig {
     pub rescan: Duration,
     pub lvm_runner: RunnerConfig,
     pub lvm_options: LvmOptions,
+    /// Wipe on delete (policies per class, chunk size).
+    pub wipe: crate::wiper::WipeConfig,
+    /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
+    pub fstrim_interval: Option<Duration>,
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Why standalone mode stopped.
@@ -57,10 +64,33 @@ pub async fn run(
     );
     // Calls in flight at shutdown finish: only the rescans' LVM commands stop with the token.
     let rescan_lvm = lvm.with_cancellation(shutdown.child_token());
-    let volumes = Arc::new(LvmVolumes::new(
-        lvm.clone(),
-        config.spec.reserved_bytes.clone(),
-    ));
+    // DeleteVolume's wipes run on the request's handle: a shutdown lets them finish.
+    let wiper = crate::wiper::Wiper::new(lvm.clone(), config.wipe.clone(), config.metrics.clone());
+    let volumes = Arc::new(
+        LvmVolumes::new(lvm.clone(), config.spec.reserved_bytes.clone()).with_wiper(wiper),
+    );
+    // The resume stops with the token (its LVs stay marked and are finished at the next start).
+    let resume = crate::wiper::Wiper::new(
+        rescan_lvm.clone(),
+        config.wipe.clone(),
+        config.metrics.clone(),
+    );
+    tokio::spawn(async move {
+        match resume.resume().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(finished = n, "interrupted wipes finished"),
+            Err(e) => tracing::warn!(error = %e, "cannot list interrupted wipes"),
+        }
+    });
+    if let Some(every) = config.fstrim_interval {
+        tokio::spawn(crate::fstrim::run(
+            rescan_lvm.clone(),
+            config.roots.proc.clone(),
+            every,
+            config.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let locks = VolumeLocks::new();
     let ready = Readiness::default();
     let services = Services {

@@ -193,6 +193,8 @@ pub struct Params {
     pub class: Option<DeviceClass>,
     /// `csi.storage.k8s.io/fstype` if given.
     pub fs_type: Option<String>,
+    /// `strata.io/wipe` (`discard`, `zero`, `none`) if given: the wipe on delete.
+    pub wipe: Option<String>,
 }
 
 /// Prefix of the keys the Kubernetes sidecars add (`csi.storage.k8s.io/pvc/name`, ...).
@@ -205,6 +207,7 @@ impl TryFrom<&HashMap<String, String>> for Params {
         let mut params = Params {
             class: None,
             fs_type: None,
+            wipe: None,
         };
         let mut keys: Vec<&String> = map.keys().collect();
         keys.sort();
@@ -228,13 +231,22 @@ impl TryFrom<&HashMap<String, String>> for Params {
                         .map_err(|e| Error::InvalidArgument(format!("{key}: {e}")))?;
                     params.fs_type = Some(value.clone());
                 }
+                names::PARAM_WIPE => {
+                    if !csi_api::request::WIPE_POLICIES.contains(&value.as_str()) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{key}: unknown wipe policy {value:?}: expected discard, zero or none"
+                        )));
+                    }
+                    params.wipe = Some(value.clone());
+                }
                 k if k.starts_with(SIDECAR_PREFIX) => {}
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "unknown parameter {other:?}: expected {}, {} or {}",
+                        "unknown parameter {other:?}: expected {}, {}, {} or {}",
                         names::PARAM_DEVICE_CLASS,
                         names::PARAM_PLACEMENT,
-                        names::PARAM_FS_TYPE
+                        names::PARAM_FS_TYPE,
+                        names::PARAM_WIPE
                     )));
                 }
             }

@@ -60,7 +60,9 @@ pub trait Volumes: Send + Sync {
     async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo>;
     /// Grows volume `id` to `bytes` (the caller checked it is smaller).
     async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo>;
-    /// Removes volume `id`; success when it is already gone.
+    /// Records the wipe policy (`discard`, `zero`, `none`) volume `id` gets when removed.
+    async fn set_wipe_policy(&self, id: &str, policy: &str) -> Result<()>;
+    /// Removes volume `id` (wiped first, as its policy says); success when it is already gone.
     async fn remove(&self, id: &str) -> Result<()>;
 }
 
@@ -170,6 +172,17 @@ pub mod memory {
             info.allocatable_bytes -= more;
             volume.size_bytes = bytes;
             Ok(volume.clone())
+        }
+
+        async fn set_wipe_policy(&self, id: &str, policy: &str) -> Result<()> {
+            if !self.volumes.lock().unwrap().contains_key(id) {
+                return Err(Error::NotFound(format!("volume {id:?}")));
+            }
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("wipe {id} {policy}"));
+            Ok(())
         }
 
         async fn remove(&self, id: &str) -> Result<()> {

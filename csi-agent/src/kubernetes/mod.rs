@@ -33,6 +33,8 @@ pub struct Context<R: LvmRunner> {
     pub roots: Roots,
     /// Wakes the NodeStorage publisher after a change.
     pub changed: Arc<Notify>,
+    /// Wipes LVs before their removal.
+    pub wiper: crate::wiper::Wiper<R>,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -56,6 +58,11 @@ pub struct KubernetesConfig {
     pub resync: Duration,
     pub lvm_runner: RunnerConfig,
     pub lvm_options: LvmOptions,
+    /// Wipe on delete (policies per class, chunk size).
+    pub wipe: crate::wiper::WipeConfig,
+    /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
+    pub fstrim_interval: Option<Duration>,
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Why Kubernetes mode stopped.
@@ -91,13 +98,41 @@ pub async fn serve(
         ),
         controller: None,
     };
+    let background_lvm = lvm.with_cancellation(shutdown.child_token());
+    let wiper = crate::wiper::Wiper::new(
+        background_lvm.clone(),
+        config.wipe.clone(),
+        config.metrics.clone(),
+    );
     let ctx = Arc::new(Context {
         client,
         node: config.node.clone(),
-        lvm: lvm.with_cancellation(shutdown.child_token()),
+        lvm: background_lvm.clone(),
         roots: config.roots.clone(),
         changed: Arc::new(Notify::new()),
+        wiper: wiper.clone(),
     });
+    // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
+    let resumed_changed = ctx.changed.clone();
+    tokio::spawn(async move {
+        match wiper.resume().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(finished = n, "interrupted wipes finished");
+                resumed_changed.notify_one();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list interrupted wipes"),
+        }
+    });
+    if let Some(every) = config.fstrim_interval {
+        tokio::spawn(crate::fstrim::run(
+            background_lvm,
+            config.roots.proc.clone(),
+            every,
+            config.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let probe_lvm = lvm.clone();
     let readiness = tokio::spawn(async move {
         loop {

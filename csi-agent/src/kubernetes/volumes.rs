@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus};
+use csi_api::crd::{LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, WipeProgress};
 use csi_api::names::{self, DeviceClass};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -18,11 +18,14 @@ use tracing::{info, warn};
 
 use super::Context;
 use crate::lvm::{Lv, LvmError, LvmRunner, PvcRef};
+use crate::wiper::Progress;
 
 /// `status.reason` when the VG has no room; the controller turns it into ResourceExhausted.
 pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 /// `status.reason` for other LVM failures.
 pub const REASON_LVM_ERROR: &str = "LvmError";
+/// `status.reason` when the LV could not be wiped before removal (it is kept, and retried).
+pub const REASON_WIPE_FAILED: &str = "WipeFailed";
 
 /// The one thing to do next for a LogicalVolume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,7 +148,7 @@ async fn reconcile<R: LvmRunner>(
         }
         Step::Remove => {
             info!(volume = %name, %vg, "removing LV");
-            ctx.lvm.remove_lv(vg, &name).await?;
+            wipe_then_remove(&r, &api, &lv, vg).await?;
             ctx.changed.notify_one();
             release_finalizer(&api, &lv).await?;
         }
@@ -190,6 +193,91 @@ async fn reconcile<R: LvmRunner>(
         }
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Wipes the LV (phase `Wiping`, progress in `status.wipe`, written at most every 2 s), then
+/// removes it. A failed wipe keeps the LV, so its data never reaches another volume: reason
+/// `WipeFailed`, an Event, and a retry.
+async fn wipe_then_remove<R: LvmRunner>(
+    r: &Reconciler<R>,
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    vg: &str,
+) -> Result<(), ReconcileError> {
+    let name = lv.name_any();
+    let (tx, mut rx) = tokio::sync::watch::channel::<Option<Progress>>(None);
+    let base = lv.status.clone().unwrap_or_default();
+    let (writer_api, writer_name, writer_base) = (api.clone(), name.clone(), base.clone());
+    let writer = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(p) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let status = wiping_status(&writer_base, &p, None);
+            if let Err(e) = write_status(&writer_api, &writer_name, status).await {
+                warn!(volume = %writer_name, error = %e, "cannot write wipe progress");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let asked = lv.spec.wipe.as_deref();
+    let result = r
+        .ctx
+        .wiper
+        .wipe_and_remove(vg, &name, asked, &|p| {
+            tx.send_replace(Some(p.clone()));
+        })
+        .await;
+    writer.abort();
+    let _ = writer.await;
+    let error = match result {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    if matches!(error, LvmError::Cancelled { .. }) {
+        return Err(error.into());
+    }
+    let message = error.to_string();
+    warn!(volume = %name, %message, "wipe before removal failed; the LV is kept");
+    let last = tx.borrow().clone().unwrap_or(Progress {
+        method: "unknown",
+        done: 0,
+        total: 0,
+    });
+    let status = wiping_status(&base, &last, Some(message.clone()));
+    write_status(api, &name, status).await?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: REASON_WIPE_FAILED.into(),
+        note: Some(format!(
+            "{message}. The LV is kept (its data must not reach another volume) and the agent retries; see the troubleshooting guide for WipeFailed"
+        )),
+        action: "WipeLV".into(),
+        secondary: None,
+    };
+    if let Err(e) = r.recorder.publish(&event, &lv.object_ref(&())).await {
+        warn!(error = %e, "cannot publish Event");
+    }
+    Err(error.into())
+}
+
+/// `base` in phase `Wiping` with the progress `p` (and the failure, if any).
+fn wiping_status(
+    base: &LogicalVolumeStatus,
+    p: &Progress,
+    failure: Option<String>,
+) -> LogicalVolumeStatus {
+    LogicalVolumeStatus {
+        phase: Some(LogicalVolumePhase::Wiping),
+        reason: failure.as_ref().map(|_| REASON_WIPE_FAILED.to_owned()),
+        message: failure,
+        wipe: Some(WipeProgress {
+            policy: p.method.to_owned(),
+            done_bytes: p.done,
+            total_bytes: p.total,
+        }),
+        ..base.clone()
+    }
 }
 
 fn ready_status(lv: &Lv, reason: Option<(&str, String)>) -> LogicalVolumeStatus {
@@ -385,6 +473,31 @@ mod tests {
             decide(&volume("a", 6, true, false), "a", Some(&lvm_lv(8))),
             Step::Report
         );
+    }
+
+    #[test]
+    fn wiping_status_keeps_the_volume_fields_and_reports_progress() {
+        let base = ready_status(&lvm_lv(8), None);
+        let p = Progress {
+            method: "discard",
+            done: 4,
+            total: 8,
+        };
+        let s = wiping_status(&base, &p, None);
+        assert_eq!(s.phase, Some(LogicalVolumePhase::Wiping));
+        assert_eq!(s.lv_name.as_deref(), Some("pvc-1"));
+        assert_eq!(
+            s.wipe,
+            Some(WipeProgress {
+                policy: "discard".into(),
+                done_bytes: 4,
+                total_bytes: 8
+            })
+        );
+        assert_eq!(s.reason, None);
+        let failed = wiping_status(&base, &p, Some("I/O error".into()));
+        assert_eq!(failed.reason.as_deref(), Some(REASON_WIPE_FAILED));
+        assert_eq!(failed.message.as_deref(), Some("I/O error"));
     }
 
     #[test]
