@@ -84,6 +84,12 @@ impl<R: LvmRunner> Lvm<R> {
             return Err(classify(super::failure(&inv, &out), Subject::Vg(vg), size));
         };
         let existing = check_ours(vg, volume, existing)?;
+        if super::wipe::is_wiping(&existing) {
+            // Being wiped before its removal: never handed out again (retry once it is gone).
+            let mut why = super::failure(&inv, &out);
+            why.stderr = format!("logical volume {vg}/{lv_name} is being wiped for removal");
+            return Err(LvmError::Busy(why));
+        }
         if existing.size_bytes != size {
             return Err(LvmError::AlreadyExistsDifferent {
                 volume: volume.to_owned(),

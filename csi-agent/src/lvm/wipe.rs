@@ -502,6 +502,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn create_never_hands_out_an_lv_being_wiped() {
+        let vg_row = format!(
+            r#"{{"report":[{{"vg":[{{"vg_name":"{VG}","vg_uuid":"U","vg_size":"1073741824","vg_free":"0","vg_extent_size":"4194304","vg_extent_count":"256","vg_free_count":"0","pv_count":"1","lv_count":"1","vg_missing_pv_count":"0","vg_tags":"{OWNER_TAG}"}}]}}]}}"#
+        );
+        let runner = FakeRunner::scripted()
+            .expect(&["vgs"], &[], Reply::ok(vg_row))
+            .expect(
+                &["lvcreate"],
+                &[],
+                Reply::fail(
+                    5,
+                    "  Logical Volume \"pvc-1\" already exists in volume group",
+                ),
+            )
+            .expect(
+                &["lvs"],
+                &[],
+                lvs_row("pvc-1", 4 * MIB, &[OWNER_TAG, &vtag(), WIPING_TAG], true),
+            );
+        let lvm = layer(runner);
+        let err = lvm.create_lv(VG, "pvc-1", 4 * MIB, None).await.unwrap_err();
+        assert!(matches!(err, LvmError::Busy(_)), "{err:?}");
+        assert!(err.is_transient());
+        lvm.runner().assert_done();
+    }
+
+    #[tokio::test]
     async fn records_the_policy_replacing_an_older_one() {
         let vt = vtag();
         let runner = FakeRunner::scripted()
