@@ -4,12 +4,14 @@
 //! - [`crd`]: the `NodeStorage` and `LogicalVolume` custom resources;
 //! - [`capacity`]: the fit arithmetic used by both the scheduler and the controller;
 //! - [`request`]: validation of CSI requests (parameters, sizes, capabilities, topology);
-//! - [`runtime`]: logging, shutdown signal and socket endpoint helpers every binary uses.
+//! - [`runtime`]: logging, shutdown signal and socket endpoint helpers every binary uses;
+//! - [`fault`]: crash points for the crash-consistency tests (`STRATA_FAULT_POINT`).
 //!
 //! It holds no behaviour of its own beyond pure functions: nothing here talks to a cluster.
 
 pub mod capacity;
 pub mod crd;
+pub mod fault;
 pub mod names;
 pub mod placement;
 pub mod request;

@@ -93,6 +93,7 @@ impl<C: Cluster> ControllerService<C> {
             return self.await_ready(existing, wait, &req.access).await;
         }
         let node = self.admit_and_create(&req).await?;
+        csi_api::fault::point("controller.create.after-object");
         info!(volume = %req.name, %node, size = req.size, class = %req.params.device_class, "LogicalVolume created");
         let lv = self
             .cluster
@@ -135,6 +136,7 @@ impl<C: Cluster> ControllerService<C> {
                 continue;
             }
             let lv = new_volume(req, &node);
+            csi_api::fault::point("controller.create.before-object");
             if self.cluster.create_logical_volume(&lv).await?.is_none() {
                 return Err(Error::Aborted(format!(
                     "LogicalVolume {} was created concurrently; retry",
@@ -268,7 +270,9 @@ impl<C: Cluster> ControllerService<C> {
     pub async fn delete_volume(&self, req: csi::DeleteVolumeRequest) -> Result<(), Error> {
         request::check_id("volume_id", &req.volume_id)?;
         let _guard = self.enter(&req.volume_id)?;
+        csi_api::fault::point("controller.delete.before-delete");
         self.cluster.delete_logical_volume(&req.volume_id).await?;
+        csi_api::fault::point("controller.delete.after-delete");
         info!(volume = %req.volume_id, "LogicalVolume deletion requested");
         Ok(())
     }
@@ -306,9 +310,11 @@ impl<C: Cluster> ControllerService<C> {
             capacity.check(&growth).map_err(|s| {
                 Error::ResourceExhausted(format!("cannot grow {} on {node}: {s}", req.volume_id))
             })?;
+            csi_api::fault::point("controller.expand.before-resize");
             self.cluster
                 .resize_logical_volume(&req.volume_id, new_size)
                 .await?;
+            csi_api::fault::point("controller.expand.after-resize");
         }
         let target = new_size.max(current);
         let grown = move |lv: Option<&LogicalVolume>| {

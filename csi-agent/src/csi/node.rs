@@ -412,7 +412,11 @@ impl NodeService {
             None => false,
         };
         let _guard = self.locks.try_lock(id)?;
-        let volume = self.volume(id).await?;
+        // LVM's size now, not a remembered one: in Kubernetes mode the reconciler grows the LV
+        let volume =
+            self.volumes.find(id).await?.ok_or_else(|| {
+                Error::NotFound(format!("volume {id:?} does not exist on this node"))
+            })?;
         let required = req
             .capacity_range
             .as_ref()

@@ -40,7 +40,7 @@ pub async fn run<R: LvmRunner>(
         if now >= next_resync || seen != devices {
             devices = seen;
             next_resync = now + resync;
-            match pass(&ctx, &api, &mut last).await {
+            match pass(&ctx, &api, &mut last, &shutdown).await {
                 Ok(()) => {}
                 Err(e) => warn!(error = %e, "NodeStorage pass failed; retrying"),
             }
@@ -76,6 +76,7 @@ async fn pass<R: LvmRunner>(
     ctx: &Context<R>,
     api: &Api<NodeStorage>,
     last: &mut Option<NodeStorageStatus>,
+    shutdown: &CancellationToken,
 ) -> Result<(), PassError> {
     let object = match api.get_opt(&ctx.node).await? {
         Some(o) => o,
@@ -124,6 +125,11 @@ async fn pass<R: LvmRunner>(
         ..status
     };
     if last.as_ref().is_some_and(|l| same_but_time(l, &status)) {
+        return Ok(());
+    }
+    // Shutdown cancels the LVM calls of a pass in flight: its "LVM is unavailable" status would
+    // replace the node's capacity with none until the next agent publishes.
+    if shutdown.is_cancelled() {
         return Ok(());
     }
     let patch = serde_json::json!({

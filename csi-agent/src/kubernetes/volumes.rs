@@ -148,7 +148,9 @@ async fn reconcile<R: LvmRunner>(
         }
         Step::Remove => {
             info!(volume = %name, %vg, "removing LV");
+            csi_api::fault::point("agent.remove.before-lv");
             wipe_then_remove(&r, &api, &lv, vg).await?;
+            csi_api::fault::point("agent.remove.after-lv");
             ctx.changed.notify_one();
             release_finalizer(&api, &lv).await?;
         }
@@ -159,8 +161,10 @@ async fn reconcile<R: LvmRunner>(
                 name: p.name.clone(),
                 uid: p.uid.clone(),
             });
+            csi_api::fault::point("agent.create.before-lv");
             match ctx.lvm.create_lv(vg, &name, size, pvc.as_ref()).await {
                 Ok(made) => {
+                    csi_api::fault::point("agent.create.after-lv");
                     info!(volume = %name, %vg, size = made.size_bytes, "LV created");
                     ctx.changed.notify_one();
                     write_status(&api, &name, ready_status(&made, None)).await?;
@@ -168,14 +172,18 @@ async fn reconcile<R: LvmRunner>(
                 Err(e) => return fail(&r, &api, &lv, &e, true).await,
             }
         }
-        Step::Extend { size } => match ctx.lvm.extend_lv(vg, &name, size).await {
-            Ok(grown) => {
-                info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
-                ctx.changed.notify_one();
-                write_status(&api, &name, ready_status(&grown, None)).await?;
+        Step::Extend { size } => {
+            csi_api::fault::point("agent.extend.before-lv");
+            match ctx.lvm.extend_lv(vg, &name, size).await {
+                Ok(grown) => {
+                    csi_api::fault::point("agent.extend.after-lv");
+                    info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
+                    ctx.changed.notify_one();
+                    write_status(&api, &name, ready_status(&grown, None)).await?;
+                }
+                Err(e) => return fail(&r, &api, &lv, &e, false).await,
             }
-            Err(e) => return fail(&r, &api, &lv, &e, false).await,
-        },
+        }
         Step::Report => {
             if let Some(have) = existing.as_ref() {
                 let current = lv.status.as_ref();
