@@ -1,7 +1,9 @@
 //! The CSI Controller service of standalone mode: volumes are placed on this node's class VGs and
 //! all state lives in LVM (the LV and its tags), so every call is idempotent by volume name and a
 //! restart loses nothing. Order of CreateVolume: validate → lock the name → look it up → compare
-//! (`AlreadyExists` on a mismatch) → check the class and space → create. One call per volume at a
+//! (`AlreadyExists` on a mismatch) → check the class and space → create. The look-up and the class
+//! check use what the storage layer already knows when it can vouch for it; every refusal is
+//! decided on a fresh read, and the create itself arbitrates space. One call per volume at a
 //! time ([`VolumeLocks`]); a second one gets `Aborted`.
 
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use tracing::instrument;
 use super::error::{Error, Result};
 use super::validate::{self, Access, Params};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
+use crate::lvm::LvmError;
 use crate::volume_lock::VolumeLocks;
 
 /// The Controller service of one standalone node.
@@ -115,26 +118,8 @@ impl ControllerService {
             .unwrap_or(0);
         let _guard = self.locks.try_lock(name)?;
 
-        if let Some(existing) = self.volumes.locate(name).await? {
-            if existing.class != class {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {name:?} exists in class {} (requested {class})",
-                    existing.class
-                )));
-            }
-            if !validate::size_fits(existing.size_bytes, req.capacity_range.as_ref())
-                || existing.size_bytes < min_bytes
-            {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {name:?} exists with {} bytes, outside the requested range",
-                    existing.size_bytes
-                )));
-            }
-            if let Some(wipe) = &params.wipe {
-                // A repeat after a crash between the create and the record finishes the record.
-                self.volumes.set_wipe_policy(name, wipe).await?;
-            }
-            return Ok(self.to_csi(&existing));
+        if let Some(existing) = self.volumes.existing(name).await? {
+            return self.reuse(&existing, class, &req, min_bytes, &params).await;
         }
 
         if !self.topology_allows(req.accessibility_requirements.as_ref()) {
@@ -142,6 +127,86 @@ impl ControllerService {
                 "accessibility_requirements exclude node {:?}, the only node this plugin serves",
                 self.node
             )));
+        }
+        let bytes = self
+            .admit(class, req.capacity_range.as_ref(), min_bytes)
+            .await?;
+        let created = match self.volumes.create(name, class, bytes).await {
+            Ok(created) => created,
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                // An LV of the name that the look-up did not know: compare it like any other.
+                return match self.volumes.locate(name).await? {
+                    Some(existing) => self.reuse(&existing, class, &req, min_bytes, &params).await,
+                    None => Err(e),
+                };
+            }
+            Err(Error::Lvm(LvmError::DeviceMissing(_))) => {
+                return Err(Error::ResourceExhausted(format!(
+                    "{class} device class is degraded (a disk is missing); it takes no new volumes"
+                )));
+            }
+            Err(Error::Lvm(LvmError::NotFound { .. })) => {
+                return Err(Error::ResourceExhausted(format!(
+                    "node {} has no {class} device class",
+                    self.node
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(wipe) = &params.wipe {
+            self.volumes.set_wipe_policy(name, wipe).await?;
+        }
+        tracing::info!(class = %class, bytes, device = %created.device.display(), "volume created");
+        Ok(self.to_csi(&created))
+    }
+
+    /// CreateVolume of a name that exists: the volume if it matches the request, else
+    /// `AlreadyExists`.
+    async fn reuse(
+        &self,
+        existing: &VolumeInfo,
+        class: DeviceClass,
+        req: &csi::CreateVolumeRequest,
+        min_bytes: u64,
+        params: &Params,
+    ) -> Result<Volume> {
+        let name = existing.id.as_str();
+        if existing.class != class {
+            return Err(Error::AlreadyExists(format!(
+                "volume {name:?} exists in class {} (requested {class})",
+                existing.class
+            )));
+        }
+        if !validate::size_fits(existing.size_bytes, req.capacity_range.as_ref())
+            || existing.size_bytes < min_bytes
+        {
+            return Err(Error::AlreadyExists(format!(
+                "volume {name:?} exists with {} bytes, outside the requested range",
+                existing.size_bytes
+            )));
+        }
+        if let Some(wipe) = &params.wipe {
+            // A repeat after a crash between the create and the record finishes the record.
+            self.volumes.set_wipe_policy(name, wipe).await?;
+        }
+        Ok(self.to_csi(existing))
+    }
+
+    /// The size to create in `class`. The cached class report admits when it shows a healthy
+    /// class with room (lvcreate still arbitrates space and refuses a VG with a missing disk);
+    /// anything else is decided on a fresh report.
+    async fn admit(
+        &self,
+        class: DeviceClass,
+        range: Option<&csi::CapacityRange>,
+        min_bytes: u64,
+    ) -> Result<u64> {
+        if let Some(cached) = self.volumes.cached_class(class).await
+            && cached.healthy()
+            && let Ok(bytes) = validate::capacity(range, min_bytes, cached.extent_bytes)
+            && bytes <= cached.allocatable_bytes
+        {
+            return Ok(bytes);
         }
         let info = self.class(class).await?.ok_or_else(|| {
             Error::ResourceExhausted(format!("node {} has no {class} device class", self.node))
@@ -152,19 +217,14 @@ impl ControllerService {
                 info.missing_pvs
             )));
         }
-        let bytes = validate::capacity(req.capacity_range.as_ref(), min_bytes, info.extent_bytes)?;
+        let bytes = validate::capacity(range, min_bytes, info.extent_bytes)?;
         if bytes > info.allocatable_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "not enough {class} capacity: {bytes} bytes requested, {} allocatable",
                 info.allocatable_bytes
             )));
         }
-        let created = self.volumes.create(name, class, bytes).await?;
-        if let Some(wipe) = &params.wipe {
-            self.volumes.set_wipe_policy(name, wipe).await?;
-        }
-        tracing::info!(class = %class, bytes, device = %created.device.display(), "volume created");
-        Ok(self.to_csi(&created))
+        Ok(bytes)
     }
 
     #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]

@@ -3,14 +3,17 @@
 //! Nothing else is stored anywhere, so the state survives restarts and is shared with `lvs`.
 //! A volume is unhealthy when its VG misses a PV or its LV is not active; an inactive LV is
 //! activated when looked up (after a reboot nothing else activates it). The class VGs' report is
-//! kept for a few seconds and adjusted by this process's own creates, grows and removals, so that
-//! a CreateVolume costs one `lvs` and one `lvcreate`; lvcreate remains the arbiter of space.
-//! Volumes this process created or looked up are remembered (id → LV) for the node calls, and
-//! used only while their device node still exists; `find` (health) always asks lvm2.
+//! adjusted by this process's own creates, grows and removals; CreateVolume admits against it
+//! (fresh within seconds for a class with a reserve, any age otherwise: lvcreate arbitrates space
+//! and refuses a VG with missing PVs). Volumes this process created or looked up are remembered
+//! (id → LV) for the node calls, used only while their device node still exists; `find` (health)
+//! always asks lvm2. The Strata LVs are listed once (`warm_up`, or the first create); after that
+//! a name neither listed, remembered nor forgotten since is known absent, so the common
+//! CreateVolume is one `lvcreate` (standalone: this process creates every Strata volume).
 //! Removal goes through the [`Wiper`] (wipe, then remove); an LV marked as being wiped is never
 //! handed out again (lookups answer Aborted, listings leave it out) until it is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,14 +33,33 @@ pub struct LvmVolumes<R: LvmRunner> {
     reserved: BTreeMap<DeviceClass, u64>,
     /// The class VGs as last read, and when.
     classes: Mutex<Option<(Vec<ClassInfo>, Instant)>>,
-    /// Volumes seen by this process (created, looked up), by id.
-    known: Mutex<HashMap<String, VolumeInfo>>,
+    /// Volumes seen by this process and the names that may exist (see [`Memory`]).
+    memory: Mutex<Memory>,
+    /// Held while the Strata LVs are listed (one listing at a time).
+    listing: tokio::sync::Mutex<()>,
     /// Wipes LVs before their removal.
     wiper: Wiper<R>,
 }
 
-/// How long the class VGs' report is reused.
+/// How long the class VGs' report is reused (always, to admit into a class with a reserve).
 const CLASS_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Past this many unsure names the LVs are listed again (which forgets the removed ones).
+const UNSURE_LIMIT: usize = 4096;
+
+/// What this process knows about volume names. Invariant, once `listed`: every Strata LV is in
+/// `volumes` or in `unsure` (the listing puts every name in `unsure`; `remember` moves a name
+/// to `volumes`, `forget` moves it back), so a name in neither has no LV.
+#[derive(Default)]
+struct Memory {
+    /// Volumes seen by this process (created, looked up), by id.
+    volumes: HashMap<String, VolumeInfo>,
+    /// Whether the Strata LVs have been listed since the process started (or `unsure` was pruned).
+    listed: bool,
+    /// Names that may have an LV this process has not looked up: listed ones, forgotten ones
+    /// (removed, maybe not completely), ones found missing or being wiped.
+    unsure: HashSet<String>,
+}
 
 impl<R: LvmRunner> LvmVolumes<R> {
     pub fn new(lvm: Lvm<R>, reserved: BTreeMap<DeviceClass, u64>) -> Self {
@@ -46,7 +68,8 @@ impl<R: LvmRunner> LvmVolumes<R> {
             lvm,
             reserved,
             classes: Mutex::new(None),
-            known: Mutex::new(HashMap::new()),
+            memory: Mutex::new(Memory::default()),
+            listing: tokio::sync::Mutex::new(()),
             wiper,
         }
     }
@@ -57,9 +80,14 @@ impl<R: LvmRunner> LvmVolumes<R> {
         self
     }
 
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn remember(&self, v: &VolumeInfo) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.insert(
+        let mut memory = self.memory();
+        memory.unsure.remove(&v.id);
+        memory.volumes.insert(
             v.id.clone(),
             VolumeInfo {
                 problem: None,
@@ -68,21 +96,16 @@ impl<R: LvmRunner> LvmVolumes<R> {
         );
     }
 
+    /// Drops what is remembered of `id`; its LV may still exist (a removal can fail).
     fn forget(&self, id: &str) {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let mut memory = self.memory();
+        memory.volumes.remove(id);
+        memory.unsure.insert(id.to_owned());
     }
 
     /// A remembered volume whose device node is still a block device.
     async fn remembered(&self, id: &str) -> Option<VolumeInfo> {
-        let v = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()?;
+        let v = self.memory().volumes.get(id).cloned()?;
         let meta = tokio::fs::metadata(&v.device).await.ok()?;
         meta.file_type().is_block_device().then_some(v)
     }
@@ -116,6 +139,42 @@ impl<R: LvmRunner> LvmVolumes<R> {
             lv = self.lvm.activate_lv(&lv.vg, id).await?;
         }
         Ok(Some((lv, class)))
+    }
+
+    /// Lists the Strata LVs unless done (or `unsure` outgrew [`UNSURE_LIMIT`]): one `lvs`.
+    async fn list_names(&self) -> Result<()> {
+        let due = |m: &Memory| !m.listed || m.unsure.len() > UNSURE_LIMIT;
+        if !due(&self.memory()) {
+            return Ok(());
+        }
+        let _listing = self.listing.lock().await;
+        {
+            let mut memory = self.memory();
+            if !due(&memory) {
+                return Ok(());
+            }
+            // Cleared before the listing starts: every LV that still exists is listed again.
+            memory.listed = false;
+            memory.unsure.clear();
+        }
+        let lvs = self.lvm.strata_lvs(None).await?;
+        let mut memory = self.memory();
+        memory
+            .unsure
+            .extend(lvs.into_iter().filter_map(|lv| lv.volume));
+        memory.listed = true;
+        Ok(())
+    }
+
+    /// Reads ahead what CreateVolume needs (the Strata LVs' names, the class VGs' report, each
+    /// class VG's facts in the LVM layer), so that the first create pays no more than the next.
+    pub async fn warm_up(&self) -> Result<()> {
+        self.list_names().await?;
+        *self.classes.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        for class in self.classes().await? {
+            self.lvm.extent_size(class.class.vg_name()).await?;
+        }
+        Ok(())
     }
 
     async fn class_vgs(&self) -> Result<Vec<(DeviceClass, Vg)>> {
@@ -183,6 +242,32 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
         Ok(found)
     }
 
+    async fn existing(&self, id: &str) -> Result<Option<VolumeInfo>> {
+        if let Some(v) = self.remembered(id).await {
+            return Ok(Some(v));
+        }
+        self.list_names().await?;
+        let absent = {
+            let memory = self.memory();
+            memory.listed && !memory.volumes.contains_key(id) && !memory.unsure.contains(id)
+        };
+        if absent {
+            return Ok(None);
+        }
+        self.locate(id).await
+    }
+
+    async fn cached_class(&self, class: DeviceClass) -> Option<ClassInfo> {
+        let cache = self.classes.lock().unwrap_or_else(|p| p.into_inner());
+        let (classes, at) = cache.as_ref()?;
+        let reserved = self.reserved.get(&class).copied().unwrap_or(0);
+        if reserved > 0 && at.elapsed() >= CLASS_CACHE_TTL {
+            // lvcreate knows nothing of the reserve: only a fresh report may admit.
+            return None;
+        }
+        classes.iter().find(|c| c.class == class).cloned()
+    }
+
     async fn list(&self) -> Result<Vec<VolumeInfo>> {
         let vgs: BTreeMap<String, (DeviceClass, Vg)> = self
             .class_vgs()
@@ -237,7 +322,14 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo> {
-        let lv = self.lvm.create_lv(class.vg_name(), id, bytes, None).await?;
+        let lv = match self.lvm.create_lv(class.vg_name(), id, bytes, None).await {
+            Ok(lv) => lv,
+            Err(e) => {
+                // The report admitted what lvm2 refused: the next create reads it afresh.
+                *self.classes.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(e.into());
+            }
+        };
         self.adjust(class, i128::from(lv.size_bytes));
         let created = VolumeInfo {
             id: id.to_owned(),
@@ -434,5 +526,86 @@ mod tests {
         );
         assert_eq!(volumes.list().await.unwrap(), vec![found]);
         assert!(volumes.find("pvc-2").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn after_the_warm_up_a_create_is_one_lvcreate_and_names_seen_before_are_still_checked() {
+        // An LV from before this process started.
+        let state = Arc::new(Mutex::new(vec![("pvc-old".to_owned(), GIB)]));
+        let lvm = Lvm::new(
+            fake_lvm(state.clone()),
+            LvmOptions {
+                activate: false,
+                ..LvmOptions::default()
+            },
+        );
+        let volumes = Arc::new(LvmVolumes::new(lvm.clone(), BTreeMap::new()));
+        let svc = ControllerService::new("n1", volumes.clone(), VolumeLocks::new());
+        volumes.warm_up().await.unwrap();
+        let before = lvm.runner().calls().len();
+
+        svc.create(mount_request("pvc-new", GIB as i64))
+            .await
+            .unwrap();
+        let calls: Vec<String> = lvm.runner().calls()[before..]
+            .iter()
+            .map(|c| c.subcommand().to_owned())
+            .collect();
+        assert_eq!(calls, ["lvcreate"]);
+
+        // The listed name is looked up, not created again: a repeat in another class conflicts.
+        let mut other_class = mount_request("pvc-old", GIB as i64);
+        other_class
+            .parameters
+            .insert("strata.io/device-class".into(), "ssd".into());
+        let err = svc.create(other_class).await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+        // A name found missing is looked up again by the next create (it may appear meanwhile).
+        assert!(volumes.find("pvc-gone").await.unwrap().is_none());
+        let lookups = lvm.runner().calls_of("lvs").len();
+        svc.create(mount_request("pvc-gone", GIB as i64))
+            .await
+            .unwrap();
+        assert_eq!(lvm.runner().calls_of("lvs").len(), lookups + 1);
+        assert_eq!(lvm.runner().calls_of("lvcreate").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cached_report_admits_but_only_a_fresh_one_refuses() {
+        let state = Arc::new(Mutex::new(Vec::new()));
+        let lvm = Lvm::new(
+            fake_lvm(state.clone()),
+            LvmOptions {
+                activate: false,
+                ..LvmOptions::default()
+            },
+        );
+        let volumes = Arc::new(LvmVolumes::new(lvm.clone(), BTreeMap::new()));
+        let svc = ControllerService::new("n1", volumes.clone(), VolumeLocks::new());
+        volumes.warm_up().await.unwrap();
+        age(&volumes);
+        let vgs = lvm.runner().calls_of("vgs").len();
+        // The class has 8 GiB: 9 GiB is refused after a fresh read, with nothing created.
+        let err = svc
+            .create(mount_request("pvc-big", 9 * GIB as i64))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+        assert!(lvm.runner().calls_of("vgs").len() > vgs);
+        assert!(lvm.runner().calls_of("lvcreate").is_empty());
+        // A reserve makes a stale report unusable for admission.
+        let reserved = LvmVolumes::new(lvm.clone(), BTreeMap::from([(DeviceClass::Nvme, GIB)]));
+        reserved.warm_up().await.unwrap();
+        assert!(reserved.cached_class(DeviceClass::Nvme).await.is_some());
+        age(&reserved);
+        assert!(reserved.cached_class(DeviceClass::Nvme).await.is_none());
+        age(&volumes);
+        assert!(volumes.cached_class(DeviceClass::Nvme).await.is_some());
+    }
+
+    /// Makes the class report older than [`CLASS_CACHE_TTL`].
+    fn age<R: LvmRunner>(volumes: &LvmVolumes<R>) {
+        let mut cache = volumes.classes.lock().unwrap();
+        *cache = cache.take().map(|(c, at)| (c, at - CLASS_CACHE_TTL));
     }
 }

@@ -93,6 +93,7 @@ pub async fn run(
     }
     let locks = VolumeLocks::new();
     let ready = Readiness::default();
+    let warm = Arc::clone(&volumes);
     let services = Services {
         identity: IdentityService::new(true, ready.clone()),
         node: NodeService::new(
@@ -109,6 +110,7 @@ pub async fn run(
         policy,
         rescan_lvm,
         ready,
+        warm,
         config.rescan,
         shutdown.clone(),
     ));
@@ -160,6 +162,7 @@ async fn rescan_loop<R: LvmRunner>(
     policy: Policy,
     lvm: Lvm<R>,
     ready: Readiness,
+    volumes: Arc<LvmVolumes<R>>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -167,6 +170,10 @@ async fn rescan_loop<R: LvmRunner>(
         match claim_pass(&roots, &policy, &lvm).await {
             Ok(claimed) => {
                 if !ready.is_ready() {
+                    // Read ahead what CreateVolume needs, now that the class VGs exist.
+                    if let Err(e) = volumes.warm_up().await {
+                        tracing::warn!(error = %e, "read-ahead for CreateVolume failed");
+                    }
                     ready.set_ready();
                     tracing::info!(claimed, "discovery and LVM ready");
                 }

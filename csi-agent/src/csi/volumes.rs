@@ -52,6 +52,17 @@ pub trait Volumes: Send + Sync {
     async fn locate(&self, id: &str) -> Result<Option<VolumeInfo>> {
         self.find(id).await
     }
+    /// The volume called `id`, for CreateVolume: like [`Volumes::locate`], but an implementation
+    /// that creates every volume itself may answer `None` from its own records.
+    async fn existing(&self, id: &str) -> Result<Option<VolumeInfo>> {
+        self.locate(id).await
+    }
+    /// The device class as last read, if the implementation keeps a report it trusts enough to
+    /// admit a create against (the create itself still arbitrates space); `None`: read
+    /// [`Volumes::classes`].
+    async fn cached_class(&self, _class: DeviceClass) -> Option<ClassInfo> {
+        None
+    }
     /// Every Strata volume of the node, sorted by id.
     async fn list(&self) -> Result<Vec<VolumeInfo>>;
     /// The device classes the node has (a class without VG is absent).

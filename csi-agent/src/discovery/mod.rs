@@ -16,6 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use csi_api::names::{DeviceClass, MIN_DISK_BYTES};
+use futures::StreamExt;
 
 pub use probe::{BlkidProbe, ProbeError, Probed, Signature, SignatureProbe, parse_export};
 pub use report::{DiskReport, render_json, render_table};
@@ -187,8 +188,12 @@ pub struct Inventory {
     pub notes: Vec<String>,
 }
 
+/// How many signature probes (one `blkid -p` process each) run at once during a scan.
+const CONCURRENT_PROBES: usize = 16;
+
 /// Scans the node: every candidate disk under `<sysfs>/block`, judged against `usage` (mounts and
-/// swaps), the signature probe and what LVM knows about PVs. Probes run concurrently.
+/// swaps), the signature probe and what LVM knows about PVs. Probes run concurrently, at most
+/// [`CONCURRENT_PROBES`] at a time (one process per disk: each keeps its own exit code).
 pub async fn scan(
     roots: &Roots,
     usage: &Usage,
@@ -226,7 +231,10 @@ pub async fn scan(
             Err(e) => notes.push(format!("{name}: cannot read sysfs entry: {e}")),
         }
     }
-    let mut disks = futures::future::join_all(pending).await;
+    let mut disks: Vec<Found> = futures::stream::iter(pending)
+        .buffer_unordered(CONCURRENT_PROBES)
+        .collect()
+        .await;
     disks.sort_by(|a, b| {
         (a.disk.slot.is_empty(), &a.disk.slot, &a.disk.kernel_name).cmp(&(
             b.disk.slot.is_empty(),

@@ -450,3 +450,43 @@ async fn recheck_refuses_anything_but_blank() {
         Err(Refusal::ProbeFailed(_))
     ));
 }
+
+/// Counts the probes in flight around a [`Replay`], each held for a moment.
+struct Overlap {
+    inner: Replay,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl SignatureProbe for Overlap {
+    async fn probe(&self, device: &Path) -> Result<Probed, ProbeError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.inner.probe(device).await
+    }
+}
+
+#[tokio::test]
+async fn probes_overlap_within_the_bound_and_the_order_is_kept() {
+    let tree = fixture("lab");
+    let probe = Overlap {
+        inner: Replay::new(&tree),
+        now: Default::default(),
+        most: Default::default(),
+    };
+    let r = roots(&tree);
+    let usage = Usage::read(&r.proc).unwrap();
+    let inv = scan(&r, &usage, &probe, &pvs_foreign()).await.unwrap();
+    let most = probe.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(inv.disks.len() > 2, "{inv:#?}");
+    assert!(
+        most > 1 && most <= CONCURRENT_PROBES,
+        "{most} probes at once"
+    );
+    let plain = scan_tree(&tree, &Replay::new(&tree), &pvs_foreign()).await;
+    assert_eq!(inv, plain);
+}
