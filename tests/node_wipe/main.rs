@@ -92,7 +92,10 @@ fn write_pattern(path: &Path, bytes: u64) {
     f.sync_all().expect("fsync");
 }
 
-/// Counts the MiB blocks of `path` that hold the mark anywhere.
+/// Counts the MiB blocks of `path` that hold the mark. The pattern is only ever written at
+/// 16-byte-aligned offsets (raw volumes from offset 0, files in whole filesystem blocks), so the
+/// scan compares aligned 16-byte words: 16 times fewer comparisons than a sliding window, which
+/// matters under software emulation.
 fn blocks_with_mark(path: &Path) -> u64 {
     let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut buf = vec![0u8; MIB as usize];
@@ -108,7 +111,7 @@ fn blocks_with_mark(path: &Path) -> u64 {
         if filled == 0 {
             return hits;
         }
-        if buf[..filled].windows(MARK.len()).any(|w| w == MARK) {
+        if buf[..filled].chunks_exact(MARK.len()).any(|w| w == MARK) {
             hits += 1;
         }
         if filled < buf.len() {
