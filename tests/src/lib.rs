@@ -3,3 +3,4 @@
 
 pub mod apiserver;
 pub mod csi_client;
+pub mod e2e;
