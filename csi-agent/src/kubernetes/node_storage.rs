@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{
-    ClassHealth, Condition, DiskState, NodeStorage, NodeStorageSpec, NodeStorageStatus,
-};
+use csi_api::crd::{ClassHealth, Condition, DiskState, NodeStorage, NodeStorageStatus};
 use csi_api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -93,11 +91,7 @@ async fn pass<R: LvmRunner>(
         }
     };
     let status = match Policy::new(&object.spec) {
-        Err(e) => failed_status(
-            &object.spec,
-            format!("invalid policy in spec: {e}"),
-            "InvalidPolicy",
-        ),
+        Err(e) => failed_status(format!("invalid policy in spec: {e}"), "InvalidPolicy"),
         Ok(policy) => {
             let usage =
                 Usage::read(&ctx.roots.proc).map_err(|e| PassError::Claim(e.to_string()))?;
@@ -116,7 +110,7 @@ async fn pass<R: LvmRunner>(
                     }
                     build_status(survey.plan.disks, survey.classes)
                 }
-                Err(e) => failed_status(&object.spec, e.to_string(), "ClaimFailed"),
+                Err(e) => failed_status(e.to_string(), "ClaimFailed"),
             }
         }
     };
@@ -203,9 +197,7 @@ pub fn build_status(
                 "every claimed disk is present".into(),
             )
         } else {
-            let mut c = condition("Degraded", true, "DiskProblem", problems.join("; "));
-            c.status = "True".into();
-            c
+            condition("Degraded", true, "DiskProblem", problems.join("; "))
         },
     ];
     NodeStorageStatus {
@@ -217,7 +209,7 @@ pub fn build_status(
     }
 }
 
-fn failed_status(_spec: &NodeStorageSpec, message: String, reason: &str) -> NodeStorageStatus {
+fn failed_status(message: String, reason: &str) -> NodeStorageStatus {
     NodeStorageStatus {
         conditions: vec![condition("Ready", false, reason, message)],
         updated_at: Some(Time(Timestamp::now())),
