@@ -29,53 +29,98 @@ pub fn add_class_bytes(sum: &mut ClassBytes, class: DeviceClass, bytes: u64) {
     *entry = entry.saturating_add(bytes);
 }
 
-/// The class and extent-rounded bytes a LogicalVolume still adds on top of its node's reported
-/// capacity: `None` when it is Ready, Failed or Wiping (already reflected, or never will be) or
-/// being deleted.
-pub fn volume_pending_bytes(lv: &LogicalVolume) -> Option<(DeviceClass, u64)> {
+/// The class and extent-rounded bytes a LogicalVolume adds on top of what its node's NodeStorage,
+/// published at `published_sequence` (its `status.capacitySequence`), already reflects:
+/// - not made yet (no phase, `Pending`): the whole volume;
+/// - `Ready` with an allocation the published capacity does not reflect yet (the volume's
+///   `status.capacitySequence` is beyond `published_sequence`): the whole volume, so the window
+///   between the agent writing `Ready` and republishing NodeStorage never double-books;
+/// - `Ready` and reflected: the growth still asked for (`spec.sizeBytes` beyond the current size,
+///   i.e. an expansion the agent has not made yet);
+/// - `Failed`, `Wiping` or being deleted: nothing (never made, or its extents are still allocated
+///   and so already missing from the published free bytes).
+///
+/// `None` when nothing is pending.
+pub fn volume_pending_bytes(
+    lv: &LogicalVolume,
+    published_sequence: Option<u64>,
+) -> Option<(DeviceClass, u64)> {
     if lv.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    let phase = lv.status.as_ref().and_then(|s| s.phase);
-    if matches!(
-        phase,
-        Some(LogicalVolumePhase::Ready | LogicalVolumePhase::Failed | LogicalVolumePhase::Wiping)
-    ) {
-        return None;
-    }
-    Some((lv.spec.device_class, claim_bytes(lv.spec.size_bytes)))
+    let wanted = claim_bytes(lv.spec.size_bytes);
+    let status = lv.status.as_ref();
+    let pending = match status.and_then(|s| s.phase) {
+        Some(LogicalVolumePhase::Failed | LogicalVolumePhase::Wiping) => 0,
+        None | Some(LogicalVolumePhase::Pending) => wanted,
+        Some(LogicalVolumePhase::Ready) => {
+            let current = status
+                .and_then(|s| s.current_size_bytes)
+                .map_or(wanted, claim_bytes);
+            let reflected = match status.and_then(|s| s.capacity_sequence) {
+                // Written by an agent that predates the sequence: trust `Ready` as before.
+                None => true,
+                Some(needed) => published_sequence.is_some_and(|seen| seen >= needed),
+            };
+            if reflected {
+                wanted.saturating_sub(current)
+            } else {
+                wanted.max(current)
+            }
+        }
+    };
+    (pending > 0).then_some((lv.spec.device_class, pending))
 }
 
-/// Demand already promised to a node but not yet visible in its NodeStorage: LogicalVolumes of
-/// the node that are neither Ready nor Failed (the agent has not made them yet, or is wiping).
+/// Demand already promised to `node` but not yet visible in its NodeStorage published at
+/// `published_sequence` (see [`volume_pending_bytes`]).
 pub fn pending_from_volumes<'a>(
     volumes: impl IntoIterator<Item = &'a LogicalVolume>,
     node: &str,
+    published_sequence: Option<u64>,
 ) -> ClassBytes {
     let mut pending = ClassBytes::new();
     for lv in volumes {
         if lv.spec.node_name != node {
             continue;
         }
-        if let Some((class, bytes)) = volume_pending_bytes(lv) {
+        if let Some((class, bytes)) = volume_pending_bytes(lv, published_sequence) {
             add_class_bytes(&mut pending, class, bytes);
         }
     }
     pending
 }
 
-/// [`pending_from_volumes`] for every node at once, in one pass (keyed by node name).
+/// [`pending_from_volumes`] for every node at once, in one pass (keyed by node name);
+/// `published_sequence` gives each node's NodeStorage `status.capacitySequence`.
 pub fn pending_by_node<'a>(
     volumes: impl IntoIterator<Item = &'a LogicalVolume>,
+    published_sequence: impl Fn(&str) -> Option<u64>,
 ) -> HashMap<String, ClassBytes> {
     let mut by_node: HashMap<String, ClassBytes> = HashMap::new();
     for lv in volumes {
-        if let Some((class, bytes)) = volume_pending_bytes(lv) {
-            let pending = by_node.entry(lv.spec.node_name.clone()).or_default();
+        let node = lv.spec.node_name.as_str();
+        if let Some((class, bytes)) = volume_pending_bytes(lv, published_sequence(node)) {
+            let pending = by_node.entry(node.to_owned()).or_default();
             add_class_bytes(pending, class, bytes);
         }
     }
     by_node
+}
+
+/// Whether a claim that carries `volume.kubernetes.io/selected-node` but has no volume yet counts
+/// as demand pending on that node. Anyone who may create a claim can set the annotation, so it
+/// counts only where it is credible: the claim is valid for its class (the one request validator
+/// accepts its size and access modes), a pod that uses it is bound or nominated to that node,
+/// and it could ever fit there (`bytes` within the class's total on the node; `None` when the node
+/// has no such class). Everything else is left to CreateVolume to refuse.
+pub fn selected_claim_counts(
+    valid_for_class: bool,
+    pod_on_node: bool,
+    bytes: u64,
+    class_total_on_node: Option<u64>,
+) -> bool {
+    valid_for_class && pod_on_node && class_total_on_node.is_some_and(|total| bytes <= total)
 }
 
 /// The CSI volume (and LogicalVolume) name external-provisioner gives a claim's volume: its
@@ -403,8 +448,85 @@ mod tests {
             ),
             lv("b", DeviceClass::Nvme, 1 << 30, None),
         ];
-        let pending = pending_from_volumes(&volumes, "a");
+        let pending = pending_from_volumes(&volumes, "a", None);
         assert_eq!(pending, ClassBytes::from([(DeviceClass::Nvme, 8 << 20)]));
+    }
+
+    #[test]
+    fn a_selected_claim_counts_only_where_credible() {
+        let gib = 1u64 << 30;
+        assert!(selected_claim_counts(true, true, gib, Some(10 * gib)));
+        assert!(
+            !selected_claim_counts(false, true, gib, Some(10 * gib)),
+            "invalid"
+        );
+        assert!(
+            !selected_claim_counts(true, false, gib, Some(10 * gib)),
+            "no pod there"
+        );
+        assert!(
+            !selected_claim_counts(true, true, 11 * gib, Some(10 * gib)),
+            "never fits"
+        );
+        assert!(
+            !selected_claim_counts(true, true, gib, None),
+            "no such class"
+        );
+    }
+
+    fn ready(size: u64, current: u64, sequence: Option<u64>) -> LogicalVolume {
+        let mut v = lv(
+            "a",
+            DeviceClass::Nvme,
+            size,
+            Some(LogicalVolumePhase::Ready),
+        );
+        let status = v.status.as_mut().expect("status");
+        status.current_size_bytes = Some(current);
+        status.capacity_sequence = sequence;
+        v
+    }
+
+    #[test]
+    fn ready_counts_as_pending_until_the_node_publishes_its_allocation() {
+        let gib = 1u64 << 30;
+        let made = ready(gib, gib, Some(7));
+        // The agent wrote Ready; NodeStorage still shows the capacity of sequence 6 (or none).
+        assert_eq!(
+            volume_pending_bytes(&made, None),
+            Some((DeviceClass::Nvme, gib))
+        );
+        assert_eq!(
+            volume_pending_bytes(&made, Some(6)),
+            Some((DeviceClass::Nvme, gib))
+        );
+        // Published at 7 or later: the allocation is in freeBytes, nothing is pending.
+        assert_eq!(volume_pending_bytes(&made, Some(7)), None);
+        assert_eq!(volume_pending_bytes(&made, Some(9)), None);
+    }
+
+    #[test]
+    fn expansion_growth_is_pending_until_made_and_published() {
+        let gib = 1u64 << 30;
+        // Asked to grow from 1 GiB to 3 GiB, not made yet: the 2 GiB growth is pending.
+        let asked = ready(3 * gib, gib, Some(7));
+        assert_eq!(
+            volume_pending_bytes(&asked, Some(7)),
+            Some((DeviceClass::Nvme, 2 * gib))
+        );
+        // Grown (sequence 8) but not yet published: the whole volume, conservatively.
+        let grown = ready(3 * gib, 3 * gib, Some(8));
+        assert_eq!(
+            volume_pending_bytes(&grown, Some(7)),
+            Some((DeviceClass::Nvme, 3 * gib))
+        );
+        assert_eq!(volume_pending_bytes(&grown, Some(8)), None);
+        // An agent that predates the sequence: Ready is trusted as before, growth still counts.
+        assert_eq!(
+            volume_pending_bytes(&ready(3 * gib, gib, None), None),
+            Some((DeviceClass::Nvme, 2 * gib))
+        );
+        assert_eq!(volume_pending_bytes(&ready(gib, gib, None), None), None);
     }
     #[test]
     fn quantities_parse_exactly_and_round_up_to_a_byte() {
@@ -461,9 +583,9 @@ mod tests {
             lv("c", DeviceClass::Ssd, 1 << 30, None),
             deleting,
         ];
-        let all = pending_by_node(&volumes);
+        let all = pending_by_node(&volumes, |_| None);
         for node in ["a", "b", "c"] {
-            let one = pending_from_volumes(&volumes, node);
+            let one = pending_from_volumes(&volumes, node, None);
             assert_eq!(all.get(node).cloned().unwrap_or_default(), one, "{node}");
         }
         assert_eq!(

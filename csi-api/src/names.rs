@@ -20,6 +20,12 @@ pub const LABEL_NODE: &str = "strata.io/node";
 pub const LABEL_DEVICE_CLASS: &str = "strata.io/device-class";
 /// Finalizer on a LogicalVolume, removed by the agent once the LV is gone.
 pub const FINALIZER: &str = "strata.io/lv";
+/// Finalizer on a LogicalVolume held by the controller while a PersistentVolume may refer to
+/// it; released only by the CO's DeleteVolume for that PV, or when no PV refers to the volume.
+/// The agent never wipes or removes an LV whose object still carries it.
+pub const FINALIZER_PV_PROTECTION: &str = "strata.io/pv-protection";
+/// LogicalVolume `status.reason` while a deletion is held because the LV is open or mounted.
+pub const REASON_VOLUME_IN_USE: &str = "VolumeInUse";
 /// StorageClass parameter: the device class (required).
 pub const PARAM_DEVICE_CLASS: &str = "strata.io/device-class";
 /// StorageClass parameter: placement strategy, `binpack` or `spread`.

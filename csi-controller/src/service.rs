@@ -165,7 +165,8 @@ impl<C: Cluster> ControllerService<C> {
         creating: &str,
     ) -> Result<NodeCapacity, ClusterError> {
         let volumes = self.cluster.logical_volumes().await?;
-        let mut pending = pending_from_volumes(&volumes, node);
+        let published = storage.status.as_ref().and_then(|s| s.capacity_sequence);
+        let mut pending = pending_from_volumes(&volumes, node, published);
         for claim in self.cluster.selected_claims(node).await? {
             let volume = volume_name_for_claim(&claim.uid);
             if volume == creating

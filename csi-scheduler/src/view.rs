@@ -107,7 +107,16 @@ impl ClusterView {
             .iter()
             .filter_map(|v| v.metadata.name.as_deref())
             .collect();
-        let mut pending = capacity::pending_by_node(volumes.iter().map(|v| &**v));
+        let published: HashMap<&str, u64> = node_storages
+            .iter()
+            .filter_map(|ns| {
+                let sequence = ns.status.as_ref()?.capacity_sequence?;
+                Some((ns.metadata.name.as_deref()?, sequence))
+            })
+            .collect();
+        let mut pending = capacity::pending_by_node(volumes.iter().map(|v| &**v), |node| {
+            published.get(node).copied()
+        });
         for pvc in claims {
             let Some(info) = view.claim_info(pvc, &volume_names) else {
                 continue;

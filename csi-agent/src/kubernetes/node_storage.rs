@@ -206,6 +206,7 @@ pub fn build_status(
         conditions,
         observed_generation: None,
         updated_at: Some(Time(Timestamp::now())),
+        capacity_sequence: None,
     }
 }
 

@@ -70,6 +70,11 @@ pub struct LogicalVolumeStatus {
     pub device_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_size_bytes: Option<u64>,
+    /// The NodeStorage `status.capacitySequence` from which the LV's current allocation
+    /// (`currentSizeBytes`) is reflected in the node's published free bytes. The agent sets it
+    /// whenever it creates or extends the LV, before or with the status that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_sequence: Option<u64>,
     /// Machine-readable cause of the phase, e.g. `InsufficientSpace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -64,6 +64,11 @@ pub struct NodeStorageStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
+    /// Grows with every capacity the agent publishes (never goes back, also across restarts).
+    /// A LogicalVolume's allocation counts as reflected in `freeBytes` once this reaches the
+    /// volume's `status.capacitySequence`; until then readers count it as pending demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_sequence: Option<u64>,
 }
 
 impl NodeStorageStatus {
