@@ -135,3 +135,40 @@ pub async fn check(sysfs_root: &Path, board: &Board, target: &Target) -> Checked
     }
     out
 }
+
+/// Checks every present disk that is Claimed or Available, turns those with evidence into
+/// `Failing` (evidence in `reason`) and records the failing slots on `board`. Returns what could
+/// not be checked.
+pub async fn check_disks(
+    sysfs_root: &Path,
+    dev_root: &Path,
+    board: &Board,
+    disks: &mut [csi_api::crd::DiskStatus],
+) -> Vec<String> {
+    use csi_api::crd::DiskState;
+    let mut failing = BTreeMap::new();
+    let mut notes = Vec::new();
+    for disk in disks.iter_mut() {
+        if !matches!(disk.state, DiskState::Claimed | DiskState::Available)
+            || disk.kernel_name.is_empty()
+            || disk.slot.is_empty()
+        {
+            continue;
+        }
+        let target = Target {
+            slot: disk.slot.clone(),
+            kernel_name: disk.kernel_name.clone(),
+            device: dev_root.join(&disk.kernel_name),
+        };
+        let checked = check(sysfs_root, board, &target).await;
+        notes.extend(checked.notes);
+        if !checked.evidence.is_empty() {
+            let evidence = checked.evidence.join("; ");
+            failing.insert(disk.slot.clone(), evidence.clone());
+            disk.state = DiskState::Failing;
+            disk.reason = evidence;
+        }
+    }
+    board.set_failing(failing);
+    notes
+}
