@@ -37,6 +37,8 @@ pub struct Context<R: LvmRunner> {
     pub wiper: crate::wiper::Wiper<R>,
     /// Failing disks, written by the NodeStorage pass, read by the node service and reconciler.
     pub health: crate::health::Board,
+    /// Wakes the LogicalVolume reconciler for every volume when a disk's health changed.
+    pub disks_changed: Arc<Notify>,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -115,6 +117,7 @@ pub async fn serve(
         changed: Arc::new(Notify::new()),
         wiper: wiper.clone(),
         health,
+        disks_changed: Arc::new(Notify::new()),
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
     let resumed_changed = ctx.changed.clone();

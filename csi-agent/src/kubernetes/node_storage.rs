@@ -154,6 +154,9 @@ async fn pass<R: LvmRunner>(
     let params = PatchParams::apply(names::FIELD_MANAGER_AGENT).force();
     api.patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await?;
+    if degraded_changed(last.as_ref(), &status) {
+        ctx.disks_changed.notify_one();
+    }
     if let Some(note) = degraded_news(last.as_ref(), &status) {
         let event = Event {
             type_: EventType::Warning,
@@ -180,6 +183,17 @@ fn same_but_time(a: &NodeStorageStatus, b: &NodeStorageStatus) -> bool {
         s
     };
     strip(a) == strip(b)
+}
+
+/// Whether the Degraded condition (status or message) differs from the last one published.
+fn degraded_changed(last: Option<&NodeStorageStatus>, now: &NodeStorageStatus) -> bool {
+    let degraded = |s: &NodeStorageStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    last.map(degraded) != Some(degraded(now))
 }
 
 /// The Degraded message when it is new (a problem appeared or changed), for a Warning Event.
