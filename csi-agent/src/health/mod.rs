@@ -11,6 +11,7 @@
 
 pub mod ata;
 pub mod nvme;
+pub mod replace;
 pub mod sysfs;
 pub mod volumes;
 

@@ -76,16 +76,15 @@ impl SmartLog {
         if spare_low && self.critical_warning & 1 == 0 {
             out.push("NVMe critical warning: available spare below threshold".into());
         }
-        if spare_low || self.critical_warning & 1 != 0 {
-            if let Some(last) = out
+        if (spare_low || self.critical_warning & 1 != 0)
+            && let Some(last) = out
                 .iter_mut()
                 .find(|e| e.ends_with("available spare below threshold"))
-            {
-                last.push_str(&format!(
-                    " ({}% left, threshold {}%)",
-                    self.available_spare, self.spare_threshold
-                ));
-            }
+        {
+            last.push_str(&format!(
+                " ({}% left, threshold {}%)",
+                self.available_spare, self.spare_threshold
+            ));
         }
         if self.media_errors > 0 {
             out.push(format!(
