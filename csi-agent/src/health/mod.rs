@@ -74,6 +74,14 @@ impl Board {
             .insert(slot.to_owned(), evidence.to_owned());
     }
 
+    /// Moves the error baseline of `slot` past errors the agent caused itself (SMART RETURN
+    /// STATUS answers with CHECK CONDITION by design, which the kernel counts in `ioerr_cnt`).
+    fn excuse(&self, slot: &str, errors: u64) {
+        if let Some(b) = self.state().baselines.get_mut(slot) {
+            *b = b.saturating_add(errors);
+        }
+    }
+
     fn baseline(&self, slot: &str, now: Option<u64>) -> Option<u64> {
         let mut s = self.state();
         match (s.baselines.get(slot), now) {
@@ -118,7 +126,10 @@ pub async fn check(sysfs_root: &Path, board: &Board, target: &Target) -> Checked
             Err(e) => Err(e.to_string()),
         }
     } else if name.starts_with("sd") && vendor.trim() == "ATA" {
+        let counter = || sysfs::read_view(sysfs_root, &name).ioerr_cnt.unwrap_or(0);
+        let before = counter();
         let r = tokio::task::spawn_blocking(move || ata::smart_status(&device)).await;
+        board.excuse(&target.slot, counter().saturating_sub(before));
         match r {
             Ok(Ok(ata::SmartStatus::Passed)) => Ok(Vec::new()),
             Ok(Ok(ata::SmartStatus::ThresholdExceeded)) => Ok(vec![
@@ -172,4 +183,25 @@ pub async fn check_disks(
     }
     board.set_failing(failing);
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_baseline_is_set_once_and_moved_past_own_commands() {
+        let board = Board::default();
+        assert_eq!(board.baseline("s", None), None);
+        assert_eq!(board.baseline("s", Some(14)), Some(14));
+        assert_eq!(
+            board.baseline("s", Some(20)),
+            Some(14),
+            "first seen is kept"
+        );
+        board.excuse("s", 1);
+        assert_eq!(board.baseline("s", Some(20)), Some(15));
+        board.excuse("unknown", 3);
+        assert_eq!(board.baseline("unknown", None), None);
+    }
 }
