@@ -86,6 +86,11 @@ impl<R: LvmRunner> LvmVolumes<R> {
         self
     }
 
+    /// The board of failing disks these volumes are judged against.
+    pub fn health(&self) -> &Board {
+        &self.health
+    }
+
     /// Volume → the problems of the disks under it, read only when there can be any (a VG with
     /// a missing PV, or a failing disk). If lvm2 cannot say which LVs use which PV, every volume
     /// of a VG with a missing PV is reported (the old, coarse answer) with the reason.
