@@ -4,6 +4,7 @@
 //! - [`node_storage`]: the claim pass and the NodeStorage status, published by server-side apply
 //!   (field manager `csi-agent`) on every change the agent makes or sees, with a periodic resync.
 
+pub mod capacity_sequence;
 pub mod node_storage;
 pub mod volumes;
 
@@ -35,6 +36,8 @@ pub struct Context<R: LvmRunner> {
     pub changed: Arc<Notify>,
     /// Wipes LVs before their removal.
     pub wiper: crate::wiper::Wiper<R>,
+    /// NodeStorage `status.capacitySequence` and the tickets LogicalVolume status carries.
+    pub sequencer: capacity_sequence::Sequencer,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -104,8 +107,22 @@ pub async fn serve(
         config.wipe.clone(),
         config.metrics.clone(),
     );
+    // The first capacity sequence goes beyond whatever a previous agent published.
+    let previous = kube::Api::<csi_api::crd::NodeStorage>::all(client.clone())
+        .get_opt(&config.node)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the previous capacity sequence; starting from the clock");
+            None
+        })
+        .and_then(|o| o.status)
+        .and_then(|s| s.capacity_sequence);
     let ctx = Arc::new(Context {
         client,
+        sequencer: capacity_sequence::Sequencer::starting_after(
+            previous,
+            capacity_sequence::unix_millis(),
+        ),
         node: config.node.clone(),
         lvm: background_lvm.clone(),
         roots: config.roots.clone(),

@@ -166,8 +166,10 @@ async fn reconcile<R: LvmRunner>(
                 Ok(made) => {
                     csi_api::fault::point("agent.create.after-lv");
                     info!(volume = %name, %vg, size = made.size_bytes, "LV created");
+                    // After the change, before the status that says so (see capacity_sequence).
+                    let ticket = ctx.sequencer.ticket();
                     ctx.changed.notify_one();
-                    write_status(&api, &name, ready_status(&made, None)).await?;
+                    write_status(&api, &name, ready_status(&made, None, Some(ticket))).await?;
                 }
                 Err(e) => return fail(&r, &api, &lv, &e, true).await,
             }
@@ -178,8 +180,9 @@ async fn reconcile<R: LvmRunner>(
                 Ok(grown) => {
                     csi_api::fault::point("agent.extend.after-lv");
                     info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
+                    let ticket = ctx.sequencer.ticket();
                     ctx.changed.notify_one();
-                    write_status(&api, &name, ready_status(&grown, None)).await?;
+                    write_status(&api, &name, ready_status(&grown, None, Some(ticket))).await?;
                 }
                 Err(e) => return fail(&r, &api, &lv, &e, false).await,
             }
@@ -187,7 +190,7 @@ async fn reconcile<R: LvmRunner>(
         Step::Report => {
             if let Some(have) = existing.as_ref() {
                 let current = lv.status.as_ref();
-                let fresh = ready_status(have, None);
+                let fresh = ready_status(have, None, None);
                 let unchanged = current.is_some_and(|s| {
                     s.phase == fresh.phase
                         && s.current_size_bytes == fresh.current_size_bytes
@@ -195,7 +198,11 @@ async fn reconcile<R: LvmRunner>(
                         && s.reason.is_none()
                 });
                 if !unchanged {
-                    write_status(&api, &name, fresh).await?;
+                    // The LV may have been made by a previous run that never said so: readers
+                    // count it pending until a publish that began after now.
+                    let ticket = ctx.sequencer.ticket();
+                    ctx.changed.notify_one();
+                    write_status(&api, &name, ready_status(have, None, Some(ticket))).await?;
                 }
             }
         }
@@ -288,8 +295,13 @@ fn wiping_status(
     }
 }
 
-fn ready_status(lv: &Lv, reason: Option<(&str, String)>) -> LogicalVolumeStatus {
+fn ready_status(
+    lv: &Lv,
+    reason: Option<(&str, String)>,
+    capacity_sequence: Option<u64>,
+) -> LogicalVolumeStatus {
     LogicalVolumeStatus {
+        capacity_sequence,
         phase: Some(LogicalVolumePhase::Ready),
         vg_name: Some(lv.vg.clone()),
         lv_name: Some(lv.name.clone()),
@@ -485,7 +497,7 @@ mod tests {
 
     #[test]
     fn wiping_status_keeps_the_volume_fields_and_reports_progress() {
-        let base = ready_status(&lvm_lv(8), None);
+        let base = ready_status(&lvm_lv(8), None, Some(7));
         let p = Progress {
             method: "discard",
             done: 4,
@@ -494,6 +506,7 @@ mod tests {
         let s = wiping_status(&base, &p, None);
         assert_eq!(s.phase, Some(LogicalVolumePhase::Wiping));
         assert_eq!(s.lv_name.as_deref(), Some("pvc-1"));
+        assert_eq!(s.capacity_sequence, Some(7));
         assert_eq!(
             s.wipe,
             Some(WipeProgress {
