@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, WipeProgress};
+use csi_api::crd::{
+    LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, NodeStorage, WipeProgress,
+};
 use csi_api::names::{self, DeviceClass};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -161,8 +163,13 @@ async fn reconcile<R: LvmRunner>(
                 name: p.name.clone(),
                 uid: p.uid.clone(),
             });
+            let reserve = reserve_of(ctx, class).await?;
             csi_api::fault::point("agent.create.before-lv");
-            match ctx.lvm.create_lv(vg, &name, size, pvc.as_ref()).await {
+            let made = ctx
+                .lvm
+                .create_lv_within(vg, &name, size, pvc.as_ref(), reserve)
+                .await;
+            match made {
                 Ok(made) => {
                     csi_api::fault::point("agent.create.after-lv");
                     info!(volume = %name, %vg, size = made.size_bytes, "LV created");
@@ -175,8 +182,9 @@ async fn reconcile<R: LvmRunner>(
             }
         }
         Step::Extend { size } => {
+            let reserve = reserve_of(ctx, class).await?;
             csi_api::fault::point("agent.extend.before-lv");
-            match ctx.lvm.extend_lv(vg, &name, size).await {
+            match ctx.lvm.extend_lv_within(vg, &name, size, reserve).await {
                 Ok(grown) => {
                     csi_api::fault::point("agent.extend.after-lv");
                     info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
@@ -208,6 +216,20 @@ async fn reconcile<R: LvmRunner>(
         }
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// The bytes of `class` this node keeps free (NodeStorage `spec.reservedBytes`), read afresh
+/// for every create and extend so that the LVM layer enforces the operator's current policy.
+async fn reserve_of<R: LvmRunner>(
+    ctx: &Context<R>,
+    class: DeviceClass,
+) -> Result<u64, kube::Error> {
+    let api: Api<NodeStorage> = Api::all(ctx.client.clone());
+    Ok(api
+        .get_opt(&ctx.node)
+        .await?
+        .and_then(|ns| ns.spec.reserved_bytes.get(&class).copied())
+        .unwrap_or(0))
 }
 
 /// Wipes the LV (phase `Wiping`, progress in `status.wipe`, written at most every 2 s), then
