@@ -879,7 +879,7 @@ async fn a_create_into_the_reserve_is_refused_unless_the_lv_already_exists() {
             &[],
             Reply::fail(
                 5,
-                &format!("Logical Volume \"{VOL}\" already exists in volume group \"{VG}\""),
+                format!("Logical Volume \"{VOL}\" already exists in volume group \"{VG}\""),
             ),
         )
         .expect(&["lvs"], &[], Reply::ok(ours(VG, VOL, 3 * GIB)));
