@@ -870,6 +870,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_small_xfs_volume_is_made_at_the_xfs_minimum() {
+        let (svc, mem) = service(lab());
+        let v = svc
+            .create(request("pvc-small", "nvme", 100 << 20))
+            .await
+            .unwrap();
+        assert_eq!(v.capacity_bytes, csi_api::request::XFS_MIN_BYTES as i64);
+        assert_eq!(
+            mem.calls(),
+            vec![format!(
+                "create pvc-small nvme {}",
+                csi_api::request::XFS_MIN_BYTES
+            )]
+        );
+    }
+
+    #[tokio::test]
     async fn expansion_is_admitted_against_allocatable_not_free() {
         // 20 GiB class with 10 GiB reserved: 9 GiB fits, growing it to 19 GiB does not.
         let mem = MemVolumes::default()
