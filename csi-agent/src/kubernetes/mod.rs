@@ -66,6 +66,8 @@ pub struct KubernetesConfig {
     /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
     pub fstrim_interval: Option<Duration>,
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Target and staging paths must lie under it (`--kubelet-dir`).
+    pub kubelet_dir: std::path::PathBuf,
 }
 
 /// Why Kubernetes mode stopped.
@@ -98,7 +100,8 @@ pub async fn serve(
             Arc::new(SyscallMounter::default()),
             FsTools::new(Arc::new(ProcessRunner)),
             VolumeLocks::new(),
-        ),
+        )
+        .with_kubelet_dir(config.kubelet_dir.clone()),
         controller: None,
     };
     let background_lvm = lvm.with_cancellation(shutdown.child_token());
