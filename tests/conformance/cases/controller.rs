@@ -81,7 +81,10 @@ pub(super) async fn create_conflicting_repeat_is_already_exists(
     delete(ctx, &v.volume_id).await
 }
 
-pub(super) async fn create_bad_input_changes_nothing(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn create_bad_input_changes_nothing(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let before = check::lvs()?.len();
     let listed = list_ids(ctx).await?;
     let base = || create_request("bad-input", "nvme", GI, mount_cap("", &[]));
@@ -163,7 +166,10 @@ pub(super) async fn create_bad_input_changes_nothing(ctx: &mut Ctx, _: &mut Opti
     Ok(())
 }
 
-pub(super) async fn create_beyond_capacity_or_topology(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn create_beyond_capacity_or_topology(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let mut elsewhere = create_request("topo", "nvme", GI, mount_cap("", &[]));
     elsewhere.accessibility_requirements = Some(TopologyRequirement {
         requisite: vec![Topology {
@@ -211,7 +217,10 @@ pub(super) async fn delete_is_idempotent(ctx: &mut Ctx, _: &mut Option<Agent>) -
     Ok(())
 }
 
-pub(super) async fn validate_volume_capabilities(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn validate_volume_capabilities(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let v = create(ctx, "vvc", "nvme", 300 * MI, mount_cap("", &[])).await?;
     let req = |id: &str, caps: Vec<csi::VolumeCapability>| csi::ValidateVolumeCapabilitiesRequest {
         volume_id: id.into(),
@@ -393,7 +402,10 @@ pub(super) async fn get_capacity_per_class(ctx: &mut Ctx, _: &mut Option<Agent>)
     delete(ctx, &v.volume_id).await
 }
 
-pub(super) async fn concurrent_calls_for_one_volume(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn concurrent_calls_for_one_volume(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let calls = (0..4).map(|_| {
         let mut ctl = ctx.csi.controller.clone();
         async move {
@@ -420,4 +432,39 @@ pub(super) async fn concurrent_calls_for_one_volume(ctx: &mut Ctx, _: &mut Optio
         .count();
     ensure!(lvs == 1, "{lvs} LVs for one name");
     delete(ctx, "race").await
+}
+
+/// Ids and names use one strict charset (they end up in URLs, LVM names and tags): `?`, `%`,
+/// `#`, `/`, spaces and non-ASCII are InvalidArgument and create nothing; delete and expand
+/// refuse them too instead of acting on a prefix.
+pub(super) async fn ids_with_url_characters_are_refused(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
+    let before = check::lvs()?.len();
+    for bad in ["pvc-A?x", "pvc-a%2Fb", "pvc-a#b", "pvc a", "pvc-é"] {
+        code(
+            &format!("create {bad:?}"),
+            ctx.csi
+                .controller
+                .clone()
+                .create_volume(create_request(bad, "nvme", GI, mount_cap("", &[])))
+                .await,
+            Code::InvalidArgument,
+        )?;
+        code(
+            &format!("delete {bad:?}"),
+            ctx.csi
+                .controller
+                .clone()
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: bad.into(),
+                    secrets: HashMap::new(),
+                })
+                .await,
+            Code::InvalidArgument,
+        )?;
+    }
+    ensure!(check::lvs()?.len() == before, "a refused create made an LV");
+    Ok(())
 }

@@ -2,7 +2,10 @@
 
 use super::*;
 
-pub(super) async fn identity_info_capabilities_probe(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn identity_info_capabilities_probe(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let mut id = ctx.csi.identity.clone();
     let info = ok(
         "GetPluginInfo",
@@ -44,7 +47,10 @@ pub(super) async fn identity_info_capabilities_probe(ctx: &mut Ctx, _: &mut Opti
     Ok(())
 }
 
-pub(super) async fn controller_and_node_capabilities(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn controller_and_node_capabilities(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let caps = ok(
         "ControllerGetCapabilities",
         ctx.csi
@@ -118,7 +124,10 @@ pub(super) async fn controller_and_node_capabilities(ctx: &mut Ctx, _: &mut Opti
     Ok(())
 }
 
-pub(super) async fn node_info_has_node_topology(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn node_info_has_node_topology(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let info = ok(
         "NodeGetInfo",
         ctx.csi

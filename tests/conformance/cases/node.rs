@@ -96,7 +96,10 @@ pub(super) async fn mount_lifecycle_xfs(ctx: &mut Ctx, _: &mut Option<Agent>) ->
     delete(ctx, &id).await
 }
 
-pub(super) async fn mount_lifecycle_ext4_with_flags(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn mount_lifecycle_ext4_with_flags(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let cap = mount_cap("ext4", &["noatime", "nodev"]);
     let v = create(ctx, "life-ext4", "ssd", 256 * MI, cap.clone()).await?;
     let id = v.volume_id.clone();
@@ -454,7 +457,10 @@ pub(super) async fn node_bad_input(ctx: &mut Ctx, _: &mut Option<Agent>) -> Resu
     delete(ctx, &id).await
 }
 
-pub(super) async fn stats_condition_when_mount_is_lost(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn stats_condition_when_mount_is_lost(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let cap = mount_cap("xfs", &[]);
     let v = create(ctx, "lost", "nvme", 300 * MI, cap.clone()).await?;
     let id = v.volume_id.clone();
@@ -469,18 +475,30 @@ pub(super) async fn stats_condition_when_mount_is_lost(ctx: &mut Ctx, _: &mut Op
         "healthy"
     );
     check::umount(&target)?;
-    let st = stats(ctx, &id, &target).await?;
-    let c = st.volume_condition.context("condition")?;
-    ensure!(
-        c.abnormal && !c.message.is_empty(),
-        "lost mount not reported: {c:?}"
-    );
+    // The volume is no longer at that path: the spec's NOT_FOUND ("the volume specified by
+    // volume_id does not exist on specified volume_path").
+    code(
+        "stats after the mount was lost",
+        ctx.csi
+            .node
+            .clone()
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: target.to_string_lossy().into_owned(),
+                staging_target_path: String::new(),
+            })
+            .await,
+        Code::NotFound,
+    )?;
     unpublish(ctx, &id, &target).await?;
     unstage(ctx, &id, &staging).await?;
     delete(ctx, &id).await
 }
 
-pub(super) async fn unpublish_refuses_foreign_mounts(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn unpublish_refuses_foreign_mounts(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
     let v = create(ctx, "foreign", "nvme", 300 * MI, mount_cap("", &[])).await?;
     let path = ctx.dir.join("foreign-tmpfs");
     check::mount_tmpfs(&path)?;
@@ -528,7 +546,10 @@ pub(super) async fn restart_keeps_volumes(ctx: &mut Ctx, agent: &mut Option<Agen
     delete(ctx, &v.volume_id).await
 }
 
-pub(super) async fn shutdown_finishes_in_flight_calls(ctx: &mut Ctx, agent: &mut Option<Agent>) -> Result<()> {
+pub(super) async fn shutdown_finishes_in_flight_calls(
+    ctx: &mut Ctx,
+    agent: &mut Option<Agent>,
+) -> Result<()> {
     let running = agent.take().context("agent")?;
     let mut ctl = ctx.csi.controller.clone();
     let call = tokio::spawn(async move {
@@ -570,4 +591,106 @@ pub(super) async fn shutdown_finishes_in_flight_calls(ctx: &mut Ctx, agent: &mut
         );
     }
     Ok(())
+}
+
+/// The CSI spec's error order on the Node service: a missing capability is InvalidArgument
+/// before the staging path is looked at; an unknown volume is NotFound whatever the path (even
+/// relative or absent); a known volume at a path where it is not mounted is NotFound.
+pub(super) async fn node_error_order(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
+    let cap = mount_cap("xfs", &[]);
+    let v = create(ctx, "order", "nvme", 300 * MI, cap.clone()).await?;
+    let id = v.volume_id.clone();
+    let (staging, target) = paths(ctx, "order");
+    let mut node = ctx.csi.node.clone();
+    for bogus in [
+        "",
+        "relative/staging",
+        "/run/strata-conformance/never-staged",
+    ] {
+        let mut p = publish_request(&id, &staging, &target, cap.clone(), false);
+        p.volume_capability = None;
+        p.staging_target_path = bogus.into();
+        code(
+            &format!("publish without capability, staging {bogus:?}"),
+            node.node_publish_volume(p).await,
+            Code::InvalidArgument,
+        )?;
+    }
+    for path in ["", "relative/path", "/run/strata-conformance/nope"] {
+        code(
+            &format!("stats of an unknown volume at {path:?}"),
+            node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: "no-such-volume".into(),
+                volume_path: path.into(),
+                staging_target_path: String::new(),
+            })
+            .await,
+            Code::NotFound,
+        )?;
+        code(
+            &format!("expand of an unknown volume at {path:?}"),
+            node.node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: "no-such-volume".into(),
+                volume_path: path.into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: GI,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await,
+            Code::NotFound,
+        )?;
+    }
+    let elsewhere = ctx.dir.join("order-elsewhere");
+    std::fs::create_dir_all(&elsewhere)?;
+    code(
+        "stats of a known volume where it is not mounted",
+        node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: elsewhere.to_string_lossy().into_owned(),
+            staging_target_path: String::new(),
+        })
+        .await,
+        Code::NotFound,
+    )?;
+    code(
+        "stats of a known volume without a path",
+        node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: String::new(),
+            staging_target_path: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+    )?;
+    ensure!(
+        check::mount_at(&staging)?.is_none() && check::mount_at(&target)?.is_none(),
+        "a refused call mounted something"
+    );
+    delete(ctx, &id).await
+}
+
+/// A 100Mi request on xfs is raised to xfs's 300 MiB minimum by the shared validator, so the
+/// volume is formatted, staged and mounted instead of failing at NodeStage.
+pub(super) async fn small_xfs_volume_is_raised_and_mountable(
+    ctx: &mut Ctx,
+    _: &mut Option<Agent>,
+) -> Result<()> {
+    let cap = mount_cap("xfs", &[]);
+    let v = create(ctx, "small-xfs", "nvme", 100 * MI, cap.clone()).await?;
+    ensure!(
+        v.capacity_bytes == 300 * MI,
+        "100Mi xfs volume has {} bytes, expected xfs's minimum of 300 MiB",
+        v.capacity_bytes
+    );
+    let (staging, target) = paths(ctx, "small-xfs");
+    stage(ctx, &v.volume_id, &staging, cap.clone()).await?;
+    publish(ctx, &v.volume_id, &staging, &target, cap, false).await?;
+    let (_, fs, _) = check::mount_at(&target)?.context("not mounted at the target")?;
+    ensure!(fs == "xfs", "mounted as {fs}");
+    std::fs::write(target.join("probe"), b"small")?;
+    unpublish(ctx, &v.volume_id, &target).await?;
+    unstage(ctx, &v.volume_id, &staging).await?;
+    delete(ctx, &v.volume_id).await
 }
