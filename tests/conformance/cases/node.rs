@@ -687,7 +687,7 @@ pub(super) async fn small_xfs_volume_is_raised_and_mountable(
     let (staging, target) = paths(ctx, "small-xfs");
     stage(ctx, &v.volume_id, &staging, cap.clone()).await?;
     publish(ctx, &v.volume_id, &staging, &target, cap, false).await?;
-    let (_, fs, _) = check::mount_at(&target)?.context("not mounted at the target")?;
+    let (fs, _, _) = check::mount_at(&target)?.context("not mounted at the target")?;
     ensure!(fs == "xfs", "mounted as {fs}");
     std::fs::write(target.join("probe"), b"small")?;
     unpublish(ctx, &v.volume_id, &target).await?;
