@@ -62,8 +62,7 @@ impl Filesystem for Xfs {
         "xfs"
     }
     fn min_bytes(&self) -> u64 {
-        // xfsprogs >= 5.19 refuses filesystems under 300 MiB.
-        300 << 20
+        csi_api::request::XFS_MIN_BYTES
     }
     fn mkfs(&self, device: &Path) -> Cmd {
         Cmd::new("mkfs.xfs").arg("-q").arg(device)
@@ -82,7 +81,7 @@ impl Filesystem for Ext4 {
         "ext4"
     }
     fn min_bytes(&self) -> u64 {
-        8 << 20
+        csi_api::request::EXT4_MIN_BYTES
     }
     fn mkfs(&self, device: &Path) -> Cmd {
         // -F: the device is a whole LV, not a partition; we probed it empty just before.

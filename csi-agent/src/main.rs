@@ -90,6 +90,12 @@ struct NodeOpsArgs {
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, default_value = "0.0.0.0:9809")]
     metrics_addr: std::net::SocketAddr,
+    /// The only directory under which NodeStage/NodePublish paths are accepted. Default:
+    /// `/var/lib/kubelet` in Kubernetes mode; `/` (any absolute path) in standalone mode, whose
+    /// orchestrator keeps its own data directory — set it there (e.g. Nomad's
+    /// `<data_dir>/client/csi`).
+    #[arg(long, value_name = "DIR")]
+    kubelet_dir: Option<PathBuf>,
 }
 
 impl NodeOpsArgs {
@@ -262,6 +268,9 @@ async fn main() -> Result<()> {
             node_ops,
         } => {
             let config = csi_agent::kubernetes::KubernetesConfig {
+                kubelet_dir: node_ops.kubelet_dir.clone().unwrap_or_else(|| {
+                    PathBuf::from(csi_agent::csi::validate::DEFAULT_KUBELET_DIR)
+                }),
                 wipe: node_ops.wipe(&roots.sysfs_root),
                 fstrim_interval: node_ops.fstrim(),
                 metrics: Some(node_ops.metrics(&shutdown)),
@@ -289,6 +298,10 @@ async fn main() -> Result<()> {
             node_ops,
         } => {
             let config = StandaloneConfig {
+                kubelet_dir: node_ops
+                    .kubelet_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/")),
                 wipe: node_ops.wipe(&roots.sysfs_root),
                 fstrim_interval: node_ops.fstrim(),
                 metrics: Some(node_ops.metrics(&shutdown)),

@@ -179,6 +179,51 @@ async fn insufficient_space_creates_nothing() {
 }
 
 #[tokio::test]
+async fn the_reserve_is_kept_on_create_and_extend() {
+    // Half the VG reserved (the 10 GiB of 20, scaled to a loop device): a volume just
+    // under the other half is made, growing it to nearly the whole VG is refused and changes
+    // nothing, a create into the reserve makes nothing.
+    let lab = lab!(1, 88);
+    let lvm = lab.lvm();
+    let vg = "strata-it-reserve";
+    let made = lvm.create_vg(vg, &[lab.loops[0].clone()]).await.unwrap();
+    let free = made.free_bytes;
+    let extent = made.extent_size;
+    let reserve = free / 2 / extent * extent;
+    let small = reserve - extent;
+    lvm.create_lv_within(vg, "pvc-res", small, None, reserve)
+        .await
+        .unwrap();
+    let err = lvm
+        .extend_lv_within(vg, "pvc-res", free - extent, reserve)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LvmError::InsufficientSpace { .. }), "{err:?}");
+    assert_eq!(
+        lvm.lv(vg, "pvc-res").await.unwrap().unwrap().size_bytes,
+        small
+    );
+    let err = lvm
+        .create_lv_within(
+            vg,
+            "pvc-more",
+            free - small - reserve + extent,
+            None,
+            reserve,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LvmError::InsufficientSpace { .. }), "{err:?}");
+    assert_eq!(lab.lv_names(vg), vec![lv_name_for("pvc-res")]);
+    // Without the reserve lvm2 alone arbitrates: the same growth fits.
+    let grown = lvm
+        .extend_lv_within(vg, "pvc-res", free - extent, 0)
+        .await
+        .unwrap();
+    assert_eq!(grown.size_bytes, free - extent);
+}
+
+#[tokio::test]
 async fn foreign_vgs_and_lvs_are_never_touched() {
     let lab = lab!(3, 64);
     let lvm = lab.lvm();

@@ -46,70 +46,122 @@ pub struct VolumeParameters {
     pub pvc_name: Option<String>,
 }
 
+/// [`VolumeParameters`] where the device class may be absent (GetCapacity and
+/// ValidateVolumeCapabilities take parameters without one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedParameters {
+    pub device_class: Option<DeviceClass>,
+    pub placement: Option<Placement>,
+    pub fs_type: Option<String>,
+    pub wipe: Option<String>,
+    pub pvc_namespace: Option<String>,
+    pub pvc_name: Option<String>,
+}
+
 const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
 const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
-const PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+/// Keys of this prefix are the Kubernetes sidecars' (`--extra-create-metadata`, secrets
+/// references): accepted, and only the PVC reference is used.
+const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
+
+/// Parses StorageClass parameters: Strata's keys (`strata.io/*`), the filesystem and the
+/// sidecars' `csi.storage.k8s.io/*` keys. Any other key is refused, so that a typo in a
+/// StorageClass is an error, not a default. Keys are looked at in sorted order, so the error
+/// for a map with several problems is always the same.
+pub fn parse_parameters(
+    params: &HashMap<String, String>,
+) -> Result<ParsedParameters, RequestError> {
+    let mut out = ParsedParameters::default();
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for key in keys {
+        let value = &params[key];
+        match key.as_str() {
+            names::PARAM_DEVICE_CLASS => {
+                out.device_class = Some(
+                    value
+                        .parse::<DeviceClass>()
+                        .map_err(|e| invalid(format!("parameter {key}: {e}")))?,
+                );
+            }
+            names::PARAM_PLACEMENT => {
+                out.placement = Some(
+                    value
+                        .parse::<Placement>()
+                        .map_err(|e| invalid(format!("parameter {key}: {e}")))?,
+                );
+            }
+            names::PARAM_FS_TYPE => out.fs_type = Some(check_fs_type(value)?.to_owned()),
+            names::PARAM_WIPE => {
+                if !WIPE_POLICIES.contains(&value.as_str()) {
+                    return Err(invalid(format!(
+                        "parameter {key}: unknown wipe policy {value:?}: expected discard, zero or none"
+                    )));
+                }
+                out.wipe = Some(value.clone());
+            }
+            PVC_NAME => out.pvc_name = Some(value.clone()),
+            PVC_NAMESPACE => out.pvc_namespace = Some(value.clone()),
+            k if k.starts_with(SIDECAR_PREFIX) => {}
+            other => {
+                return Err(invalid(format!(
+                    "unknown parameter {other:?}: Strata takes {}, {}, {} and {}",
+                    names::PARAM_DEVICE_CLASS,
+                    names::PARAM_PLACEMENT,
+                    names::PARAM_FS_TYPE,
+                    names::PARAM_WIPE
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
 
 impl TryFrom<&HashMap<String, String>> for VolumeParameters {
     type Error = RequestError;
 
-    /// Unknown keys are refused, so that a typo in a StorageClass is an error, not a default.
+    /// [`parse_parameters`], and the device class is required.
     fn try_from(params: &HashMap<String, String>) -> Result<Self, Self::Error> {
-        let mut device_class = None;
-        let mut out = VolumeParameters {
-            device_class: DeviceClass::Nvme,
-            placement: None,
-            fs_type: None,
-            wipe: None,
-            pvc_namespace: None,
-            pvc_name: None,
-        };
-        for (key, value) in params {
-            match key.as_str() {
-                names::PARAM_DEVICE_CLASS => {
-                    device_class = Some(
-                        value
-                            .parse::<DeviceClass>()
-                            .map_err(|e| invalid(e.to_string()))?,
-                    );
-                }
-                names::PARAM_PLACEMENT => {
-                    out.placement = Some(
-                        value
-                            .parse::<Placement>()
-                            .map_err(|e| invalid(e.to_string()))?,
-                    );
-                }
-                names::PARAM_FS_TYPE => out.fs_type = Some(check_fs_type(value)?.to_owned()),
-                names::PARAM_WIPE => {
-                    if !WIPE_POLICIES.contains(&value.as_str()) {
-                        return Err(invalid(format!(
-                            "parameter {key}: unknown wipe policy {value:?}: expected discard, zero or none"
-                        )));
-                    }
-                    out.wipe = Some(value.clone());
-                }
-                PVC_NAME => out.pvc_name = Some(value.clone()),
-                PVC_NAMESPACE => out.pvc_namespace = Some(value.clone()),
-                PV_NAME => {}
-                other => {
-                    return Err(invalid(format!(
-                        "unknown parameter {other:?}: Strata takes {}, {}, {} and {}",
-                        names::PARAM_DEVICE_CLASS,
-                        names::PARAM_PLACEMENT,
-                        names::PARAM_FS_TYPE,
-                        names::PARAM_WIPE
-                    )));
-                }
-            }
-        }
-        out.device_class = device_class.ok_or_else(|| {
+        let p = parse_parameters(params)?;
+        let device_class = p.device_class.ok_or_else(|| {
             invalid(format!(
                 "parameter {} is required (nvme, ssd or hdd)",
                 names::PARAM_DEVICE_CLASS
             ))
         })?;
-        Ok(out)
+        Ok(VolumeParameters {
+            device_class,
+            placement: p.placement,
+            fs_type: p.fs_type,
+            wipe: p.wipe,
+            pvc_namespace: p.pvc_namespace,
+            pvc_name: p.pvc_name,
+        })
+    }
+}
+
+/// xfsprogs (5.19 and later) refuses filesystems under 300 MiB.
+pub const XFS_MIN_BYTES: u64 = 300 << 20;
+/// The smallest ext4 Strata formats (mke2fs makes smaller ones, but with no room for a journal
+/// worth having).
+pub const EXT4_MIN_BYTES: u64 = 8 << 20;
+
+/// The smallest volume a filesystem can be made on; 0 for an unknown name (refused elsewhere).
+pub fn fs_min_bytes(fs_type: &str) -> u64 {
+    match fs_type {
+        "xfs" => XFS_MIN_BYTES,
+        "ext4" => EXT4_MIN_BYTES,
+        _ => 0,
+    }
+}
+
+impl Access {
+    /// The smallest volume this access can use: the filesystem's minimum, 0 for block.
+    pub fn min_bytes(&self) -> u64 {
+        match self {
+            Access::Block => 0,
+            Access::Mount { fs_type, .. } => fs_min_bytes(fs_type),
+        }
     }
 }
 
@@ -124,8 +176,31 @@ fn check_fs_type(fs: &str) -> Result<&str, RequestError> {
 }
 
 /// The size to allocate for a capacity range: at least `required_bytes` (or the default when
-/// unset), rounded up to whole extents, and never above `limit_bytes`.
+/// unset), rounded up to whole extents, and never above `limit_bytes`. Kept for callers that
+/// know no filesystem; [`size_for_volume`] adds the filesystem's minimum.
 pub fn size_for_range(range: Option<&CapacityRange>) -> Result<u64, RequestError> {
+    size_within(range, 0, DEFAULT_EXTENT_BYTES)
+}
+
+/// The size to allocate for a volume accessed as `access`: [`size_for_range`], raised to the
+/// filesystem's minimum (a 100Mi xfs request becomes 300 MiB, so it can be formatted).
+pub fn size_for_volume(
+    range: Option<&CapacityRange>,
+    access: &Access,
+) -> Result<u64, RequestError> {
+    size_within(range, access.min_bytes(), DEFAULT_EXTENT_BYTES)
+}
+
+/// The one sizing rule: at least `min_bytes` and the requested bytes (the default
+/// [`DEFAULT_VOLUME_BYTES`] when only a limit or nothing is given, capped by the limit), rounded
+/// up to whole `extent`s, never above the limit (rounded down to whole extents if rounding up
+/// crossed it). Negative fields or a limit below the requirement are `Invalid`; a range no
+/// whole-extent size meets is `OutOfRange`.
+pub fn size_within(
+    range: Option<&CapacityRange>,
+    min_bytes: u64,
+    extent: u64,
+) -> Result<u64, RequestError> {
     let (required, limit) = match range {
         Some(r) => (r.required_bytes, r.limit_bytes),
         None => (0, 0),
@@ -135,35 +210,44 @@ pub fn size_for_range(range: Option<&CapacityRange>) -> Result<u64, RequestError
             "capacity range must not be negative (required {required}, limit {limit})"
         )));
     }
-    let (required, limit) = (required as u64, limit as u64);
+    let (required, limit) = (required.unsigned_abs(), limit.unsigned_abs());
     if limit != 0 && required > limit {
         return Err(invalid(format!(
             "capacity range is empty: required {required} bytes exceeds limit {limit} bytes"
         )));
     }
-    let wanted = if required == 0 {
-        if limit != 0 {
-            limit.min(DEFAULT_VOLUME_BYTES)
-        } else {
-            DEFAULT_VOLUME_BYTES
-        }
+    let extent = extent.max(1);
+    let floor = required.max(min_bytes).max(1);
+    let mut target = if required == 0 {
+        DEFAULT_VOLUME_BYTES.max(floor)
     } else {
-        required
+        floor
     };
-    let size = round_up_to_extent(wanted, DEFAULT_EXTENT_BYTES)
+    if limit != 0 {
+        target = target.min(limit).max(floor);
+    }
+    let size = round_up_to_extent(target, extent)
         .filter(|s| *s <= i64::MAX as u64)
-        .ok_or_else(|| RequestError::OutOfRange(format!("{wanted} bytes is too large")))?;
+        .ok_or_else(|| RequestError::OutOfRange(format!("{target} bytes is too large")))?;
     if limit != 0 && size > limit {
-        // Rounding up overshot the limit: fall back to whole extents below it.
-        let down = limit / DEFAULT_EXTENT_BYTES * DEFAULT_EXTENT_BYTES;
-        if down >= required.max(1) {
-            return Ok(down);
+        let down = limit / extent * extent;
+        if down < floor {
+            return Err(RequestError::OutOfRange(format!(
+                "no volume fits the range: at least {floor} bytes in whole {extent}-byte \
+                 extents, at most {limit}"
+            )));
         }
-        return Err(RequestError::OutOfRange(format!(
-            "no whole number of {DEFAULT_EXTENT_BYTES}-byte extents lies between {required} and {limit} bytes"
-        )));
+        return Ok(down);
     }
     Ok(size)
+}
+
+/// Whether an existing volume of `size` bytes satisfies a capacity range.
+pub fn size_fits(size: u64, range: Option<&CapacityRange>) -> bool {
+    let Some(r) = range else { return true };
+    let required = u64::try_from(r.required_bytes).unwrap_or(0);
+    let limit = u64::try_from(r.limit_bytes).unwrap_or(0);
+    size >= required && (limit == 0 || size <= limit)
 }
 
 /// How a volume is accessed.
@@ -213,8 +297,11 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<Access, RequestError> 
         Some(AccessType::Mount(MountVolume {
             fs_type,
             mount_flags,
-            ..
+            volume_mount_group,
         })) => {
+            if !volume_mount_group.is_empty() {
+                return Err(invalid("volume_mount_group is not supported"));
+            }
             let fs = if fs_type.is_empty() {
                 names::DEFAULT_FS_TYPE
             } else {
@@ -244,18 +331,35 @@ pub fn candidate_nodes(req: Option<&TopologyRequirement>) -> Vec<String> {
     nodes
 }
 
-/// A CSI object id (volume id, name): non-empty, at most 128 bytes, printable ASCII without `/`.
+/// The longest id or name accepted (the spec asks plugins to take at least 128 bytes).
+pub const MAX_ID_BYTES: usize = 128;
+
+/// A CSI object id or name (volume id, CreateVolume name): non-empty, at most 128 bytes, only
+/// ASCII letters, digits, `.`, `_` and `-`, and not `.` or `..`. One strict charset because the
+/// id ends up in URL paths (kube puts names into API paths unescaped: `pvc-A?x` would address
+/// `pvc-A`), LVM names and LVM tags: `/ ? % # `, spaces, control and non-ASCII characters are
+/// refused with `Invalid` (InvalidArgument).
 pub fn check_id(what: &str, id: &str) -> Result<(), RequestError> {
     if id.is_empty() {
-        return Err(invalid(format!("{what} must not be empty")));
+        return Err(invalid(format!("{what} is required")));
     }
-    if id.len() > 128 {
-        return Err(invalid(format!("{what} is longer than 128 bytes")));
-    }
-    if !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+    if id.len() > MAX_ID_BYTES {
         return Err(invalid(format!(
-            "{what} {id:?} must be printable ASCII without '/'"
+            "{what} is longer than {MAX_ID_BYTES} bytes"
         )));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(format!(
+            "{what} {:?} contains {bad:?}: only ASCII letters, digits, '.', '_' and '-' are \
+             allowed (the id is used in URLs, LVM names and tags)",
+            id.escape_debug().to_string()
+        )));
+    }
+    if id == "." || id == ".." {
+        return Err(invalid(format!("{what} must not be {id:?}")));
     }
     Ok(())
 }
@@ -380,6 +484,15 @@ mod tests {
             access_type: None,
         };
         assert!(check_capabilities(&[no_type]).is_err());
+        let group = cap(
+            Mode::SingleNodeWriter,
+            AccessType::Mount(MountVolume {
+                fs_type: "xfs".into(),
+                volume_mount_group: "1000".into(),
+                ..Default::default()
+            }),
+        );
+        assert!(check_capabilities(&[group]).is_err());
     }
 
     #[test]
@@ -396,11 +509,88 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_bounded_printable_ascii() {
-        assert!(check_id("volume id", "pvc-0a1b").is_ok());
-        assert!(check_id("volume id", "").is_err());
-        assert!(check_id("volume id", "a/b").is_err());
-        assert!(check_id("volume id", "a b").is_err());
-        assert!(check_id("volume id", &"x".repeat(129)).is_err());
+    fn ids_use_one_strict_charset() {
+        for ok in ["pvc-0a1b", "Sanity_Vol.1", "a", &"x".repeat(128)] {
+            assert!(check_id("volume id", ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "pvc-A?x",
+            "a%2F",
+            "a#b",
+            "é",
+            "a\nb",
+            "a+b",
+            "a:b",
+            ".",
+            "..",
+            &"x".repeat(129),
+        ] {
+            assert!(
+                matches!(check_id("volume id", bad), Err(RequestError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_filesystem_volumes_are_raised_to_the_filesystem_minimum() {
+        let range = |r: i64, l: i64| CapacityRange {
+            required_bytes: r,
+            limit_bytes: l,
+        };
+        let xfs = Access::Mount {
+            fs_type: "xfs".into(),
+            mount_flags: vec![],
+        };
+        let ext4 = Access::Mount {
+            fs_type: "ext4".into(),
+            mount_flags: vec![],
+        };
+        let mi = 1i64 << 20;
+        assert_eq!(
+            size_for_volume(Some(&range(100 * mi, 0)), &xfs),
+            Ok(XFS_MIN_BYTES)
+        );
+        assert_eq!(
+            size_for_volume(Some(&range(mi, 0)), &ext4),
+            Ok(EXT4_MIN_BYTES)
+        );
+        assert_eq!(
+            size_for_volume(Some(&range(mi, 0)), &Access::Block),
+            Ok(4 << 20)
+        );
+        // A limit below the filesystem's minimum cannot be met.
+        assert!(matches!(
+            size_for_volume(Some(&range(0, 100 * mi)), &xfs),
+            Err(RequestError::OutOfRange(_))
+        ));
+        // The default size is above every minimum.
+        assert_eq!(size_for_volume(None, &xfs), Ok(DEFAULT_VOLUME_BYTES));
+        assert!(size_fits(8 << 20, Some(&range(5 * mi, 8 * mi))));
+        assert!(!size_fits(8 << 20, Some(&range(9 * mi, 0))));
+        assert!(!size_fits(8 << 20, Some(&range(0, 4 * mi))));
+        assert!(size_fits(8 << 20, None));
+    }
+
+    #[test]
+    fn sidecar_keys_are_accepted_and_the_class_may_be_left_to_the_caller() {
+        let p = parse_parameters(&params(&[
+            ("csi.storage.k8s.io/pvc/name", "data-0"),
+            ("csi.storage.k8s.io/provisioner-secret-name", "s"),
+        ]))
+        .unwrap();
+        assert_eq!(p.device_class, None);
+        assert_eq!(p.pvc_name.as_deref(), Some("data-0"));
+        assert!(matches!(
+            parse_parameters(&params(&[("strata.io/speed", "fast")])),
+            Err(RequestError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_parameters(&params(&[("speed", "fast")])),
+            Err(RequestError::Invalid(_))
+        ));
     }
 }

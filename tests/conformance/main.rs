@@ -72,7 +72,7 @@ async fn run(filters: Vec<String>) -> std::process::ExitCode {
     let log = dir.join("agent.log");
     let node = "conformance-node".to_owned();
     let started = Instant::now();
-    let agent = match Agent::start(&socket, &node, &[], &log, Duration::from_secs(60)).await {
+    let agent = match Agent::start(&socket, &node, &[], &log, Duration::from_secs(180)).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("conformance: the agent did not come up: {e}");

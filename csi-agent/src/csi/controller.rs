@@ -368,11 +368,14 @@ impl ControllerService {
         })?;
         let wanted = validate::capacity(Some(range), 0, info.extent_bytes)?;
         let volume = if wanted > volume.size_bytes {
-            if wanted - volume.size_bytes > info.free_bytes {
+            // Growth takes allocatable bytes (free − the class's reserve), like a new volume;
+            // the LVM layer checks the reserve again under the VG's lock.
+            if wanted - volume.size_bytes > info.allocatable_bytes {
                 return Err(Error::ResourceExhausted(format!(
-                    "not enough {} capacity to grow by {} bytes",
+                    "not enough {} capacity to grow by {} bytes: {} allocatable",
                     volume.class,
-                    wanted - volume.size_bytes
+                    wanted - volume.size_bytes,
+                    info.allocatable_bytes
                 )));
             }
             let grown = self.volumes.extend(id, wanted).await?;
@@ -864,6 +867,47 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(code(bad), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_small_xfs_volume_is_made_at_the_xfs_minimum() {
+        let (svc, mem) = service(lab());
+        let v = svc
+            .create(request("pvc-small", "nvme", 100 << 20))
+            .await
+            .unwrap();
+        assert_eq!(v.capacity_bytes, csi_api::request::XFS_MIN_BYTES as i64);
+        assert_eq!(
+            mem.calls(),
+            vec![format!(
+                "create pvc-small nvme {}",
+                csi_api::request::XFS_MIN_BYTES
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn expansion_is_admitted_against_allocatable_not_free() {
+        // 20 GiB class with 10 GiB reserved: 9 GiB fits, growing it to 19 GiB does not.
+        let mem = MemVolumes::default()
+            .with_class(DeviceClass::Nvme, 20 * GI, 0)
+            .with_reserve(DeviceClass::Nvme, 10 * GI);
+        let (svc, mem) = service(mem);
+        svc.create(request("pvc-1", "nvme", 9 * GI as i64))
+            .await
+            .unwrap();
+        let grow = csi::ControllerExpandVolumeRequest {
+            volume_id: "pvc-1".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 19 * GI as i64,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        let refused = svc.expand(grow).await.unwrap_err();
+        assert_eq!(code(refused), tonic::Code::ResourceExhausted);
+        assert_eq!(mem.calls(), vec![format!("create pvc-1 nvme {}", 9 * GI)]);
+        assert_eq!(mem.volumes.lock().unwrap()["pvc-1"].size_bytes, 9 * GI);
     }
 
     #[tokio::test]

@@ -383,7 +383,12 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn create(&self, id: &str, class: DeviceClass, bytes: u64) -> Result<VolumeInfo> {
-        let lv = match self.lvm.create_lv(class.vg_name(), id, bytes, None).await {
+        let reserve = self.reserved.get(&class).copied().unwrap_or(0);
+        let created = self
+            .lvm
+            .create_lv_within(class.vg_name(), id, bytes, None, reserve)
+            .await;
+        let lv = match created {
             Ok(lv) => lv,
             Err(e) => {
                 // The report admitted what lvm2 refused: the next create reads it afresh.
@@ -408,9 +413,10 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             .locate(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist")))?;
+        let reserve = self.reserved.get(&current.class).copied().unwrap_or(0);
         let lv = self
             .lvm
-            .extend_lv(current.class.vg_name(), id, bytes)
+            .extend_lv_within(current.class.vg_name(), id, bytes, reserve)
             .await?;
         self.adjust(
             current.class,

@@ -45,6 +45,8 @@ pub struct NodeService {
     mounter: Arc<dyn Mounter>,
     fs: FsTools,
     locks: VolumeLocks,
+    /// Target and staging paths must lie under it (`--kubelet-dir`; `/` = any absolute path).
+    kubelet_dir: PathBuf,
 }
 
 /// How the kernel identifies a block device in the mount table.
@@ -115,6 +117,10 @@ async fn resolved(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
+fn not_on_node(id: &str) -> Error {
+    Error::NotFound(format!("volume {id:?} does not exist on this node"))
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -134,7 +140,19 @@ impl NodeService {
             mounter,
             fs,
             locks,
+            kubelet_dir: PathBuf::from("/"),
         }
+    }
+
+    /// Accepts target and staging paths only under `dir` (the kubelet directory).
+    pub fn with_kubelet_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.kubelet_dir = dir.into();
+        self
+    }
+
+    /// A required path field, under the kubelet directory.
+    fn path(&self, field: &str, value: &str) -> Result<PathBuf> {
+        validate::path_under(field, value, &self.kubelet_dir)
     }
 
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {
@@ -151,7 +169,7 @@ impl NodeService {
     #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
     pub async fn stage(&self, req: csi::NodeStageVolumeRequest) -> Result<()> {
         let id = validate::id("volume_id", &req.volume_id)?;
-        let staging = validate::path("staging_target_path", &req.staging_target_path)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let cap = validate::required_capability(req.volume_capability.as_ref())?;
         let _guard = self.locks.try_lock(id)?;
         let volume = self.volume(id).await?;
@@ -199,7 +217,7 @@ impl NodeService {
     #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
     pub async fn unstage(&self, req: csi::NodeUnstageVolumeRequest) -> Result<()> {
         let id = validate::id("volume_id", &req.volume_id)?;
-        let staging = validate::path("staging_target_path", &req.staging_target_path)?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let _guard = self.locks.try_lock(id)?;
         // The CO owns the staging folder; only the mount goes.
         self.unmount_all(id, &staging).await
@@ -208,14 +226,16 @@ impl NodeService {
     #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
     pub async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<()> {
         let id = validate::id("volume_id", &req.volume_id)?;
-        let target = validate::path("target_path", &req.target_path)?;
+        let target = self.path("target_path", &req.target_path)?;
+        // The spec's order: a missing or unsupported capability is InvalidArgument before any
+        // look at the staging path.
+        let cap = validate::required_capability(req.volume_capability.as_ref())?;
         if req.staging_target_path.is_empty() {
             return Err(Error::FailedPrecondition(
                 "staging_target_path is required (the plugin stages volumes)".into(),
             ));
         }
-        let staging = validate::path("staging_target_path", &req.staging_target_path)?;
-        let cap = validate::required_capability(req.volume_capability.as_ref())?;
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let read_only = req.readonly || cap.read_only_mode();
         let _guard = self.locks.try_lock(id)?;
         let volume = self.volume(id).await?;
@@ -272,7 +292,7 @@ impl NodeService {
     #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
     pub async fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<()> {
         let id = validate::id("volume_id", &req.volume_id)?;
-        let target = validate::path("target_path", &req.target_path)?;
+        let target = self.path("target_path", &req.target_path)?;
         let _guard = self.locks.try_lock(id)?;
         self.unmount_all(id, &target).await?;
         // The plugin created the target (folder or file); it removes it.
@@ -325,8 +345,15 @@ impl NodeService {
         &self,
         req: csi::NodeGetVolumeStatsRequest,
     ) -> Result<csi::NodeGetVolumeStatsResponse> {
+        // The spec's order: an unknown volume is NotFound whatever the path (even relative or
+        // absent); a known volume needs a valid path; a path the volume is not at is NotFound.
         let id = validate::id("volume_id", &req.volume_id)?;
-        let path = validate::path("volume_path", &req.volume_path)?;
+        let volume = self.volumes.find(id).await?;
+        let path = match (&volume, self.path("volume_path", &req.volume_path)) {
+            (_, Ok(path)) => path,
+            (None, Err(_)) => return Err(not_on_node(id)),
+            (Some(_), Err(e)) => return Err(e),
+        };
         let meta = tokio::fs::metadata(&path).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound(format!("volume_path {} does not exist", path.display()))
@@ -335,20 +362,29 @@ impl NodeService {
             }
         })?;
         let path = resolved(&path).await;
-        let volume = self.volumes.find(id).await?;
         let mounts = self.mounts().await?;
         let entry = mountinfo::mount_at(&mounts, &path);
         let device = match &volume {
             Some(v) => device_id(&v.device).await.ok(),
             None => None,
         };
+        let not_here = || {
+            Error::NotFound(format!(
+                "volume {id:?} is not mounted at {}",
+                path.display()
+            ))
+        };
         let condition = match (&volume, entry) {
-            (None, _) => abnormal(format!("the logical volume of {id:?} is missing")),
-            (Some(v), _) if v.problem.is_some() => abnormal(v.problem.clone().unwrap_or_default()),
-            (Some(_), None) => abnormal(format!("{} is not mounted", path.display())),
-            (Some(_), Some(e)) if device.as_ref().is_some_and(|d| !d.matches(e)) => {
-                abnormal(format!("{} holds another device", path.display()))
+            // The LV vanished under a mount of it: a volume to report, not an unknown id.
+            (None, Some(e)) if is_strata_mount(e) => {
+                abnormal(format!("the logical volume of {id:?} is missing"))
             }
+            (None, _) => return Err(not_on_node(id)),
+            (Some(_), None) => return Err(not_here()),
+            (Some(_), Some(e)) if device.as_ref().is_some_and(|d| !d.matches(e)) => {
+                return Err(not_here());
+            }
+            (Some(v), _) if v.problem.is_some() => abnormal(v.problem.clone().unwrap_or_default()),
             (Some(_), Some(_)) => VolumeCondition {
                 abnormal: false,
                 message: "volume is healthy".into(),
@@ -398,14 +434,15 @@ impl NodeService {
     #[instrument(skip_all, fields(volume_id = %req.volume_id), err)]
     pub async fn expand(&self, req: csi::NodeExpandVolumeRequest) -> Result<i64> {
         let id = validate::id("volume_id", &req.volume_id)?;
-        let volume_path = validate::path("volume_path", &req.volume_path)?;
+        // The spec's order: an unknown volume is NotFound whatever the paths.
+        if self.volumes.find(id).await?.is_none() {
+            return Err(not_on_node(id));
+        }
+        let volume_path = self.path("volume_path", &req.volume_path)?;
         let staging = if req.staging_target_path.is_empty() {
             None
         } else {
-            Some(validate::path(
-                "staging_target_path",
-                &req.staging_target_path,
-            )?)
+            Some(self.path("staging_target_path", &req.staging_target_path)?)
         };
         let block = match req.volume_capability.as_ref() {
             Some(cap) => validate::capability(cap)?.access.is_block(),
@@ -552,5 +589,210 @@ impl csi::node_server::Node for NodeService {
             max_volumes_per_node: 0,
             accessible_topology: Some(node_topology(&self.node)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The spec's error order, checked on requests that must be answered before any mount is
+    //! touched: the fake mounter holds no mounts and records nothing it was asked to do.
+
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use csi_api::csi::volume_capability::access_mode::Mode;
+    use csi_api::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    use csi_api::csi::{CapacityRange, VolumeCapability};
+    use csi_api::names::DeviceClass;
+
+    use super::*;
+    use crate::csi::volumes::memory::MemVolumes;
+    use crate::fs::ProcessRunner;
+    use crate::mount::{MountError, MountOptions};
+
+    #[derive(Default)]
+    struct NoMounts {
+        asked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Mounter for NoMounts {
+        async fn mount(
+            &self,
+            _device: &Path,
+            target: &Path,
+            _fs_type: &str,
+            _options: &MountOptions,
+        ) -> std::result::Result<(), MountError> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push(format!("mount {}", target.display()));
+            Ok(())
+        }
+        async fn bind(
+            &self,
+            _source: &Path,
+            target: &Path,
+            _read_only: bool,
+        ) -> std::result::Result<(), MountError> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push(format!("bind {}", target.display()));
+            Ok(())
+        }
+        async fn unmount(&self, target: &Path) -> std::result::Result<(), MountError> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push(format!("unmount {}", target.display()));
+            Ok(())
+        }
+        async fn mounts(&self) -> std::result::Result<Vec<MountEntry>, MountError> {
+            Ok(Vec::new())
+        }
+    }
+
+    const GI: u64 = 1 << 30;
+
+    async fn service(root: &Path) -> (NodeService, Arc<NoMounts>) {
+        let mem = Arc::new(MemVolumes::default().with_class(DeviceClass::Nvme, 16 * GI, 0));
+        mem.create("pvc-known", DeviceClass::Nvme, GI)
+            .await
+            .unwrap();
+        let mounter = Arc::new(NoMounts::default());
+        let svc = NodeService::new(
+            "node-a",
+            mem,
+            mounter.clone(),
+            FsTools::new(Arc::new(ProcessRunner)),
+            VolumeLocks::new(),
+        )
+        .with_kubelet_dir(root);
+        (svc, mounter)
+    }
+
+    fn xfs() -> VolumeCapability {
+        VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: "xfs".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T>) -> tonic::Code {
+        Status::from(r.unwrap_err()).code()
+    }
+
+    #[tokio::test]
+    async fn publish_without_a_capability_is_invalid_before_the_staging_path_is_looked_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mounter) = service(dir.path()).await;
+        for staging in ["", "/outside/the/kubelet/dir", "relative"] {
+            let req = csi::NodePublishVolumeRequest {
+                volume_id: "pvc-known".into(),
+                target_path: dir.path().join("target").display().to_string(),
+                staging_target_path: staging.into(),
+                volume_capability: None,
+                ..Default::default()
+            };
+            assert_eq!(
+                code(svc.publish(req).await),
+                tonic::Code::InvalidArgument,
+                "{staging:?}"
+            );
+        }
+        assert!(mounter.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_volumes_are_not_found_whatever_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mounter) = service(dir.path()).await;
+        for path in ["", "relative/path", "/elsewhere"] {
+            let stats = csi::NodeGetVolumeStatsRequest {
+                volume_id: "pvc-unknown".into(),
+                volume_path: path.into(),
+                ..Default::default()
+            };
+            assert_eq!(
+                code(svc.stats(stats).await),
+                tonic::Code::NotFound,
+                "{path:?}"
+            );
+            let expand = csi::NodeExpandVolumeRequest {
+                volume_id: "pvc-unknown".into(),
+                volume_path: path.into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: GI as i64,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            };
+            assert_eq!(
+                code(svc.expand(expand).await),
+                tonic::Code::NotFound,
+                "{path:?}"
+            );
+        }
+        // A missing id is still InvalidArgument.
+        let no_id = csi::NodeGetVolumeStatsRequest {
+            volume_path: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(code(svc.stats(no_id).await), tonic::Code::InvalidArgument);
+        assert!(mounter.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_known_volume_needs_a_path_and_is_not_found_where_it_is_not_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, _) = service(dir.path()).await;
+        let stats = |path: String| csi::NodeGetVolumeStatsRequest {
+            volume_id: "pvc-known".into(),
+            volume_path: path,
+            ..Default::default()
+        };
+        assert_eq!(
+            code(svc.stats(stats(String::new())).await),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            code(svc.stats(stats("relative".into())).await),
+            tonic::Code::InvalidArgument
+        );
+        let empty = dir.path().join("not-mounted");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(
+            code(svc.stats(stats(empty.display().to_string())).await),
+            tonic::Code::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn paths_outside_the_kubelet_dir_are_refused_and_nothing_is_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mounter) = service(dir.path()).await;
+        let stage = csi::NodeStageVolumeRequest {
+            volume_id: "pvc-known".into(),
+            staging_target_path: "/tmp/elsewhere/staging".into(),
+            volume_capability: Some(xfs()),
+            ..Default::default()
+        };
+        assert_eq!(code(svc.stage(stage).await), tonic::Code::InvalidArgument);
+        let unpublish = csi::NodeUnpublishVolumeRequest {
+            volume_id: "pvc-known".into(),
+            target_path: "/etc".into(),
+        };
+        assert_eq!(
+            code(svc.unpublish(unpublish).await),
+            tonic::Code::InvalidArgument
+        );
+        assert!(mounter.asked.lock().unwrap().is_empty());
     }
 }

@@ -41,6 +41,8 @@ pub struct StandaloneConfig {
     /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
     pub fstrim_interval: Option<Duration>,
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Target and staging paths must lie under it (`--kubelet-dir`).
+    pub kubelet_dir: std::path::PathBuf,
 }
 
 /// Why standalone mode stopped.
@@ -104,7 +106,8 @@ pub async fn run(
             Arc::new(SyscallMounter::default()),
             FsTools::new(Arc::new(ProcessRunner)),
             locks.clone(),
-        ),
+        )
+        .with_kubelet_dir(config.kubelet_dir.clone()),
         controller: Some(ControllerService::new(config.node.clone(), volumes, locks)),
     };
     let rescans = tokio::spawn(rescan_loop(

@@ -1,7 +1,10 @@
-//! Request checks shared by the CSI services, all pure: ids, paths, volume capabilities,
-//! StorageClass parameters (parsed in exactly this one place; unknown keys are refused), capacity
-//! ranges and the ListVolumes paging token. Each returns [`Error::InvalidArgument`] (or the code
-//! the spec names) with a message that says which field is wrong; none of them touches state.
+//! The agent's share of request checking. Everything a controller also checks — ids, StorageClass
+//! parameters, capabilities, capacity ranges and the filesystems' minimum sizes — is
+//! `csi_api::request`, the one validator the Kubernetes controller uses too; this file adds only
+//! node concerns (paths confined to the kubelet directory, the filesystem and mount options a
+//! capability resolves to) and the standalone ListVolumes paging token. All pure; each returns
+//! [`Error::InvalidArgument`] (or the code the spec names) with a message that says which field
+//! is wrong.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -10,31 +13,29 @@ use csi_api::csi::volume_capability::access_mode::Mode;
 use csi_api::csi::volume_capability::{AccessType, MountVolume};
 use csi_api::csi::{CapacityRange, VolumeCapability};
 use csi_api::names::{self, DeviceClass};
+use csi_api::request::{self, RequestError};
 
 use super::error::Error;
 use crate::fs::{self, Filesystem};
 use crate::mount::MountOptions;
 
-/// The longest id or name accepted (the spec asks plugins to take at least 128 bytes).
-pub const MAX_ID_BYTES: usize = 128;
-/// Size of a volume created with no capacity range.
-pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
+pub use csi_api::request::{DEFAULT_VOLUME_BYTES, MAX_ID_BYTES, size_fits};
 
-/// A required id field: non-empty, at most 128 bytes, no control characters.
+/// The default root of target and staging paths in Kubernetes mode (`--kubelet-dir`).
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
+
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Invalid(m) => Error::InvalidArgument(m),
+            RequestError::OutOfRange(m) => Error::OutOfRange(m),
+        }
+    }
+}
+
+/// A required id field (see `csi_api::request::check_id`: one strict charset).
 pub fn id<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() {
-        return Err(Error::InvalidArgument(format!("{field} is required")));
-    }
-    if value.len() > MAX_ID_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{field} is longer than {MAX_ID_BYTES} bytes"
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!(
-            "{field} contains control characters"
-        )));
-    }
+    request::check_id(field, value)?;
     Ok(value)
 }
 
@@ -68,6 +69,19 @@ pub fn path(field: &str, value: &str) -> Result<PathBuf, Error> {
     Ok(p.components().collect())
 }
 
+/// [`path`], and strictly inside `root` (the kubelet directory, `--kubelet-dir`): the agent
+/// mounts and unmounts nowhere else.
+pub fn path_under(field: &str, value: &str, root: &Path) -> Result<PathBuf, Error> {
+    let p = path(field, value)?;
+    if p == root || !p.starts_with(root) {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {value:?} is outside {} (the agent's --kubelet-dir)",
+            root.display()
+        )));
+    }
+    Ok(p)
+}
+
 /// What a validated volume capability asks for.
 #[derive(Clone, Debug)]
 pub enum Access {
@@ -97,9 +111,17 @@ impl Capability {
     pub fn read_only_mode(&self) -> bool {
         self.mode == Mode::SingleNodeReaderOnly
     }
+
+    /// The smallest volume it can use (the filesystem's minimum, 0 for block).
+    pub fn min_bytes(&self) -> u64 {
+        match &self.access {
+            Access::Block => 0,
+            Access::Mount { fs, .. } => request::fs_min_bytes(fs.name()),
+        }
+    }
 }
 
-/// Why a capability is not supported; `InvalidArgument` when malformed.
+/// Why a capability is not supported (always `InvalidArgument` on a gRPC answer).
 #[derive(Debug)]
 pub enum CapabilityProblem {
     /// Well-formed but not something Strata offers (multi-node modes, unknown fs).
@@ -118,55 +140,28 @@ impl From<CapabilityProblem> for Error {
     }
 }
 
-/// Checks one capability: a single-node access mode, block or mount (xfs/ext4, allowed flags).
+/// Checks one capability with the shared validator (single-node mode, block or xfs/ext4 mount),
+/// then resolves the filesystem and the mount flags the node applies.
 pub fn capability(cap: &VolumeCapability) -> Result<Capability, CapabilityProblem> {
+    request::check_capability(cap).map_err(|e| CapabilityProblem::Unsupported(e.to_string()))?;
     let mode = cap
         .access_mode
         .as_ref()
-        .map(|m| Mode::try_from(m.mode).unwrap_or(Mode::Unknown))
-        .ok_or_else(|| {
-            CapabilityProblem::Malformed("volume capability has no access_mode".into())
-        })?;
-    match mode {
-        Mode::SingleNodeWriter
-        | Mode::SingleNodeReaderOnly
-        | Mode::SingleNodeSingleWriter
-        | Mode::SingleNodeMultiWriter => {}
-        Mode::Unknown => {
-            return Err(CapabilityProblem::Malformed(
-                "volume capability has an unknown access mode".into(),
-            ));
-        }
-        Mode::MultiNodeReaderOnly | Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter => {
-            return Err(CapabilityProblem::Unsupported(format!(
-                "access mode {} is not supported: local volumes are single-node",
-                mode.as_str_name()
-            )));
-        }
-    }
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .unwrap_or(Mode::Unknown);
     let access = match &cap.access_type {
-        None => {
-            return Err(CapabilityProblem::Malformed(
-                "volume capability has neither block nor mount".into(),
-            ));
-        }
-        Some(AccessType::Block(_)) => Access::Block,
         Some(AccessType::Mount(MountVolume {
             fs_type,
             mount_flags,
-            volume_mount_group,
+            ..
         })) => {
-            if !volume_mount_group.is_empty() {
-                return Err(CapabilityProblem::Unsupported(
-                    "volume_mount_group is not supported".into(),
-                ));
-            }
             let fs =
                 fs::by_name(fs_type).map_err(|e| CapabilityProblem::Unsupported(e.to_string()))?;
             let options = MountOptions::from_csi_flags(mount_flags)
                 .map_err(|e| CapabilityProblem::Malformed(e.to_string()))?;
             Access::Mount { fs, options }
         }
+        _ => Access::Block,
     };
     Ok(Capability { access, mode })
 }
@@ -187,7 +182,8 @@ pub fn required_capability(cap: Option<&VolumeCapability>) -> Result<Capability,
     Ok(capability(cap)?)
 }
 
-/// StorageClass parameters of CreateVolume (and GetCapacity, ValidateVolumeCapabilities).
+/// StorageClass parameters of CreateVolume (and GetCapacity, ValidateVolumeCapabilities),
+/// parsed by the shared validator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Params {
     pub class: Option<DeviceClass>,
@@ -197,61 +193,16 @@ pub struct Params {
     pub wipe: Option<String>,
 }
 
-/// Prefix of the keys the Kubernetes sidecars add (`csi.storage.k8s.io/pvc/name`, ...).
-const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
-
 impl TryFrom<&HashMap<String, String>> for Params {
     type Error = Error;
 
     fn try_from(map: &HashMap<String, String>) -> Result<Self, Error> {
-        let mut params = Params {
-            class: None,
-            fs_type: None,
-            wipe: None,
-        };
-        let mut keys: Vec<&String> = map.keys().collect();
-        keys.sort();
-        for key in keys {
-            let value = &map[key];
-            match key.as_str() {
-                names::PARAM_DEVICE_CLASS => {
-                    params.class =
-                        Some(value.parse().map_err(|e: names::UnknownDeviceClass| {
-                            Error::InvalidArgument(format!("{key}: {e}"))
-                        })?);
-                }
-                names::PARAM_PLACEMENT => {
-                    // Node choice belongs to the scheduler; one node here, but a typo still fails.
-                    value
-                        .parse::<names::Placement>()
-                        .map_err(|e| Error::InvalidArgument(format!("{key}: {e}")))?;
-                }
-                names::PARAM_FS_TYPE => {
-                    fs::by_name(value)
-                        .map_err(|e| Error::InvalidArgument(format!("{key}: {e}")))?;
-                    params.fs_type = Some(value.clone());
-                }
-                names::PARAM_WIPE => {
-                    if !csi_api::request::WIPE_POLICIES.contains(&value.as_str()) {
-                        return Err(Error::InvalidArgument(format!(
-                            "{key}: unknown wipe policy {value:?}: expected discard, zero or none"
-                        )));
-                    }
-                    params.wipe = Some(value.clone());
-                }
-                k if k.starts_with(SIDECAR_PREFIX) => {}
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "unknown parameter {other:?}: expected {}, {}, {} or {}",
-                        names::PARAM_DEVICE_CLASS,
-                        names::PARAM_PLACEMENT,
-                        names::PARAM_FS_TYPE,
-                        names::PARAM_WIPE
-                    )));
-                }
-            }
-        }
-        Ok(params)
+        let p = request::parse_parameters(map)?;
+        Ok(Params {
+            class: p.device_class,
+            fs_type: p.fs_type,
+            wipe: p.wipe,
+        })
     }
 }
 
@@ -267,59 +218,10 @@ impl Params {
     }
 }
 
-/// Bytes to allocate for a capacity range: at least `min_bytes` and the requested bytes, rounded
-/// up to whole `extent`s, never above the limit. Negative fields or a limit below the requirement
-/// are malformed (`InvalidArgument`); a range that cannot be met is `OutOfRange`.
+/// Bytes to allocate for a capacity range (the shared rule, `csi_api::request::size_within`):
+/// at least `min_bytes` and the requested bytes, whole `extent`s, never above the limit.
 pub fn capacity(range: Option<&CapacityRange>, min_bytes: u64, extent: u64) -> Result<u64, Error> {
-    let (required, limit) = match range {
-        None => (0, 0),
-        Some(r) => (r.required_bytes, r.limit_bytes),
-    };
-    if required < 0 || limit < 0 {
-        return Err(Error::InvalidArgument(
-            "capacity_range bytes must not be negative".into(),
-        ));
-    }
-    let (required, limit) = (required.unsigned_abs(), limit.unsigned_abs());
-    if limit != 0 && limit < required {
-        return Err(Error::InvalidArgument(format!(
-            "capacity_range limit_bytes {limit} is below required_bytes {required}"
-        )));
-    }
-    // The smallest acceptable size, and the size aimed at (the default when only a limit or
-    // nothing is given, capped by the limit).
-    let floor = required.max(min_bytes).max(1);
-    let mut target = if required == 0 {
-        DEFAULT_VOLUME_BYTES.max(floor)
-    } else {
-        floor
-    };
-    if limit != 0 {
-        target = target.min(limit).max(floor);
-    }
-    let mut bytes = csi_api::capacity::round_up_to_extent(target, extent)
-        .filter(|b| i64::try_from(*b).is_ok())
-        .ok_or_else(|| Error::OutOfRange(format!("{target} bytes is beyond any volume size")))?;
-    if limit != 0 && bytes > limit {
-        // Rounding up crossed the limit: the largest whole-extent size under it may still do.
-        let down = limit / extent * extent;
-        if down < floor {
-            return Err(Error::OutOfRange(format!(
-                "no volume fits the range: at least {floor} bytes in whole {extent}-byte \
-                 extents, at most {limit}"
-            )));
-        }
-        bytes = down;
-    }
-    Ok(bytes)
-}
-
-/// Whether an existing volume of `size` bytes satisfies a capacity range.
-pub fn size_fits(size: u64, range: Option<&CapacityRange>) -> bool {
-    let Some(r) = range else { return true };
-    let required = u64::try_from(r.required_bytes).unwrap_or(0);
-    let limit = u64::try_from(r.limit_bytes).unwrap_or(0);
-    size >= required && (limit == 0 || size <= limit)
+    Ok(request::size_within(range, min_bytes, extent)?)
 }
 
 /// The ListVolumes paging token: the name to start at, hex-encoded behind a version mark, so that
@@ -418,6 +320,22 @@ mod tests {
         assert!(is_invalid(id("volume_id", &"x".repeat(129))));
         assert!(id("volume_id", &"x".repeat(128)).is_ok());
         assert!(is_invalid(id("volume_id", "a\nb")));
+        assert!(is_invalid(id("volume_id", "pvc-A?x")));
+    }
+
+    #[test]
+    fn paths_are_confined_to_the_kubelet_dir() {
+        let root = Path::new("/var/lib/kubelet");
+        assert!(path_under("target_path", "/var/lib/kubelet/pods/x/mount", root).is_ok());
+        for bad in [
+            "/var/lib/kubelet",
+            "/var/lib/kubeletx/a",
+            "/etc/x",
+            "/var/lib/kubelet/../x",
+        ] {
+            assert!(is_invalid(path_under("target_path", bad, root)), "{bad:?}");
+        }
+        assert!(path_under("target_path", "/any/where", Path::new("/")).is_ok());
     }
 
     #[test]
@@ -461,15 +379,9 @@ mod tests {
             Mode::MultiNodeSingleWriter,
             Mode::MultiNodeMultiWriter,
         ] {
-            assert!(matches!(
-                capability(&mount_cap("xfs", &[], mode)),
-                Err(CapabilityProblem::Unsupported(_))
-            ));
+            assert!(capability(&mount_cap("xfs", &[], mode)).is_err());
         }
-        assert!(matches!(
-            capability(&mount_cap("btrfs", &[], Mode::SingleNodeWriter)),
-            Err(CapabilityProblem::Unsupported(_))
-        ));
+        assert!(capability(&mount_cap("btrfs", &[], Mode::SingleNodeWriter)).is_err());
         assert!(matches!(
             capability(&mount_cap("xfs", &["bind"], Mode::SingleNodeWriter)),
             Err(CapabilityProblem::Malformed(_))
@@ -480,18 +392,12 @@ mod tests {
                 mode: Mode::SingleNodeWriter as i32,
             }),
         };
-        assert!(matches!(
-            capability(&no_type),
-            Err(CapabilityProblem::Malformed(_))
-        ));
+        assert!(capability(&no_type).is_err());
         let no_mode = VolumeCapability {
             access_mode: None,
             ..block_cap(Mode::SingleNodeWriter)
         };
-        assert!(matches!(
-            capability(&no_mode),
-            Err(CapabilityProblem::Malformed(_))
-        ));
+        assert!(capability(&no_mode).is_err());
         let bogus_mode = VolumeCapability {
             access_mode: Some(AccessMode { mode: 99 }),
             ..block_cap(Mode::SingleNodeWriter)

@@ -114,6 +114,14 @@ pub mod memory {
             self
         }
 
+        /// Keeps `reserve` bytes of `class` out of what volumes may take.
+        pub fn with_reserve(self, class: DeviceClass, reserve: u64) -> Self {
+            if let Some(info) = self.classes.lock().unwrap().get_mut(&class) {
+                info.allocatable_bytes = info.free_bytes.saturating_sub(reserve);
+            }
+            self
+        }
+
         pub fn calls(&self) -> Vec<String> {
             self.calls.lock().unwrap().clone()
         }

@@ -4,6 +4,7 @@
 //! - [`node_storage`]: the claim pass and the NodeStorage status, published by server-side apply
 //!   (field manager `csi-agent`) on every change the agent makes or sees, with a periodic resync.
 
+pub mod capacity_sequence;
 pub mod node_storage;
 pub mod volumes;
 
@@ -39,6 +40,8 @@ pub struct Context<R: LvmRunner> {
     pub health: crate::health::Board,
     /// Wakes the LogicalVolume reconciler for every volume when a disk's health changed.
     pub disks_changed: Arc<Notify>,
+    /// NodeStorage `status.capacitySequence` and the tickets LogicalVolume status carries.
+    pub sequencer: capacity_sequence::Sequencer,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -67,6 +70,8 @@ pub struct KubernetesConfig {
     /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
     pub fstrim_interval: Option<Duration>,
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Target and staging paths must lie under it (`--kubelet-dir`).
+    pub kubelet_dir: std::path::PathBuf,
 }
 
 /// Why Kubernetes mode stopped.
@@ -100,7 +105,8 @@ pub async fn serve(
             Arc::new(SyscallMounter::default()),
             FsTools::new(Arc::new(ProcessRunner)),
             VolumeLocks::new(),
-        ),
+        )
+        .with_kubelet_dir(config.kubelet_dir.clone()),
         controller: None,
     };
     let background_lvm = lvm.with_cancellation(shutdown.child_token());
@@ -109,8 +115,22 @@ pub async fn serve(
         config.wipe.clone(),
         config.metrics.clone(),
     );
+    // The first capacity sequence goes beyond whatever a previous agent published.
+    let previous = kube::Api::<csi_api::crd::NodeStorage>::all(client.clone())
+        .get_opt(&config.node)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the previous capacity sequence; starting from the clock");
+            None
+        })
+        .and_then(|o| o.status)
+        .and_then(|s| s.capacity_sequence);
     let ctx = Arc::new(Context {
         client,
+        sequencer: capacity_sequence::Sequencer::starting_after(
+            previous,
+            capacity_sequence::unix_millis(),
+        ),
         node: config.node.clone(),
         lvm: background_lvm.clone(),
         roots: config.roots.clone(),

@@ -100,6 +100,8 @@ async fn pass<R: LvmRunner>(
             api.patch(&ctx.node, &params, &Patch::Apply(&body)).await?
         }
     };
+    // Taken before LVM is read: see `capacity_sequence`.
+    let sequence = ctx.sequencer.begin_pass();
     let status = match Policy::new(&object.spec) {
         Err(e) => failed_status(format!("invalid policy in spec: {e}"), "InvalidPolicy"),
         Ok(policy) => {
@@ -136,9 +138,10 @@ async fn pass<R: LvmRunner>(
     };
     let status = NodeStorageStatus {
         observed_generation: object.metadata.generation,
+        capacity_sequence: Some(sequence),
         ..status
     };
-    if last.as_ref().is_some_and(|l| same_but_time(l, &status)) {
+    if last.as_ref().is_some_and(|l| same_but_time(l, &status)) && !ctx.sequencer.must_publish() {
         return Ok(());
     }
     // Shutdown cancels the LVM calls of a pass in flight: its "LVM is unavailable" status would
@@ -154,6 +157,7 @@ async fn pass<R: LvmRunner>(
     let params = PatchParams::apply(names::FIELD_MANAGER_AGENT).force();
     api.patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await?;
+    ctx.sequencer.published(sequence);
     if degraded_changed(last.as_ref(), &status) {
         ctx.disks_changed.notify_one();
     }
@@ -177,6 +181,7 @@ fn same_but_time(a: &NodeStorageStatus, b: &NodeStorageStatus) -> bool {
     let strip = |s: &NodeStorageStatus| {
         let mut s = s.clone();
         s.updated_at = None;
+        s.capacity_sequence = None;
         for c in &mut s.conditions {
             c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
         }
@@ -354,6 +359,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let b = build_status(vec![], vec![class(0)]);
         assert!(same_but_time(&a, &b));
+        // A new sequence alone is no change (the sequencer decides when it must be published).
+        let later = NodeStorageStatus {
+            capacity_sequence: Some(9),
+            ..b.clone()
+        };
+        assert!(same_but_time(&a, &later));
         assert!(!same_but_time(&a, &build_status(vec![], vec![class(1)])));
     }
 

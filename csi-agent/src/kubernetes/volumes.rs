@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use csi_api::crd::{
-    Condition, LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, WipeProgress,
+    Condition, LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, NodeStorage, WipeProgress,
 };
 use csi_api::names::{self, DeviceClass};
 use futures::StreamExt;
@@ -169,25 +169,34 @@ async fn reconcile<R: LvmRunner>(
                 name: p.name.clone(),
                 uid: p.uid.clone(),
             });
+            let reserve = reserve_of(ctx, class).await?;
             csi_api::fault::point("agent.create.before-lv");
-            match ctx.lvm.create_lv(vg, &name, size, pvc.as_ref()).await {
+            let made = ctx
+                .lvm
+                .create_lv_within(vg, &name, size, pvc.as_ref(), reserve)
+                .await;
+            match made {
                 Ok(made) => {
                     csi_api::fault::point("agent.create.after-lv");
                     info!(volume = %name, %vg, size = made.size_bytes, "LV created");
+                    // After the change, before the status that says so (see capacity_sequence).
+                    let ticket = ctx.sequencer.ticket();
                     ctx.changed.notify_one();
-                    write_status(&api, &name, ready_status(&made, None)).await?;
+                    write_status(&api, &name, ready_status(&made, None, Some(ticket))).await?;
                 }
                 Err(e) => return fail(&r, &api, &lv, &e, true).await,
             }
         }
         Step::Extend { size } => {
+            let reserve = reserve_of(ctx, class).await?;
             csi_api::fault::point("agent.extend.before-lv");
-            match ctx.lvm.extend_lv(vg, &name, size).await {
+            match ctx.lvm.extend_lv_within(vg, &name, size, reserve).await {
                 Ok(grown) => {
                     csi_api::fault::point("agent.extend.after-lv");
                     info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
+                    let ticket = ctx.sequencer.ticket();
                     ctx.changed.notify_one();
-                    write_status(&api, &name, ready_status(&grown, None)).await?;
+                    write_status(&api, &name, ready_status(&grown, None, Some(ticket))).await?;
                 }
                 Err(e) => return fail(&r, &api, &lv, &e, false).await,
             }
@@ -196,7 +205,7 @@ async fn reconcile<R: LvmRunner>(
             if let Some(have) = existing.as_ref() {
                 let current = lv.status.as_ref();
                 let problem = disk_problem(ctx, vg, &name).await;
-                let mut fresh = ready_status(have, None);
+                let mut fresh = ready_status(have, None, None);
                 fresh.conditions.extend(problem.as_deref().map(disk_failed));
                 let had = current.and_then(|s| {
                     s.conditions
@@ -211,7 +220,13 @@ async fn reconcile<R: LvmRunner>(
                         && s.reason.is_none()
                 }) && had == problem;
                 if !unchanged {
-                    write_status(&api, &name, fresh).await?;
+                    // The LV may have been made by a previous run that never said so: readers
+                    // count it pending until a publish that began after now.
+                    let ticket = ctx.sequencer.ticket();
+                    ctx.changed.notify_one();
+                    let mut status = ready_status(have, None, Some(ticket));
+                    status.conditions = fresh.conditions.clone();
+                    write_status(&api, &name, status).await?;
                 }
                 if let Some(message) = problem.filter(|p| had.as_ref() != Some(p)) {
                     warn_disk_failed(&r, &lv, message).await;
@@ -220,6 +235,20 @@ async fn reconcile<R: LvmRunner>(
         }
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// The bytes of `class` this node keeps free (NodeStorage `spec.reservedBytes`), read afresh
+/// for every create and extend so that the LVM layer enforces the operator's current policy.
+async fn reserve_of<R: LvmRunner>(
+    ctx: &Context<R>,
+    class: DeviceClass,
+) -> Result<u64, kube::Error> {
+    let api: Api<NodeStorage> = Api::all(ctx.client.clone());
+    Ok(api
+        .get_opt(&ctx.node)
+        .await?
+        .and_then(|ns| ns.spec.reserved_bytes.get(&class).copied())
+        .unwrap_or(0))
 }
 
 /// Wipes the LV (phase `Wiping`, progress in `status.wipe`, written at most every 2 s), then
@@ -375,8 +404,13 @@ async fn warn_disk_failed<R: LvmRunner>(r: &Reconciler<R>, lv: &LogicalVolume, m
     }
 }
 
-fn ready_status(lv: &Lv, reason: Option<(&str, String)>) -> LogicalVolumeStatus {
+fn ready_status(
+    lv: &Lv,
+    reason: Option<(&str, String)>,
+    capacity_sequence: Option<u64>,
+) -> LogicalVolumeStatus {
     LogicalVolumeStatus {
+        capacity_sequence,
         phase: Some(LogicalVolumePhase::Ready),
         vg_name: Some(lv.vg.clone()),
         lv_name: Some(lv.name.clone()),
@@ -572,7 +606,7 @@ mod tests {
 
     #[test]
     fn wiping_status_keeps_the_volume_fields_and_reports_progress() {
-        let base = ready_status(&lvm_lv(8), None);
+        let base = ready_status(&lvm_lv(8), None, Some(7));
         let p = Progress {
             method: "discard",
             done: 4,
@@ -581,6 +615,7 @@ mod tests {
         let s = wiping_status(&base, &p, None);
         assert_eq!(s.phase, Some(LogicalVolumePhase::Wiping));
         assert_eq!(s.lv_name.as_deref(), Some("pvc-1"));
+        assert_eq!(s.capacity_sequence, Some(7));
         assert_eq!(
             s.wipe,
             Some(WipeProgress {

@@ -8,7 +8,7 @@ use super::error::{LvmError, Result, Subject, classify};
 use super::naming::{self, OWNER_TAG, PvcRef, lv_name_for};
 use super::report::{Activation, Lv};
 use super::runner::LvmRunner;
-use super::{Lvm, VgSlot, name_arg, round_up_to_extent};
+use super::{Lvm, VgSlot, name_arg};
 
 impl<R: LvmRunner> Lvm<R> {
     /// Creates the LV of `volume` in the Strata VG `vg` with at least `size_bytes` (rounded up
@@ -22,6 +22,21 @@ impl<R: LvmRunner> Lvm<R> {
         volume: &str,
         size_bytes: u64,
         pvc: Option<&PvcRef>,
+    ) -> Result<Lv> {
+        self.create_lv_within(vg, volume, size_bytes, pvc, 0).await
+    }
+
+    /// [`Lvm::create_lv`] that also keeps `reserve_bytes` of the VG free: when the VG's free bytes
+    /// minus the reserve are below the (rounded) size, nothing is created and the answer is
+    /// [`LvmError::InsufficientSpace`] — unless the LV already exists (an idempotent repeat).
+    /// The check and the lvcreate run under the VG's mutex, on a fresh `vgs`.
+    pub async fn create_lv_within(
+        &self,
+        vg: &str,
+        volume: &str,
+        size_bytes: u64,
+        pvc: Option<&PvcRef>,
+        reserve_bytes: u64,
     ) -> Result<Lv> {
         naming::validate_volume_name(volume)?;
         let vg_arg = name_arg(vg)?;
@@ -39,7 +54,13 @@ impl<R: LvmRunner> Lvm<R> {
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
         let facts = self.owned_vg(vg, &mut slot).await?;
-        let size = round_up_to_extent(size_bytes, facts.extent_size);
+        let size = rounded(size_bytes, facts.extent_size)?;
+        if reserve_bytes > 0
+            && let Some(short) = self.short_of_reserve(vg, size, reserve_bytes).await?
+            && self.lv_by_name(vg, &lv_name).await?.is_none()
+        {
+            return Err(short);
+        }
 
         let activate = self.shared.options.activate;
         let mut args = self.lvm_args("lvcreate");
@@ -110,13 +131,25 @@ impl<R: LvmRunner> Lvm<R> {
     /// Never shrinks: a smaller or equal request returns the LV unchanged. A missing LV is
     /// [`LvmError::NotFound`]. The filesystem is not touched (the CSI node grows it).
     pub async fn extend_lv(&self, vg: &str, volume: &str, size_bytes: u64) -> Result<Lv> {
+        self.extend_lv_within(vg, volume, size_bytes, 0).await
+    }
+
+    /// [`Lvm::extend_lv`] that also keeps `reserve_bytes` of the VG free: growth beyond the VG's
+    /// free bytes minus the reserve is [`LvmError::InsufficientSpace`] and changes nothing.
+    pub async fn extend_lv_within(
+        &self,
+        vg: &str,
+        volume: &str,
+        size_bytes: u64,
+        reserve_bytes: u64,
+    ) -> Result<Lv> {
         naming::validate_volume_name(volume)?;
         let vg_arg = name_arg(vg)?;
         let lv_name = lv_name_for(volume);
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
         let facts = self.owned_vg(vg, &mut slot).await?;
-        let size = round_up_to_extent(size_bytes, facts.extent_size);
+        let size = rounded(size_bytes, facts.extent_size)?;
         let Some(lv) = self.lv_by_name(vg, &lv_name).await? else {
             return Err(LvmError::NotFound {
                 what: format!("logical volume {vg}/{lv_name} of volume {volume:?}"),
@@ -125,6 +158,13 @@ impl<R: LvmRunner> Lvm<R> {
         let mut lv = check_ours(vg, volume, lv)?;
         if lv.size_bytes >= size {
             return Ok(lv);
+        }
+        if reserve_bytes > 0
+            && let Some(short) = self
+                .short_of_reserve(vg, size - lv.size_bytes, reserve_bytes)
+                .await?
+        {
+            return Err(short);
         }
         let mut args = self.lvm_args("lvextend");
         args.extend([
@@ -140,6 +180,30 @@ impl<R: LvmRunner> Lvm<R> {
         }
         lv.size_bytes = size;
         Ok(lv)
+    }
+
+    /// `Some(InsufficientSpace)` when `more` bytes do not fit in the VG's free bytes minus
+    /// `reserve` (read now; the caller holds the VG's mutex).
+    async fn short_of_reserve(
+        &self,
+        vg: &str,
+        more: u64,
+        reserve: u64,
+    ) -> Result<Option<LvmError>> {
+        let Some(info) = self.vg(vg).await? else {
+            return Err(LvmError::NotFound {
+                what: format!("volume group {vg}"),
+            });
+        };
+        let allocatable = info.free_bytes.saturating_sub(reserve);
+        Ok((more > allocatable).then(|| LvmError::InsufficientSpace {
+            vg: vg.to_owned(),
+            requested_bytes: more,
+            detail: format!(
+                "{more} bytes needed, {} free of which {reserve} are reserved: {allocatable} allocatable",
+                info.free_bytes
+            ),
+        }))
     }
 
     /// Removes the LV of `volume` from `vg`. Returns `true` if it was removed, `false` if it was
@@ -235,4 +299,11 @@ fn check_ours(vg: &str, volume: &str, lv: Lv) -> Result<Lv> {
         });
     }
     Ok(lv)
+}
+
+/// `bytes` in whole extents (the one rounding, `csi_api::capacity::round_up_to_extent`).
+fn rounded(bytes: u64, extent: u64) -> Result<u64> {
+    csi_api::capacity::round_up_to_extent(bytes, extent.max(1)).ok_or_else(|| {
+        LvmError::InvalidArgument(format!("{bytes} bytes is beyond any volume size"))
+    })
 }

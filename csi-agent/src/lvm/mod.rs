@@ -395,13 +395,5 @@ fn path_arg(device: &Path) -> Result<String> {
     }
 }
 
-/// `bytes` rounded up to a whole number of extents.
-pub fn round_up_to_extent(bytes: u64, extent_size: u64) -> u64 {
-    if extent_size == 0 {
-        return bytes;
-    }
-    bytes.div_ceil(extent_size).saturating_mul(extent_size)
-}
-
 #[cfg(test)]
 mod tests;

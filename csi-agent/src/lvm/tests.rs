@@ -809,12 +809,87 @@ async fn cancellation_stops_a_running_command() {
     );
 }
 
-#[test]
-fn rounds_up_to_whole_extents() {
-    assert_eq!(round_up_to_extent(1, 4 * MIB), 4 * MIB);
-    assert_eq!(round_up_to_extent(4 * MIB, 4 * MIB), 4 * MIB);
-    assert_eq!(round_up_to_extent(4 * MIB + 1, 4 * MIB), 8 * MIB);
-    assert_eq!(round_up_to_extent(7, 0), 7);
+// ---- the reserve ------------------------------------------------------------------------------
+
+const GIB: u64 = 1 << 30;
+
+/// A VG of `size` bytes with `free` of them free (4 MiB extents).
+fn vg_with(size: u64, free: u64) -> String {
+    format!(
+        r#"{{"report":[{{"vg":[{{"vg_name":"{VG}","vg_uuid":"U","vg_size":"{size}","vg_free":"{free}","vg_extent_size":"4194304","vg_extent_count":"{}","vg_free_count":"{}","pv_count":"1","lv_count":"0","vg_missing_pv_count":"0","vg_tags":"{OWNER_TAG}"}}]}}]}}"#,
+        size / (4 * MIB),
+        free / (4 * MIB)
+    )
+}
+
+#[tokio::test]
+async fn the_reserve_is_kept_on_create_and_on_extend() {
+    // 20 GiB VG, 10 GiB reserved: a 9 GiB volume fits, growing it to 19 GiB does not, and the
+    // refusal runs no lvextend (the script has none: nothing changed).
+    let fake = FakeRunner::scripted()
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 20 * GIB)))
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 20 * GIB)))
+        .expect(
+            &["lvcreate", "-n", VOL, "-L", "9663676416b"],
+            &[VG],
+            Reply::ok(""),
+        )
+        .expect(&["lvs"], &[], Reply::ok(ours(VG, VOL, 9 * GIB)))
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 11 * GIB)));
+    let lvm = lvm(fake);
+    let made = lvm
+        .create_lv_within(VG, VOL, 9 * GIB, None, 10 * GIB)
+        .await
+        .unwrap();
+    assert_eq!(made.size_bytes, 9 * GIB);
+    let err = lvm
+        .extend_lv_within(VG, VOL, 19 * GIB, 10 * GIB)
+        .await
+        .unwrap_err();
+    match &err {
+        LvmError::InsufficientSpace {
+            requested_bytes, ..
+        } => assert_eq!(*requested_bytes, 10 * GIB),
+        other => panic!("{other:?}"),
+    }
+    lvm.runner().assert_done();
+}
+
+#[tokio::test]
+async fn a_create_into_the_reserve_is_refused_unless_the_lv_already_exists() {
+    let fake = FakeRunner::scripted()
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 12 * GIB)))
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 12 * GIB)))
+        .expect(&["lvs"], &[], Reply::fail(5, NO_LV));
+    let lvm = lvm(fake);
+    let err = lvm
+        .create_lv_within(VG, VOL, 3 * GIB, None, 10 * GIB)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LvmError::InsufficientSpace { .. }), "{err:?}");
+    lvm.runner().assert_done();
+
+    // The same request repeated after the LV was made (the VG is now short): success.
+    let again = FakeRunner::scripted()
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 9 * GIB)))
+        .expect(&["vgs"], &[VG], Reply::ok(vg_with(20 * GIB, 9 * GIB)))
+        .expect(&["lvs"], &[], Reply::ok(ours(VG, VOL, 3 * GIB)))
+        .expect(
+            &["lvcreate"],
+            &[],
+            Reply::fail(
+                5,
+                format!("Logical Volume \"{VOL}\" already exists in volume group \"{VG}\""),
+            ),
+        )
+        .expect(&["lvs"], &[], Reply::ok(ours(VG, VOL, 3 * GIB)));
+    let lvm = self::lvm(again);
+    let lv = lvm
+        .create_lv_within(VG, VOL, 3 * GIB, None, 10 * GIB)
+        .await
+        .unwrap();
+    assert_eq!(lv.size_bytes, 3 * GIB);
+    lvm.runner().assert_done();
 }
 
 #[tokio::test]

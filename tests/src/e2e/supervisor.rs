@@ -357,6 +357,8 @@ async fn start_agent(state: &State, fault: Option<String>) -> Result<Value> {
     cmd.args(["serve", "--mode", "kubernetes", "--node-name", &state.node])
         .arg("--csi-endpoint")
         .arg(format!("unix://{SOCKET}"))
+        // The e2e cases stage and publish under /run/e2e, not the kubelet's directory.
+        .args(["--kubelet-dir", "/run/e2e"])
         .env("KUBECONFIG", state.dir.join("kubeconfig-vm"))
         .env("STRATA_LOG", "info")
         .env_remove(csi_api::fault::ENV)

@@ -1,0 +1,220 @@
+//! The cases, in the order they run (each cleans up what it made; state checks are on `lvs` and
+//! mountinfo). Sizes are small (the lab has 16 GiB of NVMe, 4 GiB SSD, 16 GiB HDD). One file per
+//! service: [`identity`] (plugin info and capabilities), [`controller`] (volumes and capacity),
+//! [`node`] (stage, publish, stats, expansion, the agent's restarts); the helpers live here.
+
+mod controller;
+mod identity;
+mod node;
+
+use controller::*;
+use identity::*;
+use node::*;
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use csi_api::csi::controller_service_capability::rpc::Type as CtrlRpc;
+use csi_api::csi::node_service_capability::rpc::Type as NodeRpc;
+use csi_api::csi::plugin_capability::service::Type as ServiceType;
+use csi_api::csi::plugin_capability::volume_expansion::Type as ExpansionType;
+use csi_api::csi::volume_capability::access_mode::Mode;
+use csi_api::csi::{self, CapacityRange, Topology, TopologyRequirement, volume_usage::Unit};
+use csi_api::names;
+use strata_tests::csi_client::{
+    Agent, block_cap, create_request, mount_cap, mount_cap_mode, publish_request, stage_request,
+    unpublish_request, unstage_request,
+};
+use tonic::Code;
+
+use super::check::{self, code, ok};
+use super::{CaseFn, Ctx};
+
+const MI: i64 = 1 << 20;
+const GI: i64 = 1 << 30;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        pub const ALL: &[(&str, CaseFn)] = &[
+            $((stringify!($name), |ctx, agent| Box::pin($name(ctx, agent))),)*
+        ];
+    };
+}
+
+cases!(
+    identity_info_capabilities_probe,
+    controller_and_node_capabilities,
+    node_info_has_node_topology,
+    create_each_class_idempotent_and_tagged,
+    create_conflicting_repeat_is_already_exists,
+    create_bad_input_changes_nothing,
+    ids_with_url_characters_are_refused,
+    create_beyond_capacity_or_topology,
+    delete_is_idempotent,
+    validate_volume_capabilities,
+    list_volumes_paging,
+    get_capacity_per_class,
+    concurrent_calls_for_one_volume,
+    mount_lifecycle_xfs,
+    mount_lifecycle_ext4_with_flags,
+    block_lifecycle,
+    never_reformats,
+    expansion_keeps_data_xfs,
+    expansion_keeps_data_ext4,
+    node_bad_input,
+    node_error_order,
+    small_xfs_volume_is_raised_and_mountable,
+    stats_condition_when_mount_is_lost,
+    unpublish_refuses_foreign_mounts,
+    restart_keeps_volumes,
+    shutdown_finishes_in_flight_calls,
+);
+
+// ---- helpers ------------------------------------------------------------------------------
+
+fn params(class: &str) -> HashMap<String, String> {
+    HashMap::from([(names::PARAM_DEVICE_CLASS.to_owned(), class.to_owned())])
+}
+
+async fn create(
+    ctx: &Ctx,
+    name: &str,
+    class: &str,
+    bytes: i64,
+    cap: csi::VolumeCapability,
+) -> Result<csi::Volume> {
+    let resp = ok(
+        "CreateVolume",
+        ctx.csi
+            .controller
+            .clone()
+            .create_volume(create_request(name, class, bytes, cap))
+            .await,
+    )?;
+    resp.volume.context("CreateVolume returned no volume")
+}
+
+async fn delete(ctx: &Ctx, id: &str) -> Result<()> {
+    ok(
+        "DeleteVolume",
+        ctx.csi
+            .controller
+            .clone()
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: id.into(),
+                secrets: HashMap::new(),
+            })
+            .await,
+    )
+    .map(drop)
+}
+
+async fn list_ids(ctx: &Ctx) -> Result<Vec<String>> {
+    let resp = ok(
+        "ListVolumes",
+        ctx.csi
+            .controller
+            .clone()
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await,
+    )?;
+    Ok(resp
+        .entries
+        .into_iter()
+        .filter_map(|e| e.volume.map(|v| v.volume_id))
+        .collect())
+}
+
+fn paths(ctx: &Ctx, name: &str) -> (PathBuf, PathBuf) {
+    let base = ctx.dir.join(name);
+    (base.join("staging"), base.join("pods/target"))
+}
+
+async fn stage(ctx: &Ctx, id: &str, staging: &Path, cap: csi::VolumeCapability) -> Result<()> {
+    std::fs::create_dir_all(staging)?;
+    ok(
+        "NodeStageVolume",
+        ctx.csi
+            .node
+            .clone()
+            .node_stage_volume(stage_request(id, staging, cap))
+            .await,
+    )
+    .map(drop)
+}
+
+async fn publish(
+    ctx: &Ctx,
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    cap: csi::VolumeCapability,
+    ro: bool,
+) -> Result<()> {
+    ok(
+        "NodePublishVolume",
+        ctx.csi
+            .node
+            .clone()
+            .node_publish_volume(publish_request(id, staging, target, cap, ro))
+            .await,
+    )
+    .map(drop)
+}
+
+async fn unpublish(ctx: &Ctx, id: &str, target: &Path) -> Result<()> {
+    ok(
+        "NodeUnpublishVolume",
+        ctx.csi
+            .node
+            .clone()
+            .node_unpublish_volume(unpublish_request(id, target))
+            .await,
+    )
+    .map(drop)
+}
+
+async fn unstage(ctx: &Ctx, id: &str, staging: &Path) -> Result<()> {
+    ok(
+        "NodeUnstageVolume",
+        ctx.csi
+            .node
+            .clone()
+            .node_unstage_volume(unstage_request(id, staging))
+            .await,
+    )
+    .map(drop)
+}
+
+async fn stats(ctx: &Ctx, id: &str, path: &Path) -> Result<csi::NodeGetVolumeStatsResponse> {
+    ok(
+        "NodeGetVolumeStats",
+        ctx.csi
+            .node
+            .clone()
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: id.into(),
+                volume_path: path.to_string_lossy().into_owned(),
+                staging_target_path: String::new(),
+            })
+            .await,
+    )
+}
+
+fn usage(resp: &csi::NodeGetVolumeStatsResponse, unit: Unit) -> Option<csi::VolumeUsage> {
+    resp.usage.iter().find(|u| u.unit == unit as i32).cloned()
+}
+
+fn device_of(volume: &str) -> Result<PathBuf> {
+    let (vg, lv) = check::lv_of(volume)?.context("no LV carries the volume's tag")?;
+    Ok(PathBuf::from(format!("/dev/{vg}/{lv}")))
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
