@@ -182,14 +182,22 @@ impl<R: LvmRunner> Lvm<R> {
 
     /// Replaces the LV's progress tag with `done` bytes.
     async fn record_wiped(&self, lv: &Lv, done: u64) -> Result<Lv> {
-        let tag = format!("{WIPED_TAG_PREFIX}{done}");
+        self.replace_tag(lv, WIPED_TAG_PREFIX, &done.to_string())
+            .await
+    }
+
+    /// Replaces the tags of `lv` starting with `prefix` by `<prefix><value>` (one `lvchange`,
+    /// selected on the owner and volume tags like every tag change). `value` must be a legal
+    /// LVM tag fragment (digits here).
+    pub async fn replace_tag(&self, lv: &Lv, prefix: &str, value: &str) -> Result<Lv> {
+        let tag = format!("{prefix}{value}");
         let mut args = vec![];
-        for old in lv.tags.iter().filter(|t| t.starts_with(WIPED_TAG_PREFIX)) {
+        for old in lv.tags.iter().filter(|t| t.starts_with(prefix)) {
             args.extend(["--deltag".to_owned(), old.clone()]);
         }
         args.extend(["--addtag".to_owned(), tag.clone()]);
         let mut lv = self.change_tags(lv, args).await?;
-        lv.tags.retain(|t| !t.starts_with(WIPED_TAG_PREFIX));
+        lv.tags.retain(|t| !t.starts_with(prefix));
         lv.tags.push(tag);
         Ok(lv)
     }
