@@ -11,63 +11,14 @@
 //! fixture trees.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use csi_api::names::DeviceClass;
 
 use crate::lvm::WipeMethod;
 
-/// A wipe policy as configured (agent flag, StorageClass `strata.io/wipe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Policy {
-    Discard,
-    Zero,
-    None,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Discard => "discard",
-            Policy::Zero => "zero",
-            Policy::None => "none",
-        }
-    }
-
-    /// The default of a device class: discard on flash, zeroes on spinning disks.
-    pub fn default_for(class: DeviceClass) -> Policy {
-        match class {
-            DeviceClass::Nvme | DeviceClass::Ssd => Policy::Discard,
-            DeviceClass::Hdd => Policy::Zero,
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A policy name that is not `discard`, `zero` or `none`.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown wipe policy {0:?}: expected discard, zero or none")]
-pub struct UnknownPolicy(pub String);
-
-impl FromStr for Policy {
-    type Err = UnknownPolicy;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "discard" => Ok(Policy::Discard),
-            "zero" => Ok(Policy::Zero),
-            "none" => Ok(Policy::None),
-            other => Err(UnknownPolicy(other.to_owned())),
-        }
-    }
-}
+/// A wipe policy as configured (agent flag, StorageClass `strata.io/wipe`): csi-api's enum.
+pub use csi_api::names::{UnknownWipePolicy as UnknownPolicy, WipePolicy as Policy};
 
 /// The agent's policy per class (flags `--wipe-policy CLASS=POLICY`), defaults elsewhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

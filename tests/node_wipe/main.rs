@@ -650,6 +650,8 @@ fn an_fstrim_pass_shrinks_a_file_backed_ssd() {
         .unwrap()
         .set_len(512 * MIB)
         .unwrap();
+    // The loop driver may be a module in the VM's kernel.
+    let _ = vm::output("modprobe", &["loop"]);
     let dev = vm::run("losetup", &["--find", "--show", &file.to_string_lossy()])
         .trim()
         .to_owned();
