@@ -400,7 +400,10 @@ fn volumes_in_use_are_never_touched_and_deleted_once_released() {
         .unwrap();
     let w = wiper(&lvm, 16 * MIB);
     let stop = CancellationToken::new();
-    let _worker = rt.block_on(async { w.spawn_worker(stop.clone()) });
+    let _worker = {
+        let _in_runtime = rt.enter();
+        w.spawn_worker(stop.clone())
+    };
     let volumes = LvmVolumes::new(lvm.clone(), Default::default()).with_wiper(w.clone());
     use csi_api::names::DeviceClass;
 
@@ -518,7 +521,10 @@ fn a_whole_disk_volume_is_deleted_within_a_short_deadline_and_wiped_after() {
         .unwrap();
     let w = wiper(&lvm, csi_agent::lvm::wipe::DEFAULT_CHUNK_BYTES);
     let stop = CancellationToken::new();
-    let _worker = rt.block_on(async { w.spawn_worker(stop.clone()) });
+    let _worker = {
+        let _in_runtime = rt.enter();
+        w.spawn_worker(stop.clone())
+    };
     let volumes = LvmVolumes::new(lvm.clone(), Default::default()).with_wiper(w.clone());
     // The whole 16 GiB lab disk (less LVM's metadata).
     let free = rt.block_on(lvm.vg(vg)).unwrap().unwrap().free_bytes;
