@@ -2,13 +2,17 @@
 //! `discard` mount option, which issues a discard with every freed extent and slows writes.
 //! Each pass matches the mount table (by `major:minor`) against the Strata LVs of the `nvme` and
 //! `ssd` VGs and runs util-linux `fstrim` once per mounted LV, on one writable mount point (a
-//! staging path and its bind mounts share one filesystem). Spinning disks are skipped. The
-//! planning and the output parsing are pure and unit tested; the pass itself runs in the VM test.
+//! staging path and its bind mounts share one filesystem). Spinning disks are skipped.
+//! Schedule: the first pass runs soon after start (a jittered delay), then a pass runs whenever a
+//! volume is due. The last pass per volume is kept with its LV (tag `strata.io/trimmed=<unix
+//! seconds>`), so a restart never postpones a trim: a volume trimmed six days ago is trimmed a
+//! day after, not an interval after the restart. The planning, the due dates and the output
+//! parsing are pure and unit tested; the pass itself runs in the VM test.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use csi_api::names::DeviceClass;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +24,12 @@ use crate::mount::mountinfo::{self, MountEntry};
 
 /// Default time between passes: one week.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Prefix of the tag holding when a volume was last trimmed (unix seconds).
+pub const TRIMMED_TAG_PREFIX: &str = "strata.io/trimmed=";
+/// The first pass runs between this and twice this after start (never all nodes at once).
+pub const FIRST_PASS: Duration = Duration::from_secs(60);
+/// Never wake up more often than this to look for due volumes.
+const MIN_WAKE: Duration = Duration::from_secs(60);
 
 /// Why a pass could not run.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +72,45 @@ pub fn plan(mounts: &[MountEntry], flash: &BTreeMap<String, String>) -> Vec<Targ
     out
 }
 
+/// When `lv` was last trimmed (unix seconds), from its tag.
+pub fn last_trimmed(lv: &crate::lvm::Lv) -> Option<u64> {
+    lv.tags
+        .iter()
+        .find_map(|t| t.strip_prefix(TRIMMED_TAG_PREFIX))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Whether a volume last trimmed at `last` is due at `now` (unix seconds). Pure.
+pub fn is_due(last: Option<u64>, now: u64, every: Duration) -> bool {
+    last.is_none_or(|l| now.saturating_sub(l) >= every.as_secs())
+}
+
+/// How long to sleep until the next volume is due, given the last trims of the flash volumes.
+/// Pure; at least [`MIN_WAKE`], at most `every`.
+pub fn until_next(lasts: &[Option<u64>], now: u64, every: Duration) -> Duration {
+    let next = lasts
+        .iter()
+        .map(|l| match l {
+            None => 0,
+            Some(l) => (l + every.as_secs()).saturating_sub(now),
+        })
+        .min()
+        .unwrap_or(every.as_secs());
+    Duration::from_secs(next).clamp(MIN_WAKE.min(every), every)
+}
+
+/// The first pass's delay: [`FIRST_PASS`] plus up to as much again, from the clock's nanoseconds.
+pub fn first_delay(nanos: u32) -> Duration {
+    let span = FIRST_PASS.as_millis() as u64;
+    FIRST_PASS + Duration::from_millis(u64::from(nanos) % span.max(1))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Bytes from `fstrim -v` output (`/mnt: 1.2 GiB (1288490188 bytes) trimmed`).
 pub fn parse_trimmed(stdout: &str) -> Option<u64> {
     let open = stdout.rfind('(')?;
@@ -69,12 +118,19 @@ pub fn parse_trimmed(stdout: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// `major:minor` → volume of the Strata LVs in flash VGs whose device node exists.
+/// `major:minor` → volume of the Strata LVs in flash VGs whose device node exists and that are
+/// due (`every`; `None`: all), and the LVs by volume.
 async fn flash_devices<R: LvmRunner>(
     lvm: &Lvm<R>,
-) -> Result<BTreeMap<String, String>, FstrimError> {
+    every: Option<Duration>,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, crate::lvm::Lv>), FstrimError> {
     let mut out = BTreeMap::new();
+    let mut lvs = BTreeMap::new();
+    let now = now_secs();
     for lv in lvm.strata_lvs(None).await? {
+        if every.is_some_and(|e| !is_due(last_trimmed(&lv), now, e)) {
+            continue;
+        }
         let flash = matches!(
             DeviceClass::from_vg_name(&lv.vg),
             Some(DeviceClass::Nvme | DeviceClass::Ssd)
@@ -89,10 +145,11 @@ async fn flash_devices<R: LvmRunner>(
                 nix::sys::stat::major(rdev),
                 nix::sys::stat::minor(rdev)
             );
-            out.insert(key, volume);
+            out.insert(key, volume.clone());
+            lvs.insert(volume, lv);
         }
     }
-    Ok(out)
+    Ok((out, lvs))
 }
 
 /// Runs `fstrim -v` on one mount point; the bytes trimmed.
@@ -112,17 +169,28 @@ async fn fstrim(mount_point: &Path) -> Result<u64, String> {
     Ok(parse_trimmed(&String::from_utf8_lossy(&out.stdout)).unwrap_or(0))
 }
 
-/// One pass over the mounted flash volumes (mount table read from `proc_root`).
+/// One pass over the mounted flash volumes (mount table read from `proc_root`): all of them.
 pub async fn pass<R: LvmRunner>(
     lvm: &Lvm<R>,
     proc_root: &Path,
+    metrics: Option<&Metrics>,
+) -> Result<PassReport, FstrimError> {
+    pass_due(lvm, proc_root, None, metrics).await
+}
+
+/// One pass over the mounted flash volumes due after `every` (`None`: all); each trimmed one
+/// gets its last-pass tag.
+pub async fn pass_due<R: LvmRunner>(
+    lvm: &Lvm<R>,
+    proc_root: &Path,
+    every: Option<Duration>,
     metrics: Option<&Metrics>,
 ) -> Result<PassReport, FstrimError> {
     let text = tokio::fs::read_to_string(proc_root.join("self/mountinfo"))
         .await
         .map_err(|e| FstrimError::Mounts(e.to_string()))?;
     let mounts = mountinfo::parse(&text).map_err(|e| FstrimError::Mounts(e.to_string()))?;
-    let flash = flash_devices(lvm).await?;
+    let (flash, lvs) = flash_devices(lvm, every).await?;
     let mut report = PassReport::default();
     for t in plan(&mounts, &flash) {
         let result = fstrim(&t.mount_point).await;
@@ -132,6 +200,13 @@ pub async fn pass<R: LvmRunner>(
         match result {
             Ok(bytes) => {
                 info!(volume = %t.volume, mount = %t.mount_point.display(), bytes, "fstrim");
+                if let Some(lv) = lvs.get(&t.volume)
+                    && let Err(e) = lvm
+                        .replace_tag(lv, TRIMMED_TAG_PREFIX, &now_secs().to_string())
+                        .await
+                {
+                    warn!(volume = %t.volume, error = %e, "cannot record the fstrim pass");
+                }
                 report.trimmed.push((t.volume, bytes));
             }
             Err(e) => {
@@ -148,7 +223,8 @@ pub async fn pass<R: LvmRunner>(
     Ok(report)
 }
 
-/// Runs a pass every `every` until `shutdown` (the first after one interval).
+/// Trims each mounted flash volume every `every` until `shutdown`: the first pass soon after
+/// start ([`first_delay`]), then whenever a volume is due (see the module head).
 pub async fn run<R: LvmRunner>(
     lvm: Lvm<R>,
     proc_root: PathBuf,
@@ -156,14 +232,35 @@ pub async fn run<R: LvmRunner>(
     metrics: Option<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut wait = first_delay(nanos);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        if let Err(e) = pass(&lvm, &proc_root, metrics.as_ref()).await {
+        if let Err(e) = pass_due(&lvm, &proc_root, Some(every), metrics.as_ref()).await {
             warn!(error = %e, "fstrim pass failed");
         }
+        wait = match lvm.strata_lvs(None).await {
+            Ok(lvs) => {
+                let lasts: Vec<Option<u64>> = lvs
+                    .iter()
+                    .filter(|lv| {
+                        matches!(
+                            DeviceClass::from_vg_name(&lv.vg),
+                            Some(DeviceClass::Nvme | DeviceClass::Ssd)
+                        )
+                    })
+                    // A volume never trimmed because it is not mounted must not spin the loop.
+                    .map(|lv| Some(last_trimmed(lv).unwrap_or_else(now_secs)))
+                    .collect();
+                until_next(&lasts, now_secs(), every)
+            }
+            Err(_) => MIN_WAKE.min(every),
+        };
     }
 }
 
@@ -204,6 +301,26 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_schedule_survives_restarts() {
+        let week = DEFAULT_INTERVAL;
+        let day = 24 * 3600;
+        let now = 100 * day;
+        // Never trimmed, or trimmed a week ago: due now.
+        assert!(is_due(None, now, week));
+        assert!(is_due(Some(now - 7 * day), now, week));
+        // Trimmed six days ago (before a restart): due in one day, not in a week.
+        assert!(!is_due(Some(now - 6 * day), now, week));
+        let wait = until_next(&[Some(now - 6 * day), Some(now - day)], now, week);
+        assert_eq!(wait, Duration::from_secs(day));
+        // Nothing to trim: wake up after an interval; something overdue: soon, not in a loop.
+        assert_eq!(until_next(&[], now, week), week);
+        assert_eq!(until_next(&[Some(0)], now, week), MIN_WAKE);
+        // The first pass is soon after start, spread over a minute.
+        assert_eq!(first_delay(0), FIRST_PASS);
+        assert!(first_delay(u32::MAX) < FIRST_PASS * 2);
     }
 
     #[test]

@@ -83,6 +83,11 @@ struct NodeOpsArgs {
     /// after a discard), hdd `zero`. A StorageClass's `strata.io/wipe` overrides it.
     #[arg(long = "wipe-policy", value_name = "CLASS=POLICY", value_parser = parse_wipe_policy)]
     wipe_policy: Vec<(DeviceClass, csi_agent::wipe_policy::Policy)>,
+    /// The host's procfs as the agent sees it: `<root>/1/mountinfo` is the host's mount table
+    /// and `<root>/<pid>/fd` its open files, read before any volume is wiped or removed. `/proc`
+    /// with hostPID, else a read-only host-path mount of the host's `/proc` (e.g. `/host/proc`).
+    #[arg(long, default_value = "/proc")]
+    host_proc_root: std::path::PathBuf,
     /// Time between fstrim passes over mounted nvme/ssd volumes: `7d`, `12h`, `30m`, `90s`;
     /// `0` disables them.
     #[arg(long, default_value = "7d", value_parser = parse_interval)]
@@ -105,6 +110,7 @@ impl NodeOpsArgs {
                 self.wipe_policy.iter().copied().collect(),
             ),
             sysfs: sysfs.to_owned(),
+            host_proc: self.host_proc_root.clone(),
             ..Default::default()
         }
     }

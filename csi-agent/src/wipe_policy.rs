@@ -5,67 +5,20 @@
 //! zeroed instead, so a policy never leaves readable data. Evidence per disk: `queue/
 //! discard_max_bytes` > 0, and for SCSI/SATA disks `zeroing_mode` `*_unmap` (the sd driver's
 //! LBPRZ: unmapped blocks read zeroes; libata only reports it for drives known to honour it), for
-//! other disks (NVMe) `queue/write_zeroes_max_bytes` > 0. Everything here reads a sysfs tree given
-//! as a root, so it is tested on fixture trees.
+//! NVMe namespaces the namespace's DLFEAT from Identify Namespace ([`crate::nvme`]: deallocated
+//! blocks read as zeroes). Write Zeroes support is not evidence, and any other disk has none.
+//! Everything here but the NVMe ioctl reads a sysfs tree given as a root, so it is tested on
+//! fixture trees.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use csi_api::names::DeviceClass;
 
 use crate::lvm::WipeMethod;
 
-/// A wipe policy as configured (agent flag, StorageClass `strata.io/wipe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Policy {
-    Discard,
-    Zero,
-    None,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Discard => "discard",
-            Policy::Zero => "zero",
-            Policy::None => "none",
-        }
-    }
-
-    /// The default of a device class: discard on flash, zeroes on spinning disks.
-    pub fn default_for(class: DeviceClass) -> Policy {
-        match class {
-            DeviceClass::Nvme | DeviceClass::Ssd => Policy::Discard,
-            DeviceClass::Hdd => Policy::Zero,
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A policy name that is not `discard`, `zero` or `none`.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown wipe policy {0:?}: expected discard, zero or none")]
-pub struct UnknownPolicy(pub String);
-
-impl FromStr for Policy {
-    type Err = UnknownPolicy;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "discard" => Ok(Policy::Discard),
-            "zero" => Ok(Policy::Zero),
-            "none" => Ok(Policy::None),
-            other => Err(UnknownPolicy(other.to_owned())),
-        }
-    }
-}
+/// A wipe policy as configured (agent flag, StorageClass `strata.io/wipe`): csi-api's enum.
+pub use csi_api::names::{UnknownWipePolicy as UnknownPolicy, WipePolicy as Policy};
 
 /// The agent's policy per class (flags `--wipe-policy CLASS=POLICY`), defaults elsewhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,6 +41,9 @@ pub struct DiskFacts {
     pub write_zeroes_max_bytes: u64,
     /// The sd driver's `zeroing_mode` (SCSI and SATA disks only).
     pub zeroing_mode: Option<String>,
+    /// NVMe namespaces: whether Identify Namespace's DLFEAT says deallocated blocks read as
+    /// zeroes (`None`: not NVMe, or the Identify could not be read).
+    pub nvme_dealloc_zeroes: Option<bool>,
 }
 
 impl DiskFacts {
@@ -96,9 +52,10 @@ impl DiskFacts {
         if self.discard_max_bytes == 0 {
             return false;
         }
-        match &self.zeroing_mode {
-            Some(mode) => mode.ends_with("_unmap"),
-            None => self.write_zeroes_max_bytes > 0,
+        match (&self.zeroing_mode, self.nvme_dealloc_zeroes) {
+            (Some(mode), _) => mode.ends_with("_unmap"),
+            (None, Some(zeroes)) => zeroes,
+            (None, None) => false,
         }
     }
 }
@@ -153,6 +110,16 @@ pub fn choose(policy: Policy, lv_queue: Option<&DiskFacts>, disks: &[DiskFacts])
 /// Reads the facts of the LV's device `kname` (e.g. `dm-3`) and of every disk under it, then
 /// [`choose`]s. Unreadable facts count as no evidence (so `discard` becomes `zero`).
 pub fn choose_for_device(sysfs: &Path, kname: &str, policy: Policy) -> Choice {
+    choose_for_device_with(sysfs, kname, policy, &nvme_dealloc_zeroes)
+}
+
+/// [`choose_for_device`] with the NVMe question (`kname` → DLFEAT says zeroes) given.
+pub fn choose_for_device_with(
+    sysfs: &Path,
+    kname: &str,
+    policy: Policy,
+    nvme: &dyn Fn(&str) -> bool,
+) -> Choice {
     if policy != Policy::Discard {
         return choose(policy, None, &[]);
     }
@@ -160,8 +127,26 @@ pub fn choose_for_device(sysfs: &Path, kname: &str, policy: Policy) -> Choice {
     let disks: Vec<DiskFacts> = leaf_disks(sysfs, kname)
         .iter()
         .filter_map(|d| read_facts(sysfs, d))
+        .map(|mut d| {
+            if d.name.starts_with("nvme") {
+                d.nvme_dealloc_zeroes = Some(nvme(&d.name));
+            }
+            d
+        })
         .collect();
     choose(policy, lv_queue.as_ref(), &disks)
+}
+
+/// Asks NVMe namespace `/dev/<kname>` for its DLFEAT (Identify Namespace); no answer, no evidence.
+pub fn nvme_dealloc_zeroes(kname: &str) -> bool {
+    let dev = Path::new("/dev").join(kname);
+    match crate::nvme::identify_namespace(&dev) {
+        Ok(id) => crate::nvme::dealloc_reads_zeroes(&id),
+        Err(e) => {
+            tracing::warn!(device = %dev.display(), error = %e, "cannot read NVMe Identify Namespace; no discard evidence");
+            false
+        }
+    }
 }
 
 /// The whole disks under `kname`, following `slaves/` down (a partition stands for its disk).
@@ -225,6 +210,7 @@ pub fn read_facts(sysfs: &Path, kname: &str) -> Option<DiskFacts> {
         .and_then(|e| std::fs::read_to_string(e.path().join("zeroing_mode")).ok())
         .map(|s| s.trim().to_owned());
     Some(DiskFacts {
+        nvme_dealloc_zeroes: None,
         name: kname.to_owned(),
         discard_max_bytes: read_u64(&queue.join("discard_max_bytes"))?,
         write_zeroes_max_bytes: read_u64(&queue.join("write_zeroes_max_bytes")).unwrap_or(0),
@@ -289,7 +275,7 @@ mod tests {
     const SATA_DMAX: u64 = 2_147_450_880;
 
     #[test]
-    fn nvme_with_write_zeroes_is_discarded() {
+    fn nvme_with_write_zeroes_but_no_dlfeat_evidence_is_zeroed() {
         let t = Tree::new();
         t.dev(
             "pci0000:00/0000:00:04.0/nvme/nvme0",
@@ -298,9 +284,33 @@ mod tests {
             524_288,
         );
         t.dm("dm-0", NVME_DMAX, &["nvme0n1"]);
-        let c = choose_for_device(t.root(), "dm-0", Policy::Discard);
-        assert_eq!(c.method, Some(WipeMethod::Discard), "{}", c.reason);
+        // DLFEAT without zeroes: Write Zeroes alone is no evidence.
+        let c = choose_for_device_with(t.root(), "dm-0", Policy::Discard, &|_| false);
+        assert_eq!(c.method, Some(WipeMethod::Zero), "{}", c.reason);
+        assert!(c.reason.contains("nvme0n1 does not show"), "{}", c.reason);
         assert_eq!(leaf_disks(t.root(), "dm-0"), vec!["nvme0n1".to_owned()]);
+    }
+
+    #[test]
+    fn nvme_discards_only_when_dlfeat_says_zeroes() {
+        let nvme = |id_ns_dlfeat: u8| {
+            let mut id = vec![0u8; crate::nvme::IDENTIFY_BYTES];
+            id[33] = id_ns_dlfeat;
+            DiskFacts {
+                name: "nvme0n1".into(),
+                discard_max_bytes: NVME_DMAX,
+                write_zeroes_max_bytes: 524_288,
+                zeroing_mode: None,
+                nvme_dealloc_zeroes: Some(crate::nvme::dealloc_reads_zeroes(&id)),
+            }
+        };
+        let c = choose(Policy::Discard, None, &[nvme(1)]);
+        assert_eq!(c.method, Some(WipeMethod::Discard), "{}", c.reason);
+        let c = choose(Policy::Discard, None, &[nvme(0)]);
+        assert_eq!(c.method, Some(WipeMethod::Zero), "{}", c.reason);
+        // One disk without the evidence under a spanning LV zeroes the whole LV.
+        let c = choose(Policy::Discard, None, &[nvme(1), nvme(0)]);
+        assert_eq!(c.method, Some(WipeMethod::Zero), "{}", c.reason);
     }
 
     #[test]
@@ -334,7 +344,7 @@ mod tests {
         );
         t.dev("pci0000:00/0000:00:05.0/nvme/nvme1", "nvme1n1", 0, 0);
         t.dm("dm-2", NVME_DMAX, &["nvme0n1", "nvme1n1"]);
-        let c = choose_for_device(t.root(), "dm-2", Policy::Discard);
+        let c = choose_for_device_with(t.root(), "dm-2", Policy::Discard, &|_| true);
         assert_eq!(c.method, Some(WipeMethod::Zero));
         assert!(
             c.reason.contains("nvme1n1 does not support discard"),
@@ -360,7 +370,7 @@ mod tests {
         t.dm("dm-0", NVME_DMAX, &["nvme0n1p1"]);
         t.dm("dm-1", NVME_DMAX, &["dm-0"]);
         assert_eq!(leaf_disks(t.root(), "dm-1"), vec!["nvme0n1".to_owned()]);
-        let c = choose_for_device(t.root(), "dm-1", Policy::Discard);
+        let c = choose_for_device_with(t.root(), "dm-1", Policy::Discard, &|d| d == "nvme0n1");
         assert_eq!(c.method, Some(WipeMethod::Discard), "{}", c.reason);
     }
 

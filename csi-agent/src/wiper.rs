@@ -2,17 +2,26 @@
 //! reconciler's removal — which also serves orphans and node loss — and the resume at start).
 //! The policy comes from the request (LogicalVolume `spec.wipe`), else the tag recorded at
 //! creation, else the agent's class default; [`crate::wipe_policy`] turns it into a method from
-//! sysfs. The LV is marked before the first byte is wiped and removed only after the last, so its
-//! extents stay allocated (never counted free) until then, and a crash leaves a mark that
-//! [`Wiper::resume`] finishes (from the start) after a restart. One wipe per volume at a time.
+//! sysfs. Nothing is touched while the LV is in use ([`crate::in_use`], asked before the mark,
+//! before every wipe and before a removal): the answer is [`WipeError::InUse`] with who holds
+//! it. The LV is marked before the first byte is wiped and removed only after the last, so its
+//! extents stay allocated (never counted free) until then; progress is kept with the LV, so a
+//! crash leaves a mark that [`Wiper::resume`] finishes from the last completed chunk.
+//! One wipe per volume at a time (a per-volume lock shared by all clones), and one background
+//! worker per process ([`Wiper::spawn_worker`]) for the wipes nobody waits for: standalone
+//! DeleteVolume marks ([`Wiper::mark`]) and queues ([`Wiper::enqueue`]); the resume queues too.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use csi_api::names::DeviceClass;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::in_use::{InUse, InUseCheck};
 
 use crate::lvm::wipe::{DEFAULT_CHUNK_BYTES, recorded_policy};
 use crate::lvm::{Activation, Lv, Lvm, LvmError, LvmRunner, WipeMethod, is_wiping};
@@ -28,6 +37,8 @@ pub struct WipeConfig {
     pub chunk_bytes: u64,
     /// Root of sysfs (the disks' discard facts).
     pub sysfs: PathBuf,
+    /// The host's procfs (its mount table and open files), for the in-use check.
+    pub host_proc: PathBuf,
 }
 
 impl Default for WipeConfig {
@@ -36,9 +47,35 @@ impl Default for WipeConfig {
             policies: ClassPolicies::default(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             sysfs: PathBuf::from("/sys"),
+            host_proc: PathBuf::from("/proc"),
         }
     }
 }
+
+/// Why a wipe (or its mark) did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WipeError {
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    /// The LV is open, held or mounted: nothing was touched.
+    #[error(transparent)]
+    InUse(#[from] InUse),
+}
+
+/// What [`Wiper::mark`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// The LV does not exist (already removed).
+    Gone,
+    /// Policy `none`: the LV was removed at once, unwiped.
+    Removed,
+    /// The LV carries the mark; the wipe can run (or is running).
+    Marked,
+}
+
+/// First retry delay of a queued wipe that failed (doubling up to [`MAX_RETRY`]).
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(120);
 
 /// Where a wipe is: the method used (`discard`, `zero`), bytes done and in total.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +90,10 @@ struct State {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `vg/volume` of LVs marked and not removed yet (the `wipes_pending` gauge).
     pending: Mutex<HashSet<String>>,
+    /// `vg/volume` queued for the worker (each once).
+    queued: Mutex<HashSet<String>>,
+    /// The worker's queue, once it runs.
+    queue: Mutex<Option<mpsc::UnboundedSender<(String, String)>>>,
 }
 
 /// See the module head. Cheap to clone; clones share the per-volume locks.
@@ -61,6 +102,7 @@ pub struct Wiper<R: LvmRunner> {
     config: Arc<WipeConfig>,
     metrics: Option<Metrics>,
     state: Arc<State>,
+    in_use: InUseCheck,
 }
 
 impl<R: LvmRunner> Clone for Wiper<R> {
@@ -70,17 +112,23 @@ impl<R: LvmRunner> Clone for Wiper<R> {
             config: Arc::clone(&self.config),
             metrics: self.metrics.clone(),
             state: Arc::clone(&self.state),
+            in_use: self.in_use.clone(),
         }
     }
 }
 
 impl<R: LvmRunner> Wiper<R> {
     pub fn new(lvm: Lvm<R>, config: WipeConfig, metrics: Option<Metrics>) -> Self {
+        let in_use = InUseCheck {
+            host_proc: config.host_proc.clone(),
+            sysfs: config.sysfs.clone(),
+        };
         Wiper {
             lvm,
             config: Arc::new(config),
             metrics,
             state: Arc::default(),
+            in_use,
         }
     }
 
@@ -123,16 +171,144 @@ impl<R: LvmRunner> Wiper<R> {
         }
     }
 
+    /// Marks the LV of `volume` in `vg` for its wipe, after recording the asked policy, and
+    /// only if it is not in use; policy `none` removes it at once (also only if not in use).
+    /// Repeatable: an LV already marked (or being wiped now) answers [`Marked::Marked`].
+    pub async fn mark(
+        &self,
+        vg: &str,
+        volume: &str,
+        asked: Option<&str>,
+    ) -> Result<Marked, WipeError> {
+        let key = format!("{vg}/{volume}");
+        let lock = self.volume_lock(&key);
+        let Ok(_one_at_a_time) = lock.try_lock() else {
+            // A wipe of this LV is running: it is marked.
+            return Ok(Marked::Marked);
+        };
+        let Some(lv) = self.lvm.lv(vg, volume).await? else {
+            self.set_pending(&key, false);
+            return Ok(Marked::Gone);
+        };
+        if is_wiping(&lv) {
+            return Ok(Marked::Marked);
+        }
+        self.in_use.check(&lv).await?;
+        let policy = self.policy(vg, asked, &lv);
+        if policy == Policy::None {
+            info!(volume, %vg, "wipe policy none: removing the LV without wiping it");
+            self.lvm.remove_lv(vg, volume).await?;
+            return Ok(Marked::Removed);
+        }
+        self.record_asked(vg, volume, asked, &lv).await?;
+        self.set_pending(&key, true);
+        self.lvm.mark_wiping(vg, volume).await?;
+        Ok(Marked::Marked)
+    }
+
+    async fn record_asked(
+        &self,
+        vg: &str,
+        volume: &str,
+        asked: Option<&str>,
+        lv: &Lv,
+    ) -> Result<(), LvmError> {
+        if let Some(asked) = asked
+            && recorded_policy(lv) != Some(asked)
+        {
+            // Kept for a resume after a crash, which has no request to read it from.
+            self.lvm.record_wipe_policy(vg, volume, asked).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the wipe and removal of `volume` in `vg` for the worker (once; a second call
+    /// while it is queued or running does nothing). Without a worker the wipe waits for the
+    /// next start's resume (its mark stays).
+    pub fn enqueue(&self, vg: &str, volume: &str) {
+        let key = format!("{vg}/{volume}");
+        {
+            let mut queued = self.state.queued.lock().unwrap_or_else(|p| p.into_inner());
+            if !queued.insert(key.clone()) {
+                return;
+            }
+        }
+        let sent = self
+            .state
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|q| q.send((vg.to_owned(), volume.to_owned())).is_ok());
+        if !sent {
+            warn!(volume, %vg, "no wipe worker: the marked LV is finished at the next start");
+            self.unqueue(&key);
+        }
+    }
+
+    fn unqueue(&self, key: &str) {
+        self.state
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Starts the process's one wipe worker: it wipes and removes the queued LVs one after
+    /// another, retrying a failed one with backoff (an LV in use meanwhile is left untouched
+    /// and retried), until `shutdown` (the running wipe stops between chunks if the LVM
+    /// handle carries the same token; its progress stays with the LV).
+    pub fn spawn_worker(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()>
+    where
+        R: 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
+        *self.state.queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut delays: HashMap<String, Duration> = HashMap::new();
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    next = rx.recv() => next,
+                };
+                let Some((vg, volume)) = next else { break };
+                let key = format!("{vg}/{volume}");
+                match this.wipe_and_remove(&vg, &volume, None, &|_| {}).await {
+                    Ok(_) => {
+                        delays.remove(&key);
+                        this.unqueue(&key);
+                    }
+                    Err(_) if shutdown.is_cancelled() => break,
+                    Err(e) => {
+                        let delay = delays.entry(key.clone()).or_insert(FIRST_RETRY / 2);
+                        *delay = (*delay * 2).min(MAX_RETRY);
+                        warn!(volume, %vg, error = %e, retry_in = ?*delay, "wipe not finished; retrying");
+                        let (tx, delay, stop) = (tx.clone(), *delay, shutdown.clone());
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                () = stop.cancelled() => {}
+                                () = tokio::time::sleep(delay) => { let _ = tx.send((vg, volume)); }
+                            }
+                        });
+                    }
+                }
+            }
+        })
+    }
+
     /// Wipes the LV of `volume` in `vg` as its policy says, then removes it. `Ok(false)` when
     /// the LV was already gone. `progress` is called as the wipe advances (not for `none`).
-    /// On any error the LV stays (marked, if the wipe had started) and the call can be repeated.
+    /// An LV in use is not touched ([`WipeError::InUse`], asked before the mark and again
+    /// before the wipe of an LV already marked). On any error the LV stays (marked, if the
+    /// wipe had started) and the call can be repeated; a repeat resumes from the last chunk.
     pub async fn wipe_and_remove(
         &self,
         vg: &str,
         volume: &str,
         asked: Option<&str>,
         progress: &(dyn Fn(&Progress) + Send + Sync),
-    ) -> Result<bool, LvmError> {
+    ) -> Result<bool, WipeError> {
         let key = format!("{vg}/{volume}");
         let lock = self.volume_lock(&key);
         let _one_at_a_time = lock.lock().await;
@@ -140,6 +316,7 @@ impl<R: LvmRunner> Wiper<R> {
             self.set_pending(&key, false);
             return Ok(false);
         };
+        self.in_use.check(&lv).await?;
         let mut policy = self.policy(vg, asked, &lv);
         if policy == Policy::None && is_wiping(&lv) {
             // A wipe that has started is finished, whatever the policy says now.
@@ -147,14 +324,9 @@ impl<R: LvmRunner> Wiper<R> {
         }
         if policy == Policy::None {
             info!(volume, %vg, "wipe policy none: removing the LV without wiping it");
-            return self.lvm.remove_lv(vg, volume).await;
+            return Ok(self.lvm.remove_lv(vg, volume).await?);
         }
-        if let Some(asked) = asked
-            && recorded_policy(&lv) != Some(asked)
-        {
-            // Kept for a resume after a crash, which has no request to read it from.
-            self.lvm.record_wipe_policy(vg, volume, asked).await?;
-        }
+        self.record_asked(vg, volume, asked, &lv).await?;
         self.set_pending(&key, true);
         let mut lv = self.lvm.mark_wiping(vg, volume).await?;
         if lv.active == Activation::Inactive {
@@ -189,8 +361,24 @@ impl<R: LvmRunner> Wiper<R> {
         Ok(removed)
     }
 
-    /// Finishes every LV a previous run left marked: wipes it again from the start and removes
-    /// it. Returns how many were finished; the others are logged and stay marked.
+    /// Queues every LV a previous run left marked for the worker (which resumes each from its
+    /// last completed chunk). Returns how many were queued.
+    pub async fn resume_in_background(&self) -> Result<usize, LvmError> {
+        let marked = self.lvm.wiping_lvs().await?;
+        let mut queued = 0;
+        for lv in &marked {
+            if let Some(volume) = &lv.volume {
+                self.set_pending(&format!("{}/{volume}", lv.vg), true);
+                self.enqueue(&lv.vg, volume);
+                queued += 1;
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Finishes every LV a previous run left marked, in this task: wipes it from its last
+    /// completed chunk and removes it. Returns how many were finished; the others are logged
+    /// and stay marked.
     pub async fn resume(&self) -> Result<usize, LvmError> {
         let marked = self.lvm.wiping_lvs().await?;
         for lv in &marked {
@@ -222,6 +410,8 @@ mod tests {
     use crate::lvm::{FakeRunner, Invocation, LvmOptions, OWNER_TAG, Reply, WIPING_TAG};
 
     const MIB: u64 = 1 << 20;
+    /// Not a tag: makes the fake report the LV open (`lv_attr` `o`).
+    const OPEN: &str = "test-open";
 
     /// `(vg, lv name, tags)` of each LV the fake lvm2 holds.
     type FakeLvs = Arc<StdMutex<Vec<(String, String, Vec<String>)>>>;
@@ -233,9 +423,18 @@ mod tests {
             let mut lvs = lvs.lock().unwrap();
             let row = |(vg, name, tags): &(String, String, Vec<String>)| {
                 format!(
-                    r#"{{"lv_name":"{name}","vg_name":"{vg}","lv_uuid":"U","lv_size":"{}","lv_tags":"{}","lv_active":"active","lv_attr":"-wi-a-----"}}"#,
+                    r#"{{"lv_name":"{name}","vg_name":"{vg}","lv_uuid":"U","lv_size":"{}","lv_tags":"{}","lv_active":"active","lv_attr":"{}"}}"#,
                     4 * MIB,
-                    tags.join(",")
+                    tags.iter()
+                        .filter(|t| *t != OPEN)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if tags.iter().any(|t| t == OPEN) {
+                        "-wi-ao----"
+                    } else {
+                        "-wi-a-----"
+                    }
                 )
             };
             let target = inv.args.last().cloned().unwrap_or_default();
@@ -329,8 +528,11 @@ mod tests {
             [
                 "lvchange",
                 "blkdiscard",
+                "lvchange",
                 "blkdiscard",
+                "lvchange",
                 "blkdiscard",
+                "lvchange",
                 "blkdiscard",
                 "lvremove"
             ]
@@ -347,6 +549,73 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("strata_agent_wipes_pending 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_open_lv_is_neither_marked_wiped_nor_removed() {
+        for policy in [None, Some("none"), Some("zero")] {
+            let (w, state) = wiper(vec![lv("strata-hdd", "pvc-1", &[OPEN])]);
+            let err = w
+                .wipe_and_remove("strata-hdd", "pvc-1", policy, &|_| {})
+                .await
+                .unwrap_err();
+            assert!(matches!(err, WipeError::InUse(_)), "{err:?}");
+            assert!(
+                err.to_string().contains("strata-hdd/pvc-1 is in use"),
+                "{err}"
+            );
+            let err = w.mark("strata-hdd", "pvc-1", policy).await.unwrap_err();
+            assert!(matches!(err, WipeError::InUse(_)), "{err:?}");
+            let calls = w.lvm().runner().calls();
+            assert!(calls.iter().all(|c| c.subcommand() == "lvs"), "{calls:?}");
+            assert_eq!(state.lock().unwrap().len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn mark_marks_once_and_the_worker_finishes_each_lv_once() {
+        let (w, state) = wiper(vec![
+            lv("strata-hdd", "pvc-1", &[]),
+            lv("strata-hdd", "pvc-2", &[]),
+        ]);
+        assert_eq!(
+            w.mark("strata-hdd", "pvc-1", None).await.unwrap(),
+            Marked::Marked
+        );
+        assert_eq!(
+            w.mark("strata-hdd", "pvc-1", None).await.unwrap(),
+            Marked::Marked
+        );
+        assert_eq!(
+            w.mark("strata-hdd", "pvc-2", None).await.unwrap(),
+            Marked::Marked
+        );
+        assert_eq!(
+            w.mark("strata-hdd", "pvc-3", None).await.unwrap(),
+            Marked::Gone
+        );
+        let marks = w.lvm().runner().calls_of("lvchange");
+        assert_eq!(marks.len(), 2, "{marks:?}");
+        assert!(w.lvm().runner().calls_of("blkdiscard").is_empty());
+        // Queued twice (DeleteVolume repeated, then the resume pass): wiped once.
+        let stop = CancellationToken::new();
+        let worker = w.spawn_worker(stop.clone());
+        w.enqueue("strata-hdd", "pvc-1");
+        w.enqueue("strata-hdd", "pvc-1");
+        // pvc-2 at least (pvc-1 may be finished already).
+        assert!(w.resume_in_background().await.unwrap() >= 1);
+        for _ in 0..200 {
+            if state.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(state.lock().unwrap().is_empty());
+        // 4 MiB in 1 MiB chunks, per LV: one wipe each.
+        assert_eq!(w.lvm().runner().calls_of("blkdiscard").len(), 8);
+        assert_eq!(w.lvm().runner().calls_of("lvremove").len(), 2);
+        stop.cancel();
+        worker.await.unwrap();
     }
 
     #[tokio::test]
@@ -437,6 +706,7 @@ mod tests {
             volume: Some("pvc-1".into()),
             pvc: None,
             owned: true,
+            open: false,
         };
         assert_eq!(w.policy("strata-ssd", None, &lv(&[])), Policy::Discard);
         assert_eq!(w.policy("strata-hdd", None, &lv(&[])), Policy::Zero);

@@ -113,6 +113,60 @@ impl FromStr for DeviceClass {
     }
 }
 
+/// What happens to a deleted volume's bytes (StorageClass `strata.io/wipe`, the agent's
+/// `--wipe-policy CLASS=POLICY`). `discard` falls back to zeroing where the disks do not prove
+/// that discarded blocks read as zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WipePolicy {
+    Discard,
+    Zero,
+    None,
+}
+
+impl WipePolicy {
+    pub const ALL: [WipePolicy; 3] = [WipePolicy::Discard, WipePolicy::Zero, WipePolicy::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WipePolicy::Discard => "discard",
+            WipePolicy::Zero => "zero",
+            WipePolicy::None => "none",
+        }
+    }
+
+    /// The default of a device class: discard on flash, zeroes on spinning disks.
+    pub fn default_for(class: DeviceClass) -> WipePolicy {
+        if class.is_flash() {
+            WipePolicy::Discard
+        } else {
+            WipePolicy::Zero
+        }
+    }
+}
+
+impl fmt::Display for WipePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A wipe policy name that is not `discard`, `zero` or `none`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown wipe policy {0:?}: expected discard, zero or none")]
+pub struct UnknownWipePolicy(pub String);
+
+impl FromStr for WipePolicy {
+    type Err = UnknownWipePolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WipePolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownWipePolicy(s.to_owned()))
+    }
+}
+
 /// How the scheduler and the controller place volumes among nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -93,12 +93,10 @@ pub fn parse_parameters(
             }
             names::PARAM_FS_TYPE => out.fs_type = Some(check_fs_type(value)?.to_owned()),
             names::PARAM_WIPE => {
-                if !WIPE_POLICIES.contains(&value.as_str()) {
-                    return Err(invalid(format!(
-                        "parameter {key}: unknown wipe policy {value:?}: expected discard, zero or none"
-                    )));
-                }
-                out.wipe = Some(value.clone());
+                let policy: names::WipePolicy = value
+                    .parse()
+                    .map_err(|e| invalid(format!("parameter {key}: {e}")))?;
+                out.wipe = Some(policy.as_str().to_owned());
             }
             PVC_NAME => out.pvc_name = Some(value.clone()),
             PVC_NAMESPACE => out.pvc_namespace = Some(value.clone()),

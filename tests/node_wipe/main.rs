@@ -28,7 +28,7 @@ use csi_agent::csi::error::Error as CsiError;
 use csi_agent::csi::lvm_volumes::LvmVolumes;
 use csi_agent::csi::volumes::Volumes;
 use csi_agent::lvm::{CommandRunner, Lvm, LvmError, LvmOptions, RunnerConfig, WipeMethod};
-use csi_agent::wiper::{WipeConfig, Wiper};
+use csi_agent::wiper::{WipeConfig, WipeError, Wiper};
 use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1 << 20;
@@ -302,20 +302,30 @@ fn an_interrupted_wipe_is_finished_after_a_restart() {
     let lv = rt.block_on(lvm.create_lv(vg, "big", size, None)).unwrap();
     write_pattern(&lv.device_path(), size);
 
-    // The first agent: marks, wipes 2 chunks of 64 MiB, and dies (its handle is cancelled).
+    // The first agent: marks, wipes 8 of 16 chunks of 64 MiB, and dies (its handle is
+    // cancelled between chunks; a kill -9 mid-chunk leaves the same tag: completed chunks only).
     let token = CancellationToken::new();
     let dying = wiper(&lvm.with_cancellation(token.clone()), 64 * MIB);
     let trigger = token.clone();
     let err = rt
         .block_on(dying.wipe_and_remove(vg, "big", None, &move |p| {
-            if p.done >= 128 * MIB {
+            if p.done >= size / 2 {
                 trigger.cancel();
             }
         }))
         .unwrap_err();
-    assert!(matches!(err, LvmError::Cancelled { .. }), "{err:?}");
+    assert!(
+        matches!(err, WipeError::Lvm(LvmError::Cancelled { .. })),
+        "{err:?}"
+    );
     let left = rt.block_on(lvm.lv(vg, "big")).unwrap().expect("LV kept");
     assert!(csi_agent::lvm::is_wiping(&left), "{:?}", left.tags);
+    assert_eq!(
+        csi_agent::lvm::wipe::wiped_bytes(&left),
+        size / 2,
+        "{:?}",
+        left.tags
+    );
     assert!(blocks_with_mark(&left.device_path()) > 0, "half wiped");
     let info = rt.block_on(lvm.vg(vg)).unwrap().unwrap();
     assert_eq!(info.size_bytes - info.free_bytes, size, "not counted free");
@@ -323,13 +333,28 @@ fn an_interrupted_wipe_is_finished_after_a_restart() {
     // Meanwhile the standalone volume layer never hands the marked LV out.
     let volumes = LvmVolumes::new(lvm.clone(), Default::default());
     let refused = rt.block_on(volumes.locate("big")).unwrap_err();
-    assert!(matches!(refused, CsiError::Aborted(_)), "{refused:?}");
+    assert!(
+        matches!(refused, CsiError::FailedPrecondition(_)),
+        "{refused:?}"
+    );
     assert!(rt.block_on(volumes.list()).unwrap().is_empty());
 
-    // The restarted agent: a fresh layer and wiper find the mark and finish.
+    // The restarted agent: a fresh layer and wiper find the mark and resume at 50 %.
     let restarted = layer();
-    let finished = rt.block_on(wiper(&restarted, 256 * MIB).resume()).unwrap();
-    assert_eq!(finished, 1);
+    let first = Mutex::new(None);
+    let removed = rt
+        .block_on(
+            wiper(&restarted, 256 * MIB).wipe_and_remove(vg, "big", None, &|p| {
+                first.lock().unwrap().get_or_insert(p.done);
+            }),
+        )
+        .unwrap();
+    assert!(removed);
+    assert_eq!(
+        first.into_inner().unwrap(),
+        Some(size / 2),
+        "resumed at 50 %"
+    );
     assert!(rt.block_on(restarted.lv(vg, "big")).unwrap().is_none());
     let info = rt.block_on(restarted.vg(vg)).unwrap().unwrap();
     assert_eq!(info.free_bytes, info.size_bytes, "capacity returned");
@@ -338,6 +363,214 @@ fn an_interrupted_wipe_is_finished_after_a_restart() {
         .unwrap();
     assert_eq!(blocks_with_mark(&c.device_path()), 0);
     rt.block_on(restarted.remove_lv(vg, "after")).unwrap();
+}
+
+/// Waits until `volume`'s LV is gone from `vg` (the background worker removed it).
+fn wait_gone(
+    rt: &tokio::runtime::Runtime,
+    lvm: &Lvm<CommandRunner>,
+    vg: &str,
+    volume: &str,
+    limit: std::time::Duration,
+) {
+    let start = Instant::now();
+    while rt.block_on(lvm.lv(vg, volume)).unwrap().is_some() {
+        assert!(
+            start.elapsed() < limit,
+            "{vg}/{volume} still there after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn volumes_in_use_are_never_touched_and_deleted_once_released() {
+    let Some(_lab) = vm::enter("volumes_in_use_are_never_touched_and_deleted_once_released") else {
+        return;
+    };
+    let disk = vm::by_serial("HDD-A");
+    let vg = "strata-hdd";
+    let _guard = VgGuard {
+        vg: vg.into(),
+        pv: disk.dev.clone(),
+    };
+    let rt = runtime();
+    let lvm = layer();
+    rt.block_on(lvm.create_vg(vg, std::slice::from_ref(&disk.dev)))
+        .unwrap();
+    let w = wiper(&lvm, 16 * MIB);
+    let stop = CancellationToken::new();
+    let _worker = {
+        let _in_runtime = rt.enter();
+        w.spawn_worker(stop.clone())
+    };
+    let volumes = LvmVolumes::new(lvm.clone(), Default::default()).with_wiper(w.clone());
+    use csi_api::names::DeviceClass;
+
+    // A mounted xfs volume with a file, and a raw block volume held open by this process.
+    let fs = rt
+        .block_on(volumes.create("fs-in-use", DeviceClass::Hdd, 320 * MIB))
+        .unwrap();
+    vm::run("mkfs.xfs", &["-q", &fs.device.to_string_lossy()]);
+    std::fs::create_dir_all("/run/node-wipe").unwrap();
+    vm::run("mount", &[&fs.device.to_string_lossy(), "/run/node-wipe"]);
+    let content = MARK.repeat((32 * MIB) as usize / MARK.len());
+    std::fs::write("/run/node-wipe/data", &content).unwrap();
+    vm::run("sync", &[]);
+    let raw = rt
+        .block_on(volumes.create("raw-in-use", DeviceClass::Hdd, 64 * MIB))
+        .unwrap();
+    write_pattern(&raw.device, 64 * MIB);
+    let holder = std::fs::File::open(&raw.device).unwrap();
+
+    // DeleteVolume on each: FailedPrecondition naming the mount / the holder; nothing touched.
+    let err = rt.block_on(volumes.remove("fs-in-use")).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.to_string().contains("mounted at /run/node-wipe"),
+        "{err}"
+    );
+    let err = rt.block_on(volumes.remove("raw-in-use")).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    for name in ["fs-in-use", "raw-in-use"] {
+        let lv = rt.block_on(lvm.lv(vg, name)).unwrap().expect("LV kept");
+        assert!(
+            !csi_agent::lvm::is_wiping(&lv),
+            "{name} marked: {:?}",
+            lv.tags
+        );
+    }
+    assert_eq!(
+        std::fs::read("/run/node-wipe/data").unwrap(),
+        content,
+        "file byte-exact"
+    );
+    assert_eq!(blocks_with_mark(&raw.device), 64, "raw volume byte-exact");
+    // The node calls keep working on an unmarked volume.
+    assert!(rt.block_on(volumes.locate("fs-in-use")).unwrap().is_some());
+
+    // The second guard: even a marked LV is not wiped while mounted (blkdiscard's exclusive
+    // open, no --force).
+    rt.block_on(lvm.mark_wiping(vg, "fs-in-use")).unwrap();
+    let err = rt
+        .block_on(lvm.wipe_lv(vg, "fs-in-use", WipeMethod::Zero, 16 * MIB, &|_, _| {}))
+        .unwrap_err();
+    eprintln!("blkdiscard on a mounted LV: {err}");
+    assert_eq!(
+        std::fs::read("/run/node-wipe/data").unwrap(),
+        content,
+        "file byte-exact"
+    );
+    // Marked now: stage/publish re-read the mark (even for a volume this process remembers)
+    // and refuse; the release calls find the device.
+    assert!(
+        rt.block_on(volumes.marked_for_deletion("fs-in-use"))
+            .unwrap()
+    );
+    assert!(
+        rt.block_on(volumes.device_for_release("fs-in-use"))
+            .unwrap()
+            .is_some()
+    );
+
+    // Released: the deletes complete (DeleteVolume answers once marked, the worker wipes).
+    vm::run("umount", &["/run/node-wipe"]);
+    drop(holder);
+    rt.block_on(volumes.remove("fs-in-use")).unwrap();
+    rt.block_on(volumes.remove("raw-in-use")).unwrap();
+    // Repeated: OK.
+    rt.block_on(volumes.remove("raw-in-use")).unwrap();
+    for name in ["fs-in-use", "raw-in-use"] {
+        wait_gone(&rt, &lvm, vg, name, std::time::Duration::from_secs(300));
+    }
+    let info = rt.block_on(lvm.vg(vg)).unwrap().unwrap();
+    assert_eq!(info.free_bytes, info.size_bytes, "capacity returned");
+    let c = rt
+        .block_on(lvm.create_lv(vg, "after", 192 * MIB, None))
+        .unwrap();
+    assert_eq!(
+        blocks_with_mark(&c.device_path()),
+        0,
+        "no pattern on the old extents"
+    );
+    rt.block_on(lvm.remove_lv(vg, "after")).unwrap();
+    stop.cancel();
+}
+
+#[test]
+fn a_whole_disk_volume_is_deleted_within_a_short_deadline_and_wiped_after() {
+    let Some(_lab) =
+        vm::enter("a_whole_disk_volume_is_deleted_within_a_short_deadline_and_wiped_after")
+    else {
+        return;
+    };
+    let disk = vm::by_serial("HDD-A");
+    let vg = "strata-hdd";
+    let _guard = VgGuard {
+        vg: vg.into(),
+        pv: disk.dev.clone(),
+    };
+    let rt = runtime();
+    let lvm = layer();
+    rt.block_on(lvm.create_vg(vg, std::slice::from_ref(&disk.dev)))
+        .unwrap();
+    let w = wiper(&lvm, csi_agent::lvm::wipe::DEFAULT_CHUNK_BYTES);
+    let stop = CancellationToken::new();
+    let _worker = {
+        let _in_runtime = rt.enter();
+        w.spawn_worker(stop.clone())
+    };
+    let volumes = LvmVolumes::new(lvm.clone(), Default::default()).with_wiper(w.clone());
+    // The whole 16 GiB lab disk (less LVM's metadata).
+    let free = rt.block_on(lvm.vg(vg)).unwrap().unwrap().free_bytes;
+    let v = rt
+        .block_on(volumes.create("whole", csi_api::names::DeviceClass::Hdd, free))
+        .unwrap();
+    write_pattern(&v.device, 64 * MIB);
+    // A CO with a 5 s deadline, retrying after each expiry (the call is dropped, as tonic does):
+    // the answer never waits for the wipe, so a retry soon answers OK.
+    let started = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let call = Instant::now();
+        let answer = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), volumes.remove("whole")).await
+        });
+        eprintln!(
+            "DeleteVolume try {tries}: {:?} after {:?}",
+            answer.as_ref().map(|r| r.is_ok()),
+            call.elapsed()
+        );
+        match answer {
+            Ok(r) => {
+                r.unwrap();
+                break;
+            }
+            Err(_) => assert!(tries < 10, "DeleteVolume never answered within 5 s"),
+        }
+    }
+    eprintln!(
+        "DeleteVolume of {free} bytes answered OK after {:?} ({tries} tries)",
+        started.elapsed()
+    );
+    assert!(
+        rt.block_on(volumes.list()).unwrap().is_empty(),
+        "hidden once marked"
+    );
+    wait_gone(&rt, &lvm, vg, "whole", std::time::Duration::from_secs(1500));
+    eprintln!("wiped and removed after {:?}", started.elapsed());
+    let c = rt
+        .block_on(lvm.create_lv(vg, "after", 128 * MIB, None))
+        .unwrap();
+    assert_eq!(blocks_with_mark(&c.device_path()), 0);
+    rt.block_on(lvm.remove_lv(vg, "after")).unwrap();
+    stop.cancel();
 }
 
 /// Wipe throughput per method on each lab disk kind: `-- --ignored --nocapture throughput`.
@@ -391,4 +624,93 @@ fn throughput() {
             rt.block_on(lvm.remove_lv(vg, "bench")).unwrap();
         }
     }
+}
+
+/// Detaches the loop device, removes its VG and backing file whatever happened.
+struct LoopGuard {
+    vg: &'static str,
+    dev: String,
+    file: PathBuf,
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        let _ = vm::output("umount", &["-l", "/run/node-trim"]);
+        let _ = vm::output("vgremove", &["-f", "-y", self.vg]);
+        let _ = vm::output("pvremove", &["-f", "-y", &self.dev]);
+        let _ = vm::output("losetup", &["-d", &self.dev]);
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+fn an_fstrim_pass_shrinks_a_file_backed_ssd() {
+    let Some(_lab) = vm::enter("an_fstrim_pass_shrinks_a_file_backed_ssd") else {
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    // The emulated SSD: a sparse file (its allocated bytes are what the flash would hold) behind
+    // a loop device, which turns discards into holes punched in the file.
+    let file = PathBuf::from("/run/strata-trim-ssd.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    // The loop driver may be a module in the VM's kernel.
+    let _ = vm::output("modprobe", &["loop"]);
+    let dev = vm::run("losetup", &["--find", "--show", &file.to_string_lossy()])
+        .trim()
+        .to_owned();
+    let vg = "strata-ssd";
+    let _guard = LoopGuard {
+        vg,
+        dev: dev.clone(),
+        file: file.clone(),
+    };
+    let allocated = || std::fs::metadata(&file).unwrap().blocks() * 512;
+    let rt = runtime();
+    let lvm = layer();
+    rt.block_on(lvm.create_vg(vg, &[PathBuf::from(&dev)]))
+        .unwrap();
+    let lv = rt
+        .block_on(lvm.create_lv(vg, "trimmed", 320 * MIB, None))
+        .unwrap();
+    let path = lv.device_path().to_string_lossy().into_owned();
+    vm::run("mkfs.xfs", &["-q", "-K", &path]);
+    std::fs::create_dir_all("/run/node-trim").unwrap();
+    vm::run("mount", &[&path, "/run/node-trim"]);
+    std::fs::write(
+        "/run/node-trim/data",
+        MARK.repeat((128 * MIB) as usize / MARK.len()),
+    )
+    .unwrap();
+    vm::run("sync", &[]);
+    std::fs::remove_file("/run/node-trim/data").unwrap();
+    vm::run("sync", &[]);
+    let before = allocated();
+    let report = rt
+        .block_on(csi_agent::fstrim::pass(&lvm, Path::new("/proc"), None))
+        .unwrap();
+    let after = allocated();
+    eprintln!("fstrim pass: {report:?}; backing file {before} -> {after} bytes allocated");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(
+        report
+            .trimmed
+            .iter()
+            .any(|(v, b)| v == "trimmed" && *b >= 100 * MIB),
+        "{report:?}"
+    );
+    assert!(
+        after + 100 * MIB <= before,
+        "the emulated SSD did not shrink: {before} -> {after}"
+    );
+    // The pass is remembered with the LV (restarts do not postpone the next one).
+    let lv = rt.block_on(lvm.lv(vg, "trimmed")).unwrap().unwrap();
+    assert!(
+        csi_agent::fstrim::last_trimmed(&lv).is_some(),
+        "{:?}",
+        lv.tags
+    );
+    vm::run("umount", &["/run/node-trim"]);
 }

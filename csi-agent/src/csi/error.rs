@@ -91,6 +91,16 @@ impl Error {
     }
 }
 
+impl From<crate::wiper::WipeError> for Error {
+    fn from(e: crate::wiper::WipeError) -> Self {
+        match e {
+            crate::wiper::WipeError::Lvm(e) => Error::Lvm(e),
+            // Nothing was touched; the caller unmounts or stops the holder, then retries.
+            crate::wiper::WipeError::InUse(e) => Error::FailedPrecondition(e.to_string()),
+        }
+    }
+}
+
 fn lvm_code(e: &LvmError) -> Code {
     match e {
         LvmError::NotFound { .. } => Code::NotFound,

@@ -27,7 +27,7 @@ use super::error::{Error, Result};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
 use crate::health::{self, Board, DiskProblem};
 use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg, is_wiping};
-use crate::wiper::{WipeConfig, Wiper};
+use crate::wiper::{Marked, WipeConfig, Wiper};
 
 /// The node's volumes in its class VGs.
 pub struct LvmVolumes<R: LvmRunner> {
@@ -186,8 +186,8 @@ impl<R: LvmRunner> LvmVolumes<R> {
             return Ok(None);
         };
         if is_wiping(&lv) {
-            return Err(Error::Aborted(format!(
-                "volume {id:?} is being deleted (its LV is being wiped); retry later"
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id:?} is being deleted (its LV is marked for its wipe)"
             )));
         }
         if lv.active == Activation::Inactive && self.lvm.options().activate {
@@ -441,17 +441,52 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     async fn remove(&self, id: &str) -> Result<()> {
         self.forget(id);
         let Some(lv) = self.lvm.find_lv(id).await? else {
-            return Ok(());
+            return self.prove_absent(id).await;
         };
-        let removed = self
-            .wiper
-            .wipe_and_remove(&lv.vg, id, None, &|_| {})
-            .await?;
-        match DeviceClass::from_vg_name(&lv.vg) {
-            Some(class) if removed => self.adjust(class, -i128::from(lv.size_bytes)),
-            _ => {}
+        match self.wiper.mark(&lv.vg, id, None).await? {
+            Marked::Gone => {}
+            Marked::Removed => {
+                if let Some(class) = DeviceClass::from_vg_name(&lv.vg) {
+                    self.adjust(class, -i128::from(lv.size_bytes));
+                }
+            }
+            // The extents stay allocated (and the volume hidden) until the worker removes it.
+            Marked::Marked => self.wiper.enqueue(&lv.vg, id),
         }
         Ok(())
+    }
+
+    async fn marked_for_deletion(&self, id: &str) -> Result<bool> {
+        Ok(self.lvm.find_lv(id).await?.is_some_and(|lv| is_wiping(&lv)))
+    }
+
+    async fn device_for_release(&self, id: &str) -> Result<Option<std::path::PathBuf>> {
+        if let Some(v) = self.remembered(id).await {
+            return Ok(Some(v.device));
+        }
+        Ok(self.lvm.find_lv(id).await?.map(|lv| lv.device_path()))
+    }
+}
+
+impl<R: LvmRunner> LvmVolumes<R> {
+    /// A volume whose LV is not found is gone only if no class VG misses a disk: an LV on an
+    /// absent disk is not listed, and answering success would leak it. Unavailable makes the
+    /// CO retry until the disks are back (or the operator removes the missing PVs).
+    async fn prove_absent(&self, id: &str) -> Result<()> {
+        let incomplete: Vec<String> = self
+            .class_vgs()
+            .await?
+            .into_iter()
+            .filter(|(_, vg)| vg.missing_pv_count > 0)
+            .map(|(_, vg)| format!("{} misses {} disk(s)", vg.name, vg.missing_pv_count))
+            .collect();
+        if incomplete.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unavailable(format!(
+            "volume {id:?} is not found, but {}: it may be on an absent disk; retry once the disks are back",
+            incomplete.join(", ")
+        )))
     }
 }
 

@@ -162,6 +162,18 @@ impl NodeService {
             .ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist on this node")))
     }
 
+    /// The volume to stage or publish: refused when its LV carries the wipe mark, re-read from
+    /// lvm2 at every call (a remembered volume may have been marked since).
+    async fn usable_volume(&self, id: &str) -> Result<VolumeInfo> {
+        let volume = self.volume(id).await?;
+        if self.volumes.marked_for_deletion(id).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id:?} is being deleted (its LV is marked for its wipe); it cannot be staged or published"
+            )));
+        }
+        Ok(volume)
+    }
+
     async fn mounts(&self) -> Result<Vec<MountEntry>> {
         Ok(self.mounter.mounts().await?)
     }
@@ -172,7 +184,7 @@ impl NodeService {
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let cap = validate::required_capability(req.volume_capability.as_ref())?;
         let _guard = self.locks.try_lock(id)?;
-        let volume = self.volume(id).await?;
+        let volume = self.usable_volume(id).await?;
         let device = device_id(&volume.device).await?;
         let Access::Mount { fs, options } = &cap.access else {
             // Block volumes are published straight from the device node.
@@ -238,7 +250,7 @@ impl NodeService {
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let read_only = req.readonly || cap.read_only_mode();
         let _guard = self.locks.try_lock(id)?;
-        let volume = self.volume(id).await?;
+        let volume = self.usable_volume(id).await?;
         let device = device_id(&volume.device).await?;
         let target = resolved(&target).await;
         let mounts = self.mounts().await?;
@@ -310,8 +322,9 @@ impl NodeService {
     /// gone); refuses anything else. Success when nothing is mounted.
     async fn unmount_all(&self, id: &str, path: &Path) -> Result<()> {
         let path = resolved(path).await;
-        let device = match self.volumes.locate(id).await? {
-            Some(v) => device_id(&v.device).await.ok(),
+        // Marked or not: a volume can always be released.
+        let device = match self.volumes.device_for_release(id).await? {
+            Some(path) => device_id(&path).await.ok(),
             None => None,
         };
         // Stacked mounts come off one at a time; a bounded loop guards against surprises.
@@ -601,7 +614,7 @@ mod tests {
 
     use async_trait::async_trait;
     use csi_api::csi::volume_capability::access_mode::Mode;
-    use csi_api::csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    use csi_api::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
     use csi_api::csi::{CapacityRange, VolumeCapability};
     use csi_api::names::DeviceClass;
 
@@ -794,5 +807,80 @@ mod tests {
             tonic::Code::InvalidArgument
         );
         assert!(mounter.asked.lock().unwrap().is_empty());
+    }
+
+
+    fn block() -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Block(BlockVolume::default())),
+        }
+    }
+
+    /// A node over one volume `pvc-1` that is marked for its wipe.
+    async fn marked_node(root: &Path) -> (NodeService, Arc<MemVolumes>) {
+        let mem = Arc::new(MemVolumes::default().with_class(DeviceClass::Ssd, 1 << 30, 0));
+        mem.create("pvc-1", DeviceClass::Ssd, 1 << 20)
+            .await
+            .unwrap();
+        mem.marked.lock().unwrap().insert("pvc-1".into());
+        let node = NodeService::new(
+            "n1",
+            mem.clone(),
+            Arc::new(crate::mount::SyscallMounter::default()),
+            FsTools::new(Arc::new(ProcessRunner)),
+            VolumeLocks::new(),
+        )
+        .with_kubelet_dir(root);
+        (node, mem)
+    }
+
+    #[tokio::test]
+    async fn a_marked_volume_is_never_staged_or_published_but_always_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _) = marked_node(dir.path()).await;
+        let staging = dir.path().join("staging");
+        let target = dir.path().join("pod/dev");
+        let err = node
+            .stage(csi::NodeStageVolumeRequest {
+                volume_id: "pvc-1".into(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(block()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains("being deleted"), "{err}");
+        let err = node
+            .publish(csi::NodePublishVolumeRequest {
+                volume_id: "pvc-1".into(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(block()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        assert!(!target.exists());
+        // The release calls work on the marked volume (nothing mounted here: success).
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, b"").unwrap();
+        node.unpublish(csi::NodeUnpublishVolumeRequest {
+            volume_id: "pvc-1".into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert!(!target.exists());
+        node.unstage(csi::NodeUnstageVolumeRequest {
+            volume_id: "pvc-1".into(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
     }
 }

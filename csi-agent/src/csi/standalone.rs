@@ -2,7 +2,8 @@
 //! Kubernetes. At start and then every `rescan` interval it discovers the node's disks and claims
 //! the eligible ones into the class VGs (policy from flags, `auto` by default), so a fresh node
 //! with raw disks serves volumes with no setup. Probe turns ready after the first successful pass.
-//! DeleteVolume wipes before it removes (see `crate::wiper`); wipes a previous run left marked are
+//! DeleteVolume marks the LV (unless it is in use) and returns; one background worker wipes and
+//! removes it (see `crate::wiper`); wipes a previous run left marked are
 //! finished at start, and mounted flash volumes get a periodic fstrim.
 
 use std::sync::Arc;
@@ -66,23 +67,24 @@ pub async fn run(
     );
     // Calls in flight at shutdown finish: only the rescans' LVM commands stop with the token.
     let rescan_lvm = lvm.with_cancellation(shutdown.child_token());
-    // DeleteVolume's wipes run on the request's handle: a shutdown lets them finish.
-    let wiper = crate::wiper::Wiper::new(lvm.clone(), config.wipe.clone(), config.metrics.clone());
-    let volumes = Arc::new(
-        LvmVolumes::new(lvm.clone(), config.spec.reserved_bytes.clone())
-            .with_wiper(wiper)
-            .with_health(crate::health::Board::default()),
-    );
-    // The resume stops with the token (its LVs stay marked and are finished at the next start).
-    let resume = crate::wiper::Wiper::new(
+    // One wiper for the process: DeleteVolume marks and queues, the worker wipes one LV at a
+    // time in the background (stopping between chunks at shutdown; the progress stays with the
+    // LV and the next start resumes from it), and the resume queues what a previous run left.
+    let wiper = crate::wiper::Wiper::new(
         rescan_lvm.clone(),
         config.wipe.clone(),
         config.metrics.clone(),
     );
+    wiper.spawn_worker(shutdown.child_token());
+    let volumes = Arc::new(
+        LvmVolumes::new(lvm.clone(), config.spec.reserved_bytes.clone())
+            .with_wiper(wiper.clone())
+            .with_health(crate::health::Board::default()),
+    );
     tokio::spawn(async move {
-        match resume.resume().await {
+        match wiper.resume_in_background().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(finished = n, "interrupted wipes finished"),
+            Ok(n) => tracing::info!(queued = n, "interrupted wipes queued"),
             Err(e) => tracing::warn!(error = %e, "cannot list interrupted wipes"),
         }
     });

@@ -73,6 +73,11 @@ pub trait Volumes: Send + Sync {
     async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo>;
     /// Records the wipe policy (`discard`, `zero`, `none`) volume `id` gets when removed.
     async fn set_wipe_policy(&self, id: &str, policy: &str) -> Result<()>;
+    /// Whether volume `id`'s LV carries the wipe mark, read afresh (never from a cache).
+    async fn marked_for_deletion(&self, id: &str) -> Result<bool>;
+    /// The device node of volume `id`, marked for deletion or not (for unpublish/unstage,
+    /// which always work); `None` when it has no LV.
+    async fn device_for_release(&self, id: &str) -> Result<Option<std::path::PathBuf>>;
     /// Removes volume `id` (wiped first, as its policy says); success when it is already gone.
     async fn remove(&self, id: &str) -> Result<()>;
 }
@@ -92,6 +97,8 @@ pub mod memory {
     pub struct MemVolumes {
         pub classes: Mutex<BTreeMap<DeviceClass, ClassInfo>>,
         pub volumes: Mutex<BTreeMap<String, VolumeInfo>>,
+        /// Volumes marked for deletion (still in `volumes`).
+        pub marked: Mutex<std::collections::BTreeSet<String>>,
         /// Every mutating call, as text (`create pvc-1 nvme 1073741824`).
         pub calls: Mutex<Vec<String>>,
         /// How long `create` takes (to hold the volume lock in concurrency tests).
@@ -202,6 +209,19 @@ pub mod memory {
                 .unwrap()
                 .push(format!("wipe {id} {policy}"));
             Ok(())
+        }
+
+        async fn marked_for_deletion(&self, id: &str) -> Result<bool> {
+            Ok(self.marked.lock().unwrap().contains(id))
+        }
+
+        async fn device_for_release(&self, id: &str) -> Result<Option<PathBuf>> {
+            Ok(self
+                .volumes
+                .lock()
+                .unwrap()
+                .get(id)
+                .map(|v| v.device.clone()))
         }
 
         async fn remove(&self, id: &str) -> Result<()> {

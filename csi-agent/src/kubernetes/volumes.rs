@@ -1,8 +1,18 @@
 //! The LogicalVolume reconciler. `decide` is the pure heart (spec + deletion + what LVM holds →
 //! one step); `reconcile` performs the step through the LVM layer and writes the status with the
 //! agent's field manager. Failures an operator must act on become Events.
+//!
+//! Deletion never destroys data in use: a LogicalVolume that still carries the controller's
+//! PV-protection finalizer ([`names::FINALIZER_PV_PROTECTION`], held while a PersistentVolume
+//! refers to it and released only by the CO's DeleteVolume) keeps its LV untouched
+//! (`PvProtected`: a direct `kubectl delete`, an orphan policy or CRD removal at uninstall wipe
+//! nothing); an LV that is open or mounted on the host is not touched either (`VolumeInUse`,
+//! retried with backoff). Each is said once in an Event. The finalizer is released by a JSON
+//! patch that tests and removes exactly our entry of the fresh object (never a stale
+//! resourceVersion, so the status writes of the wipe cannot make it fail with 409).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use csi_api::crd::{
@@ -19,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::lvm::{Lv, LvmError, LvmRunner, PvcRef};
-use crate::wiper::Progress;
+use crate::lvm::{Lv, LvmError, LvmRunner, PvcRef, is_wiping};
+use crate::wiper::{Progress, WipeError};
 
 /// `status.reason` when the VG has no room; the controller turns it into ResourceExhausted.
 pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
@@ -28,6 +38,11 @@ pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 pub const REASON_LVM_ERROR: &str = "LvmError";
 /// `status.reason` when the LV could not be wiped before removal (it is kept, and retried).
 pub const REASON_WIPE_FAILED: &str = "WipeFailed";
+/// `status.reason` of a deleted LogicalVolume whose PersistentVolume still exists.
+pub const REASON_PV_PROTECTED: &str = "PvProtected";
+/// Backoff of a deletion held because the LV is in use: first and longest delay.
+const IN_USE_FIRST_RETRY: Duration = Duration::from_secs(5);
+const IN_USE_MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// The one thing to do next for a LogicalVolume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +51,9 @@ pub enum Step {
     Ignore,
     /// Being deleted and the LV still exists: remove it (then the finalizer).
     Remove,
+    /// Being deleted while the PV-protection finalizer is on (a PersistentVolume still refers
+    /// to it): the LV is left untouched until the controller releases the protection.
+    Protected,
     /// Being deleted and the LV is gone: release the finalizer.
     ReleaseFinalizer,
     /// Deleted without our finalizer: nothing of ours to do.
@@ -59,8 +77,14 @@ pub fn decide(lv: &LogicalVolume, node: &str, existing: Option<&Lv>) -> Step {
     }
     let ours = lv.finalizers().iter().any(|f| f == names::FINALIZER);
     if lv.metadata.deletion_timestamp.is_some() {
+        let protected = lv
+            .finalizers()
+            .iter()
+            .any(|f| f == names::FINALIZER_PV_PROTECTION);
         return match (ours, existing) {
             (false, _) => Step::Done,
+            // A wipe that has started is finished (its data is partly gone already).
+            (true, Some(have)) if protected && !is_wiping(have) => Step::Protected,
             (true, Some(_)) => Step::Remove,
             (true, None) => Step::ReleaseFinalizer,
         };
@@ -88,9 +112,21 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
 }
 
+impl From<WipeError> for ReconcileError {
+    fn from(e: WipeError) -> Self {
+        match e {
+            WipeError::Lvm(e) => ReconcileError::Lvm(e),
+            // Handled where it happens (status, Event, backoff); never reaches here.
+            WipeError::InUse(e) => ReconcileError::Lvm(LvmError::InvalidArgument(e.to_string())),
+        }
+    }
+}
+
 struct Reconciler<R: LvmRunner> {
     ctx: Arc<Context<R>>,
     recorder: Recorder,
+    /// Next retry delay of each deletion held because its LV is in use.
+    in_use_backoff: Mutex<HashMap<String, Duration>>,
 }
 
 /// Runs the controller for this node's LogicalVolumes until `shutdown`.
@@ -109,7 +145,11 @@ pub async fn run<R: LvmRunner + 'static>(ctx: Arc<Context<R>>, shutdown: Cancell
         n.notified().await;
         Some(((), n))
     });
-    let reconciler = Arc::new(Reconciler { ctx, recorder });
+    let reconciler = Arc::new(Reconciler {
+        ctx,
+        recorder,
+        in_use_backoff: Mutex::default(),
+    });
     Controller::new(api, watcher::Config::default().labels(&selector))
         .reconcile_all_on(disks_changed)
         .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -154,10 +194,35 @@ async fn reconcile<R: LvmRunner>(
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
         }
+        Step::Protected => {
+            let note = format!(
+                "LogicalVolume {name} is being deleted, but a PersistentVolume still refers to it \
+                 (finalizer {}): its LV is kept untouched, every byte intact. To delete the data, \
+                 delete the PersistentVolumeClaim instead (reclaim policy Delete); to keep it, \
+                 leave the object as it is",
+                names::FINALIZER_PV_PROTECTION
+            );
+            hold(&r, &api, &lv, REASON_PV_PROTECTED, &note, "KeepLV").await?;
+            return Ok(Action::await_change());
+        }
         Step::Remove => {
             info!(volume = %name, %vg, "removing LV");
             csi_api::fault::point("agent.remove.before-lv");
-            wipe_then_remove(&r, &api, &lv, vg).await?;
+            match wipe_then_remove(&r, &api, &lv, vg).await {
+                Ok(()) => {}
+                Err(WipeError::InUse(in_use)) => {
+                    let delay = r.next_in_use_delay(&name);
+                    let note = format!(
+                        "{in_use}. The finalizer stays and the agent retries (next in {}s)",
+                        delay.as_secs()
+                    );
+                    warn!(volume = %name, %in_use, "deletion held: LV in use");
+                    hold(&r, &api, &lv, names::REASON_VOLUME_IN_USE, &note, "WipeLV").await?;
+                    return Ok(Action::requeue(delay));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            r.forget_in_use(&name);
             csi_api::fault::point("agent.remove.after-lv");
             ctx.changed.notify_one();
             release_finalizer(&api, &lv).await?;
@@ -259,7 +324,7 @@ async fn wipe_then_remove<R: LvmRunner>(
     api: &Api<LogicalVolume>,
     lv: &LogicalVolume,
     vg: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<(), WipeError> {
     let name = lv.name_any();
     let (tx, mut rx) = tokio::sync::watch::channel::<Option<Progress>>(None);
     let base = lv.status.clone().unwrap_or_default();
@@ -290,8 +355,11 @@ async fn wipe_then_remove<R: LvmRunner>(
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
-    if matches!(error, LvmError::Cancelled { .. }) {
-        return Err(error.into());
+    if matches!(
+        error,
+        WipeError::Lvm(LvmError::Cancelled { .. }) | WipeError::InUse(_)
+    ) {
+        return Err(error);
     }
     let message = error.to_string();
     warn!(volume = %name, %message, "wipe before removal failed; the LV is kept");
@@ -301,7 +369,9 @@ async fn wipe_then_remove<R: LvmRunner>(
         total: 0,
     });
     let status = wiping_status(&base, &last, Some(message.clone()));
-    write_status(api, &name, status).await?;
+    if let Err(e) = write_status(api, &name, status).await {
+        warn!(volume = %name, error = %e, "cannot write the wipe failure");
+    }
     let event = Event {
         type_: EventType::Warning,
         reason: REASON_WIPE_FAILED.into(),
@@ -314,7 +384,72 @@ async fn wipe_then_remove<R: LvmRunner>(
     if let Err(e) = r.recorder.publish(&event, &lv.object_ref(&())).await {
         warn!(error = %e, "cannot publish Event");
     }
-    Err(error.into())
+    Err(error)
+}
+
+impl<R: LvmRunner> Reconciler<R> {
+    /// The delay before the next check of a deletion held by an LV in use (doubling).
+    fn next_in_use_delay(&self, name: &str) -> Duration {
+        let mut map = self
+            .in_use_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let delay = map.entry(name.to_owned()).or_insert(IN_USE_FIRST_RETRY / 2);
+        *delay = (*delay * 2).min(IN_USE_MAX_RETRY);
+        *delay
+    }
+
+    fn forget_in_use(&self, name: &str) {
+        self.in_use_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+}
+
+/// Whether a held deletion must be said (status and Event): only when the reason or its
+/// message changed, so an operator gets one Event per situation, not one per retry.
+fn hold_is_news(current: Option<&LogicalVolumeStatus>, reason: &str, message: &str) -> bool {
+    !current.is_some_and(|s| {
+        s.reason.as_deref() == Some(reason)
+            && held_message(s.message.as_deref()) == held_message(Some(message))
+    })
+}
+
+/// A held deletion's message without its changing retry delay.
+fn held_message(message: Option<&str>) -> Option<&str> {
+    message.map(|m| m.split(". The finalizer stays").next().unwrap_or(m))
+}
+
+/// Keeps the LV: writes the reason to the status and a Warning Event, once per situation.
+async fn hold<R: LvmRunner>(
+    r: &Reconciler<R>,
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    reason: &str,
+    note: &str,
+    action: &str,
+) -> Result<(), ReconcileError> {
+    if !hold_is_news(lv.status.as_ref(), reason, note) {
+        return Ok(());
+    }
+    let name = lv.name_any();
+    warn!(volume = %name, %reason, "deletion held; the LV is untouched");
+    let mut status = lv.status.clone().unwrap_or_default();
+    status.reason = Some(reason.to_owned());
+    status.message = Some(note.to_owned());
+    write_status(api, &name, status).await?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.to_owned()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = r.recorder.publish(&event, &lv.object_ref(&())).await {
+        warn!(error = %e, "cannot publish Event");
+    }
+    Ok(())
 }
 
 /// `base` in phase `Wiping` with the progress `p` (and the failure, if any).
@@ -501,27 +636,49 @@ async fn write_status(
         .map(drop)
 }
 
-async fn release_finalizer(
-    api: &Api<LogicalVolume>,
-    lv: &LogicalVolume,
-) -> Result<(), kube::Error> {
-    let finalizers: Vec<&String> = lv
+/// The merge patch that removes `names::FINALIZER` from `fresh` (just read): its other
+/// finalizers, guarded by its own resourceVersion. `None` when the finalizer is not there.
+/// Built from the object as it is now, never from the one the reconcile started with (whose
+/// resourceVersion the wipe's status writes have made stale: that patch would fail with 409).
+fn finalizer_removal(fresh: &LogicalVolume) -> Option<serde_json::Value> {
+    if !fresh.finalizers().iter().any(|f| f == names::FINALIZER) {
+        return None;
+    }
+    let rest: Vec<&String> = fresh
         .finalizers()
         .iter()
         .filter(|f| *f != names::FINALIZER)
         .collect();
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers, "resourceVersion": lv.resource_version() } });
-    match api
-        .patch(
-            &lv.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
+    Some(serde_json::json!({
+        "metadata": { "finalizers": rest, "resourceVersion": fresh.resource_version() }
+    }))
+}
+
+/// Removes our finalizer from the object as it is now (re-read before each attempt), retrying
+/// when another writer changed it between the read and the patch.
+async fn release_finalizer(
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+) -> Result<(), kube::Error> {
+    let name = lv.name_any();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(fresh) = api.get_opt(&name).await? else {
+            return Ok(());
+        };
+        let Some(patch) = finalizer_removal(&fresh) else {
+            return Ok(());
+        };
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -564,6 +721,7 @@ mod tests {
             volume: Some("pvc-1".into()),
             pvc: None,
             owned: true,
+            open: false,
         }
     }
 
@@ -644,5 +802,90 @@ mod tests {
             decide(&volume("a", 8, false, true), "a", Some(&lvm_lv(8))),
             Step::Done
         );
+    }
+
+    fn protected(mut lv: LogicalVolume) -> LogicalVolume {
+        lv.metadata
+            .finalizers
+            .get_or_insert_with(Vec::new)
+            .push(names::FINALIZER_PV_PROTECTION.into());
+        lv
+    }
+
+    #[test]
+    fn a_deleted_volume_whose_pv_exists_keeps_its_lv() {
+        // kubectl delete logicalvolume, an orphan policy, or CRD removal at uninstall.
+        assert_eq!(
+            decide(
+                &protected(volume("a", 8, true, true)),
+                "a",
+                Some(&lvm_lv(8))
+            ),
+            Step::Protected
+        );
+        // Released by the controller's DeleteVolume: removed.
+        assert_eq!(
+            decide(&volume("a", 8, true, true), "a", Some(&lvm_lv(8))),
+            Step::Remove
+        );
+        // No LV left: only the finalizer goes (the protection is the controller's).
+        assert_eq!(
+            decide(&protected(volume("a", 8, true, true)), "a", None),
+            Step::ReleaseFinalizer
+        );
+        // A wipe that has started is finished.
+        let mut marked = lvm_lv(8);
+        marked.tags.push(crate::lvm::WIPING_TAG.into());
+        assert_eq!(
+            decide(&protected(volume("a", 8, true, true)), "a", Some(&marked)),
+            Step::Remove
+        );
+        // A live protected volume is reconciled as usual.
+        assert_eq!(
+            decide(
+                &protected(volume("a", 8, true, false)),
+                "a",
+                Some(&lvm_lv(8))
+            ),
+            Step::Report
+        );
+    }
+
+    #[test]
+    fn a_held_deletion_is_said_once_per_situation() {
+        let note = "logical volume strata-ssd/pvc-1 is in use: mounted at /x. The finalizer stays and the agent retries (next in 5s)";
+        assert!(hold_is_news(None, names::REASON_VOLUME_IN_USE, note));
+        let said = LogicalVolumeStatus {
+            reason: Some(names::REASON_VOLUME_IN_USE.into()),
+            message: Some(note.into()),
+            ..Default::default()
+        };
+        let later = note.replace("next in 5s", "next in 10s");
+        assert!(!hold_is_news(
+            Some(&said),
+            names::REASON_VOLUME_IN_USE,
+            &later
+        ));
+        let elsewhere = note.replace("/x", "/y");
+        assert!(hold_is_news(
+            Some(&said),
+            names::REASON_VOLUME_IN_USE,
+            &elsewhere
+        ));
+        assert!(hold_is_news(Some(&said), REASON_PV_PROTECTED, "kept"));
+    }
+
+    #[test]
+    fn the_finalizer_release_uses_the_fresh_object() {
+        let mut fresh = volume("a", 8, true, true);
+        fresh.metadata.finalizers = Some(vec!["other.io/x".into(), names::FINALIZER.into()]);
+        fresh.metadata.resource_version = Some("42".into());
+        let patch = finalizer_removal(&fresh).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({ "metadata": { "finalizers": ["other.io/x"], "resourceVersion": "42" } })
+        );
+        fresh.metadata.finalizers = Some(vec!["other.io/x".into()]);
+        assert_eq!(finalizer_removal(&fresh), None);
     }
 }

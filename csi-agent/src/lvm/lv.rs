@@ -92,6 +92,7 @@ impl<R: LvmRunner> Lvm<R> {
                 volume: Some(volume.to_owned()),
                 pvc: pvc.cloned(),
                 owned: true,
+                open: false,
             });
         }
         if !out.stderr.contains("already exists") {

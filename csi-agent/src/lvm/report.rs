@@ -100,6 +100,9 @@ pub struct Lv {
     pub pvc: Option<PvcRef>,
     /// Carries the owner tag (the LV itself, not only its VG).
     pub owned: bool,
+    /// `lv_attr`'s sixth character is `o`: the device-mapper device is open (its open count,
+    /// as lvm2 read it from the kernel, is above zero).
+    pub open: bool,
 }
 
 impl Lv {
@@ -310,6 +313,7 @@ pub fn parse_lvs(command: &str, json: &str) -> Result<Vec<Lv>> {
                 name: r.lv_name,
                 uuid: Some(r.lv_uuid),
                 size_bytes: num(command, "lv_size", &r.lv_size)?,
+                open: r.lv_attr.chars().nth(5) == Some('o'),
                 tags,
                 active,
             })
@@ -404,6 +408,15 @@ mod tests {
         let lvs = parse_lvs("lvs", json).unwrap();
         assert_eq!(lvs[0].active, Activation::Active);
         assert_eq!(lvs[1].active, Activation::Inactive);
+        assert!(!lvs[0].open && !lvs[1].open);
+    }
+
+    #[test]
+    fn reads_the_open_bit_of_lv_attr() {
+        let json = r#"{"report":[{"lv":[
+            {"lv_name":"a","vg_name":"v","lv_uuid":"u","lv_size":"4194304","lv_tags":"","lv_active":"active","lv_attr":"-wi-ao----"}
+        ]}]}"#;
+        assert!(parse_lvs("lvs", json).unwrap()[0].open);
     }
 
     #[test]

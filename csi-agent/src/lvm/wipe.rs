@@ -4,7 +4,11 @@
 //! `blkdiscard` (discard, or `--zeroout`) in chunks through the layer's runner, reporting progress
 //! after each chunk and stopping between chunks when the handle's token is cancelled.
 //! Only LVs carrying the owner tag and the volume's own tag are ever marked or wiped; a wipe
-//! refuses an LV that is not marked. The wipe policy chosen at creation can be kept in
+//! refuses an LV that is not marked. Progress is kept with the LV too ([`WIPED_TAG_PREFIX`]
+//! `<bytes>`, replaced after each chunk), so a wipe resumed after a crash starts at its last
+//! completed chunk. `blkdiscard` runs without `--force`: it opens the LV exclusively, so the
+//! kernel refuses a mounted or held LV even if the in-use check before the mark was raced.
+//! The wipe policy chosen at creation can be kept in
 //! [`WIPE_POLICY_TAG_PREFIX`]`<policy>` (standalone mode has nowhere else to keep it).
 
 use std::path::Path;
@@ -19,6 +23,8 @@ use super::{Lvm, name_arg};
 pub const WIPING_TAG: &str = "strata.io/wiping";
 /// Prefix of the tag holding the wipe policy asked for at creation (`discard`, `zero`, `none`).
 pub const WIPE_POLICY_TAG_PREFIX: &str = "strata.io/wipe=";
+/// Prefix of the tag holding how many bytes from the start of a marked LV are already wiped.
+pub const WIPED_TAG_PREFIX: &str = "strata.io/wiped=";
 /// Default size of one `blkdiscard` call (one progress step).
 pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 30;
 /// Chunks are whole multiples of this (any logical block size divides it).
@@ -52,6 +58,17 @@ pub fn recorded_policy(lv: &Lv) -> Option<&str> {
     lv.tags
         .iter()
         .find_map(|t| t.strip_prefix(WIPE_POLICY_TAG_PREFIX))
+}
+
+/// Bytes from the start of `lv` that a previous wipe completed (0 without a progress tag, or
+/// with one that is not a whole MiB count within the LV: such a tag is not trusted).
+pub fn wiped_bytes(lv: &Lv) -> u64 {
+    lv.tags
+        .iter()
+        .find_map(|t| t.strip_prefix(WIPED_TAG_PREFIX))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&b| b <= lv.size_bytes && b % CHUNK_ALIGN == 0)
+        .unwrap_or(0)
 }
 
 /// `chunk` rounded down to whole MiB, at least one MiB.
@@ -114,12 +131,13 @@ impl<R: LvmRunner> Lvm<R> {
     }
 
     /// Wipes the whole LV of `volume` with `method`, `chunk_bytes` (rounded down to whole MiB)
-    /// per `blkdiscard` call, calling `progress(done, total)` before the first and after every
-    /// chunk. The LV must be Strata's LV of `volume` and already marked ([`Lvm::mark_wiping`]);
-    /// otherwise nothing is run. An inactive LV is activated first. Cancellation of the handle's
-    /// token stops the wipe between chunks (and the running chunk) with
-    /// [`LvmError::Cancelled`]; the mark stays, so a later call starts over. Returns the bytes
-    /// wiped.
+    /// per `blkdiscard` call, starting where the LV's progress tag says a previous wipe stopped
+    /// ([`wiped_bytes`]) and recording the progress after every chunk; `progress(done, total)`
+    /// is called before the first and after every chunk. The LV must be Strata's LV of
+    /// `volume` and already marked ([`Lvm::mark_wiping`]); otherwise nothing is run. An
+    /// inactive LV is activated first. Cancellation of the handle's token stops the wipe
+    /// between chunks (and the running chunk) with [`LvmError::Cancelled`]; the mark and the
+    /// progress stay, so a later call resumes. Returns the bytes wiped by this call.
     pub async fn wipe_lv(
         &self,
         vg: &str,
@@ -141,8 +159,9 @@ impl<R: LvmRunner> Lvm<R> {
         let device = lv.device_path();
         let total = lv.size_bytes;
         let chunk = aligned_chunk(chunk_bytes);
-        progress(0, total);
-        let mut done = 0;
+        let start = wiped_bytes(&lv);
+        let mut done = start;
+        progress(done, total);
         while done < total {
             if self.cancel.is_cancelled() {
                 return Err(LvmError::Cancelled {
@@ -153,9 +172,34 @@ impl<R: LvmRunner> Lvm<R> {
             self.blkdiscard(&device, method, done, len, &lv.name, vg)
                 .await?;
             done += len;
+            if done < total {
+                lv = self.record_wiped(&lv, done).await?;
+            }
             progress(done, total);
         }
-        Ok(total)
+        Ok(total - start)
+    }
+
+    /// Replaces the LV's progress tag with `done` bytes.
+    async fn record_wiped(&self, lv: &Lv, done: u64) -> Result<Lv> {
+        self.replace_tag(lv, WIPED_TAG_PREFIX, &done.to_string())
+            .await
+    }
+
+    /// Replaces the tags of `lv` starting with `prefix` by `<prefix><value>` (one `lvchange`,
+    /// selected on the owner and volume tags like every tag change). `value` must be a legal
+    /// LVM tag fragment (digits here).
+    pub async fn replace_tag(&self, lv: &Lv, prefix: &str, value: &str) -> Result<Lv> {
+        let tag = format!("{prefix}{value}");
+        let mut args = vec![];
+        for old in lv.tags.iter().filter(|t| t.starts_with(prefix)) {
+            args.extend(["--deltag".to_owned(), old.clone()]);
+        }
+        args.extend(["--addtag".to_owned(), tag.clone()]);
+        let mut lv = self.change_tags(lv, args).await?;
+        lv.tags.retain(|t| !t.starts_with(prefix));
+        lv.tags.push(tag);
+        Ok(lv)
     }
 
     async fn blkdiscard(
@@ -167,7 +211,8 @@ impl<R: LvmRunner> Lvm<R> {
         lv_name: &str,
         vg: &str,
     ) -> Result<()> {
-        let mut args = vec!["--force".to_owned()];
+        // No `--force`: blkdiscard's exclusive open makes the kernel refuse a mounted or held LV.
+        let mut args = vec![];
         if method == WipeMethod::Zero {
             args.push("--zeroout".to_owned());
         }
@@ -370,6 +415,7 @@ mod tests {
         let size = 10 * MIB;
         let runner = FakeRunner::from_fn(move |inv| match inv.subcommand() {
             "lvs" => lvs_row("pvc-1", size, &[OWNER_TAG, &vt, WIPING_TAG], true),
+            "lvchange" => Reply::ok("  Logical volume strata-nvme/pvc-1 changed."),
             "blkdiscard" => Reply::ok(""),
             other => Reply::fail(5, format!("unexpected {other}")),
         });
@@ -415,6 +461,75 @@ mod tests {
                 (size, size)
             ]
         );
+        // Progress kept with the LV after every chunk but the last (the LV goes next).
+        let recorded: Vec<String> = lvm
+            .runner()
+            .calls_of("lvchange")
+            .iter()
+            .map(|c| {
+                let i = c.args.iter().position(|a| a == "--addtag").unwrap();
+                c.args[i + 1].clone()
+            })
+            .collect();
+        assert_eq!(
+            recorded,
+            [3, 6, 9].map(|m| format!("{WIPED_TAG_PREFIX}{}", m * MIB))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_wipe_starts_at_the_recorded_progress() {
+        let vt = vtag();
+        let size = 8 * MIB;
+        let done = format!("{WIPED_TAG_PREFIX}{}", 5 * MIB);
+        let runner = FakeRunner::from_fn(move |inv| match inv.subcommand() {
+            "lvs" => lvs_row("pvc-1", size, &[OWNER_TAG, &vt, WIPING_TAG, &done], true),
+            "lvchange" => Reply::ok("  Logical volume strata-nvme/pvc-1 changed."),
+            "blkdiscard" => Reply::ok(""),
+            other => Reply::fail(5, format!("unexpected {other}")),
+        });
+        let lvm = layer(runner);
+        let wiped = lvm
+            .wipe_lv(VG, "pvc-1", WipeMethod::Zero, 2 * MIB, &|_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(wiped, 3 * MIB);
+        let offsets: Vec<String> = lvm
+            .runner()
+            .calls_of("blkdiscard")
+            .iter()
+            .map(|c| c.args[c.args.iter().position(|a| a == "--offset").unwrap() + 1].clone())
+            .collect();
+        assert_eq!(offsets, [5 * MIB, 7 * MIB].map(|b| b.to_string()));
+        // The recorded tag is replaced, never accumulated.
+        let change = &lvm.runner().calls_of("lvchange")[0].args;
+        assert!(change.contains(&"--deltag".to_owned()), "{change:?}");
+    }
+
+    #[test]
+    fn an_untrustworthy_progress_tag_means_from_the_start() {
+        let lv = |tag: &str| Lv {
+            vg: VG.into(),
+            name: "pvc-1".into(),
+            uuid: None,
+            size_bytes: 8 * MIB,
+            tags: vec![tag.to_owned()],
+            active: Activation::Active,
+            volume: Some("pvc-1".into()),
+            pvc: None,
+            owned: true,
+            open: false,
+        };
+        assert_eq!(
+            wiped_bytes(&lv(&format!("{WIPED_TAG_PREFIX}{}", 4 * MIB))),
+            4 * MIB
+        );
+        assert_eq!(
+            wiped_bytes(&lv(&format!("{WIPED_TAG_PREFIX}{}", 9 * MIB))),
+            0
+        );
+        assert_eq!(wiped_bytes(&lv(&format!("{WIPED_TAG_PREFIX}12345"))), 0);
+        assert_eq!(wiped_bytes(&lv("strata.io/wiped=x")), 0);
     }
 
     #[tokio::test]
@@ -434,7 +549,7 @@ mod tests {
             .expect(&["lvchange", "-ay"], &[], Reply::ok(""))
             .expect_tool(
                 Tool::Blkdiscard,
-                &["--force", "--offset", "0"],
+                &["--offset", "0"],
                 &["/dev/strata-nvme/pvc-1"],
                 Reply::ok(""),
             );
@@ -450,6 +565,7 @@ mod tests {
         .unwrap();
         let call = &lvm.runner().calls_of("blkdiscard")[0];
         assert!(!call.args.contains(&"--zeroout".to_owned()));
+        assert!(!call.args.contains(&"--force".to_owned()));
         lvm.runner().assert_done();
     }
 
@@ -466,6 +582,7 @@ mod tests {
                     "blkdiscard: BLKZEROOUT: /dev/dm-3 ioctl failed: Input/output error",
                 )
             }
+            "lvchange" => Reply::ok("  Logical volume strata-nvme/pvc-1 changed."),
             "blkdiscard" => Reply::ok(""),
             other => Reply::fail(5, format!("unexpected {other}")),
         });
@@ -483,6 +600,7 @@ mod tests {
         let vt = vtag();
         let runner = FakeRunner::from_fn(move |inv| match inv.subcommand() {
             "lvs" => lvs_row("pvc-1", 64 * MIB, &[OWNER_TAG, &vt, WIPING_TAG], true),
+            "lvchange" => Reply::ok("  Logical volume strata-nvme/pvc-1 changed."),
             "blkdiscard" => Reply::ok("").after(Duration::from_millis(20)),
             other => Reply::fail(5, format!("unexpected {other}")),
         });

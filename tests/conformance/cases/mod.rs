@@ -97,6 +97,8 @@ async fn create(
     resp.volume.context("CreateVolume returned no volume")
 }
 
+/// DeleteVolume, then (the answer comes once the LV is marked; the agent wipes and removes it
+/// in the background) waits until no LV carries the volume's tag, as a CO waiting for the space.
 async fn delete(ctx: &Ctx, id: &str) -> Result<()> {
     ok(
         "DeleteVolume",
@@ -108,8 +110,16 @@ async fn delete(ctx: &Ctx, id: &str) -> Result<()> {
                 secrets: HashMap::new(),
             })
             .await,
-    )
-    .map(drop)
+    )?;
+    let start = std::time::Instant::now();
+    while check::lv_of(id)?.is_some() {
+        ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "LV of {id} not removed 600 s after DeleteVolume"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 async fn list_ids(ctx: &Ctx) -> Result<Vec<String>> {
