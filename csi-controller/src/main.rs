@@ -55,6 +55,11 @@ struct Cli {
     /// This replica's identity in the Lease (defaults to the host name, the pod name in a pod).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// A node whose NodeStorage `status.updatedAt` is older than this is stale: admission refuses
+    /// it, GetCapacity reports nothing for it, and housekeeping reports it (the agent refreshes
+    /// `updatedAt` at least every minute). `0s` disables the check.
+    #[arg(long, value_parser = parse_duration, default_value = "3m")]
+    stale_after: Duration,
     /// How often the leader checks bindings, orphans and lost nodes.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     housekeeping_period: Duration,
@@ -86,11 +91,14 @@ async fn main() -> Result<()> {
     let settings = Settings {
         default_placement: cli.default_placement,
         max_wait: Duration::from_secs(300),
+        stale_after: (!cli.stale_after.is_zero()).then_some(cli.stale_after),
     };
-    let service = Arc::new(ControllerService::new(
-        Arc::new(KubeCluster::new(client.clone())),
-        settings,
-    ));
+    let cluster = KubeCluster::start(client.clone(), shutdown.clone())
+        .await
+        .context(
+            "starting the watches of LogicalVolumes, NodeStorages, PVCs, StorageClasses and Pods",
+        )?;
+    let service = Arc::new(ControllerService::new(Arc::new(cluster), settings));
     let grpc = Grpc::new(service, metrics.clone());
 
     let identity = match cli.identity {
