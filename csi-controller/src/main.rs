@@ -16,7 +16,6 @@ use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_toke
 use csi_controller::cluster::KubeCluster;
 use csi_controller::grpc::Grpc;
 use csi_controller::housekeeping::{NodeLossPolicy, OrphanPolicy, Policies};
-use csi_controller::lease::Elector;
 use csi_controller::metrics::Metrics;
 use csi_controller::service::{ControllerService, Settings};
 use tracing::info;
@@ -93,6 +92,7 @@ async fn main() -> Result<()> {
         max_wait: Duration::from_secs(300),
         stale_after: (!cli.stale_after.is_zero()).then_some(cli.stale_after),
     };
+    let settings_stale_after = settings.stale_after;
     let cluster = KubeCluster::start(client.clone(), shutdown.clone())
         .await
         .context(
@@ -105,13 +105,13 @@ async fn main() -> Result<()> {
         Some(id) => id,
         None => host_name()?,
     };
-    let elector = Elector::new(
+    let election = csi_controller::lease::elect(
         client.clone(),
         &cli.lease_namespace,
         "strata-csi-controller",
         &identity,
-        Duration::from_secs(15),
-    );
+    )
+    .await?;
     let policies = Policies {
         orphan: cli.orphan_policy,
         orphan_grace: cli.orphan_grace,
@@ -119,9 +119,12 @@ async fn main() -> Result<()> {
     };
     let background = tokio::spawn(csi_controller::background::run(
         client.clone(),
-        elector,
-        policies,
-        cli.housekeeping_period,
+        election.leading,
+        csi_controller::background::Settings {
+            policies,
+            period: cli.housekeeping_period,
+            stale_after: settings_stale_after,
+        },
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -144,6 +147,12 @@ async fn main() -> Result<()> {
         .context("gRPC server")?;
     metrics_task.abort();
     background.await.ok();
+    // The background loop dropped the last receiver: the lease manager releases the lease.
+    match tokio::time::timeout(Duration::from_secs(5), election.task).await {
+        Ok(Ok(Ok(_))) => info!("lease released"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "lease not released; it expires on its own"),
+        _ => tracing::warn!("lease release did not finish; it expires on its own"),
+    }
     info!("stopped");
     Ok(())
 }

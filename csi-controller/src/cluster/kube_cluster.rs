@@ -400,7 +400,7 @@ impl Cluster for KubeCluster {
 /// Removes one finalizer from a LogicalVolume with a JSON patch that tests the entry it removes
 /// (no resourceVersion: unrelated writes do not conflict, and no other finalizer is ever
 /// rewritten). Success when the finalizer or the object is already gone.
-pub(crate) async fn release_finalizer(
+pub async fn release_finalizer(
     api: &Api<LogicalVolume>,
     name: &str,
     finalizer: &str,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use csi_api::crd::{LogicalVolume, NodeStorage};
 use csi_api::names::DeviceClass;
 
-pub use kube_cluster::KubeCluster;
+pub use kube_cluster::{KubeCluster, release_finalizer};
 
 /// A claim that kube-scheduler placed on a node (annotation `volume.kubernetes.io/selected-node`)
 /// whose volume may not exist yet: demand the node may have been promised. Whether it counts is
