@@ -2,7 +2,7 @@
 //! name → compare (AlreadyExists on mismatch) → admit on the node (serialised per node) → create
 //! the LogicalVolume → wait for the node's agent to make it Ready within the call's deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use csi_api::request::{self, Access, VolumeParameters};
 use kube::api::ObjectMeta;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError, SelectedClaim};
 use crate::error::Error;
 use crate::gate::{NodeGate, VolumeGate};
 use crate::object_name::{ANNOTATION_CSI_NAME, object_name};
@@ -171,9 +171,7 @@ impl<C: Cluster> ControllerService<C> {
         )))
     }
 
-    /// Capacity of `node` for new volumes: reported allocatable minus demand it does not reflect
-    /// yet (volumes not made or not yet published, growth asked for, credible claims scheduled
-    /// there without a volume, except `creating`'s own).
+    /// Capacity of `node` for new volumes (see [`capacity_of`]).
     async fn node_capacity(
         &self,
         storage: &NodeStorage,
@@ -181,42 +179,50 @@ impl<C: Cluster> ControllerService<C> {
         creating: &str,
     ) -> Result<NodeCapacity, ClusterError> {
         let volumes = self.cluster.logical_volumes_on(node).await?;
-        let published = storage.status.as_ref().and_then(|s| s.capacity_sequence);
-        let mut pending = pending_from_volumes(&volumes, node, published);
-        let status = storage.status.clone().unwrap_or_default();
-        for claim in self.cluster.selected_claims(node).await? {
-            let volume = volume_name_for_claim(&claim.uid);
-            if volume == creating
-                || volumes
-                    .iter()
-                    .any(|lv| lv.metadata.name.as_deref() == Some(volume.as_str()))
-            {
-                continue;
-            }
-            let class_total = status.class(claim.class).map(|c| c.total_bytes);
-            if !selected_claim_counts(claim.valid, claim.pod_on_node, claim.bytes, class_total) {
-                continue;
-            }
-            csi_api::capacity::add_class_bytes(&mut pending, claim.class, claim.bytes);
-        }
-        Ok(NodeCapacity::from_status(&status).with_pending(&pending))
+        let claims = self.cluster.selected_claims(node).await?;
+        Ok(capacity_of(storage, node, &volumes, &claims, creating))
     }
 
-    /// All nodes ordered by the class's placement, best first (Immediate binding). A first guess
-    /// only: each candidate is admitted afresh under its node's lock.
-    async fn rank_nodes(&self, req: &CreateRequest) -> Result<Vec<String>, Error> {
-        let storages = self.cluster.node_storages().await?;
+    /// The capacity of every non-stale node, from one read of the volumes and claims (not one
+    /// per node).
+    async fn all_capacities(
+        &self,
+        storages: &[NodeStorage],
+        creating: &str,
+    ) -> Result<Vec<(String, NodeCapacity)>, ClusterError> {
+        let mut volumes: HashMap<String, Vec<LogicalVolume>> = HashMap::new();
+        for lv in self.cluster.logical_volumes().await? {
+            volumes
+                .entry(lv.spec.node_name.clone())
+                .or_default()
+                .push(lv);
+        }
+        let claims = self.cluster.selected_claims_by_node().await?;
         let mut capacities = Vec::new();
-        for storage in &storages {
+        for storage in storages {
             let Some(node) = storage.metadata.name.clone() else {
                 continue;
             };
             if self.stale(storage).is_some() {
                 continue;
             }
-            let cap = self.node_capacity(storage, &node, &req.object).await?;
+            let cap = capacity_of(
+                storage,
+                &node,
+                volumes.get(&node).map_or(&[][..], Vec::as_slice),
+                claims.get(&node).map_or(&[][..], Vec::as_slice),
+                creating,
+            );
             capacities.push((node, cap));
         }
+        Ok(capacities)
+    }
+
+    /// All nodes ordered by the class's placement, best first (Immediate binding). A first guess
+    /// only: each candidate is admitted afresh under its node's lock.
+    async fn rank_nodes(&self, req: &CreateRequest) -> Result<Vec<String>, Error> {
+        let storages = self.cluster.node_storages().await?;
+        let mut capacities = self.all_capacities(&storages, &req.object).await?;
         let placement = req
             .params
             .placement
@@ -401,19 +407,20 @@ impl<C: Cluster> ControllerService<C> {
             .as_ref()
             .and_then(|t| t.segments.get(names::TOPOLOGY_KEY))
             .cloned();
-        let storages = match node.as_deref() {
-            Some(n) => self.cluster.node_storage(n).await?.into_iter().collect(),
-            None => self.cluster.node_storages().await?,
+        let capacities = match node.as_deref() {
+            Some(n) => match self.cluster.node_storage(n).await? {
+                Some(storage) if self.stale(&storage).is_none() => {
+                    vec![(n.to_owned(), self.node_capacity(&storage, n, "").await?)]
+                }
+                _ => Vec::new(),
+            },
+            None => {
+                let storages = self.cluster.node_storages().await?;
+                self.all_capacities(&storages, "").await?
+            }
         };
         let (mut total, mut largest) = (0u64, 0u64);
-        for storage in &storages {
-            let Some(name) = storage.metadata.name.as_deref() else {
-                continue;
-            };
-            if node.as_deref().is_some_and(|n| n != name) || self.stale(storage).is_some() {
-                continue;
-            }
-            let capacity = self.node_capacity(storage, name, "").await?;
+        for (_, capacity) in &capacities {
             for (c, cap) in &capacity.classes {
                 if class.is_some_and(|want| want != *c) || !cap.healthy {
                     continue;
@@ -464,6 +471,37 @@ impl<C: Cluster> ControllerService<C> {
             },
         )
     }
+}
+
+/// Capacity of `node` for new volumes: reported allocatable minus demand it does not reflect yet
+/// (volumes not made or not yet published, growth asked for, credible claims scheduled there
+/// without a volume, except `creating`'s own).
+fn capacity_of(
+    storage: &NodeStorage,
+    node: &str,
+    volumes: &[LogicalVolume],
+    claims: &[SelectedClaim],
+    creating: &str,
+) -> NodeCapacity {
+    let published = storage.status.as_ref().and_then(|s| s.capacity_sequence);
+    let mut pending = pending_from_volumes(volumes, node, published);
+    let status = storage.status.clone().unwrap_or_default();
+    for claim in claims {
+        let volume = volume_name_for_claim(&claim.uid);
+        if volume == creating
+            || volumes
+                .iter()
+                .any(|lv| lv.metadata.name.as_deref() == Some(volume.as_str()))
+        {
+            continue;
+        }
+        let class_total = status.class(claim.class).map(|c| c.total_bytes);
+        if !selected_claim_counts(claim.valid, claim.pod_on_node, claim.bytes, class_total) {
+            continue;
+        }
+        csi_api::capacity::add_class_bytes(&mut pending, claim.class, claim.bytes);
+    }
+    NodeCapacity::from_status(&status).with_pending(&pending)
 }
 
 fn clamp_i64(v: u64) -> i64 {

@@ -5,7 +5,7 @@
 //! the admission depends on (create, resize) returns only once the cache reflects it, so that the
 //! next admission on the node, which runs under the same node lock, counts it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,31 +171,92 @@ impl KubeCluster {
         }
     }
 
-    /// The claims (namespace, name) that a pending pod bound or nominated to `node` uses.
-    fn claims_of_pods_on(&self, node: &str) -> HashSet<(String, String)> {
-        let mut used = HashSet::new();
+    /// For each claim (namespace, name) that a pending pod uses, the nodes that pod is bound or
+    /// nominated to.
+    fn claims_of_pending_pods(&self) -> HashMap<(String, String), HashSet<String>> {
+        let mut used: HashMap<(String, String), HashSet<String>> = HashMap::new();
         for pod in self.pods.state() {
-            let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
-                || pod
-                    .status
+            let nodes: Vec<String> = [
+                pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                pod.status
                     .as_ref()
-                    .and_then(|s| s.nominated_node_name.as_deref())
-                    == Some(node);
-            if !on_node {
+                    .and_then(|s| s.nominated_node_name.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if nodes.is_empty() {
                 continue;
             }
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-                if let Some(claim) = &volume.persistent_volume_claim {
-                    used.insert((namespace.clone(), claim.claim_name.clone()));
+                let claim = if let Some(claim) = &volume.persistent_volume_claim {
+                    claim.claim_name.clone()
                 } else if volume.ephemeral.is_some() {
                     // Generic ephemeral volume: the claim is `<pod>-<volume>`.
-                    used.insert((namespace.clone(), format!("{pod_name}-{}", volume.name)));
-                }
+                    format!("{pod_name}-{}", volume.name)
+                } else {
+                    continue;
+                };
+                used.entry((namespace.clone(), claim))
+                    .or_default()
+                    .extend(nodes.iter().cloned());
             }
         }
         used
+    }
+
+    /// Unbound claims of Strata classes with a selected node (`only` that node, if given).
+    fn selected(&self, only: Option<&str>) -> Vec<(String, SelectedClaim)> {
+        let strata_classes: Vec<(String, DeviceClass, BTreeMap<String, String>)> = self
+            .classes
+            .state()
+            .iter()
+            .filter(|sc| sc.provisioner == names::DRIVER_NAME)
+            .filter_map(|sc| {
+                let parameters = sc.parameters.clone().unwrap_or_default();
+                let class = parameters.get(names::PARAM_DEVICE_CLASS)?.parse().ok()?;
+                Some((sc.metadata.name.clone()?, class, parameters))
+            })
+            .collect();
+        if strata_classes.is_empty() {
+            return Vec::new();
+        }
+        let used = self.claims_of_pending_pods();
+        self.claims
+            .state()
+            .iter()
+            .filter_map(|pvc| {
+                let selected = pvc
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(names::ANNOTATION_SELECTED_NODE)?;
+                let spec = pvc.spec.as_ref()?;
+                if only.is_some_and(|n| n != selected)
+                    || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
+                {
+                    return None;
+                }
+                let sc = spec.storage_class_name.as_deref()?;
+                let (_, class, parameters) = strata_classes.iter().find(|(n, _, _)| n == sc)?;
+                let request = spec.resources.as_ref()?.requests.as_ref()?.get("storage")?;
+                let requested = quantity_bytes(&request.0).ok();
+                let key = (
+                    pvc.metadata.namespace.clone().unwrap_or_default(),
+                    pvc.metadata.name.clone().unwrap_or_default(),
+                );
+                let claim = SelectedClaim {
+                    uid: pvc.metadata.uid.clone()?,
+                    class: *class,
+                    bytes: requested.map_or(u64::MAX, claim_bytes),
+                    valid: requested.is_some_and(|b| claim_valid(pvc, parameters, b)),
+                    pod_on_node: used.get(&key).is_some_and(|nodes| nodes.contains(selected)),
+                };
+                Some((selected.clone(), claim))
+            })
+            .collect()
     }
 }
 
@@ -221,7 +282,7 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
 /// parameters, its size and its access modes.
 pub(crate) fn claim_valid(
     pvc: &PersistentVolumeClaim,
-    class_parameters: &std::collections::BTreeMap<String, String>,
+    class_parameters: &BTreeMap<String, String>,
     bytes: u64,
 ) -> bool {
     let params: std::collections::HashMap<String, String> = class_parameters
@@ -257,6 +318,15 @@ impl Cluster for KubeCluster {
         }
         // The cache may not have seen an object created moments ago (by another replica).
         self.api().get_opt(name).await.map_err(api_error)
+    }
+
+    async fn logical_volumes(&self) -> Result<Vec<LogicalVolume>, ClusterError> {
+        Ok(self
+            .volumes
+            .state()
+            .into_iter()
+            .map(|lv| lv.as_ref().clone())
+            .collect())
     }
 
     async fn logical_volumes_on(&self, node: &str) -> Result<Vec<LogicalVolume>, ClusterError> {
@@ -324,57 +394,21 @@ impl Cluster for KubeCluster {
     }
 
     async fn selected_claims(&self, node: &str) -> Result<Vec<SelectedClaim>, ClusterError> {
-        let strata_classes: Vec<(
-            String,
-            DeviceClass,
-            std::collections::BTreeMap<String, String>,
-        )> = self
-            .classes
-            .state()
-            .iter()
-            .filter(|sc| sc.provisioner == names::DRIVER_NAME)
-            .filter_map(|sc| {
-                let parameters = sc.parameters.clone().unwrap_or_default();
-                let class = parameters.get(names::PARAM_DEVICE_CLASS)?.parse().ok()?;
-                Some((sc.metadata.name.clone()?, class, parameters))
-            })
-            .collect();
-        if strata_classes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let used_here = self.claims_of_pods_on(node);
         Ok(self
-            .claims
-            .state()
-            .iter()
-            .filter_map(|pvc| {
-                let selected = pvc
-                    .metadata
-                    .annotations
-                    .as_ref()?
-                    .get(names::ANNOTATION_SELECTED_NODE)?;
-                let spec = pvc.spec.as_ref()?;
-                if selected != node || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
-                    return None;
-                }
-                let sc = spec.storage_class_name.as_deref()?;
-                let (_, class, parameters) = strata_classes.iter().find(|(n, _, _)| n == sc)?;
-                let request = spec.resources.as_ref()?.requests.as_ref()?.get("storage")?;
-                let requested = quantity_bytes(&request.0).ok();
-                let bytes = requested.map_or(u64::MAX, claim_bytes);
-                let key = (
-                    pvc.metadata.namespace.clone().unwrap_or_default(),
-                    pvc.metadata.name.clone().unwrap_or_default(),
-                );
-                Some(SelectedClaim {
-                    uid: pvc.metadata.uid.clone()?,
-                    class: *class,
-                    bytes,
-                    valid: requested.is_some_and(|b| claim_valid(pvc, parameters, b)),
-                    pod_on_node: used_here.contains(&key),
-                })
-            })
+            .selected(Some(node))
+            .into_iter()
+            .map(|(_, claim)| claim)
             .collect())
+    }
+
+    async fn selected_claims_by_node(
+        &self,
+    ) -> Result<HashMap<String, Vec<SelectedClaim>>, ClusterError> {
+        let mut by_node: HashMap<String, Vec<SelectedClaim>> = HashMap::new();
+        for (node, claim) in self.selected(None) {
+            by_node.entry(node).or_default().push(claim);
+        }
+        Ok(by_node)
     }
 
     async fn wait_logical_volume(

@@ -85,6 +85,21 @@ impl Cluster for MemoryCluster {
         Ok(self.volume(name))
     }
 
+    async fn logical_volumes(&self) -> Result<Vec<LogicalVolume>, ClusterError> {
+        Ok(self.state().volumes.values().cloned().collect())
+    }
+
+    async fn selected_claims_by_node(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<SelectedClaim>>, ClusterError> {
+        let mut by_node: std::collections::HashMap<String, Vec<SelectedClaim>> =
+            std::collections::HashMap::new();
+        for (node, claim) in &self.state().claims {
+            by_node.entry(node.clone()).or_default().push(claim.clone());
+        }
+        Ok(by_node)
+    }
+
     async fn logical_volumes_on(&self, node: &str) -> Result<Vec<LogicalVolume>, ClusterError> {
         Ok(self
             .state()

@@ -5,6 +5,7 @@ mod kube_cluster;
 #[cfg(test)]
 pub mod memory;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,6 +68,8 @@ pub type VolumeCondition = dyn Fn(Option<&LogicalVolume>) -> bool + Send + Sync;
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
     async fn logical_volume(&self, name: &str) -> Result<Option<LogicalVolume>, ClusterError>;
+    /// Every LogicalVolume (from a watched cache where there is one).
+    async fn logical_volumes(&self) -> Result<Vec<LogicalVolume>, ClusterError>;
     /// The LogicalVolumes of one node (from a watched cache where there is one).
     async fn logical_volumes_on(&self, node: &str) -> Result<Vec<LogicalVolume>, ClusterError>;
     /// Creates the object; `Ok(None)` when one with that name already exists.
@@ -85,6 +88,10 @@ pub trait Cluster: Send + Sync + 'static {
     async fn node_storage(&self, node: &str) -> Result<Option<NodeStorage>, ClusterError>;
     /// Unbound claims of Strata StorageClasses whose selected node is `node`.
     async fn selected_claims(&self, node: &str) -> Result<Vec<SelectedClaim>, ClusterError>;
+    /// [`Cluster::selected_claims`] of every node at once, by node.
+    async fn selected_claims_by_node(
+        &self,
+    ) -> Result<HashMap<String, Vec<SelectedClaim>>, ClusterError>;
     /// Waits until `done` holds for the named volume, at most `timeout`; returns the last state
     /// seen and whether `done` held.
     async fn wait_logical_volume(
