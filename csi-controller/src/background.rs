@@ -256,34 +256,7 @@ async fn apply(
             }
         }
         Action::DeleteClaim { volume, pvc, pv } => {
-            let claims: Api<PersistentVolumeClaim> =
-                Api::namespaced(client.clone(), &pvc.namespace);
-            let Some(claim) = claims.get_opt(&pvc.name).await? else {
-                return Ok(());
-            };
-            let uid = match housekeeping::claim_to_delete(&claim, pvc, pv) {
-                Ok(uid) => uid,
-                Err(why) => {
-                    warn!(%volume, "{why}");
-                    return Ok(());
-                }
-            };
-            info!(%volume, claim = %format!("{}/{}", pvc.namespace, pvc.name), %uid, "deleting the claim of a lost volume (--node-loss-policy=delete-pvc)");
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match claims.delete(&pvc.name, &params).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    warn!(%volume, error = %e, "the claim changed (uid precondition failed); left alone");
-                }
-                Err(e) => return Err(e),
-            }
+            delete_lost_claim(client, volume, pvc, pv).await?;
         }
         Action::ReleaseFinalizer { volume } => {
             info!(%volume, "node is gone: releasing the finalizer of a deleted LogicalVolume");
@@ -293,4 +266,53 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+/// What became of a claim [`delete_lost_claim`] was asked to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Deleted,
+    /// Already gone.
+    Gone,
+    /// Not the claim the lost volume was made for (another uid, or bound elsewhere), or it changed
+    /// between the read and the delete (uid precondition failed): left alone.
+    Refused(String),
+}
+
+/// Deletes the claim of a lost volume (policy `delete-pvc`): re-reads it, checks it with
+/// [`housekeeping::claim_to_delete`] and deletes with a uid precondition.
+pub async fn delete_lost_claim(
+    client: &Client,
+    volume: &str,
+    pvc: &csi_api::crd::PvcReference,
+    pv: &str,
+) -> Result<ClaimOutcome, kube::Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &pvc.namespace);
+    let Some(claim) = claims.get_opt(&pvc.name).await? else {
+        return Ok(ClaimOutcome::Gone);
+    };
+    let uid = match housekeeping::claim_to_delete(&claim, pvc, pv) {
+        Ok(uid) => uid,
+        Err(why) => {
+            warn!(%volume, "{why}");
+            return Ok(ClaimOutcome::Refused(why));
+        }
+    };
+    info!(%volume, claim = %format!("{}/{}", pvc.namespace, pvc.name), %uid, "deleting the claim of a lost volume (--node-loss-policy=delete-pvc)");
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match claims.delete(&pvc.name, &params).await {
+        Ok(_) => Ok(ClaimOutcome::Deleted),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(ClaimOutcome::Gone),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            warn!(%volume, error = %e, "the claim changed (uid precondition failed); left alone");
+            Ok(ClaimOutcome::Refused(e.message.clone()))
+        }
+        Err(e) => Err(e),
+    }
 }
