@@ -24,6 +24,9 @@ pub const FINALIZER: &str = "strata.io/lv";
 /// it; released only by the CO's DeleteVolume for that PV, or when no PV refers to the volume.
 /// The agent never wipes or removes an LV whose object still carries it.
 pub const FINALIZER_PV_PROTECTION: &str = "strata.io/pv-protection";
+/// LogicalVolume `status.reason` (agent) and Event reason (controller) while a deletion is held
+/// because a PersistentVolume still refers to the volume (the protection finalizer is on).
+pub const REASON_PV_PROTECTED: &str = "PvProtected";
 /// LogicalVolume `status.reason` while a deletion is held because the LV is open or mounted.
 pub const REASON_VOLUME_IN_USE: &str = "VolumeInUse";
 /// StorageClass parameter: the device class (required).

@@ -1,30 +1,44 @@
-//! The leader's background loop: every period, list LogicalVolumes, Strata PVs and Nodes, run the
-//! [`housekeeping`](crate::housekeeping) planner and apply its actions through kube, with Events
-//! that tell the operator what happened and what to do.
+//! The leader's background loop. Leadership comes from a `coordination.k8s.io` Lease kept by the
+//! `kube-lease-manager` crate (renewed well inside its duration); while this replica leads, every
+//! period it lists LogicalVolumes, Strata PVs, Nodes and NodeStorages, runs the
+//! [`housekeeping`](crate::housekeeping) planner and applies its actions through kube, with
+//! Events that tell the operator what happened and what to do. When leadership is lost, the pass
+//! in progress is dropped at once (cancellation), before its next API call.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use csi_api::crd::LogicalVolume;
+use csi_api::crd::{LogicalVolume, NodeStorage};
 use csi_api::names;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::housekeeping::{self, ANNOTATION_LOST, ANNOTATION_PV, Action, Policies, StrataPv};
-use crate::lease::Elector;
+use crate::cluster::release_finalizer;
+use crate::housekeeping::{
+    self, ANNOTATION_HELD, ANNOTATION_LOST, ANNOTATION_PV, Action, Policies, StrataPv,
+};
 use crate::metrics::Metrics;
 
-/// Runs until `shutdown`: leads or follows the Lease, and when leading, keeps the books.
+/// What the loop needs besides the client.
+pub struct Settings {
+    pub policies: Policies,
+    pub period: Duration,
+    /// `None`: staleness is not checked.
+    pub stale_after: Option<Duration>,
+}
+
+/// Runs until `shutdown`: waits for leadership (`leading` is the lease manager's channel) and,
+/// while leading, keeps the books every period.
 pub async fn run(
     client: Client,
-    elector: Elector,
-    policies: Policies,
-    period: Duration,
+    mut leading: watch::Receiver<bool>,
+    settings: Settings,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -35,26 +49,44 @@ pub async fn run(
             instance: None,
         },
     );
-    let mut leading = false;
+    let mut reported_stale = HashSet::new();
     loop {
-        match elector.try_lead().await {
-            Ok(now_leading) => {
-                if now_leading != leading {
-                    info!(leading = now_leading, "background work leadership changed");
+        if leading.has_changed().is_err() {
+            warn!("the lease manager stopped: no background work from this replica");
+            return;
+        }
+        // Follow until we lead.
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = leading.changed() => if changed.is_err() { return },
+            }
+        }
+        info!("leading: background work starts");
+        loop {
+            let lost = async {
+                loop {
+                    if leading.changed().await.is_err() || !*leading.borrow() {
+                        return;
+                    }
                 }
-                leading = now_leading;
+            };
+            let pass = async {
+                if let Err(e) =
+                    keep_books(&client, &recorder, &settings, &metrics, &mut reported_stale).await
+                {
+                    warn!(error = %e, "housekeeping pass failed; retrying next period");
+                }
+                tokio::time::sleep(settings.period).await;
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = lost => {
+                    warn!("leadership lost: background work stops");
+                    break;
+                }
+                _ = pass => {}
             }
-            Err(e) => {
-                warn!(error = %e, "cannot reach the Lease; standing by");
-                leading = false;
-            }
-        }
-        if leading && let Err(e) = keep_books(&client, &recorder, &policies, &metrics).await {
-            warn!(error = %e, "housekeeping pass failed; retrying next period");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
         }
     }
 }
@@ -62,8 +94,9 @@ pub async fn run(
 async fn keep_books(
     client: &Client,
     recorder: &Recorder,
-    policies: &Policies,
+    settings: &Settings,
     metrics: &Metrics,
+    reported_stale: &mut HashSet<String>,
 ) -> Result<(), kube::Error> {
     let volumes_api: Api<LogicalVolume> = Api::all(client.clone());
     let volumes = volumes_api.list(&ListParams::default()).await?.items;
@@ -87,12 +120,49 @@ async fn keep_books(
         .into_iter()
         .filter_map(|n| n.metadata.name)
         .collect();
-    let plan = housekeeping::plan(&volumes, &pvs, &nodes, Timestamp::now(), policies);
+    let now = Timestamp::now();
+    let plan = housekeeping::plan(&volumes, &pvs, &nodes, now, &settings.policies);
     metrics.orphans.set(plan.orphans as i64);
     metrics.lost.set(plan.lost as i64);
     for action in plan.actions {
         if let Err(e) = apply(client, recorder, &volumes, &action).await {
             warn!(?action, error = %e, "housekeeping action failed");
+        }
+    }
+    if let Some(limit) = settings.stale_after {
+        let storages = Api::<NodeStorage>::all(client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let stale = housekeeping::stale_nodes(&storages, now, limit);
+        metrics.stale_nodes.set(stale.len() as i64);
+        let names: HashSet<String> = stale.iter().map(|(n, _)| n.clone()).collect();
+        reported_stale.retain(|n| names.contains(n));
+        for (node, age) in stale {
+            if !reported_stale.insert(node.clone()) {
+                continue;
+            }
+            let Some(ns) = storages
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(node.as_str()))
+            else {
+                continue;
+            };
+            warn!(%node, age = age.as_secs(), "NodeStorage is stale");
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "Stale".into(),
+                note: Some(format!(
+                    "status.updatedAt is {}s old (limit {}s): new volumes are not placed on this node and its capacity is reported as 0. Check the csi-agent pod on node {node}",
+                    age.as_secs(),
+                    limit.as_secs()
+                )),
+                action: "Admission".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &ns.object_ref(&())).await {
+                warn!(%node, error = %e, "cannot record the Stale event");
+            }
         }
     }
     Ok(())
@@ -122,6 +192,9 @@ async fn apply(
         };
         async move { recorder.publish(&event, &reference).await }
     };
+    let cluster_error = |e: crate::cluster::ClusterError| {
+        kube::Error::Service(Box::new(std::io::Error::other(e.to_string())))
+    };
     match action {
         Action::AnnotateBound { volume, pv } => {
             api.patch(
@@ -142,7 +215,31 @@ async fn apply(
         }
         Action::DeleteOrphan { volume } => {
             info!(%volume, "deleting orphan LogicalVolume (--orphan-policy=delete)");
+            // No PV refers to it (the planner checked): the protection goes first.
+            release_finalizer(&api, volume, names::FINALIZER_PV_PROTECTION)
+                .await
+                .map_err(cluster_error)?;
             api.delete(volume, &DeleteParams::default()).await?;
+        }
+        Action::ReleaseProtection { volume } => {
+            info!(%volume, "no PersistentVolume refers to this deleted LogicalVolume: releasing its protection");
+            release_finalizer(&api, volume, names::FINALIZER_PV_PROTECTION)
+                .await
+                .map_err(cluster_error)?;
+        }
+        Action::WarnHeld { volume, pv } => {
+            if let Some(lv) = find(volume) {
+                let note = format!(
+                    "PersistentVolume {pv} still refers to this volume; delete the PVC instead (its reclaim policy then deletes the volume). Nothing is wiped while the PV exists"
+                );
+                event(lv, names::REASON_PV_PROTECTED, note, EventType::Warning).await?;
+            }
+            api.patch(
+                volume,
+                &PatchParams::default(),
+                &Patch::Merge(annotate(ANNOTATION_HELD, pv)),
+            )
+            .await?;
         }
         Action::MarkLost { volume, node } => {
             api.patch(
@@ -158,15 +255,8 @@ async fn apply(
                 event(lv, "NodeLost", note, EventType::Warning).await?;
             }
         }
-        Action::DeleteClaim { volume, pvc } => {
-            info!(%volume, claim = %format!("{}/{}", pvc.namespace, pvc.name), "deleting the claim of a lost volume (--node-loss-policy=delete-pvc)");
-            let claims: Api<PersistentVolumeClaim> =
-                Api::namespaced(client.clone(), &pvc.namespace);
-            match claims.delete(&pvc.name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+        Action::DeleteClaim { volume, pvc, pv } => {
+            delete_lost_claim(client, volume, pvc, pv).await?;
         }
         Action::ReleaseFinalizer { volume } => {
             info!(%volume, "node is gone: releasing the finalizer of a deleted LogicalVolume");
@@ -176,4 +266,53 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+/// What became of a claim [`delete_lost_claim`] was asked to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Deleted,
+    /// Already gone.
+    Gone,
+    /// Not the claim the lost volume was made for (another uid, or bound elsewhere), or it changed
+    /// between the read and the delete (uid precondition failed): left alone.
+    Refused(String),
+}
+
+/// Deletes the claim of a lost volume (policy `delete-pvc`): re-reads it, checks it with
+/// [`housekeeping::claim_to_delete`] and deletes with a uid precondition.
+pub async fn delete_lost_claim(
+    client: &Client,
+    volume: &str,
+    pvc: &csi_api::crd::PvcReference,
+    pv: &str,
+) -> Result<ClaimOutcome, kube::Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &pvc.namespace);
+    let Some(claim) = claims.get_opt(&pvc.name).await? else {
+        return Ok(ClaimOutcome::Gone);
+    };
+    let uid = match housekeeping::claim_to_delete(&claim, pvc, pv) {
+        Ok(uid) => uid,
+        Err(why) => {
+            warn!(%volume, "{why}");
+            return Ok(ClaimOutcome::Refused(why));
+        }
+    };
+    info!(%volume, claim = %format!("{}/{}", pvc.namespace, pvc.name), %uid, "deleting the claim of a lost volume (--node-loss-policy=delete-pvc)");
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match claims.delete(&pvc.name, &params).await {
+        Ok(_) => Ok(ClaimOutcome::Deleted),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(ClaimOutcome::Gone),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            warn!(%volume, error = %e, "the claim changed (uid precondition failed); left alone");
+            Ok(ClaimOutcome::Refused(e.message.clone()))
+        }
+        Err(e) => Err(e),
+    }
 }

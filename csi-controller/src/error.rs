@@ -22,6 +22,8 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("Kubernetes API: {0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -42,6 +44,13 @@ impl From<crate::cluster::ClusterError> for Error {
         use crate::cluster::ClusterError;
         match e {
             ClusterError::Conflict(m) => Error::Aborted(format!("concurrent update, retry: {m}")),
+            ClusterError::Forbidden(m) => Error::PermissionDenied(format!(
+                "the csi-controller's ServiceAccount is not allowed to do this (check its RBAC in deploy/): {m}"
+            )),
+            ClusterError::Invalid(m) => {
+                Error::Internal(format!("the Kubernetes API refused the object: {m}"))
+            }
+            ClusterError::NotFound(m) => Error::NotFound(m),
             ClusterError::Api(m) => Error::Unavailable(m),
         }
     }
@@ -59,6 +68,7 @@ impl Error {
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
@@ -68,5 +78,26 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterError;
+
+    #[test]
+    fn api_errors_keep_their_cause() {
+        let code = |e: ClusterError| Error::from(e).code();
+        assert_eq!(
+            code(ClusterError::Forbidden("x".into())),
+            Code::PermissionDenied
+        );
+        assert_eq!(code(ClusterError::Invalid("x".into())), Code::Internal);
+        assert_eq!(code(ClusterError::Conflict("x".into())), Code::Aborted);
+        assert_eq!(code(ClusterError::NotFound("x".into())), Code::NotFound);
+        assert_eq!(code(ClusterError::Api("x".into())), Code::Unavailable);
+        let message = Error::from(ClusterError::Invalid("metadata.name: Invalid value".into()));
+        assert!(message.to_string().contains("metadata.name: Invalid value"));
     }
 }

@@ -54,12 +54,16 @@ pub fn deadline<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// How long to wait for the agent when the caller sends no `grpc-timeout`: bounded, so that a
+/// call without a deadline still answers (DeadlineExceeded, retryable) instead of waiting forever.
+pub const NO_DEADLINE_WAIT: Duration = Duration::from_secs(60);
+
 /// How long to wait for the agent: a little less than the caller's deadline, so that the answer
-/// arrives before the caller gives up.
+/// arrives before the caller gives up; [`NO_DEADLINE_WAIT`] without one.
 fn wait_budget<T>(req: &Request<T>) -> Duration {
     match deadline(req) {
         Some(d) => d.saturating_sub(d / 10).max(Duration::from_millis(100)),
-        None => Duration::MAX,
+        None => NO_DEADLINE_WAIT,
     }
 }
 

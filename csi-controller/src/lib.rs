@@ -17,4 +17,5 @@ pub mod grpc;
 pub mod housekeeping;
 pub mod lease;
 pub mod metrics;
+pub mod object_name;
 pub mod service;

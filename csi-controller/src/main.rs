@@ -16,7 +16,6 @@ use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_toke
 use csi_controller::cluster::KubeCluster;
 use csi_controller::grpc::Grpc;
 use csi_controller::housekeeping::{NodeLossPolicy, OrphanPolicy, Policies};
-use csi_controller::lease::Elector;
 use csi_controller::metrics::Metrics;
 use csi_controller::service::{ControllerService, Settings};
 use tracing::info;
@@ -55,6 +54,11 @@ struct Cli {
     /// This replica's identity in the Lease (defaults to the host name, the pod name in a pod).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// A node whose NodeStorage `status.updatedAt` is older than this is stale: admission refuses
+    /// it, GetCapacity reports nothing for it, and housekeeping reports it (the agent refreshes
+    /// `updatedAt` at least every minute). `0s` disables the check.
+    #[arg(long, value_parser = parse_duration, default_value = "3m")]
+    stale_after: Duration,
     /// How often the leader checks bindings, orphans and lost nodes.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     housekeeping_period: Duration,
@@ -86,24 +90,28 @@ async fn main() -> Result<()> {
     let settings = Settings {
         default_placement: cli.default_placement,
         max_wait: Duration::from_secs(300),
+        stale_after: (!cli.stale_after.is_zero()).then_some(cli.stale_after),
     };
-    let service = Arc::new(ControllerService::new(
-        Arc::new(KubeCluster::new(client.clone())),
-        settings,
-    ));
+    let settings_stale_after = settings.stale_after;
+    let cluster = KubeCluster::start(client.clone(), shutdown.clone())
+        .await
+        .context(
+            "starting the watches of LogicalVolumes, NodeStorages, PVCs, StorageClasses and Pods",
+        )?;
+    let service = Arc::new(ControllerService::new(Arc::new(cluster), settings));
     let grpc = Grpc::new(service, metrics.clone());
 
     let identity = match cli.identity {
         Some(id) => id,
         None => host_name()?,
     };
-    let elector = Elector::new(
+    let election = csi_controller::lease::elect(
         client.clone(),
         &cli.lease_namespace,
         "strata-csi-controller",
         &identity,
-        Duration::from_secs(15),
-    );
+    )
+    .await?;
     let policies = Policies {
         orphan: cli.orphan_policy,
         orphan_grace: cli.orphan_grace,
@@ -111,9 +119,12 @@ async fn main() -> Result<()> {
     };
     let background = tokio::spawn(csi_controller::background::run(
         client.clone(),
-        elector,
-        policies,
-        cli.housekeeping_period,
+        election.leading,
+        csi_controller::background::Settings {
+            policies,
+            period: cli.housekeeping_period,
+            stale_after: settings_stale_after,
+        },
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -136,6 +147,12 @@ async fn main() -> Result<()> {
         .context("gRPC server")?;
     metrics_task.abort();
     background.await.ok();
+    // The background loop dropped the last receiver: the lease manager releases the lease.
+    match tokio::time::timeout(Duration::from_secs(5), election.task).await {
+        Ok(Ok(Ok(_))) => info!("lease released"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "lease not released; it expires on its own"),
+        _ => tracing::warn!("lease release did not finish; it expires on its own"),
+    }
     info!("stopped");
     Ok(())
 }

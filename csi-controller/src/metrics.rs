@@ -34,6 +34,8 @@ pub struct Metrics {
     pub orphans: Gauge,
     /// LogicalVolumes on nodes that no longer exist.
     pub lost: Gauge,
+    /// NodeStorages not refreshed within `--stale-after`.
+    pub stale_nodes: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,7 @@ impl Metrics {
         });
         let orphans = Gauge::default();
         let lost = Gauge::default();
+        let stale_nodes = Gauge::default();
         registry.register(
             "csi_operations",
             "CSI calls by RPC and gRPC code",
@@ -67,7 +70,13 @@ impl Metrics {
             "LogicalVolumes whose node was deleted",
             lost.clone(),
         );
+        registry.register(
+            "stale_node_storages",
+            "NodeStorages whose agent has not refreshed status.updatedAt within --stale-after",
+            stale_nodes.clone(),
+        );
         Metrics {
+            stale_nodes,
             registry: Arc::new(registry),
             operations,
             latency,

@@ -2,11 +2,13 @@
 //! name → compare (AlreadyExists on mismatch) → admit on the node (serialised per node) → create
 //! the LogicalVolume → wait for the node's agent to make it Ready within the call's deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::capacity::{ClassBytes, NodeCapacity, pending_from_volumes, volume_name_for_claim};
+use csi_api::capacity::{
+    ClassBytes, NodeCapacity, pending_from_volumes, selected_claim_counts, volume_name_for_claim,
+};
 use csi_api::crd::{
     LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, NodeStorage, PvcReference,
 };
@@ -17,9 +19,10 @@ use csi_api::request::{self, Access, VolumeParameters};
 use kube::api::ObjectMeta;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError, SelectedClaim};
 use crate::error::Error;
 use crate::gate::{NodeGate, VolumeGate};
+use crate::object_name::{ANNOTATION_CSI_NAME, object_name};
 
 /// `status.reason` the agent sets when the LV does not fit in the VG.
 pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
@@ -29,8 +32,11 @@ pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 pub struct Settings {
     /// Placement for classes whose StorageClass does not say.
     pub default_placement: Placement,
-    /// Longest wait for the agent when the caller sets no deadline.
+    /// Longest wait for the agent, whatever the caller's deadline.
     pub max_wait: Duration,
+    /// A NodeStorage whose `status.updatedAt` is older than this is stale: its node takes no new
+    /// volumes and reports no capacity. `None` disables the check.
+    pub stale_after: Option<Duration>,
 }
 
 /// See the module documentation.
@@ -43,7 +49,10 @@ pub struct ControllerService<C> {
 
 /// The fields of a request to create a volume, validated.
 struct CreateRequest {
+    /// The CSI name, as the CO sent it.
     name: String,
+    /// The LogicalVolume's name ([`object_name`] of `name`).
+    object: String,
     params: VolumeParameters,
     access: Access,
     size: u64,
@@ -79,71 +88,77 @@ impl<C: Cluster> ControllerService<C> {
             .map_err(Error::from)
     }
 
+    /// Why `storage` cannot be trusted now (its agent stopped publishing), if so.
+    fn stale(&self, storage: &NodeStorage) -> Option<String> {
+        let limit = self.settings.stale_after?;
+        let updated = storage.status.as_ref()?.updated_at.as_ref()?.0;
+        let age = k8s_openapi::jiff::Timestamp::now().duration_since(updated);
+        let age = Duration::try_from(age).unwrap_or_default();
+        (age > limit).then(|| {
+            format!(
+                "NodeStorage is stale (last published {}s ago, limit {}s): is the csi-agent running on this node?",
+                age.as_secs(),
+                limit.as_secs()
+            )
+        })
+    }
+
     pub async fn create_volume(
         &self,
         req: csi::CreateVolumeRequest,
         wait: Duration,
     ) -> Result<csi::Volume, Error> {
         let req = validate_create(req)?;
-        let _guard = self.enter(&req.name)?;
+        let _guard = self.enter(&req.object)?;
         let wait = wait.min(self.settings.max_wait);
 
-        if let Some(existing) = self.cluster.logical_volume(&req.name).await? {
+        if let Some(existing) = self.cluster.logical_volume(&req.object).await? {
             check_same_volume(&existing, &req)?;
             return self.await_ready(existing, wait, &req.access).await;
         }
-        let node = self.admit_and_create(&req).await?;
+        let lv = self.admit_and_create(&req).await?;
         csi_api::fault::point("controller.create.after-object");
-        info!(volume = %req.name, %node, size = req.size, class = %req.params.device_class, "LogicalVolume created");
-        let lv = self
-            .cluster
-            .logical_volume(&req.name)
-            .await?
-            .ok_or_else(|| {
-                Error::Aborted(format!(
-                    "LogicalVolume {} vanished after creation",
-                    req.name
-                ))
-            })?;
+        info!(volume = %req.name, object = %req.object, node = %lv.spec.node_name, size = req.size, class = %req.params.device_class, "LogicalVolume created");
         self.await_ready(lv, wait, &req.access).await
     }
 
     /// Picks the node (the first candidate that fits; with no candidates, the best by placement),
-    /// admits under that node's gate and creates the object. Returns the node.
-    async fn admit_and_create(&self, req: &CreateRequest) -> Result<String, Error> {
-        let storages = self.cluster.node_storages().await?;
+    /// admits under that node's gate and creates the object. Capacity and pending demand are read
+    /// only once the node's turn is held, so that no create admitted before ours is missed.
+    async fn admit_and_create(&self, req: &CreateRequest) -> Result<LogicalVolume, Error> {
         let demand = ClassBytes::from([(req.params.device_class, req.size)]);
         let candidates = if req.nodes.is_empty() {
-            self.rank_nodes(&storages, req).await?
+            self.rank_nodes(req).await?
         } else {
             req.nodes.clone()
         };
         let mut refusals = Vec::new();
         for node in candidates {
             let _turn = self.nodes.enter(&node).await;
-            let Some(storage) = storages
-                .iter()
-                .find(|ns| ns.metadata.name.as_deref() == Some(&node))
-            else {
+            let Some(storage) = self.cluster.node_storage(&node).await? else {
                 refusals.push(format!(
                     "{node}: no NodeStorage (is the csi-agent running there?)"
                 ));
                 continue;
             };
-            let capacity = self.node_capacity(storage, &node, &req.name).await?;
+            if let Some(stale) = self.stale(&storage) {
+                refusals.push(format!("{node}: {stale}"));
+                continue;
+            }
+            let capacity = self.node_capacity(&storage, &node, &req.object).await?;
             if let Err(shortfall) = capacity.check(&demand) {
                 refusals.push(format!("{node}: {shortfall}"));
                 continue;
             }
             let lv = new_volume(req, &node);
             csi_api::fault::point("controller.create.before-object");
-            if self.cluster.create_logical_volume(&lv).await?.is_none() {
+            let Some(created) = self.cluster.create_logical_volume(&lv).await? else {
                 return Err(Error::Aborted(format!(
                     "LogicalVolume {} was created concurrently; retry",
-                    req.name
+                    req.object
                 )));
-            }
-            return Ok(node);
+            };
+            return Ok(created);
         }
         if refusals.is_empty() {
             refusals.push("no node has a NodeStorage".into());
@@ -156,46 +171,58 @@ impl<C: Cluster> ControllerService<C> {
         )))
     }
 
-    /// Capacity of `node` for new volumes: reported allocatable minus volumes not yet made and
-    /// claims scheduled there without a volume (except the one being created).
+    /// Capacity of `node` for new volumes (see [`capacity_of`]).
     async fn node_capacity(
         &self,
         storage: &NodeStorage,
         node: &str,
         creating: &str,
     ) -> Result<NodeCapacity, ClusterError> {
-        let volumes = self.cluster.logical_volumes().await?;
-        let published = storage.status.as_ref().and_then(|s| s.capacity_sequence);
-        let mut pending = pending_from_volumes(&volumes, node, published);
-        for claim in self.cluster.selected_claims(node).await? {
-            let volume = volume_name_for_claim(&claim.uid);
-            if volume == creating
-                || volumes
-                    .iter()
-                    .any(|lv| lv.metadata.name.as_deref() == Some(volume.as_str()))
-            {
-                continue;
-            }
-            csi_api::capacity::add_class_bytes(&mut pending, claim.class, claim.bytes);
-        }
-        let status = storage.status.clone().unwrap_or_default();
-        Ok(NodeCapacity::from_status(&status).with_pending(&pending))
+        let volumes = self.cluster.logical_volumes_on(node).await?;
+        let claims = self.cluster.selected_claims(node).await?;
+        Ok(capacity_of(storage, node, &volumes, &claims, creating))
     }
 
-    /// All nodes ordered by the class's placement, best first (Immediate binding).
-    async fn rank_nodes(
+    /// The capacity of every non-stale node, from one read of the volumes and claims (not one
+    /// per node).
+    async fn all_capacities(
         &self,
         storages: &[NodeStorage],
-        req: &CreateRequest,
-    ) -> Result<Vec<String>, Error> {
+        creating: &str,
+    ) -> Result<Vec<(String, NodeCapacity)>, ClusterError> {
+        let mut volumes: HashMap<String, Vec<LogicalVolume>> = HashMap::new();
+        for lv in self.cluster.logical_volumes().await? {
+            volumes
+                .entry(lv.spec.node_name.clone())
+                .or_default()
+                .push(lv);
+        }
+        let claims = self.cluster.selected_claims_by_node().await?;
         let mut capacities = Vec::new();
         for storage in storages {
             let Some(node) = storage.metadata.name.clone() else {
                 continue;
             };
-            let cap = self.node_capacity(storage, &node, &req.name).await?;
+            if self.stale(storage).is_some() {
+                continue;
+            }
+            let cap = capacity_of(
+                storage,
+                &node,
+                volumes.get(&node).map_or(&[][..], Vec::as_slice),
+                claims.get(&node).map_or(&[][..], Vec::as_slice),
+                creating,
+            );
             capacities.push((node, cap));
         }
+        Ok(capacities)
+    }
+
+    /// All nodes ordered by the class's placement, best first (Immediate binding). A first guess
+    /// only: each candidate is admitted afresh under its node's lock.
+    async fn rank_nodes(&self, req: &CreateRequest) -> Result<Vec<String>, Error> {
+        let storages = self.cluster.node_storages().await?;
+        let mut capacities = self.all_capacities(&storages, &req.object).await?;
         let placement = req
             .params
             .placement
@@ -252,6 +279,8 @@ impl<C: Cluster> ControllerService<C> {
             _ => {
                 let message = status.message.unwrap_or_default();
                 warn!(volume = %name, node = %current.spec.node_name, reason = ?status.reason, %message, "agent failed the volume; deleting it");
+                // Never made: nothing to protect, nothing for a PV to refer to.
+                self.cluster.release_protection(&name).await?;
                 self.cluster.delete_logical_volume(&name).await?;
                 if status.reason.as_deref() == Some(REASON_INSUFFICIENT_SPACE) {
                     Err(Error::ResourceExhausted(format!(
@@ -268,13 +297,17 @@ impl<C: Cluster> ControllerService<C> {
         }
     }
 
+    /// The CO's DeleteVolume for the volume's PV: the one path that releases the
+    /// `strata.io/pv-protection` finalizer before deleting, so that the agent may wipe.
     pub async fn delete_volume(&self, req: csi::DeleteVolumeRequest) -> Result<(), Error> {
         request::check_id("volume_id", &req.volume_id)?;
-        let _guard = self.enter(&req.volume_id)?;
+        let object = object_name(&req.volume_id);
+        let _guard = self.enter(&object)?;
         csi_api::fault::point("controller.delete.before-delete");
-        self.cluster.delete_logical_volume(&req.volume_id).await?;
+        self.cluster.release_protection(&object).await?;
+        self.cluster.delete_logical_volume(&object).await?;
         csi_api::fault::point("controller.delete.after-delete");
-        info!(volume = %req.volume_id, "LogicalVolume deletion requested");
+        info!(volume = %req.volume_id, %object, "LogicalVolume deletion requested");
         Ok(())
     }
 
@@ -289,31 +322,36 @@ impl<C: Cluster> ControllerService<C> {
             Some(cap) => matches!(request::check_capability(cap)?, Access::Mount { .. }),
             None => true,
         };
-        let _guard = self.enter(&req.volume_id)?;
-        let lv = self
-            .cluster
-            .logical_volume(&req.volume_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
+        let wait = wait.min(self.settings.max_wait);
+        let object = object_name(&req.volume_id);
+        let _guard = self.enter(&object)?;
+        let lv =
+            self.cluster.logical_volume(&object).await?.ok_or_else(|| {
+                Error::NotFound(format!("volume {} does not exist", req.volume_id))
+            })?;
         let current = lv.spec.size_bytes;
         if new_size > current {
             let node = lv.spec.node_name.clone();
+            // The growth is admitted like a create: capacity and pending demand (including other
+            // volumes' growth) read under the node's turn.
             let _turn = self.nodes.enter(&node).await;
-            let storages = self.cluster.node_storages().await?;
-            let storage = storages
-                .iter()
-                .find(|ns| ns.metadata.name.as_deref() == Some(node.as_str()))
-                .ok_or_else(|| {
-                    Error::FailedPrecondition(format!("node {node} has no NodeStorage"))
-                })?;
-            let capacity = self.node_capacity(storage, &node, &req.volume_id).await?;
+            let storage = self.cluster.node_storage(&node).await?.ok_or_else(|| {
+                Error::FailedPrecondition(format!("node {node} has no NodeStorage"))
+            })?;
+            if let Some(stale) = self.stale(&storage) {
+                return Err(Error::ResourceExhausted(format!(
+                    "cannot grow {} on {node}: {stale}",
+                    req.volume_id
+                )));
+            }
+            let capacity = self.node_capacity(&storage, &node, &object).await?;
             let growth = ClassBytes::from([(lv.spec.device_class, new_size - current)]);
             capacity.check(&growth).map_err(|s| {
                 Error::ResourceExhausted(format!("cannot grow {} on {node}: {s}", req.volume_id))
             })?;
             csi_api::fault::point("controller.expand.before-resize");
             self.cluster
-                .resize_logical_volume(&req.volume_id, new_size)
+                .resize_logical_volume(&object, new_size)
                 .await?;
             csi_api::fault::point("controller.expand.after-resize");
         }
@@ -327,7 +365,7 @@ impl<C: Cluster> ControllerService<C> {
         };
         let (now, done) = self
             .cluster
-            .wait_logical_volume(&req.volume_id, &grown, wait)
+            .wait_logical_volume(&object, &grown, wait)
             .await?;
         let now =
             now.ok_or_else(|| Error::NotFound(format!("volume {} was deleted", req.volume_id)))?;
@@ -369,16 +407,20 @@ impl<C: Cluster> ControllerService<C> {
             .as_ref()
             .and_then(|t| t.segments.get(names::TOPOLOGY_KEY))
             .cloned();
-        let storages = self.cluster.node_storages().await?;
-        let (mut total, mut largest) = (0u64, 0u64);
-        for storage in &storages {
-            let Some(name) = storage.metadata.name.as_deref() else {
-                continue;
-            };
-            if node.as_deref().is_some_and(|n| n != name) {
-                continue;
+        let capacities = match node.as_deref() {
+            Some(n) => match self.cluster.node_storage(n).await? {
+                Some(storage) if self.stale(&storage).is_none() => {
+                    vec![(n.to_owned(), self.node_capacity(&storage, n, "").await?)]
+                }
+                _ => Vec::new(),
+            },
+            None => {
+                let storages = self.cluster.node_storages().await?;
+                self.all_capacities(&storages, "").await?
             }
-            let capacity = self.node_capacity(storage, name, "").await?;
+        };
+        let (mut total, mut largest) = (0u64, 0u64);
+        for (_, capacity) in &capacities {
             for (c, cap) in &capacity.classes {
                 if class.is_some_and(|want| want != *c) || !cap.healthy {
                     continue;
@@ -404,7 +446,8 @@ impl<C: Cluster> ControllerService<C> {
                 "volume_capabilities must not be empty".into(),
             ));
         }
-        if self.cluster.logical_volume(&req.volume_id).await?.is_none() {
+        let object = object_name(&req.volume_id);
+        if self.cluster.logical_volume(&object).await?.is_none() {
             return Err(Error::NotFound(format!(
                 "volume {} does not exist",
                 req.volume_id
@@ -430,6 +473,37 @@ impl<C: Cluster> ControllerService<C> {
     }
 }
 
+/// Capacity of `node` for new volumes: reported allocatable minus demand it does not reflect yet
+/// (volumes not made or not yet published, growth asked for, credible claims scheduled there
+/// without a volume, except `creating`'s own).
+fn capacity_of(
+    storage: &NodeStorage,
+    node: &str,
+    volumes: &[LogicalVolume],
+    claims: &[SelectedClaim],
+    creating: &str,
+) -> NodeCapacity {
+    let published = storage.status.as_ref().and_then(|s| s.capacity_sequence);
+    let mut pending = pending_from_volumes(volumes, node, published);
+    let status = storage.status.clone().unwrap_or_default();
+    for claim in claims {
+        let volume = volume_name_for_claim(&claim.uid);
+        if volume == creating
+            || volumes
+                .iter()
+                .any(|lv| lv.metadata.name.as_deref() == Some(volume.as_str()))
+        {
+            continue;
+        }
+        let class_total = status.class(claim.class).map(|c| c.total_bytes);
+        if !selected_claim_counts(claim.valid, claim.pod_on_node, claim.bytes, class_total) {
+            continue;
+        }
+        csi_api::capacity::add_class_bytes(&mut pending, claim.class, claim.bytes);
+    }
+    NodeCapacity::from_status(&status).with_pending(&pending)
+}
+
 fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -450,6 +524,7 @@ fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error
         .unwrap_or((0, 0));
     let nodes = request::candidate_nodes(req.accessibility_requirements.as_ref());
     Ok(CreateRequest {
+        object: object_name(&req.name),
         name: req.name,
         params,
         access,
@@ -464,6 +539,18 @@ fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error
 fn check_same_volume(existing: &LogicalVolume, req: &CreateRequest) -> Result<(), Error> {
     let spec = &existing.spec;
     let mut differences = Vec::new();
+    let recorded = existing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CSI_NAME));
+    if recorded.is_some_and(|n| *n != req.name) {
+        differences.push(format!(
+            "object {} belongs to CSI name {:?}",
+            req.object,
+            recorded.map(String::as_str).unwrap_or_default()
+        ));
+    }
     if spec.device_class != req.params.device_class {
         differences.push(format!(
             "device class {} ≠ {}",
@@ -511,9 +598,19 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
     };
     LogicalVolume {
         metadata: ObjectMeta {
-            name: Some(req.name.clone()),
+            name: Some(req.object.clone()),
             labels: Some(labels),
-            finalizers: Some(vec![names::FINALIZER.to_owned()]),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_CSI_NAME.to_owned(),
+                req.name.clone(),
+            )])),
+            // `strata.io/lv`: the agent removes it once the LV is gone; `strata.io/pv-protection`:
+            // only DeleteVolume (or housekeeping, once no PV refers to the volume) removes it,
+            // and the agent never wipes while it is present.
+            finalizers: Some(vec![
+                names::FINALIZER.to_owned(),
+                names::FINALIZER_PV_PROTECTION.to_owned(),
+            ]),
             ..Default::default()
         },
         spec: LogicalVolumeSpec {

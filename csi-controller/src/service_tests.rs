@@ -59,6 +59,7 @@ fn service(cluster: &MemoryCluster) -> ControllerService<MemoryCluster> {
         Settings {
             default_placement: Placement::Binpack,
             max_wait: Duration::from_secs(30),
+            stale_after: None,
         },
     )
 }
@@ -108,7 +109,16 @@ async fn creates_on_the_selected_node_and_repeats_are_idempotent() {
     assert_eq!(lv.spec.node_name, "a");
     assert_eq!(
         lv.metadata.finalizers.as_deref(),
-        Some(&["strata.io/lv".to_string()][..])
+        Some(
+            &[
+                "strata.io/lv".to_string(),
+                "strata.io/pv-protection".to_string()
+            ][..]
+        )
+    );
+    assert_eq!(
+        lv.metadata.annotations.as_ref().unwrap()["strata.io/csi-name"],
+        "pvc-1"
     );
     assert_eq!(lv.metadata.labels.as_ref().unwrap()["strata.io/node"], "a");
 
@@ -197,6 +207,8 @@ async fn claims_scheduled_on_the_node_count_as_pending() {
             uid: "other".into(),
             class: DeviceClass::Nvme,
             bytes: 8 * GIB,
+            valid: true,
+            pod_on_node: true,
         },
     );
     cluster.add_claim(
@@ -205,6 +217,8 @@ async fn claims_scheduled_on_the_node_count_as_pending() {
             uid: "self".into(),
             class: DeviceClass::Nvme,
             bytes: 2 * GIB,
+            valid: true,
+            pod_on_node: true,
         },
     );
     let svc = service(&cluster);
@@ -432,4 +446,289 @@ async fn capacity_is_reported_per_node_and_class() {
         .unwrap();
     assert_eq!(all.available_capacity, 14 * GIB as i64);
     assert_eq!(all.maximum_volume_size, Some(10 * GIB as i64));
+}
+
+fn service_with(
+    cluster: &MemoryCluster,
+    max_wait: Duration,
+    stale_after: Option<Duration>,
+) -> ControllerService<MemoryCluster> {
+    ControllerService::new(
+        Arc::new(cluster.clone()),
+        Settings {
+            default_placement: Placement::Binpack,
+            max_wait,
+            stale_after,
+        },
+    )
+}
+
+fn expand_req(id: &str, bytes: u64) -> csi::ControllerExpandVolumeRequest {
+    csi::ControllerExpandVolumeRequest {
+        volume_id: id.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes as i64,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn calls_without_a_deadline_wait_a_bounded_time_and_never_panic() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service_with(&cluster, Duration::from_millis(200), None);
+    svc.create_volume(create("pvc-1", "nvme", GIB, Some("a")), Duration::MAX)
+        .await
+        .unwrap();
+    // From now on the agent never grows anything: the wait must end at the cap.
+    cluster.set_agent(|_| {});
+    let started = std::time::Instant::now();
+    let err = svc
+        .expand_volume(expand_req("pvc-1", 2 * GIB), Duration::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DeadlineExceeded(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The cluster seam itself caps an unbounded wait too.
+    use crate::cluster::Cluster;
+    let (_, done) = tokio::time::timeout(
+        Duration::from_secs(1),
+        cluster.wait_logical_volume("pvc-1", &|_| true, Duration::MAX),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(done);
+}
+
+#[tokio::test]
+async fn names_a_kubernetes_object_cannot_carry_are_mapped_everywhere() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    let name = "Volume_ONE";
+    let vol = svc
+        .create_volume(create(name, "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    let object = crate::object_name::object_name(name);
+    assert_eq!(vol.volume_id, object);
+    let lv = cluster
+        .volume(&object)
+        .expect("object under the mapped name");
+    assert_eq!(
+        lv.metadata.annotations.as_ref().unwrap()["strata.io/csi-name"],
+        name
+    );
+    // Idempotent by the CSI name; a name differing only in case is another volume.
+    let again = svc
+        .create_volume(create(name, "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(again, vol);
+    let other = svc
+        .create_volume(create("volume_one", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_ne!(other.volume_id, vol.volume_id);
+    assert_eq!(cluster.volume_count(), 2);
+    // Expand, validate and delete find it by the id handed out and by the original name.
+    let grown = svc
+        .expand_volume(expand_req(name, 2 * GIB), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(grown.capacity_bytes, 2 * GIB as i64);
+    let validated = svc
+        .validate_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_capabilities: create(name, "nvme", GIB, None).volume_capabilities,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(validated.confirmed.is_some());
+    svc.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(cluster.volume(&object).is_none());
+    assert_eq!(cluster.volume_count(), 1);
+}
+
+#[tokio::test]
+async fn delete_volume_releases_the_protection_then_deletes() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    svc.create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    // Deleting the object any other way leaves it held by the protection finalizer.
+    use crate::cluster::Cluster;
+    cluster.delete_logical_volume("pvc-1").await.unwrap();
+    let held = cluster
+        .volume("pvc-1")
+        .expect("held by strata.io/pv-protection");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    // DeleteVolume releases it: the object goes (the agent's own finalizer is not modelled).
+    let delete = || csi::DeleteVolumeRequest {
+        volume_id: "pvc-1".into(),
+        ..Default::default()
+    };
+    svc.delete_volume(delete()).await.unwrap();
+    assert!(cluster.volume("pvc-1").is_none());
+    svc.delete_volume(delete()).await.expect("idempotent");
+}
+
+fn with_updated_at(mut ns: NodeStorage, age: Duration) -> NodeStorage {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let at = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(age).unwrap())
+        .unwrap();
+    ns.status.as_mut().unwrap().updated_at = Some(Time(at));
+    ns
+}
+
+#[tokio::test]
+async fn a_stale_node_takes_nothing_and_reports_no_capacity() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(with_updated_at(
+        node("dead", DeviceClass::Nvme, 50 * GIB, true),
+        Duration::from_secs(600),
+    ));
+    cluster.add_node(with_updated_at(
+        node("live", DeviceClass::Nvme, 10 * GIB, true),
+        Duration::from_secs(30),
+    ));
+    ready_agent(&cluster);
+    let svc = service_with(&cluster, WAIT, Some(Duration::from_secs(180)));
+    let err = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("dead")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ResourceExhausted(m) if m.contains("stale")),
+        "{err:?}"
+    );
+    assert_eq!(cluster.volume_count(), 0);
+    let all = svc
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.available_capacity, 10 * GIB as i64);
+    // Immediate binding never picks the stale node, even though it has the most room.
+    let vol = svc
+        .create_volume(create("pvc-2", "nvme", GIB, None), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(vol.accessible_topology[0].segments[TOPOLOGY_KEY], "live");
+}
+
+#[tokio::test]
+async fn only_credible_selected_node_claims_count() {
+    let claim = |uid: &str, bytes: u64, valid: bool, pod_on_node: bool| SelectedClaim {
+        uid: uid.into(),
+        class: DeviceClass::Nvme,
+        bytes,
+        valid,
+        pod_on_node,
+    };
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    // A claim nobody's pod uses, an invalid one, and one bigger than the whole class: none of
+    // them may block the node.
+    cluster.add_claim("a", claim("no-pod", 9 * GIB, true, false));
+    cluster.add_claim("a", claim("invalid", 9 * GIB, false, true));
+    cluster.add_claim("a", claim("absurd", 1 << 60, true, true));
+    let svc = service(&cluster);
+    svc.create_volume(create("pvc-x", "nvme", 8 * GIB, Some("a")), WAIT)
+        .await
+        .expect("bogus claims do not block the node");
+    // A credible one does (the fake NodeStorage still reports 10 GiB free).
+    cluster.add_claim("a", claim("real", 3 * GIB, true, true));
+    let err = svc
+        .create_volume(create("pvc-y", "nvme", 8 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+}
+
+fn ready_volume(
+    name: &str,
+    node: &str,
+    spec: u64,
+    current: u64,
+    sequence: Option<u64>,
+) -> LogicalVolume {
+    let mut lv = LogicalVolume::new(
+        name,
+        csi_api::crd::LogicalVolumeSpec {
+            node_name: node.into(),
+            device_class: DeviceClass::Nvme,
+            size_bytes: spec,
+            pvc: None,
+            source: None,
+            wipe: None,
+        },
+    );
+    lv.status = Some(LogicalVolumeStatus {
+        phase: Some(LogicalVolumePhase::Ready),
+        current_size_bytes: Some(current),
+        capacity_sequence: sequence,
+        ..Default::default()
+    });
+    lv
+}
+
+#[tokio::test]
+async fn a_ready_volume_counts_until_its_node_republishes() {
+    let cluster = MemoryCluster::default();
+    let mut ns = node("a", DeviceClass::Nvme, 10 * GIB, true);
+    ns.status.as_mut().unwrap().capacity_sequence = Some(4);
+    cluster.add_node(ns);
+    // Ready at sequence 5: NodeStorage (published at 4) does not reflect its 6 GiB yet.
+    cluster.insert_volume(ready_volume("pvc-early", "a", 6 * GIB, 6 * GIB, Some(5)));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    let err = svc
+        .create_volume(create("pvc-late", "nvme", 6 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    svc.create_volume(create("pvc-small", "nvme", 4 * GIB, Some("a")), WAIT)
+        .await
+        .expect("4 GiB still fit");
+}
+
+#[tokio::test]
+async fn growth_not_yet_made_counts_against_the_node() {
+    let cluster = MemoryCluster::default();
+    let mut ns = node("a", DeviceClass::Nvme, 10 * GIB, true);
+    ns.status.as_mut().unwrap().capacity_sequence = Some(9);
+    cluster.add_node(ns);
+    // Reflected at 1 GiB, asked to grow to 7 GiB: 6 GiB are promised.
+    cluster.insert_volume(ready_volume("pvc-grow", "a", 7 * GIB, GIB, Some(3)));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    let err = svc
+        .expand_volume(expand_req("pvc-grow", 12 * GIB), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    let err = svc
+        .create_volume(create("pvc-new", "nvme", 5 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    svc.create_volume(create("pvc-fits", "nvme", 4 * GIB, Some("a")), WAIT)
+        .await
+        .expect("10 - 6 = 4 GiB fit");
 }

@@ -275,7 +275,10 @@ pub async fn volume_lifecycle(c: &Cluster, before: &NodeStorageStatus) {
     let lv = c.volume(&name).await.expect("LogicalVolume");
     assert_eq!(lv.labels()[names::LABEL_NODE], NODE);
     assert_eq!(lv.labels()[names::LABEL_DEVICE_CLASS], "ssd");
-    assert_eq!(lv.finalizers(), [names::FINALIZER]);
+    assert_eq!(
+        lv.finalizers(),
+        [names::FINALIZER, names::FINALIZER_PV_PROTECTION]
+    );
     let pvc_ref = lv.spec.pvc.clone().expect("PVC reference");
     assert_eq!(
         (pvc_ref.namespace.as_str(), pvc_ref.name.as_str()),

@@ -39,7 +39,7 @@ pub const REASON_LVM_ERROR: &str = "LvmError";
 /// `status.reason` when the LV could not be wiped before removal (it is kept, and retried).
 pub const REASON_WIPE_FAILED: &str = "WipeFailed";
 /// `status.reason` of a deleted LogicalVolume whose PersistentVolume still exists.
-pub const REASON_PV_PROTECTED: &str = "PvProtected";
+pub const REASON_PV_PROTECTED: &str = names::REASON_PV_PROTECTED;
 /// Backoff of a deletion held because the LV is in use: first and longest delay.
 const IN_USE_FIRST_RETRY: Duration = Duration::from_secs(5);
 const IN_USE_MAX_RETRY: Duration = Duration::from_secs(300);

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use csi_api::crd::{LogicalVolume, NodeStorage};
+use csi_api::names;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use tokio::sync::Notify;
 
 use super::{Cluster, ClusterError, SelectedClaim, VolumeCondition};
@@ -86,11 +89,37 @@ impl Cluster for MemoryCluster {
         Ok(self.state().volumes.values().cloned().collect())
     }
 
+    async fn selected_claims_by_node(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<SelectedClaim>>, ClusterError> {
+        let mut by_node: std::collections::HashMap<String, Vec<SelectedClaim>> =
+            std::collections::HashMap::new();
+        for (node, claim) in &self.state().claims {
+            by_node.entry(node.clone()).or_default().push(claim.clone());
+        }
+        Ok(by_node)
+    }
+
+    async fn logical_volumes_on(&self, node: &str) -> Result<Vec<LogicalVolume>, ClusterError> {
+        Ok(self
+            .state()
+            .volumes
+            .values()
+            .filter(|lv| lv.spec.node_name == node)
+            .cloned()
+            .collect())
+    }
+
     async fn create_logical_volume(
         &self,
         lv: &LogicalVolume,
     ) -> Result<Option<LogicalVolume>, ClusterError> {
         let name = lv.metadata.name.clone().unwrap_or_default();
+        if !crate::object_name::is_dns1123_subdomain(&name) {
+            return Err(ClusterError::Invalid(format!(
+                "LogicalVolume {name:?} is invalid: metadata.name: must be a lowercase RFC 1123 subdomain"
+            )));
+        }
         {
             let mut state = self.state();
             if state.volumes.contains_key(&name) {
@@ -103,8 +132,38 @@ impl Cluster for MemoryCluster {
         Ok(Some(lv.clone()))
     }
 
+    async fn release_protection(&self, name: &str) -> Result<(), ClusterError> {
+        if let Some(lv) = self.state().volumes.get_mut(name)
+            && let Some(finalizers) = lv.metadata.finalizers.as_mut()
+        {
+            finalizers.retain(|f| f != names::FINALIZER_PV_PROTECTION);
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Like the API server: an object held by the protection finalizer is only marked deleted
+    /// (the `strata.io/lv` finalizer is the agent's business, played by the tests).
     async fn delete_logical_volume(&self, name: &str) -> Result<(), ClusterError> {
-        self.state().volumes.remove(name);
+        {
+            let mut state = self.state();
+            let held = state.volumes.get(name).is_some_and(|lv| {
+                lv.metadata
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == names::FINALIZER_PV_PROTECTION)
+            });
+            if held {
+                if let Some(lv) = state.volumes.get_mut(name) {
+                    lv.metadata
+                        .deletion_timestamp
+                        .get_or_insert(Time(Timestamp::now()));
+                }
+            } else {
+                state.volumes.remove(name);
+            }
+        }
         self.changed.notify_waiters();
         Ok(())
     }
@@ -112,7 +171,7 @@ impl Cluster for MemoryCluster {
     async fn resize_logical_volume(&self, name: &str, size_bytes: u64) -> Result<(), ClusterError> {
         match self.state().volumes.get_mut(name) {
             Some(lv) => lv.spec.size_bytes = size_bytes,
-            None => return Err(ClusterError::Api(format!("{name} not found"))),
+            None => return Err(ClusterError::NotFound(format!("{name} not found"))),
         }
         self.changed.notify_waiters();
         self.run_agent(name);
@@ -121,6 +180,15 @@ impl Cluster for MemoryCluster {
 
     async fn node_storages(&self) -> Result<Vec<NodeStorage>, ClusterError> {
         Ok(self.state().nodes.clone())
+    }
+
+    async fn node_storage(&self, node: &str) -> Result<Option<NodeStorage>, ClusterError> {
+        Ok(self
+            .state()
+            .nodes
+            .iter()
+            .find(|ns| ns.metadata.name.as_deref() == Some(node))
+            .cloned())
     }
 
     async fn selected_claims(&self, node: &str) -> Result<Vec<SelectedClaim>, ClusterError> {
@@ -139,7 +207,7 @@ impl Cluster for MemoryCluster {
         done: &VolumeCondition,
         timeout: Duration,
     ) -> Result<(Option<LogicalVolume>, bool), ClusterError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = super::deadline_after(timeout);
         loop {
             let notified = self.changed.notified();
             let current = self.volume(name);
