@@ -1,5 +1,5 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -7,7 +7,18 @@ use crate::names::DeviceClass;
 
 /// One CSI volume (name = CSI volume name, e.g. `pvc-<uid>`). The controller writes `spec`, the
 /// agent of `spec.nodeName` makes the LV and writes `status`.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// `spec` is immutable once created except `sizeBytes`, which may only grow (expansion). The API
+/// server enforces this with the CEL rules below (transition rules: they run on update only), so a
+/// client holding `patch` on LogicalVolumes (a compromised node) cannot move a volume to another
+/// node or class, retarget its claim or turn off its wipe.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.nodeName == oldSelf.nodeName").message("spec.nodeName is immutable"))]
+#[x_kube(validation = Rule::new("self.deviceClass == oldSelf.deviceClass").message("spec.deviceClass is immutable"))]
+#[x_kube(validation = Rule::new("self.sizeBytes >= oldSelf.sizeBytes").message("spec.sizeBytes may only grow"))]
+#[x_kube(validation = Rule::new("has(self.pvc) == has(oldSelf.pvc) && (!has(self.pvc) || self.pvc == oldSelf.pvc)").message("spec.pvc is immutable"))]
+#[x_kube(validation = Rule::new("has(self.source) == has(oldSelf.source) && (!has(self.source) || self.source == oldSelf.source)").message("spec.source is immutable"))]
+#[x_kube(validation = Rule::new("has(self.wipe) == has(oldSelf.wipe) && (!has(self.wipe) || self.wipe == oldSelf.wipe)").message("spec.wipe is immutable"))]
 #[kube(
     group = "strata.io",
     version = "v1alpha1",
