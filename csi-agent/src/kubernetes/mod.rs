@@ -35,6 +35,10 @@ pub struct Context<R: LvmRunner> {
     pub changed: Arc<Notify>,
     /// Wipes LVs before their removal.
     pub wiper: crate::wiper::Wiper<R>,
+    /// The claim mode written into the NodeStorage this agent creates for its node.
+    pub new_node_claim_mode: csi_api::crd::ClaimMode,
+    /// Longest time between two NodeStorage status writes, changed or not (`status.updatedAt`).
+    pub heartbeat: Duration,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -63,6 +67,11 @@ pub struct KubernetesConfig {
     /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
     pub fstrim_interval: Option<Duration>,
     pub metrics: Option<crate::metrics::Metrics>,
+    /// The claim mode of a NodeStorage the agent creates (`Manual` by default: a node claims no
+    /// disk until an administrator opts it in).
+    pub new_node_claim_mode: csi_api::crd::ClaimMode,
+    /// Longest time between two NodeStorage status writes, changed or not.
+    pub heartbeat: Duration,
 }
 
 /// Why Kubernetes mode stopped.
@@ -111,6 +120,8 @@ pub async fn serve(
         roots: config.roots.clone(),
         changed: Arc::new(Notify::new()),
         wiper: wiper.clone(),
+        new_node_claim_mode: config.new_node_claim_mode,
+        heartbeat: config.heartbeat,
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
     let resumed_changed = ctx.changed.clone();

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{ClassHealth, Condition, DiskState, NodeStorage, NodeStorageStatus};
+use csi_api::crd::{ClaimMode, ClassHealth, Condition, DiskState, NodeStorage, NodeStorageStatus};
 use csi_api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -29,7 +29,10 @@ pub async fn run<R: LvmRunner>(
     shutdown: CancellationToken,
 ) {
     let api: Api<NodeStorage> = Api::all(ctx.client.clone());
-    let mut last: Option<NodeStorageStatus> = None;
+    let mut last: Option<Written> = None;
+    // A pass at least every heartbeat: an unchanged status is written again once it is that old,
+    // so that `status.updatedAt` shows the agent is alive.
+    let resync = resync.min(ctx.heartbeat);
     let mut devices = block_devices(&ctx);
     let mut next_resync = tokio::time::Instant::now();
     loop {
@@ -73,19 +76,14 @@ enum PassError {
 async fn pass<R: LvmRunner>(
     ctx: &Context<R>,
     api: &Api<NodeStorage>,
-    last: &mut Option<NodeStorageStatus>,
+    last: &mut Option<Written>,
     shutdown: &CancellationToken,
 ) -> Result<(), PassError> {
     let object = match api.get_opt(&ctx.node).await? {
         Some(o) => o,
         None => {
-            info!(node = %ctx.node, "creating NodeStorage with the default policy");
-            let body = serde_json::json!({
-                "apiVersion": "strata.io/v1alpha1",
-                "kind": "NodeStorage",
-                "metadata": { "name": ctx.node },
-                "spec": {},
-            });
+            info!(node = %ctx.node, claim_mode = ?ctx.new_node_claim_mode, "creating NodeStorage");
+            let body = new_node_storage(&ctx.node, ctx.new_node_claim_mode);
             let params = PatchParams::apply(names::FIELD_MANAGER_AGENT);
             api.patch(&ctx.node, &params, &Patch::Apply(&body)).await?
         }
@@ -118,7 +116,10 @@ async fn pass<R: LvmRunner>(
         observed_generation: object.metadata.generation,
         ..status
     };
-    if last.as_ref().is_some_and(|l| same_but_time(l, &status)) {
+    if last
+        .as_ref()
+        .is_some_and(|l| !heartbeat_due(l, ctx.heartbeat) && same_but_time(&l.status, &status))
+    {
         return Ok(());
     }
     // Shutdown cancels the LVM calls of a pass in flight: its "LVM is unavailable" status would
@@ -134,8 +135,34 @@ async fn pass<R: LvmRunner>(
     let params = PatchParams::apply(names::FIELD_MANAGER_AGENT).force();
     api.patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await?;
-    *last = Some(status);
+    *last = Some(Written {
+        status,
+        at: tokio::time::Instant::now(),
+    });
     Ok(())
+}
+
+/// The status last written, and when.
+struct Written {
+    status: NodeStorageStatus,
+    at: tokio::time::Instant,
+}
+
+/// Whether the last write is old enough that an unchanged status must be written again.
+fn heartbeat_due(last: &Written, heartbeat: Duration) -> bool {
+    last.at.elapsed() >= heartbeat
+}
+
+/// The NodeStorage an agent creates for its node when there is none: `claimMode` from
+/// `--new-node-claim-mode` (`manual` by default, so that a fresh install claims no disk on a
+/// node nobody opted in; an administrator switches it to `auto` or lists `include` slots).
+fn new_node_storage(node: &str, mode: ClaimMode) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "strata.io/v1alpha1",
+        "kind": "NodeStorage",
+        "metadata": { "name": node },
+        "spec": { "claimMode": mode },
+    })
 }
 
 fn same_but_time(a: &NodeStorageStatus, b: &NodeStorageStatus) -> bool {
@@ -240,6 +267,45 @@ mod tests {
                 ClassHealth::Healthy
             },
         }
+    }
+
+    #[test]
+    fn a_created_node_storage_carries_the_configured_claim_mode() {
+        let manual = new_node_storage("node-a", ClaimMode::Manual);
+        assert_eq!(manual["metadata"]["name"], "node-a");
+        assert_eq!(manual["spec"]["claimMode"], "manual");
+        // what the API server stores, read back, is a policy that claims nothing
+        let object: NodeStorage = serde_json::from_value(manual).unwrap();
+        let policy = Policy::new(&object.spec).unwrap();
+        assert!(matches!(
+            policy.admits("pci-0000:00:04.0-nvme-1"),
+            claim::Admission::Denied(_)
+        ));
+        let auto = new_node_storage("node-a", ClaimMode::Auto);
+        let object: NodeStorage = serde_json::from_value(auto).unwrap();
+        assert_eq!(object.spec.claim_mode, ClaimMode::Auto);
+        assert_eq!(
+            Policy::new(&object.spec)
+                .unwrap()
+                .admits("pci-0000:00:04.0-nvme-1"),
+            claim::Admission::Allowed
+        );
+    }
+
+    #[test]
+    fn an_unchanged_status_is_rewritten_once_the_heartbeat_is_due() {
+        let status = build_status(vec![], vec![class(0)]);
+        let fresh = Written {
+            status: status.clone(),
+            at: tokio::time::Instant::now(),
+        };
+        assert!(!heartbeat_due(&fresh, Duration::from_secs(30)));
+        let old = Written {
+            status,
+            at: tokio::time::Instant::now() - Duration::from_secs(31),
+        };
+        assert!(heartbeat_due(&old, Duration::from_secs(30)));
+        assert!(heartbeat_due(&fresh, Duration::ZERO));
     }
 
     #[test]
