@@ -39,6 +39,8 @@ pub struct Context<R: LvmRunner> {
     pub new_node_claim_mode: csi_api::crd::ClaimMode,
     /// Longest time between two NodeStorage status writes, changed or not (`status.updatedAt`).
     pub heartbeat: Duration,
+    /// Node gauges and claim counters, when metrics are on.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -122,6 +124,7 @@ pub async fn serve(
         wiper: wiper.clone(),
         new_node_claim_mode: config.new_node_claim_mode,
         heartbeat: config.heartbeat,
+        metrics: config.metrics.clone(),
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
     let resumed_changed = ctx.changed.clone();

@@ -12,13 +12,14 @@ use csi_api::crd::{ClaimMode, ClassHealth, Condition, DiskState, NodeStorage, No
 use csi_api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::claim::{self, Policy};
+use crate::claim::{self, ActionKind, Outcome, Policy};
 use crate::discovery::{BlkidProbe, Usage};
 use crate::lvm::LvmRunner;
 
@@ -33,6 +34,13 @@ pub async fn run<R: LvmRunner>(
     // A pass at least every heartbeat: an unchanged status is written again once it is that old,
     // so that `status.updatedAt` shows the agent is alive.
     let resync = resync.min(ctx.heartbeat);
+    let recorder = Recorder::new(
+        ctx.client.clone(),
+        Reporter {
+            controller: names::FIELD_MANAGER_AGENT.into(),
+            instance: Some(ctx.node.clone()),
+        },
+    );
     let mut devices = block_devices(&ctx);
     let mut next_resync = tokio::time::Instant::now();
     loop {
@@ -41,7 +49,7 @@ pub async fn run<R: LvmRunner>(
         if now >= next_resync || seen != devices {
             devices = seen;
             next_resync = now + resync;
-            match pass(&ctx, &api, &mut last, &shutdown).await {
+            match pass(&ctx, &api, &recorder, &mut last, &shutdown).await {
                 Ok(()) => {}
                 Err(e) => warn!(error = %e, "NodeStorage pass failed; retrying"),
             }
@@ -76,6 +84,7 @@ enum PassError {
 async fn pass<R: LvmRunner>(
     ctx: &Context<R>,
     api: &Api<NodeStorage>,
+    recorder: &Recorder,
     last: &mut Option<Written>,
     shutdown: &CancellationToken,
 ) -> Result<(), PassError> {
@@ -105,6 +114,19 @@ async fn pass<R: LvmRunner>(
                 Ok((survey, outcomes)) => {
                     for outcome in &outcomes {
                         info!(?outcome, "claim action");
+                        if let Some(m) = &ctx.metrics {
+                            m.claim_action(action_name(&outcome.kind), outcome.result.is_ok());
+                        }
+                        let vg = survey
+                            .plan
+                            .disks
+                            .iter()
+                            .find(|d| d.slot == outcome.slot)
+                            .and_then(|d| d.volume_group.clone());
+                        let event = claim_event(outcome, vg.as_deref());
+                        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+                            warn!(error = %e, "cannot publish Event");
+                        }
                     }
                     build_status(survey.plan.disks, survey.classes)
                 }
@@ -135,11 +157,60 @@ async fn pass<R: LvmRunner>(
     let params = PatchParams::apply(names::FIELD_MANAGER_AGENT).force();
     api.patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await?;
+    if let Some(m) = &ctx.metrics {
+        m.node_storage(&status);
+    }
     *last = Some(Written {
         status,
         at: tokio::time::Instant::now(),
     });
     Ok(())
+}
+
+fn action_name(kind: &ActionKind) -> &'static str {
+    match kind {
+        ActionKind::CreateVg => "create_vg",
+        ActionKind::ExtendVg => "extend_vg",
+        ActionKind::Retag { .. } => "retag",
+    }
+}
+
+/// The Event on the NodeStorage for one claim action: Normal when a disk was claimed into a new
+/// or existing volume group (or retagged), Warning when the action failed.
+fn claim_event(outcome: &Outcome, vg: Option<&str>) -> Event {
+    let vg = vg.unwrap_or("its class's volume group");
+    let (type_, reason, note) = match (&outcome.kind, &outcome.result) {
+        (ActionKind::CreateVg, Ok(())) => (
+            EventType::Normal,
+            "VolumeGroupCreated",
+            format!("disk {} claimed: created {vg} with it", outcome.slot),
+        ),
+        (ActionKind::ExtendVg, Ok(())) => (
+            EventType::Normal,
+            "VolumeGroupExtended",
+            format!("disk {} claimed: added to {vg}", outcome.slot),
+        ),
+        (ActionKind::Retag { .. }, Ok(())) => (
+            EventType::Normal,
+            "DiskRetagged",
+            format!("disk {} of {vg}: identity tags rewritten", outcome.slot),
+        ),
+        (_, Err(e)) => (
+            EventType::Warning,
+            "ClaimFailed",
+            format!(
+                "claiming disk {} failed: {e}; see the troubleshooting guide, disk states",
+                outcome.slot
+            ),
+        ),
+    };
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action_name(&outcome.kind).into(),
+        secondary: None,
+    }
 }
 
 /// The status last written, and when.
@@ -267,6 +338,35 @@ mod tests {
                 ClassHealth::Healthy
             },
         }
+    }
+
+    #[test]
+    fn claim_actions_become_events_on_the_node_storage() {
+        let ok = Outcome {
+            slot: "pci-0000:00:04.0-nvme-1".into(),
+            kind: ActionKind::CreateVg,
+            result: Ok(()),
+        };
+        let e = claim_event(&ok, Some("strata-nvme"));
+        assert_eq!(e.type_, EventType::Normal);
+        assert_eq!(e.reason, "VolumeGroupCreated");
+        assert!(e.note.as_ref().unwrap().contains("strata-nvme"));
+        let extend = Outcome {
+            kind: ActionKind::ExtendVg,
+            ..ok.clone()
+        };
+        assert_eq!(
+            claim_event(&extend, Some("strata-nvme")).reason,
+            "VolumeGroupExtended"
+        );
+        let failed = Outcome {
+            result: Err("pvcreate: device busy".into()),
+            ..ok
+        };
+        let e = claim_event(&failed, None);
+        assert_eq!(e.type_, EventType::Warning);
+        assert_eq!(e.reason, "ClaimFailed");
+        assert!(e.note.unwrap().contains("device busy"));
     }
 
     #[test]
