@@ -93,8 +93,8 @@ def test_default_values_without_the_namespace(helm):
 def test_optional_values_render_the_components(helm, tmp_path):
     chart = by_key(helm_template(helm, "namespace.create=true",
                                  "controller.nodeLossPolicy=delete-pvc",
-                                 "networkPolicy.enabled=true"))
-    full = by_key(overlay(tmp_path, ["node-loss-delete-pvc", "network-policy"]))
+                                 "networkPolicy.enabled=true", "monitoring.enabled=true"))
+    full = by_key(overlay(tmp_path, ["node-loss-delete-pvc", "network-policy", "monitoring"]))
     assert set(chart) == set(full), (set(chart) ^ set(full))
     for k in full:
         assert chart[k] == full[k], k
