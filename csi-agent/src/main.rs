@@ -71,8 +71,25 @@ enum Command {
         #[command(flatten)]
         standalone: StandaloneArgs,
         #[command(flatten)]
+        kubernetes: KubernetesArgs,
+        #[command(flatten)]
         node_ops: Box<NodeOpsArgs>,
     },
+}
+
+/// Kubernetes mode's safe defaults and liveness (standalone mode ignores them).
+#[derive(clap::Args, Debug)]
+struct KubernetesArgs {
+    /// `claimMode` of the NodeStorage the agent creates for a node that has none: `manual` (the
+    /// default) claims nothing until an administrator opts the node in (`claimMode: auto`, or
+    /// `include` slots); `auto` claims every eligible disk at once. An existing NodeStorage is
+    /// never changed.
+    #[arg(long, value_enum, default_value = "manual")]
+    new_node_claim_mode: ClaimModeArg,
+    /// Longest time between two NodeStorage status writes even without changes
+    /// (`status.updatedAt` is the agent's heartbeat): `30s`, `1m`; at least 1 s.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    heartbeat_interval: Duration,
 }
 
 /// Wipe on delete, fstrim and metrics (both modes).
@@ -182,10 +199,19 @@ struct StandaloneArgs {
     rescan_seconds: u64,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ClaimModeArg {
     Auto,
     Manual,
+}
+
+impl From<ClaimModeArg> for ClaimMode {
+    fn from(mode: ClaimModeArg) -> ClaimMode {
+        match mode {
+            ClaimModeArg::Auto => ClaimMode::Auto,
+            ClaimModeArg::Manual => ClaimMode::Manual,
+        }
+    }
 }
 
 fn parse_reserve(s: &str) -> Result<(DeviceClass, u64), String> {
@@ -203,10 +229,7 @@ fn parse_override(s: &str) -> Result<(String, DeviceClass), String> {
 impl StandaloneArgs {
     fn spec(&self) -> NodeStorageSpec {
         NodeStorageSpec {
-            claim_mode: match self.claim_mode {
-                ClaimModeArg::Auto => ClaimMode::Auto,
-                ClaimModeArg::Manual => ClaimMode::Manual,
-            },
+            claim_mode: self.claim_mode.into(),
             include: self.include.clone(),
             exclude: self.exclude.clone(),
             reserved_bytes: self.reserve.iter().copied().collect(),
@@ -271,12 +294,15 @@ async fn main() -> Result<()> {
             roots,
             proc_root,
             standalone: _,
+            kubernetes,
             node_ops,
         } => {
             let config = csi_agent::kubernetes::KubernetesConfig {
                 kubelet_dir: node_ops.kubelet_dir.clone().unwrap_or_else(|| {
                     PathBuf::from(csi_agent::csi::validate::DEFAULT_KUBELET_DIR)
                 }),
+                new_node_claim_mode: kubernetes.new_node_claim_mode.into(),
+                heartbeat: kubernetes.heartbeat_interval.max(Duration::from_secs(1)),
                 wipe: node_ops.wipe(&roots.sysfs_root),
                 fstrim_interval: node_ops.fstrim(),
                 metrics: Some(node_ops.metrics(&shutdown)),
@@ -301,6 +327,7 @@ async fn main() -> Result<()> {
             roots,
             proc_root,
             standalone,
+            kubernetes: _,
             node_ops,
         } => {
             let config = StandaloneConfig {
@@ -348,5 +375,47 @@ mod tests {
         );
         assert!(parse_wipe_policy("hdd=shred").is_err());
         assert!(parse_wipe_policy("tape=zero").is_err());
+    }
+
+    fn kubernetes_args(extra: &[&str]) -> KubernetesArgs {
+        let args = [
+            "csi-agent",
+            "serve",
+            "--mode",
+            "kubernetes",
+            "--node-name",
+            "n",
+        ];
+        let cli = Cli::try_parse_from(args.iter().chain(extra)).unwrap();
+        match cli.command {
+            Command::Serve { kubernetes, .. } => kubernetes,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_node_is_not_claimed_unless_asked_and_heartbeats_every_30s() {
+        let k = kubernetes_args(&[]);
+        assert_eq!(k.new_node_claim_mode, ClaimModeArg::Manual);
+        assert_eq!(ClaimMode::from(k.new_node_claim_mode), ClaimMode::Manual);
+        assert_eq!(k.heartbeat_interval, Duration::from_secs(30));
+        let k = kubernetes_args(&[
+            "--new-node-claim-mode",
+            "auto",
+            "--heartbeat-interval",
+            "1m",
+        ]);
+        assert_eq!(ClaimMode::from(k.new_node_claim_mode), ClaimMode::Auto);
+        assert_eq!(k.heartbeat_interval, Duration::from_secs(60));
+        let args = [
+            "csi-agent",
+            "serve",
+            "--mode",
+            "kubernetes",
+            "--node-name",
+            "n",
+        ];
+        let bad = ["--new-node-claim-mode", "all"];
+        assert!(Cli::try_parse_from(args.iter().chain(&bad)).is_err());
     }
 }

@@ -27,8 +27,43 @@ struct OutcomeLabels {
 }
 
 /// See the module head.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskLabels {
+    state: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    action: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// The node's storage as last published in NodeStorage: per device class (VG) and per disk.
+#[derive(Clone, Default)]
+struct NodeGauges {
+    vg_size: Family<ClassLabels, Gauge>,
+    vg_free: Family<ClassLabels, Gauge>,
+    vg_allocatable: Family<ClassLabels, Gauge>,
+    class_degraded: Family<ClassLabels, Gauge>,
+    disks: Family<DiskLabels, Gauge>,
+    updated: Gauge,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    node: NodeGauges,
+    claim_actions: Family<ClaimLabels, Counter>,
     registry: Arc<Registry>,
     wiped_bytes: Family<WipeLabels, Counter>,
     wipe_seconds: Family<WipeLabels, Histogram>,
@@ -62,6 +97,54 @@ impl Metrics {
         let wipes_pending = Gauge::default();
         let fstrim_runs = Family::<OutcomeLabels, Counter>::default();
         let fstrim_last_bytes = Gauge::default();
+        let node = NodeGauges::default();
+        let claim_actions = Family::<ClaimLabels, Counter>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the agent's version in the label",
+            build_info,
+        );
+        registry.register(
+            "vg_size_bytes",
+            "Size of the device class's volume group",
+            node.vg_size.clone(),
+        );
+        registry.register(
+            "vg_free_bytes",
+            "Free bytes of the device class's volume group",
+            node.vg_free.clone(),
+        );
+        registry.register(
+            "vg_allocatable_bytes",
+            "Bytes new volumes of the class may still take (free minus the reserve)",
+            node.vg_allocatable.clone(),
+        );
+        registry.register(
+            "class_degraded",
+            "1 when the device class is Degraded (a claimed disk is missing), else 0",
+            node.class_degraded.clone(),
+        );
+        registry.register(
+            "disks",
+            "Disks the agent sees, by state (claimed, available, rejected, missing, failed) and media class",
+            node.disks.clone(),
+        );
+        registry.register(
+            "nodestorage_updated_timestamp_seconds",
+            "When the agent last wrote its NodeStorage status (Unix time)",
+            node.updated.clone(),
+        );
+        registry.register(
+            "claim_actions",
+            "Claim actions (create_vg, extend_vg, retag) run on disks, by outcome (ok, failed)",
+            claim_actions.clone(),
+        );
         registry.register(
             "wiped_bytes",
             "Bytes of deleted volumes wiped, by method and device class",
@@ -88,6 +171,8 @@ impl Metrics {
             fstrim_last_bytes.clone(),
         );
         Metrics {
+            node,
+            claim_actions,
             registry: Arc::new(registry),
             wiped_bytes,
             wipe_seconds,
@@ -110,6 +195,52 @@ impl Metrics {
     }
 
     /// One fstrim run (`ok` or `failed`).
+    /// Sets the node gauges to what `status` says (label sets no longer present are dropped).
+    pub fn node_storage(&self, status: &csi_api::crd::NodeStorageStatus) {
+        let n = &self.node;
+        for family in [&n.vg_size, &n.vg_free, &n.vg_allocatable, &n.class_degraded] {
+            family.clear();
+        }
+        n.disks.clear();
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for c in &status.device_classes {
+            let l = ClassLabels {
+                class: c.name.to_string(),
+            };
+            n.vg_size.get_or_create(&l).set(gauge(c.total_bytes));
+            n.vg_free.get_or_create(&l).set(gauge(c.free_bytes));
+            n.vg_allocatable
+                .get_or_create(&l)
+                .set(gauge(c.allocatable_bytes));
+            let degraded = c.health == csi_api::crd::ClassHealth::Degraded;
+            n.class_degraded.get_or_create(&l).set(i64::from(degraded));
+        }
+        for d in &status.disks {
+            let state = serde_json::to_value(d.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_lowercase))
+                .unwrap_or_default();
+            let l = DiskLabels {
+                state,
+                class: d.media.to_string(),
+            };
+            n.disks.get_or_create(&l).inc();
+        }
+        if let Some(t) = &status.updated_at {
+            n.updated.set(t.0.as_second());
+        }
+    }
+
+    /// Counts one claim action (`create_vg`, `extend_vg`, `retag`) and whether it worked.
+    pub fn claim_action(&self, action: &str, ok: bool) {
+        self.claim_actions
+            .get_or_create(&ClaimLabels {
+                action: action.into(),
+                outcome: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
     pub fn fstrim_run(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "failed" };
         self.fstrim_runs
@@ -163,7 +294,79 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use csi_api::crd::{ClassHealth, DeviceClassStatus, DiskState, DiskStatus, NodeStorageStatus};
+    use csi_api::names::DeviceClass;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn disk(slot: &str, media: DeviceClass, state: DiskState) -> DiskStatus {
+        DiskStatus {
+            slot: slot.into(),
+            kernel_name: "sda".into(),
+            media,
+            size_bytes: 1 << 30,
+            model: String::new(),
+            serial: String::new(),
+            wwn: String::new(),
+            state,
+            reason: String::new(),
+            volume_group: None,
+        }
+    }
+
+    #[test]
+    fn node_gauges_follow_the_published_status() {
+        let m = Metrics::new();
+        let nvme = DeviceClassStatus {
+            name: DeviceClass::Nvme,
+            vg_name: "strata-nvme".into(),
+            total_bytes: 16 << 30,
+            free_bytes: 8 << 30,
+            allocatable_bytes: 7 << 30,
+            pv_count: 2,
+            missing_pv_count: 1,
+            lv_count: 1,
+            health: ClassHealth::Degraded,
+        };
+        let mut status = NodeStorageStatus {
+            disks: vec![
+                disk("a", DeviceClass::Nvme, DiskState::Claimed),
+                disk("b", DeviceClass::Nvme, DiskState::Missing),
+                disk("c", DeviceClass::Hdd, DiskState::Rejected),
+                disk("d", DeviceClass::Hdd, DiskState::Rejected),
+            ],
+            device_classes: vec![nvme],
+            ..Default::default()
+        };
+        m.node_storage(&status);
+        m.claim_action("create_vg", true);
+        m.claim_action("extend_vg", false);
+        let text = m.encode();
+        for line in [
+            r#"strata_agent_vg_size_bytes{class="nvme"} 17179869184"#,
+            r#"strata_agent_vg_free_bytes{class="nvme"} 8589934592"#,
+            r#"strata_agent_vg_allocatable_bytes{class="nvme"} 7516192768"#,
+            r#"strata_agent_class_degraded{class="nvme"} 1"#,
+            r#"strata_agent_disks{state="claimed",class="nvme"} 1"#,
+            r#"strata_agent_disks{state="missing",class="nvme"} 1"#,
+            r#"strata_agent_disks{state="rejected",class="hdd"} 2"#,
+            r#"strata_agent_claim_actions_total{action="create_vg",outcome="ok"} 1"#,
+            r#"strata_agent_claim_actions_total{action="extend_vg",outcome="failed"} 1"#,
+            concat!(
+                r#"strata_agent_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // a disk that is gone from the status is gone from the gauges
+        status.disks.truncate(1);
+        status.device_classes.clear();
+        m.node_storage(&status);
+        let text = m.encode();
+        assert!(!text.contains(r#"state="rejected""#), "{text}");
+        assert!(!text.contains(r#"strata_agent_vg_size_bytes{"#), "{text}");
+    }
 
     #[tokio::test]
     async fn serves_the_wipe_metrics_over_http() {

@@ -233,51 +233,8 @@ def granted(rendered, role_kind, role_name):
     return allowed
 
 
-def test_agent_rbac(rendered):
-    allowed = granted(rendered, "ClusterRole", "strata-csi-agent")
-    need = {("strata.io", "logicalvolumes", v) for v in ("get", "list", "watch", "patch")}
-    need |= {("strata.io", "logicalvolumes/status", "patch"),
-             ("strata.io", "logicalvolumes/finalizers", "update")}
-    need |= {("strata.io", "nodestorages", v) for v in ("get", "list", "watch", "create", "patch")}
-    need |= {("strata.io", "nodestorages/status", "patch"), ("", "nodes", "get")}
-    need |= {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
-    assert need <= allowed, need - allowed
-    # Never more than its node's work needs.
-    assert ("strata.io", "logicalvolumes", "create") not in allowed
-    assert ("strata.io", "logicalvolumes", "delete") not in allowed
-    assert not {a for a in allowed if a[1] in ("persistentvolumes", "persistentvolumeclaims", "pods")}
-
-
-def test_controller_rbac(rendered):
-    allowed = granted(rendered, "ClusterRole", "strata-csi-controller")
-    lv_verbs = {v for g, r, v in allowed if (g, r) == ("strata.io", "logicalvolumes")}
-    assert lv_verbs == {"get", "list", "watch", "create", "update", "patch", "delete"}
-    need = {("strata.io", "nodestorages", v) for v in ("get", "list", "watch")}
-    need |= {("", "persistentvolumes", v) for v in ("get", "list", "watch", "create", "patch", "delete")}
-    need |= {("", "persistentvolumeclaims", v) for v in ("get", "list", "watch", "update", "delete")}
-    need |= {("", "persistentvolumeclaims/status", "patch")}
-    need |= {("", "nodes", v) for v in ("get", "list", "watch")}
-    need |= {("storage.k8s.io", r, v) for r in ("storageclasses", "csinodes", "volumeattachments")
-             for v in ("get", "list", "watch")}
-    need |= {("", "events", v) for v in ("create", "patch")}
-    assert need <= allowed, need - allowed
-    ns_allowed = granted(rendered, "Role", "strata-csi-controller")
-    ns_need = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
-    ns_need |= {("storage.k8s.io", "csistoragecapacities", v)
-                for v in ("get", "list", "watch", "create", "update", "patch", "delete")}
-    ns_need |= {("", "pods", "get"), ("apps", "replicasets", "get")}
-    assert ns_need <= ns_allowed, ns_need - ns_allowed
-    # Capacity objects and leases only in strata-system, never cluster-wide.
-    assert not {a for a in allowed if a[1] in ("leases", "csistoragecapacities")}
-
-
-def test_scheduler_rbac_only_reads(rendered):
-    allowed = granted(rendered, "ClusterRole", "strata-csi-scheduler")
-    assert {v for _, _, v in allowed} <= {"get", "list", "watch"}
-    need = {(g, r, v) for g, r in (("strata.io", "nodestorages"), ("strata.io", "logicalvolumes"),
-                                   ("", "persistentvolumeclaims"), ("storage.k8s.io", "storageclasses"))
-            for v in ("get", "list", "watch")}
-    assert need <= allowed, need - allowed
+# The per-binary least-privilege checks (each rule used by code, the node-scope policy, the
+# delete-pvc component) are in test_least_privilege.py.
 
 
 def test_each_workload_runs_as_its_own_bound_service_account(rendered):

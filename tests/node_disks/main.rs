@@ -36,7 +36,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A folder for one test's backing files and state, inside the repository (shared with the VM).
+/// A folder for one test's backing files and state, under the target directory (shared with the
+/// VM, see `boot`).
 fn workdir(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("node_disks")
@@ -53,6 +54,14 @@ fn boot(test: &str, phase: u32, disks: &[String], state: &Path) {
     cmd.arg("run");
     for d in disks {
         cmd.args(["--disk", d]);
+    }
+    // The state file lives under CARGO_TARGET_TMPDIR. nodevm shares the repository by default;
+    // a target directory elsewhere (CARGO_TARGET_DIR) is shared explicitly, read-write, at the
+    // same path (the test binary's own folder nodevm shares read-only by itself).
+    let folder = state.parent().unwrap();
+    let repo = repo().canonicalize().unwrap();
+    if !folder.canonicalize().unwrap().starts_with(&repo) {
+        cmd.arg("--share").arg(&repo).arg("--share").arg(folder);
     }
     cmd.arg("--")
         .arg(exe)

@@ -85,10 +85,25 @@ pub struct Agent {
     pub ready_after: Duration,
 }
 
-/// The agent binary: `$STRATA_AGENT_BIN`, else `target/debug/csi-agent` of this workspace.
+/// The agent binary: `$STRATA_AGENT_BIN`, else the `csi-agent` cargo built into the same profile
+/// folder as the running binary (a bin sits in it, a test in its `deps/`), wherever the target
+/// directory is, else `target/debug/csi-agent` of this workspace.
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("STRATA_AGENT_BIN")
-        .map(PathBuf::from)
+    if let Some(bin) = std::env::var_os("STRATA_AGENT_BIN") {
+        return PathBuf::from(bin);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let dir = exe.parent()?;
+            let profile = if dir.ends_with("deps") {
+                dir.parent()?
+            } else {
+                dir
+            };
+            Some(profile.join("csi-agent"))
+        })
+        .filter(|p| p.is_file())
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/csi-agent"))
 }
 

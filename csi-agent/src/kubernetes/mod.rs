@@ -42,6 +42,12 @@ pub struct Context<R: LvmRunner> {
     pub disks_changed: Arc<Notify>,
     /// NodeStorage `status.capacitySequence` and the tickets LogicalVolume status carries.
     pub sequencer: capacity_sequence::Sequencer,
+    /// The claim mode written into the NodeStorage this agent creates for its node.
+    pub new_node_claim_mode: csi_api::crd::ClaimMode,
+    /// Longest time between two NodeStorage status writes, changed or not (`status.updatedAt`).
+    pub heartbeat: Duration,
+    /// Node gauges and claim counters, when metrics are on.
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -72,6 +78,11 @@ pub struct KubernetesConfig {
     pub metrics: Option<crate::metrics::Metrics>,
     /// Target and staging paths must lie under it (`--kubelet-dir`).
     pub kubelet_dir: std::path::PathBuf,
+    /// The claim mode of a NodeStorage the agent creates (`Manual` by default: a node claims no
+    /// disk until an administrator opts it in).
+    pub new_node_claim_mode: csi_api::crd::ClaimMode,
+    /// Longest time between two NodeStorage status writes, changed or not.
+    pub heartbeat: Duration,
 }
 
 /// Why Kubernetes mode stopped.
@@ -138,6 +149,9 @@ pub async fn serve(
         wiper: wiper.clone(),
         health,
         disks_changed: Arc::new(Notify::new()),
+        new_node_claim_mode: config.new_node_claim_mode,
+        heartbeat: config.heartbeat,
+        metrics: config.metrics.clone(),
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
     let resumed_changed = ctx.changed.clone();

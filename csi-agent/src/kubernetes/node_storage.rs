@@ -8,19 +8,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{Condition, DiskState, NodeStorage, NodeStorageStatus};
+use csi_api::crd::{ClaimMode, ClassHealth, Condition, DiskState, NodeStorage, NodeStorageStatus};
 use csi_api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Context;
-use crate::claim::{self, Policy};
+use crate::claim::{self, ActionKind, Outcome, Policy};
 use crate::discovery::{BlkidProbe, Usage};
 use crate::lvm::LvmRunner;
 
@@ -31,6 +30,10 @@ pub async fn run<R: LvmRunner>(
     shutdown: CancellationToken,
 ) {
     let api: Api<NodeStorage> = Api::all(ctx.client.clone());
+    let mut last: Option<Written> = None;
+    // A pass at least every heartbeat: an unchanged status is written again once it is that old,
+    // so that `status.updatedAt` shows the agent is alive.
+    let resync = resync.min(ctx.heartbeat);
     let recorder = Recorder::new(
         ctx.client.clone(),
         Reporter {
@@ -38,7 +41,6 @@ pub async fn run<R: LvmRunner>(
             instance: Some(ctx.node.clone()),
         },
     );
-    let mut last: Option<NodeStorageStatus> = None;
     let mut devices = block_devices(&ctx);
     let mut next_resync = tokio::time::Instant::now();
     loop {
@@ -83,19 +85,14 @@ async fn pass<R: LvmRunner>(
     ctx: &Context<R>,
     api: &Api<NodeStorage>,
     recorder: &Recorder,
-    last: &mut Option<NodeStorageStatus>,
+    last: &mut Option<Written>,
     shutdown: &CancellationToken,
 ) -> Result<(), PassError> {
     let object = match api.get_opt(&ctx.node).await? {
         Some(o) => o,
         None => {
-            info!(node = %ctx.node, "creating NodeStorage with the default policy");
-            let body = serde_json::json!({
-                "apiVersion": "strata.io/v1alpha1",
-                "kind": "NodeStorage",
-                "metadata": { "name": ctx.node },
-                "spec": {},
-            });
+            info!(node = %ctx.node, claim_mode = ?ctx.new_node_claim_mode, "creating NodeStorage");
+            let body = new_node_storage(&ctx.node, ctx.new_node_claim_mode);
             let params = PatchParams::apply(names::FIELD_MANAGER_AGENT);
             api.patch(&ctx.node, &params, &Patch::Apply(&body)).await?
         }
@@ -119,6 +116,19 @@ async fn pass<R: LvmRunner>(
                 Ok((mut survey, outcomes)) => {
                     for outcome in &outcomes {
                         info!(?outcome, "claim action");
+                        if let Some(m) = &ctx.metrics {
+                            m.claim_action(action_name(&outcome.kind), outcome.result.is_ok());
+                        }
+                        let vg = survey
+                            .plan
+                            .disks
+                            .iter()
+                            .find(|d| d.slot == outcome.slot)
+                            .and_then(|d| d.volume_group.clone());
+                        let event = claim_event(outcome, vg.as_deref());
+                        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+                            warn!(error = %e, "cannot publish Event");
+                        }
                     }
                     let notes = crate::health::check_disks(
                         &ctx.roots.sysfs,
@@ -141,7 +151,10 @@ async fn pass<R: LvmRunner>(
         capacity_sequence: Some(sequence),
         ..status
     };
-    if last.as_ref().is_some_and(|l| same_but_time(l, &status)) && !ctx.sequencer.must_publish() {
+    if last.as_ref().is_some_and(|l| {
+        !heartbeat_due(l, ctx.heartbeat) && same_but_time(&l.status, &status)
+    }) && !ctx.sequencer.must_publish()
+    {
         return Ok(());
     }
     // Shutdown cancels the LVM calls of a pass in flight: its "LVM is unavailable" status would
@@ -158,10 +171,11 @@ async fn pass<R: LvmRunner>(
     api.patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await?;
     ctx.sequencer.published(sequence);
-    if degraded_changed(last.as_ref(), &status) {
+    let previous = last.as_ref().map(|w| &w.status);
+    if degraded_changed(previous, &status) {
         ctx.disks_changed.notify_one();
     }
-    if let Some(note) = degraded_news(last.as_ref(), &status) {
+    if let Some(note) = degraded_news(previous, &status) {
         let event = Event {
             type_: EventType::Warning,
             reason: "DiskProblem".into(),
@@ -173,8 +187,83 @@ async fn pass<R: LvmRunner>(
             warn!(error = %e, node = %object.name_any(), "cannot record the disk Event");
         }
     }
-    *last = Some(status);
+    if let Some(m) = &ctx.metrics {
+        m.node_storage(&status);
+    }
+    *last = Some(Written {
+        status,
+        at: tokio::time::Instant::now(),
+    });
     Ok(())
+}
+
+fn action_name(kind: &ActionKind) -> &'static str {
+    match kind {
+        ActionKind::CreateVg => "create_vg",
+        ActionKind::ExtendVg => "extend_vg",
+        ActionKind::Retag { .. } => "retag",
+    }
+}
+
+/// The Event on the NodeStorage for one claim action: Normal when a disk was claimed into a new
+/// or existing volume group (or retagged), Warning when the action failed.
+fn claim_event(outcome: &Outcome, vg: Option<&str>) -> Event {
+    let vg = vg.unwrap_or("its class's volume group");
+    let (type_, reason, note) = match (&outcome.kind, &outcome.result) {
+        (ActionKind::CreateVg, Ok(())) => (
+            EventType::Normal,
+            "VolumeGroupCreated",
+            format!("disk {} claimed: created {vg} with it", outcome.slot),
+        ),
+        (ActionKind::ExtendVg, Ok(())) => (
+            EventType::Normal,
+            "VolumeGroupExtended",
+            format!("disk {} claimed: added to {vg}", outcome.slot),
+        ),
+        (ActionKind::Retag { .. }, Ok(())) => (
+            EventType::Normal,
+            "DiskRetagged",
+            format!("disk {} of {vg}: identity tags rewritten", outcome.slot),
+        ),
+        (_, Err(e)) => (
+            EventType::Warning,
+            "ClaimFailed",
+            format!(
+                "claiming disk {} failed: {e}; see the troubleshooting guide, disk states",
+                outcome.slot
+            ),
+        ),
+    };
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action_name(&outcome.kind).into(),
+        secondary: None,
+    }
+}
+
+/// The status last written, and when.
+struct Written {
+    status: NodeStorageStatus,
+    at: tokio::time::Instant,
+}
+
+/// Whether the last write is old enough that an unchanged status must be written again.
+fn heartbeat_due(last: &Written, heartbeat: Duration) -> bool {
+    last.at.elapsed() >= heartbeat
+}
+
+/// The NodeStorage an agent creates for its node when there is none: `claimMode` from
+/// `--new-node-claim-mode` (`manual` by default, so that a fresh install claims no disk on a
+/// node nobody opted in; an administrator switches it to `auto` or lists `include` slots).
+fn new_node_storage(node: &str, mode: ClaimMode) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "strata.io/v1alpha1",
+        "kind": "NodeStorage",
+        "metadata": { "name": node },
+        "spec": { "claimMode": mode },
+    })
 }
 
 fn same_but_time(a: &NodeStorageStatus, b: &NodeStorageStatus) -> bool {
@@ -304,6 +393,74 @@ mod tests {
                 ClassHealth::Healthy
             },
         }
+    }
+
+    #[test]
+    fn claim_actions_become_events_on_the_node_storage() {
+        let ok = Outcome {
+            slot: "pci-0000:00:04.0-nvme-1".into(),
+            kind: ActionKind::CreateVg,
+            result: Ok(()),
+        };
+        let e = claim_event(&ok, Some("strata-nvme"));
+        assert_eq!(e.type_, EventType::Normal);
+        assert_eq!(e.reason, "VolumeGroupCreated");
+        assert!(e.note.as_ref().unwrap().contains("strata-nvme"));
+        let extend = Outcome {
+            kind: ActionKind::ExtendVg,
+            ..ok.clone()
+        };
+        assert_eq!(
+            claim_event(&extend, Some("strata-nvme")).reason,
+            "VolumeGroupExtended"
+        );
+        let failed = Outcome {
+            result: Err("pvcreate: device busy".into()),
+            ..ok
+        };
+        let e = claim_event(&failed, None);
+        assert_eq!(e.type_, EventType::Warning);
+        assert_eq!(e.reason, "ClaimFailed");
+        assert!(e.note.unwrap().contains("device busy"));
+    }
+
+    #[test]
+    fn a_created_node_storage_carries_the_configured_claim_mode() {
+        let manual = new_node_storage("node-a", ClaimMode::Manual);
+        assert_eq!(manual["metadata"]["name"], "node-a");
+        assert_eq!(manual["spec"]["claimMode"], "manual");
+        // what the API server stores, read back, is a policy that claims nothing
+        let object: NodeStorage = serde_json::from_value(manual).unwrap();
+        let policy = Policy::new(&object.spec).unwrap();
+        assert!(matches!(
+            policy.admits("pci-0000:00:04.0-nvme-1"),
+            claim::Admission::Denied(_)
+        ));
+        let auto = new_node_storage("node-a", ClaimMode::Auto);
+        let object: NodeStorage = serde_json::from_value(auto).unwrap();
+        assert_eq!(object.spec.claim_mode, ClaimMode::Auto);
+        assert_eq!(
+            Policy::new(&object.spec)
+                .unwrap()
+                .admits("pci-0000:00:04.0-nvme-1"),
+            claim::Admission::Allowed
+        );
+    }
+
+    #[test]
+    fn an_unchanged_status_is_rewritten_once_the_heartbeat_is_due() {
+        let status = build_status(vec![], vec![class(0)]);
+        let fresh = Written {
+            status: status.clone(),
+            at: tokio::time::Instant::now(),
+        };
+        assert!(!heartbeat_due(&fresh, Duration::from_secs(30)));
+        let old = Written {
+            status,
+            at: tokio::time::Instant::now() - Duration::from_secs(31),
+        };
+        assert!(heartbeat_due(&old, Duration::from_secs(30)));
+        assert!(heartbeat_due(&fresh, Duration::ZERO));
     }
 
     #[test]

@@ -462,11 +462,7 @@ fn wiping_status(
         phase: Some(LogicalVolumePhase::Wiping),
         reason: failure.as_ref().map(|_| REASON_WIPE_FAILED.to_owned()),
         message: failure,
-        wipe: Some(WipeProgress {
-            policy: p.method.to_owned(),
-            done_bytes: p.done,
-            total_bytes: p.total,
-        }),
+        wipe: Some(WipeProgress::new(p.method, p.done, p.total)),
         ..base.clone()
     }
 }
@@ -779,7 +775,8 @@ mod tests {
             Some(WipeProgress {
                 policy: "discard".into(),
                 done_bytes: 4,
-                total_bytes: 8
+                total_bytes: 8,
+                percent: Some(50),
             })
         );
         assert_eq!(s.reason, None);

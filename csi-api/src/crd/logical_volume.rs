@@ -1,5 +1,5 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -7,7 +7,18 @@ use crate::names::DeviceClass;
 
 /// One CSI volume (name = CSI volume name, e.g. `pvc-<uid>`). The controller writes `spec`, the
 /// agent of `spec.nodeName` makes the LV and writes `status`.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// `spec` is immutable once created except `sizeBytes`, which may only grow (expansion). The API
+/// server enforces this with the CEL rules below (transition rules: they run on update only), so a
+/// client holding `patch` on LogicalVolumes (a compromised node) cannot move a volume to another
+/// node or class, retarget its claim or turn off its wipe.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.nodeName == oldSelf.nodeName").message("spec.nodeName is immutable"))]
+#[x_kube(validation = Rule::new("self.deviceClass == oldSelf.deviceClass").message("spec.deviceClass is immutable"))]
+#[x_kube(validation = Rule::new("self.sizeBytes >= oldSelf.sizeBytes").message("spec.sizeBytes may only grow"))]
+#[x_kube(validation = Rule::new("has(self.pvc) == has(oldSelf.pvc) && (!has(self.pvc) || self.pvc == oldSelf.pvc)").message("spec.pvc is immutable"))]
+#[x_kube(validation = Rule::new("has(self.source) == has(oldSelf.source) && (!has(self.source) || self.source == oldSelf.source)").message("spec.source is immutable"))]
+#[x_kube(validation = Rule::new("has(self.wipe) == has(oldSelf.wipe) && (!has(self.wipe) || self.wipe == oldSelf.wipe)").message("spec.wipe is immutable"))]
 #[kube(
     group = "strata.io",
     version = "v1alpha1",
@@ -19,6 +30,8 @@ use crate::names::DeviceClass;
     printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.deviceClass"}"#,
     printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.sizeBytes"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Wipe%","type":"integer","jsonPath":".status.wipe.percent"}"#,
     printcolumn = r#"{"name":"PVC","type":"string","jsonPath":".spec.pvc.name","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -102,4 +115,42 @@ pub struct WipeProgress {
     pub policy: String,
     pub done_bytes: u64,
     pub total_bytes: u64,
+    /// `doneBytes` of `totalBytes` in whole percent, rounded down (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+}
+
+impl WipeProgress {
+    /// Progress of `done` of `total` bytes, with its percentage (100 for an empty LV).
+    pub fn new(policy: impl Into<String>, done: u64, total: u64) -> WipeProgress {
+        let percent = if total == 0 {
+            100
+        } else {
+            (u128::from(done.min(total)) * 100 / u128::from(total)) as u8
+        };
+        WipeProgress {
+            policy: policy.into(),
+            done_bytes: done,
+            total_bytes: total,
+            percent: Some(percent),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wipe_percent_rounds_down_and_never_exceeds_100() {
+        assert_eq!(WipeProgress::new("zero", 0, 8).percent, Some(0));
+        assert_eq!(WipeProgress::new("zero", 4, 8).percent, Some(50));
+        assert_eq!(WipeProgress::new("zero", 7, 8).percent, Some(87));
+        assert_eq!(WipeProgress::new("zero", 9, 8).percent, Some(100));
+        assert_eq!(WipeProgress::new("zero", 0, 0).percent, Some(100));
+        assert_eq!(
+            WipeProgress::new("zero", u64::MAX - 1, u64::MAX).percent,
+            Some(99)
+        );
+    }
 }

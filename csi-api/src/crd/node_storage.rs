@@ -20,6 +20,8 @@ use crate::names::DeviceClass;
     printcolumn = r#"{"name":"SSD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"ssd\")].allocatableBytes"}"#,
     printcolumn = r#"{"name":"HDD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"hdd\")].allocatableBytes"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
+    printcolumn = r#"{"name":"Updated","type":"date","jsonPath":".status.updatedAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -354,7 +354,10 @@ async fn start_agent(state: &State, fault: Option<String>) -> Result<Value> {
         .append(true)
         .open(state.dir.join("agent.log"))?;
     let mut cmd = Command::new(state.bins.join("csi-agent"));
+    // The e2e node is opted in: it is the claimed lab the suite checks (a fresh install's
+    // default, `manual`, is covered by the agent's unit tests and deploy/tests).
     cmd.args(["serve", "--mode", "kubernetes", "--node-name", &state.node])
+        .args(["--new-node-claim-mode", "auto"])
         .arg("--csi-endpoint")
         .arg(format!("unix://{SOCKET}"))
         // The e2e cases stage and publish under /run/e2e, not the kubelet's directory.

@@ -1,0 +1,458 @@
+"""Least privilege in deploy/ (issue 15), checked on what `kubectl kustomize` renders:
+
+- RBAC: every (apiGroup, resource, verb) a ServiceAccount is granted is in the table of calls
+  below, and every call in the table is granted. A Strata call names the source file and a
+  pattern that must still be there (so a removed call fails the test until its rule goes); a
+  sidecar call names the sidecar container that must still run under that ServiceAccount.
+- PVC delete only through the optional component deploy/components/node-loss-delete-pvc.
+- The LogicalVolume CRD's CEL rules (spec immutable except sizeBytes growing), evaluated with a
+  CEL implementation (cel-python) on old/new object pairs.
+- The ValidatingAdmissionPolicy that scopes csi-agent to its own node, evaluated the same way:
+  no cross-node write passes.
+- The optional NetworkPolicy component renders and validates.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import celpy
+import pytest
+import yaml
+
+from test_deploy import DEPLOY, K8S_VERSION, NAMESPACE, REPO, check, container, find, one
+
+AGENT_SA = f"system:serviceaccount:{NAMESPACE}:csi-agent"
+NODE_CLAIM = "authentication.kubernetes.io/node-name"
+
+# --- the table of calls -------------------------------------------------------------------------
+# (service account, apiGroup, resource, verbs, where) where `where` is ("code", file, regex) for a
+# call in Strata's source, or ("sidecar", container) for a call of an upstream sidecar (its verbs
+# from the sidecar's own deploy/kubernetes/rbac.yaml at the pinned version).
+
+AGENT_VOLUMES = "csi-agent/src/kubernetes/volumes.rs"
+AGENT_NODE_STORAGE = "csi-agent/src/kubernetes/node_storage.rs"
+CTRL_CLUSTER = "csi-controller/src/cluster/kube_cluster.rs"
+CTRL_BACKGROUND = "csi-controller/src/background.rs"
+CTRL_LEASE = "csi-controller/src/lease.rs"
+SCHED_CACHE = "csi-scheduler/src/cache.rs"
+
+CALLS = [
+    # csi-agent: the LogicalVolume reconciler of its node, the NodeStorage pass, Events.
+    ("csi-agent", "strata.io", "logicalvolumes", ["list", "watch"],
+     ("code", AGENT_VOLUMES, r"Controller::new\(api, watcher::Config::default\(\)\.labels")),
+    ("csi-agent", "strata.io", "logicalvolumes", ["patch"],
+     ("code", AGENT_VOLUMES, r"\"finalizers\"[\s\S]*api\.patch\(")),
+    ("csi-agent", "strata.io", "logicalvolumes/status", ["patch"],
+     ("code", AGENT_VOLUMES, r"api\.patch_status\(")),
+    ("csi-agent", "strata.io", "nodestorages", ["get"],
+     ("code", AGENT_NODE_STORAGE, r"api\.get_opt\(&ctx\.node\)")),
+    # server-side apply of a missing object creates it: create + patch
+    ("csi-agent", "strata.io", "nodestorages", ["create", "patch"],
+     ("code", AGENT_NODE_STORAGE, r"api\.patch\(&ctx\.node, &params, &Patch::Apply")),
+    ("csi-agent", "strata.io", "nodestorages/status", ["patch"],
+     ("code", AGENT_NODE_STORAGE, r"api\.patch_status\(&ctx\.node")),
+    ("csi-agent", "events.k8s.io", "events", ["create", "patch"],
+     ("code", AGENT_VOLUMES, r"Recorder::new\(")),
+    # csi-controller
+    ("csi-controller", "strata.io", "logicalvolumes", ["get"],
+     ("code", CTRL_CLUSTER, r"self\.volumes\(\)\.get_opt\(")),
+    ("csi-controller", "strata.io", "logicalvolumes", ["list"],
+     ("code", CTRL_BACKGROUND, r"volumes_api\.list\(")),
+    ("csi-controller", "strata.io", "logicalvolumes", ["list", "watch"],
+     ("code", CTRL_CLUSTER, r"watcher::watch_object\(self\.volumes\(\)")),
+    ("csi-controller", "strata.io", "logicalvolumes", ["create"],
+     ("code", CTRL_CLUSTER, r"self\.volumes\(\)\.create\(")),
+    ("csi-controller", "strata.io", "logicalvolumes", ["delete"],
+     ("code", CTRL_CLUSTER, r"self\.volumes\(\)\.delete\(")),
+    ("csi-controller", "strata.io", "logicalvolumes", ["patch"],
+     ("code", CTRL_CLUSTER, r"\"sizeBytes\"[\s\S]*\.patch\(name")),
+    ("csi-controller", "strata.io", "nodestorages", ["list"],
+     ("code", CTRL_CLUSTER, r"Api<NodeStorage> = Api::all")),
+    ("csi-controller", "", "persistentvolumes", ["list"],
+     ("code", CTRL_BACKGROUND, r"Api::<PersistentVolume>::all")),
+    ("csi-controller", "", "persistentvolumeclaims", ["list"],
+     ("code", CTRL_CLUSTER, r"Api<PersistentVolumeClaim> = Api::all")),
+    ("csi-controller", "", "nodes", ["list"],
+     ("code", CTRL_BACKGROUND, r"Api::<Node>::all")),
+    ("csi-controller", "storage.k8s.io", "storageclasses", ["list"],
+     ("code", CTRL_CLUSTER, r"Api<StorageClass> = Api::all")),
+    ("csi-controller", "events.k8s.io", "events", ["create", "patch"],
+     ("code", CTRL_BACKGROUND, r"Recorder::new\(")),
+    ("csi-controller", "coordination.k8s.io", "leases", ["get"],
+     ("code", CTRL_LEASE, r"self\.api\.get_opt\(")),
+    ("csi-controller", "coordination.k8s.io", "leases", ["create"],
+     ("code", CTRL_LEASE, r"self\.api\.create\(")),
+    ("csi-controller", "coordination.k8s.io", "leases", ["update"],
+     ("code", CTRL_LEASE, r"\.replace\(&self\.name")),
+    # external-provisioner
+    ("csi-controller", "", "persistentvolumes", ["get", "list", "watch", "create", "delete", "patch"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "", "persistentvolumeclaims", ["get", "list", "watch", "update"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "storage.k8s.io", "storageclasses", ["get", "list", "watch"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "storage.k8s.io", "csinodes", ["get", "list", "watch"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "", "nodes", ["get", "list", "watch"], ("sidecar", "csi-provisioner")),
+    ("csi-controller", "storage.k8s.io", "volumeattachments", ["get", "list", "watch"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "storage.k8s.io", "volumeattributesclasses", ["get", "list", "watch"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "", "events", ["list", "watch", "create", "update", "patch"],
+     ("sidecar", "csi-provisioner")),
+    ("csi-controller", "coordination.k8s.io", "leases",
+     ["get", "watch", "list", "delete", "update", "create"], ("sidecar", "csi-provisioner")),
+    ("csi-controller", "storage.k8s.io", "csistoragecapacities",
+     ["get", "list", "watch", "create", "update", "patch", "delete"], ("sidecar", "csi-provisioner")),
+    ("csi-controller", "", "pods", ["get"], ("sidecar", "csi-provisioner")),
+    ("csi-controller", "apps", "replicasets", ["get"], ("sidecar", "csi-provisioner")),
+    # external-resizer
+    ("csi-controller", "", "persistentvolumes", ["get", "list", "watch", "patch"],
+     ("sidecar", "csi-resizer")),
+    ("csi-controller", "", "persistentvolumeclaims", ["get", "list", "watch"],
+     ("sidecar", "csi-resizer")),
+    ("csi-controller", "", "persistentvolumeclaims/status", ["patch"], ("sidecar", "csi-resizer")),
+    ("csi-controller", "", "pods", ["get", "list", "watch"], ("sidecar", "csi-resizer")),
+    ("csi-controller", "", "events", ["list", "watch", "create", "update", "patch"],
+     ("sidecar", "csi-resizer")),
+    ("csi-controller", "storage.k8s.io", "volumeattributesclasses", ["get", "list", "watch"],
+     ("sidecar", "csi-resizer")),
+    # csi-scheduler: four reflectors
+    ("csi-scheduler", "strata.io", "nodestorages", ["list", "watch"],
+     ("code", SCHED_CACHE, r"spawn_reflector::<NodeStorage>")),
+    ("csi-scheduler", "strata.io", "logicalvolumes", ["list", "watch"],
+     ("code", SCHED_CACHE, r"spawn_reflector::<LogicalVolume>")),
+    ("csi-scheduler", "", "persistentvolumeclaims", ["list", "watch"],
+     ("code", SCHED_CACHE, r"spawn_reflector::<PersistentVolumeClaim>")),
+    ("csi-scheduler", "storage.k8s.io", "storageclasses", ["list", "watch"],
+     ("code", SCHED_CACHE, r"spawn_reflector::<StorageClass>")),
+]
+
+# Only with --node-loss-policy=delete-pvc, granted by the optional component.
+DELETE_PVC_CALL = ("csi-controller", "", "persistentvolumeclaims", ["delete"],
+                   ("code", CTRL_BACKGROUND, r"claims\s*\.delete\("))
+
+WORKLOADS = {"csi-agent": "DaemonSet", "csi-controller": "Deployment",
+             "csi-scheduler": "Deployment"}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return check.render()
+
+
+def grants(objects, sa) -> set[tuple[str, str, str]]:
+    """What the (Cluster)RoleBindings of `sa` in the rendered objects grant it."""
+    out = set()
+    for b in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa
+                   and s["namespace"] == NAMESPACE for s in b["subjects"]):
+            continue
+        role = one(objects, b["roleRef"]["kind"], b["roleRef"]["name"])
+        for rule in role["rules"]:
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    for v in rule["verbs"]:
+                        out.add((g, r, v))
+    return out
+
+
+def table(calls, sa) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for s, g, r, verbs, _ in calls if s == sa for v in verbs}
+
+
+@pytest.mark.parametrize("call", CALLS + [DELETE_PVC_CALL],
+                         ids=lambda c: f"{c[0]}:{c[2]}:{','.join(c[3])}")
+def test_each_call_in_the_table_is_real(rendered, call):
+    sa, _, _, _, where = call
+    if where[0] == "code":
+        text = (REPO / where[1]).read_text()
+        assert re.search(where[2], text), f"{where[1]} no longer matches {where[2]!r}: " \
+            "update the table and the RBAC rule"
+    else:
+        assert container(one(rendered, WORKLOADS[sa], sa), where[1]), where
+
+
+@pytest.mark.parametrize("sa", sorted(WORKLOADS))
+def test_rbac_grants_exactly_the_calls(rendered, sa):
+    granted = grants(rendered, sa)
+    needed = table(CALLS, sa)
+    assert not needed - granted, f"{sa} lacks {sorted(needed - granted)}"
+    assert not granted - needed, f"{sa} is granted what no code uses: {sorted(granted - needed)}"
+
+
+def test_agent_cannot_create_or_delete_volumes_or_touch_claims(rendered):
+    granted = grants(rendered, "csi-agent")
+    assert ("strata.io", "logicalvolumes", "create") not in granted
+    assert not {g for g in granted if g[2] == "delete"}
+    assert not {g for g in granted if g[1] in ("persistentvolumes", "persistentvolumeclaims",
+                                               "pods", "nodes", "secrets")}
+
+
+def test_scheduler_only_reads(rendered):
+    assert {v for _, _, v in grants(rendered, "csi-scheduler")} == {"list", "watch"}
+
+
+# --- PVC delete: the optional component -------------------------------------------------------
+
+
+def component_overlay(tmp_path, component):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY, overlay)],
+        "components": [os.path.relpath(DEPLOY / "components" / component, overlay)],
+    }))
+    return overlay
+
+
+def controller_args(objects):
+    return container(one(objects, "Deployment", "csi-controller"), "controller")["args"]
+
+
+def test_base_has_no_pvc_delete_and_the_report_policy(rendered):
+    assert ("", "persistentvolumeclaims", "delete") not in grants(rendered, "csi-controller")
+    assert "--node-loss-policy=report" in controller_args(rendered)
+
+
+def test_delete_pvc_component_grants_delete_and_switches_the_policy(tmp_path):
+    objects = check.render(component_overlay(tmp_path, "node-loss-delete-pvc"))
+    assert not check.validate_objects(objects, "overlay", K8S_VERSION, check.load_crds()).failed
+    granted = grants(objects, "csi-controller")
+    needed = table(CALLS + [DELETE_PVC_CALL], "csi-controller")
+    assert granted == needed, (sorted(granted - needed), sorted(needed - granted))
+    args = controller_args(objects)
+    assert "--node-loss-policy=delete-pvc" in args
+    assert not [a for a in args if a == "--node-loss-policy=report"]
+    # the delete right sits in its own ClusterRole, nothing else in it
+    role = one(objects, "ClusterRole", "strata-csi-controller-delete-pvc")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+                              "verbs": ["delete"]}]
+
+
+def test_network_policy_component(tmp_path):
+    objects = check.render(component_overlay(tmp_path, "network-policy"))
+    assert not check.validate_objects(objects, "overlay", K8S_VERSION, check.load_crds()).failed
+    policies = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    assert set(policies) == {"csi-scheduler", "csi-controller", "csi-agent"}
+    ports = {"csi-scheduler": 8099, "csi-controller": 9808, "csi-agent": 9809}
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert spec["policyTypes"] == ["Ingress"]
+        [rule] = spec["ingress"]
+        assert [p["port"] for p in rule["ports"]] == [ports[name]]
+        peers = [p["podSelector"]["matchLabels"] for p in rule["from"]]
+        assert {"app.kubernetes.io/name": "prometheus"} in peers
+        if name == "csi-scheduler":
+            assert {"component": "kube-scheduler"} in peers
+        else:
+            assert len(peers) == 1
+        # the port is the one the workload listens on
+        w = one(objects, WORKLOADS[name], name)
+        declared = {p["containerPort"] for c in w["spec"]["template"]["spec"]["containers"]
+                    for p in c.get("ports", [])}
+        assert ports[name] in declared
+    base = check.render()
+    assert not [o for o in base if o["kind"] == "NetworkPolicy"], "the base must not carry them"
+
+
+# --- CEL: a small evaluator over cel-python ------------------------------------------------------
+
+ENV = celpy.Environment()
+
+
+def cel(expr: str, **activation):
+    program = ENV.program(ENV.compile(expr))
+    return program.evaluate({k: celpy.json_to_cel(v) for k, v in activation.items()})
+
+
+# --- LogicalVolume spec immutability (CRD x-kubernetes-validations) -----------------------------
+
+
+def spec_rules():
+    [crd] = check.load_yaml_file(DEPLOY / "crds" / "logicalvolumes.strata.io.yaml")
+    [version] = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec["x-kubernetes-validations"]
+
+
+def spec_violations(old: dict, new: dict) -> list[str]:
+    return [r["message"] for r in spec_rules() if not cel(r["rule"], self=new, oldSelf=old)]
+
+
+BASE_SPEC = {"nodeName": "node-a", "deviceClass": "nvme", "sizeBytes": 1 << 30,
+             "pvc": {"namespace": "ns", "name": "data-0", "uid": "u-1"}}
+
+
+def changed(**fields):
+    spec = yaml.safe_load(yaml.safe_dump(BASE_SPEC))
+    for k, v in fields.items():
+        if v is None:
+            spec.pop(k, None)
+        else:
+            spec[k] = v
+    return spec
+
+
+def test_crd_spec_rules_are_transition_rules_with_messages():
+    rules = spec_rules()
+    assert len(rules) == 6
+    for r in rules:
+        assert "oldSelf" in r["rule"] and r["message"]
+
+
+@pytest.mark.parametrize("new,violated", [
+    (changed(), []),
+    (changed(sizeBytes=2 << 30), []),
+    (changed(sizeBytes=1 << 29), ["spec.sizeBytes may only grow"]),
+    (changed(nodeName="node-b"), ["spec.nodeName is immutable"]),
+    (changed(deviceClass="hdd"), ["spec.deviceClass is immutable"]),
+    (changed(pvc={"namespace": "ns", "name": "other", "uid": "u-2"}), ["spec.pvc is immutable"]),
+    (changed(pvc=None), ["spec.pvc is immutable"]),
+    (changed(wipe="none"), ["spec.wipe is immutable"]),
+    (changed(source={"kind": "LogicalVolume", "name": "x"}), ["spec.source is immutable"]),
+    (changed(nodeName="node-b", sizeBytes=2 << 30, wipe="none"),
+     ["spec.nodeName is immutable", "spec.wipe is immutable"]),
+], ids=["same", "grow", "shrink", "node", "class", "pvc", "pvc-removed", "wipe-added", "source",
+        "several"])
+def test_crd_spec_immutability(new, violated):
+    assert spec_violations(BASE_SPEC, new) == violated
+
+
+def test_crd_wipe_once_set_cannot_be_turned_off():
+    old = changed(wipe="zero")
+    assert spec_violations(old, changed(wipe="none")) == ["spec.wipe is immutable"]
+    assert spec_violations(old, changed(wipe=None)) == ["spec.wipe is immutable"]
+    assert spec_violations(old, old) == []
+
+
+# --- the agent's node scope (ValidatingAdmissionPolicy) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy(rendered):
+    vap = one(rendered, "ValidatingAdmissionPolicy", "strata-agent-node-scope")
+    binding = one(rendered, "ValidatingAdmissionPolicyBinding", "strata-agent-node-scope")
+    assert binding["spec"]["policyName"] == "strata-agent-node-scope"
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert vap["spec"]["failurePolicy"] == "Fail"
+    return vap["spec"]
+
+
+def lv(node: str, **spec) -> dict:
+    return {"metadata": {"name": "pvc-1", "labels": {"strata.io/node": node},
+                         "finalizers": ["strata.io/lv"]},
+            "spec": {**BASE_SPEC, "nodeName": node, **spec}}
+
+
+def ns(name: str, **spec) -> dict:
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def admit(policy, *, user=AGENT_SA, node="node-a", resource, sub="", op="UPDATE", name,
+          obj=None, old=None) -> list[str] | None:
+    """None if the policy does not apply; else the messages of the validations that fail (an
+    evaluation error counts as a failure: failurePolicy is Fail)."""
+    extra = {NODE_CLAIM: [node]} if node else {}
+    request = {"userInfo": {"username": user, "extra": extra},
+               "resource": {"group": "strata.io", "version": "v1alpha1", "resource": resource},
+               "subResource": sub, "operation": op, "name": name}
+    rules = policy["matchConstraints"]["resourceRules"]
+    wanted = resource + (f"/{sub}" if sub else "")
+    if not any(wanted in r["resources"] and op in r["operations"] for r in rules):
+        return None
+    act = {"request": request, "object": obj, "oldObject": old}
+    if not all(cel(m["expression"], **act) for m in policy["matchConditions"]):
+        return None
+    variables = {}
+    for v in policy["variables"]:
+        variables[v["name"]] = cel(v["expression"], **act, variables=variables)
+    failed = []
+    for v in policy["validations"]:
+        try:
+            ok = cel(v["expression"], **act, variables=variables)
+        except Exception:  # noqa: BLE001 - the API server denies on an evaluation error
+            ok = False
+        if not ok:
+            failed.append(v["message"].strip())
+    return failed
+
+
+def test_policy_lets_the_agent_do_its_work_on_its_node(policy):
+    # NodeStorage: create by apply, status, re-apply
+    assert admit(policy, resource="nodestorages", op="CREATE", name="node-a",
+                 obj=ns("node-a")) == []
+    assert admit(policy, resource="nodestorages", sub="status", name="node-a",
+                 obj=ns("node-a"), old=ns("node-a")) == []
+    # LogicalVolume: finalizer added and removed, status
+    old = lv("node-a")
+    new = lv("node-a")
+    new["metadata"]["finalizers"] = []
+    assert admit(policy, resource="logicalvolumes", name="pvc-1", obj=new, old=old) == []
+    assert admit(policy, resource="logicalvolumes", sub="status", name="pvc-1",
+                 obj=old, old=old) == []
+
+
+@pytest.mark.parametrize("case", [
+    dict(resource="nodestorages", op="CREATE", name="node-b", obj=ns("node-b")),
+    dict(resource="nodestorages", name="node-b", obj=ns("node-b"), old=ns("node-b")),
+    dict(resource="nodestorages", sub="status", name="node-b", obj=ns("node-b"),
+         old=ns("node-b")),
+    dict(resource="logicalvolumes", name="pvc-1", obj=lv("node-b"), old=lv("node-b")),
+    dict(resource="logicalvolumes", sub="status", name="pvc-1", obj=lv("node-b"),
+         old=lv("node-b")),
+    # relabelling another node's volume to its own node
+    dict(resource="logicalvolumes", name="pvc-1", obj=lv("node-a"), old=lv("node-b")),
+    dict(resource="logicalvolumes", op="DELETE", name="pvc-1", old=lv("node-b")),
+], ids=["ns-create", "ns-update", "ns-status", "lv-update", "lv-status", "lv-relabel",
+        "lv-delete"])
+def test_policy_refuses_every_cross_node_write(policy, case):
+    failed = admit(policy, **case)
+    assert failed, case
+
+
+@pytest.mark.parametrize("change", ["spec", "label", "annotation"])
+def test_policy_refuses_spec_and_metadata_changes_on_its_own_node(policy, change):
+    old = lv("node-a")
+    new = lv("node-a")
+    if change == "spec":
+        new["spec"]["wipe"] = "none"
+    elif change == "label":
+        new["metadata"]["labels"]["extra"] = "x"
+    else:
+        new["metadata"]["annotations"] = {"a": "b"}
+    failed = admit(policy, resource="logicalvolumes", name="pvc-1", obj=new, old=old)
+    assert failed == ["csi-agent may change only status and finalizers, never spec, labels "
+                      "or annotations"]
+    ns_old, ns_new = ns("node-a"), ns("node-a", claimMode="auto")
+    assert admit(policy, resource="nodestorages", name="node-a", obj=ns_new, old=ns_old)
+
+
+def test_policy_refuses_a_token_without_a_node(policy):
+    failed = admit(policy, node="", resource="nodestorages", op="CREATE", name="node-a",
+                   obj=ns("node-a"))
+    assert failed and any("names no node" in f for f in failed)
+
+
+def test_policy_applies_only_to_the_agent(policy):
+    other = "system:serviceaccount:strata-system:csi-controller"
+    assert admit(policy, user=other, resource="logicalvolumes", name="pvc-1",
+                 obj=lv("node-b", wipe="none"), old=lv("node-b")) is None
+
+
+def test_policy_names_the_agents_service_account(rendered, policy):
+    ds = one(rendered, "DaemonSet", "csi-agent")
+    sa = ds["spec"]["template"]["spec"]["serviceAccountName"]
+    assert f"'system:serviceaccount:{ds['metadata']['namespace']}:{sa}'" in \
+        policy["matchConditions"][0]["expression"]
+    covered = {r for rule in policy["matchConstraints"]["resourceRules"]
+               for r in rule["resources"]}
+    written = {r for g, r, v in grants(rendered, "csi-agent")
+               if g == "strata.io" and v in ("create", "update", "patch", "delete")}
+    assert written <= covered, written - covered
