@@ -251,11 +251,15 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::view::tests::*;
+    use crate::fixtures::*;
 
     const NAMES_FIXTURE: &str = include_str!("../tests/fixtures/filter-names.json");
     const NODES_FIXTURE: &str = include_str!("../tests/fixtures/filter-nodes.json");
     const NO_STRATA_FIXTURE: &str = include_str!("../tests/fixtures/no-strata-volumes.json");
+
+    fn pods() -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+        no_pods()
+    }
 
     fn cluster() -> ClusterView {
         let nodes = [
@@ -293,11 +297,12 @@ mod tests {
             Arc::new(claim("apps", "data-db-0", "u1", "fast", "20Gi")),
             Arc::new(claim("apps", "wal-db-0", "u2", "fast", "5Gi")),
         ];
-        ClusterView::build::<_, Arc<LogicalVolume>, _, _>(
+        ClusterView::build::<_, Arc<LogicalVolume>, _, _, _>(
             &nodes,
             &[],
             &claims,
             &standard_classes(),
+            &pods(),
             Placement::Binpack,
         )
     }
