@@ -14,7 +14,7 @@ use axum::body::{Body, to_bytes};
 use axum::http::Request;
 use csi_api::names::Placement;
 use csi_scheduler::fixtures::{CLAIMS_PER_NODE, Objects, cluster, node_name};
-use csi_scheduler::http::{AppState, MAX_BODY_BYTES, Verb, ViewHandle, answer, router};
+use csi_scheduler::http::{AppState, FULL_NODES_MAX_BODY_BYTES, Verb, ViewHandle, answer, router};
 use csi_scheduler::metrics::Metrics;
 use csi_scheduler::view::ClusterView;
 use serde_json::{Value, json};
@@ -159,7 +159,7 @@ fn main() {
         });
         let view = build_view();
         let (names_body, nodes_body) = bodies(&fixture, n);
-        assert!(nodes_body.len() < MAX_BODY_BYTES);
+        assert!(nodes_body.len() < FULL_NODES_MAX_BODY_BYTES);
         let state = AppState {
             view: ViewHandle::default(),
             metrics: Arc::new(Metrics::new()),
