@@ -439,10 +439,13 @@ mod tests {
     #[tokio::test]
     async fn prioritize_scores_every_node_in_order_both_payloads() {
         let (app, _) = app(Some(cluster()));
+        // a and f fit. The nvme binpack term (25 of 125 GiB) ranks f (fuller) 1 and a 0; the hdd
+        // spread term (100 GiB) is the free fraction left: a 0.95, f 0.80. f: 0.2 + 0.64 = 0.84,
+        // a: 0.76, so f gets 10 and a the lowest fitting score.
         let expected = json!([
-            {"Host": "node-a", "Score": 10}, {"Host": "node-b", "Score": 0},
+            {"Host": "node-a", "Score": 0}, {"Host": "node-b", "Score": 0},
             {"Host": "node-c", "Score": 0}, {"Host": "node-d", "Score": 0},
-            {"Host": "node-e", "Score": 0}, {"Host": "node-f", "Score": 0}
+            {"Host": "node-e", "Score": 0}, {"Host": "node-f", "Score": 10}
         ]);
         let (_, names) = post_json(&app, "/prioritize", NAMES_FIXTURE).await;
         assert_eq!(names, expected);
