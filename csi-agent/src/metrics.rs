@@ -1,4 +1,5 @@
-//! The agent's Prometheus metrics (`prometheus-client`), served as text on `/metrics` (axum) at
+//! The agent's Prometheus metrics (`prometheus-client`), served as OpenMetrics text on `/metrics`
+//! (the hardened `csi_api::http` server) at
 //! `--metrics-addr` in both modes: bytes wiped and wipe durations by method and device class,
 //! LVs whose wipe is pending (marked and not yet removed), and fstrim runs. One registry per
 //! process, handed to the parts that count; cheap to clone.
@@ -270,24 +271,7 @@ impl Metrics {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let body = self.encode();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        body,
-                    )
-                }
-            }),
-        );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        csi_api::http::serve_metrics(listener, move || self.encode(), shutdown).await
     }
 }
 
@@ -385,6 +369,10 @@ mod tests {
         let mut body = String::new();
         conn.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(
+            body.contains(csi_api::http::OPENMETRICS_CONTENT_TYPE),
+            "{body}"
+        );
         assert!(
             body.contains(r#"strata_agent_wiped_bytes_total{method="zero",class="hdd"} 4194304"#),
             "{body}"

@@ -5,13 +5,16 @@
 //! - [`capacity`]: the fit arithmetic used by both the scheduler and the controller;
 //! - [`request`]: validation of CSI requests (parameters, sizes, capabilities, topology);
 //! - [`runtime`]: logging, shutdown signal and socket endpoint helpers every binary uses;
+//! - [`http`]: the one hardened HTTP server (extender, every `/metrics`);
 //! - [`fault`]: crash points for the crash-consistency tests (`STRATA_FAULT_POINT`).
 //!
-//! It holds no behaviour of its own beyond pure functions: nothing here talks to a cluster.
+//! Beyond pure functions it holds only the runtime plumbing every binary shares (logging,
+//! sockets, the HTTP server); nothing here talks to a cluster.
 
 pub mod capacity;
 pub mod crd;
 pub mod fault;
+pub mod http;
 pub mod names;
 pub mod placement;
 pub mod request;

@@ -2,8 +2,10 @@
 //! for Immediate-binding volumes: among the nodes a [`Demand`] fits, `binpack` prefers the node
 //! left fullest — the fewest free bytes over all its classes once the demand is placed (best fit,
 //! which also keeps nodes offering several classes for pods that need several), `spread` the node
-//! left with the lowest utilisation of the class. Each term (class × placement) is ranked across
-//! the candidates from exact byte counts, terms are weighted by their bytes, and the result is
+//! left with the lowest utilisation of the class. Each binpack term (class × placement) is ranked
+//! across the candidates from exact byte counts, each spread term is the class's free fraction
+//! after placement (never rescaled, so spread is exactly worst-fit), terms are weighted by their
+//! bytes, and the result is
 //! mapped to the extender's 0..=10: the single best node (ties broken by node name) gets 10, the
 //! others 0..=9.
 
@@ -131,8 +133,9 @@ pub fn best(candidates: &[(&str, &NodeCapacity)], demand: &Demand) -> Option<usi
 }
 
 /// Per fitting candidate (aligned with `fitting`), the bytes-weighted mean over the demand's
-/// terms of how good the node is for the term, each normalised to 0..=1 across the fitting
-/// nodes. `None` when nothing fits.
+/// terms of how good the node is for the term, in 0..=1: binpack terms ranked min-max across the
+/// fitting nodes, spread terms as the class's free fraction after placement (so an all-spread
+/// demand picks exactly the worst fit by bytes-weighted utilisation). `None` when nothing fits.
 fn combined_goodness(
     candidates: &[(&str, &NodeCapacity)],
     fitting: &[usize],
@@ -160,7 +163,15 @@ fn combined_goodness(
             1.0 / demand.terms().len() as f64
         };
         for (g, &b) in goodness.iter_mut().zip(&bad) {
-            let normalised = if hi > lo { (hi - b) / (hi - lo) } else { 1.0 };
+            let normalised = match term.placement {
+                // Free bytes have no natural scale: rank them across the candidates.
+                Placement::Binpack if hi > lo => (hi - b) / (hi - lo),
+                Placement::Binpack => 1.0,
+                // Utilisation is a fraction already: use it as it is. Rescaling it across the
+                // candidates would blow up a small difference in one class against a large one
+                // in another and leave the choice looser than plain worst-fit.
+                Placement::Spread => 1.0 - b,
+            };
             *g += weight * normalised;
         }
     }

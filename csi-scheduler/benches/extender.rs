@@ -6,181 +6,19 @@
 //!
 //! Run: `cargo bench -p csi-scheduler --bench extender` (add `-- --quick` for fewer iterations).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
-use csi_api::crd::{
-    ClassHealth, DeviceClassStatus, LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec,
-    LogicalVolumeStatus, NodeStorage, NodeStorageSpec, NodeStorageStatus,
-};
-use csi_api::names::{ANNOTATION_SELECTED_NODE, DRIVER_NAME, DeviceClass, Placement};
-use csi_scheduler::http::{AppState, MAX_BODY_BYTES, Verb, ViewHandle, answer, router};
+use csi_api::names::Placement;
+use csi_scheduler::fixtures::{CLAIMS_PER_NODE, Objects, cluster, node_name};
+use csi_scheduler::http::{AppState, FULL_NODES_MAX_BODY_BYTES, Verb, ViewHandle, answer, router};
 use csi_scheduler::metrics::Metrics;
 use csi_scheduler::view::ClusterView;
-use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
-    VolumeResourceRequirements,
-};
-use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-const GIB: u64 = 1 << 30;
-/// Claims (and LogicalVolumes) per node in the cluster the view is built from.
-const CLAIMS_PER_NODE: usize = 8;
-
-fn node_name(i: usize) -> String {
-    format!("worker-{i:05}")
-}
-
-type Objects = (
-    Vec<Arc<NodeStorage>>,
-    Vec<Arc<LogicalVolume>>,
-    Vec<Arc<PersistentVolumeClaim>>,
-    Vec<Arc<StorageClass>>,
-);
-
-/// A cluster of `n` nodes: NodeStorage with two or three classes, a few LogicalVolumes and
-/// claims per node (some pending), the pod's three claims, and the StorageClasses.
-fn cluster(n: usize) -> Objects {
-    let mut nodes = Vec::with_capacity(n);
-    let mut volumes = Vec::new();
-    let mut claims = Vec::new();
-    for i in 0..n {
-        let name = node_name(i);
-        let class = |c: DeviceClass, total: u64, free: u64| DeviceClassStatus {
-            name: c,
-            vg_name: c.vg_name().into(),
-            total_bytes: total,
-            free_bytes: free,
-            allocatable_bytes: free,
-            pv_count: 2,
-            missing_pv_count: 0,
-            lv_count: 3,
-            health: ClassHealth::Healthy,
-        };
-        let mut classes = vec![
-            class(
-                DeviceClass::Nvme,
-                3200 * GIB,
-                (100 + (i as u64 * 37) % 3000) * GIB,
-            ),
-            class(
-                DeviceClass::Hdd,
-                16_000 * GIB,
-                (500 + (i as u64 * 101) % 15_000) * GIB,
-            ),
-        ];
-        if i % 3 == 0 {
-            classes.push(class(DeviceClass::Ssd, 8000 * GIB, 4000 * GIB));
-        }
-        let mut ns = NodeStorage::new(&name, NodeStorageSpec::default());
-        ns.status = Some(NodeStorageStatus {
-            device_classes: classes,
-            ..Default::default()
-        });
-        nodes.push(Arc::new(ns));
-        for k in 0..CLAIMS_PER_NODE {
-            let uid = format!("{i:05}-{k}");
-            let phase = if k == 0 {
-                LogicalVolumePhase::Pending
-            } else {
-                LogicalVolumePhase::Ready
-            };
-            let mut lv = LogicalVolume::new(
-                &format!("pvc-{uid}"),
-                LogicalVolumeSpec {
-                    node_name: name.clone(),
-                    device_class: DeviceClass::Nvme,
-                    size_bytes: 10 * GIB,
-                    pvc: None,
-                    source: None,
-                    wipe: None,
-                },
-            );
-            lv.status = Some(LogicalVolumeStatus {
-                phase: Some(phase),
-                ..Default::default()
-            });
-            volumes.push(Arc::new(lv));
-            let mut pvc = claim(&format!("claim-{uid}"), &uid, "strata-nvme", "10Gi");
-            pvc.spec.as_mut().unwrap().volume_name = Some(format!("pvc-{uid}"));
-            claims.push(Arc::new(pvc));
-        }
-        // One claim selected for the node, its volume not made yet.
-        let mut pending = claim(
-            &format!("selected-{i:05}"),
-            &format!("sel-{i:05}"),
-            "strata-nvme",
-            "5Gi",
-        );
-        pending.metadata.annotations = Some(BTreeMap::from([(
-            ANNOTATION_SELECTED_NODE.to_string(),
-            name.clone(),
-        )]));
-        claims.push(Arc::new(pending));
-    }
-    claims.push(Arc::new(claim("data-db-0", "p1", "strata-nvme", "200Gi")));
-    claims.push(Arc::new(claim("wal-db-0", "p2", "strata-nvme", "20Gi")));
-    claims.push(Arc::new(claim("archive-db-0", "p3", "strata-hdd", "1Ti")));
-    let classes = vec![
-        storage_class("strata-nvme", &[("strata.io/device-class", "nvme")]),
-        storage_class(
-            "strata-hdd",
-            &[
-                ("strata.io/device-class", "hdd"),
-                ("strata.io/placement", "spread"),
-            ],
-        ),
-    ];
-    (nodes, volumes, claims, classes)
-}
-
-fn claim(name: &str, uid: &str, class: &str, size: &str) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("apps".into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            storage_class_name: Some(class.into()),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".into(), Quantity(size.into()))])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: Some(PersistentVolumeClaimStatus {
-            phase: Some("Pending".into()),
-            ..Default::default()
-        }),
-    }
-}
-
-fn storage_class(name: &str, params: &[(&str, &str)]) -> Arc<StorageClass> {
-    Arc::new(StorageClass {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        provisioner: DRIVER_NAME.into(),
-        parameters: Some(
-            params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Default::default()
-    })
-}
 
 /// The pod of the fixtures, its volumes replaced by three claims of two classes.
 fn pod(fixture: &Value) -> Value {
@@ -299,19 +137,29 @@ fn main() {
         "ratio"
     );
     for n in [500, 1000, 5000] {
-        let (nodes, volumes, claims, classes) = cluster(n);
-        let build = measure(if quick { 3 } else { 20 }, || {
-            black_box(ClusterView::build(
+        let Objects {
+            nodes,
+            volumes,
+            claims,
+            classes,
+            pods,
+        } = cluster(n);
+        let build_view = || {
+            ClusterView::build(
                 &nodes,
                 &volumes,
                 &claims,
                 &classes,
+                &pods,
                 Placement::Binpack,
-            ));
+            )
+        };
+        let build = measure(if quick { 3 } else { 20 }, || {
+            black_box(build_view());
         });
-        let view = ClusterView::build(&nodes, &volumes, &claims, &classes, Placement::Binpack);
+        let view = build_view();
         let (names_body, nodes_body) = bodies(&fixture, n);
-        assert!(nodes_body.len() < MAX_BODY_BYTES);
+        assert!(nodes_body.len() < FULL_NODES_MAX_BODY_BYTES);
         let state = AppState {
             view: ViewHandle::default(),
             metrics: Arc::new(Metrics::new()),

@@ -2,7 +2,8 @@
 //! class, sizes uniform in 10–500 GiB) on N heterogeneous nodes, placing each pod online through
 //! the real `extender::filter` and `extender::prioritize` over a `ClusterView` (a placement is
 //! recorded as pending demand, as a selected-node claim would be), until the first pod no node
-//! can take. Strategies: binpack, spread, a TopoLVM-like score (log2 of free GiB, min over the
+//! can take. Strategies: binpack, spread, plain worst-fit (lowest bytes-weighted utilisation of
+//! the pod's classes after placement, the bar spread must meet), a TopoLVM-like score (log2 of free GiB, min over the
 //! pod's classes, random among ties), random fit; and the offline first-fit-decreasing bound
 //! (the longest prefix of the same stream FFD packs). Reports capacity placed before the first
 //! rejection, fragmentation then, and the max/min node utilisation once half of FFD's bytes are
@@ -27,15 +28,21 @@ const TIB: u64 = 1 << 40;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
     Binpack,
+    /// Binpack over the sample kube-scheduler hands the extender with the default (adaptive)
+    /// `percentageOfNodesToScore`.
+    BinpackSampled,
     Spread,
+    WorstFit,
     TopoLvm,
     Random,
 }
 
 impl Strategy {
-    const ALL: [Strategy; 4] = [
+    const ALL: [Strategy; 6] = [
         Strategy::Binpack,
+        Strategy::BinpackSampled,
         Strategy::Spread,
+        Strategy::WorstFit,
         Strategy::TopoLvm,
         Strategy::Random,
     ];
@@ -43,7 +50,9 @@ impl Strategy {
     fn name(self) -> &'static str {
         match self {
             Strategy::Binpack => "binpack",
+            Strategy::BinpackSampled => "binpack@adapt",
             Strategy::Spread => "spread",
+            Strategy::WorstFit => "worst-fit",
             Strategy::TopoLvm => "topolvm-log2",
             Strategy::Random => "random-fit",
         }
@@ -160,6 +169,35 @@ fn fragmentation(view: &ClusterView, cluster: &Cluster) -> (f64, f64) {
     (frag, total_free as f64 / cluster.capacity() as f64)
 }
 
+/// How many feasible nodes kube-scheduler looks for (and so hands the extender) out of `n` with
+/// `percentageOfNodesToScore` `percentage` (0: adaptive, 50 % minus 1 % per 125 nodes, at least
+/// 5 %), never fewer than 100 (kube-scheduler's `numFeasibleNodesToFind`).
+fn nodes_to_find(n: usize, percentage: usize) -> usize {
+    const MIN_FEASIBLE: usize = 100;
+    if n < MIN_FEASIBLE || percentage >= 100 {
+        return n;
+    }
+    let percentage = if percentage == 0 {
+        50usize.saturating_sub(n / 125).max(5)
+    } else {
+        percentage
+    };
+    (n * percentage / 100).max(MIN_FEASIBLE)
+}
+
+/// Plain worst-fit's measure: the utilisation of each of the pod's classes once it is placed,
+/// weighted by the pod's bytes in the class.
+fn weighted_utilisation(cap: &NodeCapacity, pod: &Pod) -> f64 {
+    let total: f64 = pod.iter().map(|&(_, b)| b as f64).sum();
+    pod.iter()
+        .map(|&(class, bytes)| {
+            let c = &cap.classes[&class];
+            let used = c.total - c.available() + bytes;
+            bytes as f64 / total * used as f64 / c.total as f64
+        })
+        .sum()
+}
+
 /// TopoLVM's score: log2 of free GiB, 1..=10, the minimum over the pod's classes.
 fn topolvm_score(cap: &NodeCapacity, pod: &Pod) -> i64 {
     pod.iter()
@@ -209,7 +247,13 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
             .collect();
         view.insert_node(name.clone(), NodeCapacity { classes });
     }
-    let names: Vec<&str> = cluster.names.iter().map(String::as_str).collect();
+    let all_names: Vec<&str> = cluster.names.iter().map(String::as_str).collect();
+    let sample = if strategy == Strategy::BinpackSampled {
+        nodes_to_find(all_names.len(), 0)
+    } else {
+        all_names.len()
+    };
+    let mut next_start = 0;
     let (half, _) = ffd_bound(cluster, pods);
     let half = half / 2;
     let mut placed_bytes = 0;
@@ -224,10 +268,23 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
             demand,
             own_pending: Vec::new(),
         };
-        let verdicts = extender::filter(&view, &demand, &names);
-        let passing: Vec<usize> = (0..names.len())
-            .filter(|&i| verdicts[i].is_none())
-            .collect();
+        // kube-scheduler hands the extender the next `sample` nodes (round robin); a pod that
+        // fits none of them is retried on the next window, until every node was offered.
+        let mut names: Vec<&str> = Vec::new();
+        let mut passing: Vec<usize> = Vec::new();
+        for _ in 0..all_names.len().div_ceil(sample) {
+            names = (0..sample)
+                .map(|k| all_names[(next_start + k) % all_names.len()])
+                .collect();
+            next_start = (next_start + sample) % all_names.len();
+            let verdicts = extender::filter(&view, &demand, &names);
+            passing = (0..names.len())
+                .filter(|&i| verdicts[i].is_none())
+                .collect();
+            if !passing.is_empty() {
+                break;
+            }
+        }
         if passing.is_empty() {
             break;
         }
@@ -240,7 +297,7 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
                 .collect()
         };
         let chosen = match strategy {
-            Strategy::Binpack | Strategy::Spread => {
+            Strategy::Binpack | Strategy::BinpackSampled | Strategy::Spread => {
                 let ties = scored(&extender::prioritize(&view, &demand, &names));
                 *ties.choose(&mut rng).unwrap()
             }
@@ -251,6 +308,16 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
                     .collect();
                 *scored(&scores).choose(&mut rng).unwrap()
             }
+            Strategy::WorstFit => *passing
+                .iter()
+                .min_by(|&&a, &&b| {
+                    let (ua, ub) = (
+                        weighted_utilisation(view.node(names[a]).unwrap(), pod),
+                        weighted_utilisation(view.node(names[b]).unwrap(), pod),
+                    );
+                    ua.total_cmp(&ub).then(names[a].cmp(names[b]))
+                })
+                .unwrap(),
             Strategy::Random => *passing.choose(&mut rng).unwrap(),
         };
         let node = view.node_mut(names[chosen]).unwrap();

@@ -23,6 +23,8 @@ pub enum RejectKind {
     Insufficient,
     /// The pod's claims cannot be placed anywhere (invalid StorageClass or size).
     InvalidClaim,
+    /// A claim of the pod is not in the extender's cache yet: retry shortly.
+    ClaimNotSynced,
 }
 
 impl RejectKind {
@@ -34,6 +36,7 @@ impl RejectKind {
             RejectKind::Degraded => "degraded",
             RejectKind::Insufficient => "insufficient",
             RejectKind::InvalidClaim => "invalid_claim",
+            RejectKind::ClaimNotSynced => "claim_not_synced",
         }
     }
 
@@ -41,7 +44,7 @@ impl RejectKind {
     pub fn is_unresolvable(self) -> bool {
         match self {
             RejectKind::NoNodeStorage | RejectKind::NoSuchClass | RejectKind::InvalidClaim => true,
-            RejectKind::Degraded | RejectKind::Insufficient => false,
+            RejectKind::Degraded | RejectKind::Insufficient | RejectKind::ClaimNotSynced => false,
         }
     }
 }
@@ -60,6 +63,13 @@ pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Opt
         PodDemand::Invalid(message) => {
             let rejection = Rejection {
                 kind: RejectKind::InvalidClaim,
+                message: format!("strata: {message}"),
+            };
+            vec![Some(rejection); nodes.len()]
+        }
+        PodDemand::Unsynced(message) => {
+            let rejection = Rejection {
+                kind: RejectKind::ClaimNotSynced,
                 message: format!("strata: {message}"),
             };
             vec![Some(rejection); nodes.len()]
@@ -152,7 +162,7 @@ mod tests {
     use csi_api::names::{DeviceClass, Placement};
 
     use super::*;
-    use crate::view::tests::*;
+    use crate::fixtures::*;
 
     fn view(
         claims: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
@@ -195,8 +205,18 @@ mod tests {
             volumes,
             &claims,
             &standard_classes(),
+            &pods(),
             Placement::Binpack,
         )
+    }
+
+    /// Pods on "tight": one bound there using the claim "other", and "db-0" nominated there
+    /// (so that claims selected on "tight" for either count as pending).
+    fn pods() -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+        vec![
+            pod_on("apps", "other-0", "tight", true, &["other"]),
+            pod_on("apps", "db-0", "tight", false, &["data", "wal", "archive"]),
+        ]
     }
 
     fn multi_class_pod() -> crate::wire::Pod {
@@ -324,6 +344,25 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_not_in_the_cache_fails_every_node_as_resolvable() {
+        // The PVC cache lags: "data" exists in the API server but not in the view yet.
+        let v = view(vec![], &[]);
+        let p = pod(
+            "p",
+            serde_json::json!([{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]),
+        );
+        let demand = v.demand_of(&p);
+        let verdicts = filter(&v, &demand, &NODES);
+        for verdict in &verdicts {
+            let r = verdict.as_ref().expect("never passed");
+            assert_eq!(r.kind, RejectKind::ClaimNotSynced);
+            assert!(!r.kind.is_unresolvable(), "kube-scheduler must retry");
+            assert!(r.message.contains("apps/data"), "{}", r.message);
+        }
+        assert_eq!(prioritize(&v, &demand, &NODES), vec![0; NODES.len()]);
+    }
+
+    #[test]
     fn pods_without_demand_pass_everywhere_with_zero_scores() {
         let v = view(vec![], &[]);
         let p = pod("p", serde_json::json!([{"name": "t", "emptyDir": {}}]));
@@ -358,8 +397,9 @@ mod tests {
         // Fitting: both (free 1000 GiB → 875 left; hdd 900 → 800 of 1000), tight (230 → 105;
         // hdd 200 → 100), roomy (1750 → 1625; hdd 950 → 850). The nvme binpack term (weight
         // 25/125) favours tight, then both; the hdd spread term (100/125) favours roomy, then
-        // both, closely: both wins overall, roomy second, tight last.
-        assert_eq!(scores, vec![10, 0, 0, 0, 8, 0]);
+        // both, closely (free fraction 0.85 against 0.80, used as it is): both wins overall
+        // (0.2 × 0.49 + 0.8 × 0.80 = 0.74), roomy second (0.68), tight last (0.28).
+        assert_eq!(scores, vec![10, 0, 0, 0, 7, 0]);
         // Deterministic.
         assert_eq!(prioritize(&v, &demand, &NODES), scores);
     }

@@ -1,11 +1,13 @@
 //! The HTTP face of the extender (axum): `POST /filter`, `POST /prioritize`, `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`. Handlers decode the body, take the current [`ClusterView`],
 //! and call the pure functions of [`crate::extender`]. Malformed input is a 400 with the decoder's
-//! message, bodies over 64 MiB a 413, a view not yet built a 503; nothing here panics.
+//! message, a view not yet built a 503; nothing here panics. The routes are served by the shared
+//! hardened server (`csi_api::http::serve`) with [`limits`]: bodies past the limit get 413,
+//! slow or idle clients are cut off, connections are capped.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,8 +23,31 @@ use crate::metrics::{Metrics, ReasonLabels, RequestLabels, VerbLabels};
 use crate::view::ClusterView;
 use crate::wire::{ExtenderArgs, ExtenderFilterResult, NodeListOut};
 
-/// Largest request body accepted (a full-Node list of thousands of nodes fits).
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// Default largest request body, sized for names-only requests (`nodeCacheCapable: true`): a
+/// pod as large as the API server allows (~1.5 MiB) and 15,000 node names of 64 characters.
+pub const NAMES_ONLY_MAX_BODY_BYTES: usize = 4 << 20;
+/// The limit to set (`--max-body-bytes`) when kube-scheduler sends full Node objects
+/// (`nodeCacheCapable: false`): ~5,000 nodes of ~12 KiB. Raise the pod's memory limit with it.
+pub const FULL_NODES_MAX_BODY_BYTES: usize = 64 << 20;
+/// Default cap on open connections: kube-scheduler keeps a few, so 256 leaves room for it while
+/// a few hundred slow clients hang on.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Request bytes buffered at once over all connections, at least twice the body limit.
+const MIN_BODY_BUDGET_BYTES: usize = 48 << 20;
+
+/// The server limits of the extender for a body limit and a connection cap.
+pub fn limits(max_body_bytes: usize, max_connections: usize) -> csi_api::http::Limits {
+    csi_api::http::Limits {
+        max_body_bytes,
+        max_header_bytes: 16 << 10,
+        header_read_timeout: Duration::from_secs(5),
+        // kube-scheduler gives up after its `httpTimeout` (5 s in deploy/scheduler) anyway.
+        request_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+        max_connections,
+        body_budget_bytes: MIN_BODY_BUDGET_BYTES.max(max_body_bytes.saturating_mul(2)),
+    }
+}
 /// Bodies larger than this are decoded off the async workers.
 const BLOCKING_THRESHOLD_BYTES: usize = 256 << 10;
 
@@ -58,7 +83,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // The body limit is the server's (`limits`), not axum's 2 MB default.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -234,7 +260,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            csi_api::http::OPENMETRICS_CONTENT_TYPE,
         )],
         state.metrics.encode(),
     )
@@ -251,11 +277,15 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::view::tests::*;
+    use crate::fixtures::*;
 
     const NAMES_FIXTURE: &str = include_str!("../tests/fixtures/filter-names.json");
     const NODES_FIXTURE: &str = include_str!("../tests/fixtures/filter-nodes.json");
     const NO_STRATA_FIXTURE: &str = include_str!("../tests/fixtures/no-strata-volumes.json");
+
+    fn pods() -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+        no_pods()
+    }
 
     fn cluster() -> ClusterView {
         let nodes = [
@@ -293,11 +323,12 @@ mod tests {
             Arc::new(claim("apps", "data-db-0", "u1", "fast", "20Gi")),
             Arc::new(claim("apps", "wal-db-0", "u2", "fast", "5Gi")),
         ];
-        ClusterView::build::<_, Arc<LogicalVolume>, _, _>(
+        ClusterView::build::<_, Arc<LogicalVolume>, _, _, _>(
             &nodes,
             &[],
             &claims,
             &standard_classes(),
+            &pods(),
             Placement::Binpack,
         )
     }
@@ -408,10 +439,13 @@ mod tests {
     #[tokio::test]
     async fn prioritize_scores_every_node_in_order_both_payloads() {
         let (app, _) = app(Some(cluster()));
+        // a and f fit. The nvme binpack term (25 of 125 GiB) ranks f (fuller) 1 and a 0; the hdd
+        // spread term (100 GiB) is the free fraction left: a 0.95, f 0.80. f: 0.2 + 0.64 = 0.84,
+        // a: 0.76, so f gets 10 and a the lowest fitting score.
         let expected = json!([
-            {"Host": "node-a", "Score": 10}, {"Host": "node-b", "Score": 0},
+            {"Host": "node-a", "Score": 0}, {"Host": "node-b", "Score": 0},
             {"Host": "node-c", "Score": 0}, {"Host": "node-d", "Score": 0},
-            {"Host": "node-e", "Score": 0}, {"Host": "node-f", "Score": 0}
+            {"Host": "node-e", "Score": 0}, {"Host": "node-f", "Score": 10}
         ]);
         let (_, names) = post_json(&app, "/prioritize", NAMES_FIXTURE).await;
         assert_eq!(names, expected);
@@ -479,7 +513,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn huge_bodies_are_served_up_to_the_limit_and_refused_past_it() {
+    async fn large_bodies_are_decoded_off_the_async_workers() {
         let (app, _) = app(Some(cluster()));
         // ~8 MiB of names: decoded off the async workers, every unknown node unresolvable.
         let names: Vec<String> = (0..400_000).map(|i| format!("node-{i:08}")).collect();
@@ -497,10 +531,44 @@ mod tests {
             400_000
         );
         assert_eq!(result["NodeNames"], json!([]));
+    }
 
-        let too_big = vec![b' '; MAX_BODY_BYTES + 1];
-        let (status, _) = call(&app, "POST", "/filter", too_big).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    /// The extender's routes on the real server function with its default limits.
+    #[tokio::test]
+    async fn the_served_extender_refuses_oversize_bodies_and_serves_the_rest() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (app, _) = app(Some(cluster()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let limits = limits(NAMES_ONLY_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS);
+        let server = tokio::spawn(csi_api::http::serve(listener, app, limits, stop.clone()));
+        let exchange = |head: String, body: Vec<u8>| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            // The server may answer (and close) before the body is all sent.
+            let _ = s.write_all(&body).await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let head = |len: usize| {
+            format!(
+                "POST /filter HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {len}\r\n\r\n"
+            )
+        };
+        let started = Instant::now();
+        let answer = exchange(head(64 << 20), Vec::new()).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let answer = exchange(head(NAMES_FIXTURE.len()), NAMES_FIXTURE.as_bytes().to_vec()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains(r#""NodeNames":["node-a","node-f"]"#),
+            "{answer}"
+        );
+        stop.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -3,10 +3,13 @@
 //!   [`view::ClusterView`] snapshot after changes;
 //! - [`view`]: the snapshot and a pod's demand (pure);
 //! - [`extender`]: filter and prioritize (pure, over `csi_api::capacity` and `placement`);
-//! - [`wire`]: the extender v1 JSON types; [`http`]: the axum routes; [`metrics`]: Prometheus.
+//! - [`wire`]: the extender v1 JSON types; [`http`]: the axum routes; [`metrics`]: Prometheus;
+//! - `fixtures`: objects for the unit tests and the benchmarks (not used by the binary).
 
 pub mod cache;
 pub mod extender;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod http;
 pub mod metrics;
 pub mod view;

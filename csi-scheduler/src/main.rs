@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use csi_api::names::Placement;
 use csi_api::runtime::{LogArgs, init_logging, shutdown_token};
-use csi_scheduler::http::{AppState, ViewHandle, router};
+use csi_scheduler::http::{
+    AppState, DEFAULT_MAX_CONNECTIONS, NAMES_ONLY_MAX_BODY_BYTES, ViewHandle, limits, router,
+};
 use csi_scheduler::metrics::Metrics;
 
 /// Strata scheduler extender: `/filter`, `/prioritize`, `/healthz`, `/readyz`, `/metrics`.
@@ -23,6 +25,14 @@ struct Cli {
     /// Placement for StorageClasses without `strata.io/placement`.
     #[arg(long, value_enum, default_value_t = Placement::Binpack)]
     default_placement: Placement,
+    /// Largest request body in bytes. The default fits names-only requests
+    /// (`nodeCacheCapable: true`); with full Node objects set 67108864 (64 MiB) and raise the
+    /// pod's memory limit (docs/install.md).
+    #[arg(long, default_value_t = NAMES_ONLY_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Most connections open at once; more are closed as they arrive.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 #[tokio::main]
@@ -48,8 +58,8 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
     tracing::info!(listen = %cli.listen, default_placement = %cli.default_placement, "serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    let limits = limits(cli.max_body_bytes, cli.max_connections);
+    csi_api::http::serve(listener, router(state), limits, shutdown.clone())
         .await
         .context("serving HTTP")?;
     shutdown.cancel();

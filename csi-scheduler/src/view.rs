@@ -2,6 +2,13 @@
 //! stores (NodeStorage, LogicalVolume, PersistentVolumeClaim, StorageClass) by a pure function:
 //! each node's capacity per class with pending demand already subtracted, the Strata claims, and
 //! the Strata StorageClasses. It also turns a pod into its [`PodDemand`].
+//!
+//! Two rules keep it correct while the caches lag (docs/architecture.md, "scheduler under lag"):
+//! a claim of the pod that the PVC cache does not know yet makes the pod wait (every node fails
+//! as resolvable, so kube-scheduler retries) instead of passing it without its demand; and a claim
+//! that carries `volume.kubernetes.io/selected-node` but has no volume yet counts as pending on
+//! that node only where it is credible ([`capacity::selected_claim_counts`]): valid for its class,
+//! used by a pod bound or nominated to the node, and no larger than the class there.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
@@ -9,10 +16,14 @@ use std::ops::Deref;
 use csi_api::capacity::{self, NodeCapacity, volume_name_for_claim};
 use csi_api::crd::{LogicalVolume, NodeStorage};
 use csi_api::csi::CapacityRange;
+use csi_api::csi::VolumeCapability;
+use csi_api::csi::volume_capability::access_mode::Mode;
+use csi_api::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi_api::names::{ANNOTATION_SELECTED_NODE, DRIVER_NAME, DeviceClass, Placement};
 use csi_api::placement::Demand;
+use csi_api::request::check_capability;
 use csi_api::request::{VolumeParameters, size_for_range};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::wire;
@@ -49,6 +60,8 @@ pub struct ClaimInfo {
     pub selected_node: Option<String>,
     /// A LogicalVolume `pvc-<uid>` exists: the volume is placed (and counted) already.
     pub has_volume: bool,
+    /// The node on which this claim's bytes are counted as pending (a credible selected node).
+    pub counted_on: Option<String>,
 }
 
 /// What a pod asks of Strata.
@@ -64,14 +77,18 @@ pub enum PodDemand {
     },
     /// A claim of the pod cannot be placed anywhere (bad StorageClass, bad size).
     Invalid(String),
+    /// A claim of the pod is not in the extender's PVC cache yet (the cache lags the API server):
+    /// the pod must wait, never pass without its demand.
+    Unsynced(String),
 }
 
 /// The snapshot placement works on.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
     nodes: HashMap<String, NodeCapacity>,
-    /// namespace → name → claim (Strata StorageClasses only).
-    claims: HashMap<String, HashMap<String, ClaimInfo>>,
+    /// namespace → name → claim; `None` for a claim of another driver's StorageClass (known, so
+    /// that a pod using it is not taken for one whose claim the cache has not seen yet).
+    claims: HashMap<String, HashMap<String, Option<ClaimInfo>>>,
     classes: HashMap<String, ClassParams>,
     default_class: Option<String>,
     default_placement: Placement,
@@ -87,11 +104,12 @@ impl ClusterView {
     }
 
     /// Builds the view from the reflector stores' contents.
-    pub fn build<N, V, C, S>(
+    pub fn build<N, V, C, S, P>(
         node_storages: &[N],
         volumes: &[V],
         claims: &[C],
         storage_classes: &[S],
+        pods: &[P],
         default_placement: Placement,
     ) -> Self
     where
@@ -99,6 +117,7 @@ impl ClusterView {
         V: Deref<Target = LogicalVolume>,
         C: Deref<Target = PersistentVolumeClaim>,
         S: Deref<Target = StorageClass>,
+        P: Deref<Target = Pod>,
     {
         let mut view = ClusterView::new(default_placement);
         view.set_storage_classes(storage_classes.iter().map(|s| &**s));
@@ -117,40 +136,80 @@ impl ClusterView {
         let mut pending = capacity::pending_by_node(volumes.iter().map(|v| &**v), |node| {
             published.get(node).copied()
         });
+        let reported: HashMap<&str, NodeCapacity> = node_storages
+            .iter()
+            .filter_map(|ns| {
+                let (Some(name), None) = (&ns.metadata.name, &ns.metadata.deletion_timestamp)
+                else {
+                    return None;
+                };
+                let cap = ns
+                    .status
+                    .as_ref()
+                    .map(NodeCapacity::from_status)
+                    .unwrap_or_default();
+                Some((name.as_str(), cap))
+            })
+            .collect();
+        let pods_on_nodes = claims_on_nodes(pods.iter().map(|p| &**p));
         for pvc in claims {
-            let Some(info) = view.claim_info(pvc, &volume_names) else {
-                continue;
-            };
-            if let (false, false, Some(node), Ok(bytes)) = (
-                info.bound,
-                info.has_volume,
-                &info.selected_node,
-                &info.bytes,
-            ) && let Some(ClassParams::Strata { class, .. }) =
-                view.classes.get(&info.storage_class)
-            {
-                capacity::add_class_bytes(pending.entry(node.clone()).or_default(), *class, *bytes);
-            }
             let namespace = pvc.metadata.namespace.clone().unwrap_or_default();
             let name = pvc.metadata.name.clone().unwrap_or_default();
+            let mut info = view.claim_info(pvc, &volume_names);
+            if let Some(info) = &mut info {
+                let key = (namespace.clone(), name.clone());
+                let on_node = |node: &str| {
+                    pods_on_nodes
+                        .get(&key)
+                        .is_some_and(|nodes| nodes.contains(&node))
+                };
+                info.counted_on = view.selected_pending(info, on_node, |node| reported.get(node));
+                if let (Some(node), Ok(bytes), Some(ClassParams::Strata { class, .. })) = (
+                    &info.counted_on,
+                    &info.bytes,
+                    view.classes.get(&info.storage_class),
+                ) {
+                    capacity::add_class_bytes(
+                        pending.entry(node.clone()).or_default(),
+                        *class,
+                        *bytes,
+                    );
+                }
+            }
             view.claims.entry(namespace).or_default().insert(name, info);
         }
-        for ns in node_storages {
-            let (Some(name), None) = (&ns.metadata.name, &ns.metadata.deletion_timestamp) else {
-                continue;
-            };
-            let cap = ns
-                .status
-                .as_ref()
-                .map(NodeCapacity::from_status)
-                .unwrap_or_default();
+        for (name, cap) in reported {
             let cap = match pending.get(name) {
                 Some(p) => cap.with_pending(p),
                 None => cap,
             };
-            view.nodes.insert(name.clone(), cap);
+            view.nodes.insert(name.to_owned(), cap);
         }
         view
+    }
+
+    /// The node on which a claim with a selected node counts as pending demand, if the
+    /// annotation is credible ([`capacity::selected_claim_counts`]).
+    fn selected_pending<'a>(
+        &self,
+        info: &ClaimInfo,
+        pod_on_node: impl Fn(&str) -> bool,
+        reported: impl Fn(&str) -> Option<&'a NodeCapacity>,
+    ) -> Option<String> {
+        let node = info.selected_node.as_deref()?;
+        if info.bound || info.has_volume {
+            return None;
+        }
+        let Some(ClassParams::Strata { class, .. }) = self.classes.get(&info.storage_class) else {
+            return None;
+        };
+        let (valid, bytes) = match info.bytes {
+            Ok(bytes) => (true, bytes),
+            Err(_) => (false, 0),
+        };
+        let total = reported(node).and_then(|cap| cap.classes.get(class).map(|c| c.total));
+        capacity::selected_claim_counts(valid, pod_on_node(node), bytes, total)
+            .then(|| node.to_owned())
     }
 
     fn set_storage_classes<'a>(&mut self, classes: impl Iterator<Item = &'a StorageClass>) {
@@ -228,12 +287,17 @@ impl ClusterView {
             .uid
             .as_deref()
             .is_some_and(|uid| volume_names.contains(volume_name_for_claim(uid).as_str()));
+        let bytes = volume_bytes(requests.as_deref(), limits.as_deref()).and_then(|bytes| {
+            check_access(spec)?;
+            Ok(bytes)
+        });
         Some(ClaimInfo {
             storage_class,
-            bytes: volume_bytes(requests.as_deref(), limits.as_deref()),
+            bytes,
             bound,
             selected_node: annotations.and_then(|a| a.get(ANNOTATION_SELECTED_NODE).cloned()),
             has_volume,
+            counted_on: None,
         })
     }
 
@@ -259,12 +323,22 @@ impl ClusterView {
 
     /// Number of claims of Strata StorageClasses.
     pub fn claim_count(&self) -> usize {
-        self.claims.values().map(HashMap::len).sum()
+        self.claims
+            .values()
+            .map(|m| m.values().filter(|c| c.is_some()).count())
+            .sum()
     }
 
     /// A claim of a Strata StorageClass by namespace and name.
     pub fn claim(&self, namespace: &str, name: &str) -> Option<&ClaimInfo> {
-        self.claims.get(namespace)?.get(name)
+        self.claims.get(namespace)?.get(name)?.as_ref()
+    }
+
+    /// Whether the PVC cache has seen this claim at all (of any StorageClass).
+    pub fn knows_claim(&self, namespace: &str, name: &str) -> bool {
+        self.claims
+            .get(namespace)
+            .is_some_and(|m| m.contains_key(name))
     }
 
     /// What `pod` still needs: its unbound claims (and generic ephemeral volumes, whose claim is
@@ -278,6 +352,7 @@ impl ClusterView {
         let mut demand = Demand::new();
         let mut own_pending = Vec::new();
         let mut seen: Vec<String> = Vec::new();
+        let mut unsynced: Option<String> = None;
         for volume in &pod.spec.volumes {
             let (claim_name, template) = match (&volume.persistent_volume_claim, &volume.ephemeral)
             {
@@ -291,9 +366,16 @@ impl ClusterView {
             if seen.contains(&claim_name) {
                 continue;
             }
+            let known = self.knows_claim(namespace, &claim_name);
             let resolved = match self.claim(namespace, &claim_name) {
                 Some(info) if info.bound || info.has_volume => continue,
                 Some(info) => self.resolve(&info.storage_class, info.bytes.clone()),
+                // Known, of another driver's StorageClass.
+                None if known => continue,
+                None if template.is_none() => {
+                    unsynced.get_or_insert_with(|| claim_name.clone());
+                    continue;
+                }
                 None => match template {
                     Some(t) => {
                         let class = t
@@ -322,13 +404,17 @@ impl ClusterView {
             demand.add(class, placement, bytes);
             if let Some(node) = self
                 .claim(namespace, &claim_name)
-                .and_then(|c| c.selected_node.clone())
+                .and_then(|c| c.counted_on.clone())
             {
                 own_pending.push((node, class, bytes));
             }
             seen.push(claim_name);
         }
-        if demand.is_empty() {
+        if let Some(claim) = unsynced {
+            PodDemand::Unsynced(format!(
+                "claim {namespace}/{claim} is not in the scheduler extender's cache yet; retrying"
+            ))
+        } else if demand.is_empty() {
             PodDemand::Nothing
         } else {
             PodDemand::Needs {
@@ -354,6 +440,70 @@ impl ClusterView {
     }
 }
 
+/// For each claim (namespace, name) that a pod bound (`spec.nodeName`) or nominated
+/// (`status.nominatedNodeName`) to a node uses, those nodes.
+fn claims_on_nodes<'a>(
+    pods: impl Iterator<Item = &'a Pod>,
+) -> HashMap<(String, String), Vec<&'a str>> {
+    let mut out: HashMap<(String, String), Vec<&str>> = HashMap::new();
+    for pod in pods {
+        let (Some(namespace), Some(spec)) = (pod.metadata.namespace.as_deref(), &pod.spec) else {
+            continue;
+        };
+        let nominated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref());
+        let nodes: Vec<&str> = [spec.node_name.as_deref(), nominated]
+            .into_iter()
+            .flatten()
+            .filter(|n| !n.is_empty())
+            .collect();
+        if nodes.is_empty() {
+            continue;
+        }
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        for volume in spec.volumes.iter().flatten() {
+            let claim = match (&volume.persistent_volume_claim, &volume.ephemeral) {
+                (Some(source), _) => source.claim_name.clone(),
+                (None, Some(_)) => format!("{pod_name}-{}", volume.name),
+                (None, None) => continue,
+            };
+            out.entry((namespace.to_owned(), claim))
+                .or_default()
+                .extend(nodes.iter().copied());
+        }
+    }
+    out
+}
+
+/// Whether the claim's access modes and volume mode are ones CreateVolume accepts, by the
+/// shared request validator.
+fn check_access(
+    spec: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
+) -> Result<(), String> {
+    let access_type = if spec.volume_mode.as_deref() == Some("Block") {
+        AccessType::Block(BlockVolume {})
+    } else {
+        AccessType::Mount(MountVolume::default())
+    };
+    for mode in spec.access_modes.iter().flatten() {
+        let mode = match mode.as_str() {
+            "ReadWriteOnce" => Mode::SingleNodeWriter,
+            "ReadWriteOncePod" => Mode::SingleNodeSingleWriter,
+            "ReadOnlyMany" => Mode::MultiNodeReaderOnly,
+            "ReadWriteMany" => Mode::MultiNodeMultiWriter,
+            _ => Mode::Unknown,
+        };
+        let cap = VolumeCapability {
+            access_mode: Some(AccessMode { mode: mode.into() }),
+            access_type: Some(access_type.clone()),
+        };
+        check_capability(&cap).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The bytes a volume of this request and limit takes, as the controller will size it.
 fn volume_bytes(request: Option<&str>, limit: Option<&str>) -> Result<u64, String> {
     let to_i64 = |q: Option<&str>| -> Result<i64, String> {
@@ -369,162 +519,14 @@ fn volume_bytes(request: Option<&str>, limit: Option<&str>) -> Result<u64, Strin
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use csi_api::crd::{
-        ClassHealth, DeviceClassStatus, LogicalVolumePhase, LogicalVolumeSpec, LogicalVolumeStatus,
-        NodeStorageSpec, NodeStorageStatus,
-    };
-    use k8s_openapi::api::core::v1::{
-        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
-    };
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use csi_api::crd::LogicalVolumePhase;
 
     use super::*;
-
-    pub const GIB: u64 = 1 << 30;
-
-    /// A NodeStorage reporting `(class, allocatable bytes, healthy)` per class.
-    pub fn node_storage(name: &str, classes: &[(DeviceClass, u64, bool)]) -> Arc<NodeStorage> {
-        let mut ns = NodeStorage::new(name, NodeStorageSpec::default());
-        ns.status = Some(NodeStorageStatus {
-            device_classes: classes
-                .iter()
-                .map(|&(class, alloc, healthy)| DeviceClassStatus {
-                    name: class,
-                    vg_name: class.vg_name().into(),
-                    total_bytes: alloc.max(1000 * GIB),
-                    free_bytes: alloc,
-                    allocatable_bytes: alloc,
-                    pv_count: 2,
-                    missing_pv_count: u32::from(!healthy),
-                    lv_count: 0,
-                    health: if healthy {
-                        ClassHealth::Healthy
-                    } else {
-                        ClassHealth::Degraded
-                    },
-                })
-                .collect(),
-            ..Default::default()
-        });
-        Arc::new(ns)
-    }
-
-    pub fn storage_class(
-        name: &str,
-        provisioner: &str,
-        params: &[(&str, &str)],
-    ) -> Arc<StorageClass> {
-        Arc::new(StorageClass {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            provisioner: provisioner.into(),
-            parameters: Some(
-                params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        })
-    }
-
-    pub fn claim(
-        ns: &str,
-        name: &str,
-        uid: &str,
-        class: &str,
-        size: &str,
-    ) -> PersistentVolumeClaim {
-        PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                uid: Some(uid.into()),
-                ..Default::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                storage_class_name: Some(class.into()),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".into(), Quantity(size.into()))])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            status: Some(PersistentVolumeClaimStatus {
-                phase: Some("Pending".into()),
-                ..Default::default()
-            }),
-        }
-    }
-
-    pub fn selected(mut pvc: PersistentVolumeClaim, node: &str) -> PersistentVolumeClaim {
-        pvc.metadata.annotations = Some(BTreeMap::from([(
-            ANNOTATION_SELECTED_NODE.to_string(),
-            node.to_string(),
-        )]));
-        pvc
-    }
-
-    pub fn bound(mut pvc: PersistentVolumeClaim) -> PersistentVolumeClaim {
-        pvc.spec.as_mut().unwrap().volume_name = Some("pvc-x".into());
-        pvc
-    }
-
-    pub fn volume(
-        name: &str,
-        node: &str,
-        class: DeviceClass,
-        size: u64,
-        phase: LogicalVolumePhase,
-    ) -> Arc<LogicalVolume> {
-        let mut lv = LogicalVolume::new(
-            name,
-            LogicalVolumeSpec {
-                node_name: node.into(),
-                device_class: class,
-                size_bytes: size,
-                pvc: None,
-                source: None,
-                wipe: None,
-            },
-        );
-        lv.status = Some(LogicalVolumeStatus {
-            phase: Some(phase),
-            ..Default::default()
-        });
-        Arc::new(lv)
-    }
-
-    pub fn standard_classes() -> Vec<Arc<StorageClass>> {
-        vec![
-            storage_class("fast", DRIVER_NAME, &[("strata.io/device-class", "nvme")]),
-            storage_class(
-                "bulk",
-                DRIVER_NAME,
-                &[
-                    ("strata.io/device-class", "hdd"),
-                    ("strata.io/placement", "spread"),
-                ],
-            ),
-            storage_class("broken", DRIVER_NAME, &[("strata.io/device-class", "tape")]),
-            storage_class("ebs", "ebs.csi.aws.com", &[("type", "gp3")]),
-        ]
-    }
-
-    pub fn pod(name: &str, volumes: serde_json::Value) -> wire::Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "apps", "uid": "pod-uid"},
-            "spec": {"volumes": volumes}
-        }))
-        .unwrap()
-    }
+    use crate::fixtures::*;
 
     #[test]
     fn pending_counts_unready_volumes_and_selected_claims_without_volume() {
@@ -555,11 +557,13 @@ pub(crate) mod tests {
             ))),
             Arc::new(selected(claim("apps", "c4", "u4", "ebs", "7Gi"), "n1")),
         ];
+        let pods = [pod_on("apps", "p1", "n1", true, &["c1", "c2", "c3", "c4"])];
         let view = ClusterView::build(
             &nodes,
             &volumes,
             &claims,
             &standard_classes(),
+            &pods,
             Placement::Binpack,
         );
         let cap = view.node("n1").unwrap().classes[&DeviceClass::Nvme];
@@ -578,11 +582,12 @@ pub(crate) mod tests {
             Arc::new(claim("apps", "other", "u4", "ebs", "10Gi")),
             Arc::new(claim("apps", "web-0-cache", "u5", "fast", "1Gi")),
         ];
-        let view = ClusterView::build::<Arc<NodeStorage>, Arc<LogicalVolume>, _, _>(
+        let view = ClusterView::build::<Arc<NodeStorage>, Arc<LogicalVolume>, _, _, Arc<Pod>>(
             &[],
             &[],
             &claims,
             &standard_classes(),
+            &[],
             Placement::Binpack,
         );
         let p = pod(
@@ -593,7 +598,6 @@ pub(crate) mod tests {
                 {"name": "b", "persistentVolumeClaim": {"claimName": "logs"}},
                 {"name": "c", "persistentVolumeClaim": {"claimName": "old"}},
                 {"name": "d", "persistentVolumeClaim": {"claimName": "other"}},
-                {"name": "e", "persistentVolumeClaim": {"claimName": "missing"}},
                 {"name": "cache", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
                 {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
                     "storageClassName": "bulk", "resources": {"requests": {"storage": "1.5Gi"}}}}}},
@@ -632,11 +636,12 @@ pub(crate) mod tests {
     #[test]
     fn pods_without_strata_claims_need_nothing_and_bad_classes_are_invalid() {
         let claims = [Arc::new(claim("apps", "bad", "u1", "broken", "1Gi"))];
-        let view = ClusterView::build::<Arc<NodeStorage>, Arc<LogicalVolume>, _, _>(
+        let view = ClusterView::build::<Arc<NodeStorage>, Arc<LogicalVolume>, _, _, Arc<Pod>>(
             &[],
             &[],
             &claims,
             &standard_classes(),
+            &[],
             Placement::Spread,
         );
         let plain = pod("p", serde_json::json!([{"name": "t", "emptyDir": {}}]));
@@ -671,7 +676,8 @@ pub(crate) mod tests {
             Arc<LogicalVolume>,
             Arc<PersistentVolumeClaim>,
             _,
-        >(&[], &[], &[], &classes, Placement::Spread);
+            Arc<Pod>,
+        >(&[], &[], &[], &classes, &[], Placement::Spread);
         let p = pod(
             "p",
             serde_json::json!([{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {
@@ -692,11 +698,13 @@ pub(crate) mod tests {
             "n1",
         ))];
         let nodes = [node_storage("n1", &[(DeviceClass::Nvme, 15 * GIB, true)])];
-        let view = ClusterView::build::<_, Arc<LogicalVolume>, _, _>(
+        let pods = [pod_on("apps", "p", "n1", false, &["data"])];
+        let view = ClusterView::build::<_, Arc<LogicalVolume>, _, _, _>(
             &nodes,
             &[],
             &claims,
             &standard_classes(),
+            &pods,
             Placement::Binpack,
         );
         assert_eq!(
@@ -713,6 +721,123 @@ pub(crate) mod tests {
         assert_eq!(
             own_pending,
             vec![("n1".to_string(), DeviceClass::Nvme, 10 * GIB)]
+        );
+    }
+
+    fn one_node_view(claims: &[Arc<PersistentVolumeClaim>], pods: &[Arc<Pod>]) -> ClusterView {
+        let nodes = [node_storage("n1", &[(DeviceClass::Nvme, 100 * GIB, true)])];
+        ClusterView::build::<_, Arc<LogicalVolume>, _, _, _>(
+            &nodes,
+            &[],
+            claims,
+            &standard_classes(),
+            pods,
+            Placement::Binpack,
+        )
+    }
+
+    fn nvme_pending(view: &ClusterView) -> u64 {
+        view.node("n1").unwrap().classes[&DeviceClass::Nvme].pending
+    }
+
+    #[test]
+    fn a_claim_the_cache_has_not_seen_makes_the_pod_wait() {
+        let claims = [
+            Arc::new(claim("apps", "known", "u1", "fast", "1Gi")),
+            Arc::new(claim("apps", "theirs", "u2", "ebs", "1Gi")),
+        ];
+        let view = one_node_view(&claims, &[]);
+        let uses = |names: &[&str]| {
+            let volumes: Vec<_> = names
+                .iter()
+                .map(|n| serde_json::json!({"name": n, "persistentVolumeClaim": {"claimName": n}}))
+                .collect();
+            pod("p", serde_json::Value::Array(volumes))
+        };
+        let PodDemand::Unsynced(message) = view.demand_of(&uses(&["known", "missing"])) else {
+            panic!("an unknown claim must not be skipped")
+        };
+        assert!(message.contains("apps/missing"), "{message}");
+        // Only the unknown claim: still waits (not `Nothing`, which would pass every node).
+        assert!(matches!(
+            view.demand_of(&uses(&["missing"])),
+            PodDemand::Unsynced(_)
+        ));
+        // A known claim of another driver is not Strata demand.
+        assert_eq!(view.demand_of(&uses(&["theirs"])), PodDemand::Nothing);
+        assert!(matches!(
+            view.demand_of(&uses(&["known", "theirs"])),
+            PodDemand::Needs { .. }
+        ));
+    }
+
+    #[test]
+    fn a_selected_claim_counts_only_with_a_pod_on_that_node() {
+        let claims = [Arc::new(selected(
+            claim("apps", "c", "u1", "fast", "10Gi"),
+            "n1",
+        ))];
+        // No pod uses it: a bare annotation blocks nothing.
+        assert_eq!(nvme_pending(&one_node_view(&claims, &[])), 0);
+        // A pod bound or nominated elsewhere: not credible on n1.
+        let elsewhere = [pod_on("apps", "p", "n2", true, &["c"])];
+        assert_eq!(nvme_pending(&one_node_view(&claims, &elsewhere)), 0);
+        // A pod of another namespace with a claim of the same name: no.
+        let other_ns = [pod_on("tenant", "p", "n1", true, &["c"])];
+        assert_eq!(nvme_pending(&one_node_view(&claims, &other_ns)), 0);
+        // Bound or nominated to n1: counts.
+        for bound in [true, false] {
+            let pods = [pod_on("apps", "p", "n1", bound, &["c"])];
+            assert_eq!(nvme_pending(&one_node_view(&claims, &pods)), 10 * GIB);
+        }
+    }
+
+    #[test]
+    fn a_bogus_selected_claim_does_not_block_the_node() {
+        let pods = [pod_on(
+            "apps",
+            "p",
+            "n1",
+            true,
+            &["huge", "rwx", "bad-size"],
+        )];
+        let mut rwx = selected(claim("apps", "rwx", "u2", "fast", "10Gi"), "n1");
+        rwx.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteMany".into()]);
+        let claims = [
+            // Larger than the class's total on the node (1000 GiB in the fixture).
+            Arc::new(selected(claim("apps", "huge", "u1", "fast", "900Ti"), "n1")),
+            // An access mode CreateVolume refuses.
+            Arc::new(rwx),
+            Arc::new(selected(
+                claim("apps", "bad-size", "u3", "fast", "lots"),
+                "n1",
+            )),
+        ];
+        let view = one_node_view(&claims, &pods);
+        assert_eq!(nvme_pending(&view), 0);
+        // So another pod's honest claim still fits there.
+        let honest = pod(
+            "honest",
+            serde_json::json!([{"name": "v", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "storageClassName": "fast", "resources": {"requests": {"storage": "100Gi"}}}}}}]),
+        );
+        let demand = view.demand_of(&honest);
+        assert_eq!(crate::extender::filter(&view, &demand, &["n1"]), vec![None]);
+        // The RWX claim's own pod is told why, as for any invalid claim.
+        let own = pod(
+            "p",
+            serde_json::json!([{"name": "v", "persistentVolumeClaim": {"claimName": "rwx"}}]),
+        );
+        let PodDemand::Invalid(message) = view.demand_of(&own) else {
+            panic!()
+        };
+        assert!(message.contains("MULTI_NODE_MULTI_WRITER"), "{message}");
+        // A valid RWO claim with the same pod counts.
+        let mut rwo = selected(claim("apps", "huge", "u1", "fast", "10Gi"), "n1");
+        rwo.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteOnce".into()]);
+        assert_eq!(
+            nvme_pending(&one_node_view(&[Arc::new(rwo)], &pods)),
+            10 * GIB
         );
     }
 }

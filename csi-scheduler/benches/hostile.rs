@@ -1,0 +1,274 @@
+//! The extender's HTTP server under hostile load: the real routes on the real server function
+//! (`csi_api::http::serve` with the binary's default limits) over loopback, a view of 5,000
+//! nodes / 40,000 LogicalVolumes, and a names-only /filter body of 5,000 names. Measures the
+//! legitimate p50/p99 (one keep-alive client, back to back) alone, then while 200 slow clients
+//! hold connections with stalled bodies (reconnecting when cut off) and four clients send
+//! 64 MiB bodies (declared, and chunked); prints the process's resident memory (VmRSS) before and
+//! its peak under the load. The process includes the bench's own clients and view.
+//!
+//! Run: `cargo bench -p csi-scheduler --bench hostile` (add `-- --quick` for a shorter run).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use csi_api::names::Placement;
+use csi_scheduler::fixtures::{Objects, cluster, node_name};
+use csi_scheduler::http::{
+    AppState, DEFAULT_MAX_CONNECTIONS, NAMES_ONLY_MAX_BODY_BYTES, ViewHandle, limits, router,
+};
+use csi_scheduler::metrics::Metrics;
+use csi_scheduler::view::ClusterView;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+const NODES: usize = 5000;
+const SLOW_CLIENTS: usize = 200;
+const BIG_BODY: usize = 64 << 20;
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// One request on a keep-alive connection; the answer's status code.
+async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> u16 {
+    stream.write_all(request).await.expect("write");
+    buf.clear();
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "server closed a legitimate connection");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text[9..12].parse().unwrap_or(0);
+            }
+        }
+    }
+}
+
+async fn legit(addr: SocketAddr, request: Arc<Vec<u8>>, count: usize) -> Vec<Duration> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let status = exchange(&mut stream, &request, &mut buf).await;
+        samples.push(started.elapsed());
+        assert_eq!(status, 200);
+    }
+    samples
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.5).as_secs_f64() * 1e3, at(0.99).as_secs_f64() * 1e3)
+}
+
+/// A client that sends headers and a little of a 1 MiB body, then stalls; reconnects when cut.
+async fn slow_client(addr: SocketAddr, stop: Arc<AtomicBool>, cut: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let head = "POST /filter HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n{\"Pod\":";
+        if s.write_all(head.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    cut.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A client that sends 64 MiB bodies, alternately declared and chunked, as fast as it can.
+async fn big_client(addr: SocketAddr, stop: Arc<AtomicBool>, refused: Arc<AtomicU64>) {
+    let chunk = vec![b' '; 1 << 20];
+    let mut chunked = false;
+    while !stop.load(Ordering::Relaxed) {
+        chunked = !chunked;
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            continue;
+        };
+        let head = if chunked {
+            "POST /filter HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+        } else {
+            format!("POST /filter HTTP/1.1\r\nhost: x\r\ncontent-length: {BIG_BODY}\r\n\r\n")
+        };
+        if s.write_all(head.as_bytes()).await.is_err() {
+            continue;
+        }
+        let (mut rd, mut wr) = s.into_split();
+        let writer = {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                for _ in 0..(BIG_BODY / chunk.len()) {
+                    let ok = if chunked {
+                        wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                            .await
+                            .is_ok()
+                            && wr.write_all(&chunk).await.is_ok()
+                            && wr.write_all(b"\r\n").await.is_ok()
+                    } else {
+                        wr.write_all(&chunk).await.is_ok()
+                    };
+                    if !ok {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut answer = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut answer)).await
+            && answer[..n].starts_with(b"HTTP/1.1 413")
+        {
+            refused.fetch_add(1, Ordering::Relaxed);
+        }
+        writer.abort();
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let count = if quick { 200 } else { 1000 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Objects {
+        nodes,
+        volumes,
+        claims,
+        classes,
+        pods,
+    } = cluster(NODES);
+    let view = ClusterView::build(
+        &nodes,
+        &volumes,
+        &claims,
+        &classes,
+        &pods,
+        Placement::Binpack,
+    );
+    drop((nodes, volumes, claims, classes, pods));
+    let names: Vec<String> = (0..NODES).map(node_name).collect();
+    let body = serde_json::to_vec(&json!({
+        "Pod": {"metadata": {"name": "db-0", "namespace": "apps"}, "spec": {"volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
+            {"name": "wal", "persistentVolumeClaim": {"claimName": "wal-db-0"}},
+            {"name": "archive", "persistentVolumeClaim": {"claimName": "archive-db-0"}}]}},
+        "NodeNames": names, "Nodes": null
+    }))
+    .expect("body");
+    let mut request = format!(
+        "POST /filter HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let request = Arc::new(request);
+
+    runtime.block_on(async {
+        let state = AppState {
+            view: ViewHandle::default(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        state.view.set(view);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let limits = limits(NAMES_ONLY_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS);
+        let server = tokio::spawn(csi_api::http::serve(
+            listener,
+            router(state),
+            limits,
+            shutdown.clone(),
+        ));
+
+        let (p50, p99) = percentiles(legit(addr, request.clone(), count).await);
+        let rss_before = rss_bytes();
+        println!(
+            "{NODES} nodes, names-only /filter body {} KiB; limits: body {} MiB, {} connections",
+            body.len() / 1024,
+            NAMES_ONLY_MAX_BODY_BYTES >> 20,
+            DEFAULT_MAX_CONNECTIONS
+        );
+        println!("legit alone:            p50 {p50:.3} ms  p99 {p99:.3} ms   RSS {} MiB", rss_before >> 20);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut hostile = Vec::new();
+        for _ in 0..SLOW_CLIENTS {
+            hostile.push(tokio::spawn(slow_client(addr, stop.clone(), cut.clone())));
+        }
+        for _ in 0..4 {
+            hostile.push(tokio::spawn(big_client(addr, stop.clone(), refused.clone())));
+        }
+        let peak = Arc::new(AtomicU64::new(rss_before));
+        let sampler = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let (p50h, p99h) = percentiles(legit(addr, request.clone(), count).await);
+        // Keep the pressure on past the request deadline, so that slow clients are cut.
+        let window = Duration::from_secs(if quick { 6 } else { 12 });
+        if started.elapsed() < window {
+            tokio::time::sleep(window - started.elapsed()).await;
+        }
+        let (p50l, p99l) = percentiles(legit(addr, request.clone(), count / 2).await);
+        stop.store(true, Ordering::Relaxed);
+        for task in hostile {
+            task.abort();
+        }
+        let _ = sampler.await;
+        println!(
+            "legit + {SLOW_CLIENTS} slow clients + 4 x 64 MiB senders: p50 {p50h:.3} ms  p99 {p99h:.3} ms (ratio p99 {:.2}); after {} s: p50 {p50l:.3} ms  p99 {p99l:.3} ms",
+            p99h / p99,
+            window.as_secs()
+        );
+        println!(
+            "peak RSS under the hostile load: {} MiB (goal < 128 MiB, half the 256Mi pod limit); slow connections cut: {}; 64 MiB bodies refused with 413: {}",
+            peak.load(Ordering::Relaxed) >> 20,
+            cut.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed)
+        );
+        shutdown.cancel();
+        let _ = server.await;
+    });
+}
