@@ -517,7 +517,7 @@ fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error
             "volume content sources (clones, snapshots) are not supported by Strata".into(),
         ));
     }
-    let size = request::size_for_range(req.capacity_range.as_ref())?;
+    let size = request::size_for_volume(req.capacity_range.as_ref(), &access)?;
     let (required, limit) = req
         .capacity_range
         .map(|r| (r.required_bytes.max(0) as u64, r.limit_bytes.max(0) as u64))

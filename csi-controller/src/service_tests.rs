@@ -138,6 +138,28 @@ async fn creates_on_the_selected_node_and_repeats_are_idempotent() {
 }
 
 #[tokio::test]
+async fn a_small_xfs_volume_is_raised_to_the_xfs_minimum_and_a_block_one_is_not() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    // 100Mi on the default filesystem (xfs): formatted at xfs's minimum, never stuck at stage.
+    let vol = svc
+        .create_volume(create("pvc-small", "nvme", 100 << 20, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, csi_api::request::XFS_MIN_BYTES as i64);
+    assert_eq!(
+        cluster.volume("pvc-small").unwrap().spec.size_bytes,
+        csi_api::request::XFS_MIN_BYTES
+    );
+    let mut block = create("pvc-raw", "nvme", 100 << 20, Some("a"));
+    block.volume_capabilities[0].access_type = Some(AccessType::Block(Default::default()));
+    let vol = svc.create_volume(block, WAIT).await.unwrap();
+    assert_eq!(vol.capacity_bytes, 100 << 20);
+}
+
+#[tokio::test]
 async fn bad_requests_change_nothing() {
     let cluster = MemoryCluster::default();
     cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));

@@ -22,7 +22,7 @@ use csi_api::csi::volume_capability::{AccessMode, AccessType, BlockVolume, Mount
 use csi_api::names::{ANNOTATION_SELECTED_NODE, DRIVER_NAME, DeviceClass, Placement};
 use csi_api::placement::Demand;
 use csi_api::request::check_capability;
-use csi_api::request::{VolumeParameters, size_for_range};
+use csi_api::request::{VolumeParameters, size_within};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
@@ -43,6 +43,9 @@ pub enum ClassParams {
     Strata {
         class: DeviceClass,
         placement: Option<Placement>,
+        /// The smallest filesystem volume of the class (its fstype's minimum, e.g. xfs 300 MiB):
+        /// a smaller claim is sized up to it, as the controller does.
+        fs_min_bytes: u64,
     },
     /// A StorageClass of the driver whose parameters are invalid; claims of it cannot be placed.
     Invalid(String),
@@ -249,6 +252,9 @@ impl ClusterView {
                 Ok(p) => ClassParams::Strata {
                     class: p.device_class,
                     placement: p.placement,
+                    fs_min_bytes: csi_api::request::fs_min_bytes(
+                        p.fs_type.as_deref().unwrap_or(csi_api::names::DEFAULT_FS_TYPE),
+                    ),
                 },
                 Err(e) => ClassParams::Invalid(format!("StorageClass {name}: {e}")),
             };
@@ -287,7 +293,8 @@ impl ClusterView {
             .uid
             .as_deref()
             .is_some_and(|uid| volume_names.contains(volume_name_for_claim(uid).as_str()));
-        let bytes = volume_bytes(requests.as_deref(), limits.as_deref()).and_then(|bytes| {
+        let min = self.min_bytes(&storage_class, spec.volume_mode.as_deref());
+        let bytes = volume_bytes(requests.as_deref(), limits.as_deref(), min).and_then(|bytes| {
             check_access(spec)?;
             Ok(bytes)
         });
@@ -385,9 +392,11 @@ impl ClusterView {
                             .or(self.default_class.as_ref());
                         let Some(class) = class else { continue };
                         let resources = &t.spec.resources;
+                        let min = self.min_bytes(class, t.spec.volume_mode.as_deref());
                         let bytes = volume_bytes(
                             resources.requests.get("storage").map(String::as_str),
                             resources.limits.get("storage").map(String::as_str),
+                            min,
                         );
                         self.resolve(class, bytes)
                     }
@@ -424,6 +433,16 @@ impl ClusterView {
         }
     }
 
+    /// The smallest volume a claim of `storage_class` in `volume_mode` takes: 0 for a raw block
+    /// claim, the class's filesystem minimum otherwise.
+    fn min_bytes(&self, storage_class: &str, volume_mode: Option<&str>) -> u64 {
+        match (self.classes.get(storage_class), volume_mode) {
+            (_, Some("Block")) => 0,
+            (Some(ClassParams::Strata { fs_min_bytes, .. }), _) => *fs_min_bytes,
+            _ => 0,
+        }
+    }
+
     /// Class, placement and bytes of a claim of `storage_class`; `None` if the class is not the
     /// driver's.
     fn resolve(
@@ -433,7 +452,9 @@ impl ClusterView {
     ) -> Option<Result<(DeviceClass, Placement, u64), String>> {
         Some(match self.classes.get(storage_class)? {
             ClassParams::Invalid(message) => Err(message.clone()),
-            ClassParams::Strata { class, placement } => bytes
+            ClassParams::Strata {
+                class, placement, ..
+            } => bytes
                 .map(|b| (*class, placement.unwrap_or(self.default_placement), b))
                 .map_err(|e| format!("StorageClass {storage_class}: {e}")),
         })
@@ -504,8 +525,9 @@ fn check_access(
     Ok(())
 }
 
-/// The bytes a volume of this request and limit takes, as the controller will size it.
-fn volume_bytes(request: Option<&str>, limit: Option<&str>) -> Result<u64, String> {
+/// The bytes a volume of this request and limit takes, as the controller will size it (raised
+/// to `min_bytes`, the filesystem's minimum).
+fn volume_bytes(request: Option<&str>, limit: Option<&str>, min_bytes: u64) -> Result<u64, String> {
     let to_i64 = |q: Option<&str>| -> Result<i64, String> {
         let Some(q) = q else { return Ok(0) };
         let bytes = capacity::quantity_bytes(q).map_err(|e| e.to_string())?;
@@ -515,7 +537,7 @@ fn volume_bytes(request: Option<&str>, limit: Option<&str>) -> Result<u64, Strin
         required_bytes: to_i64(request)?,
         limit_bytes: to_i64(limit)?,
     };
-    size_for_range(Some(&range)).map_err(|e| e.to_string())
+    size_within(Some(&range), min_bytes, capacity::DEFAULT_EXTENT_BYTES).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -571,6 +593,30 @@ mod tests {
         assert_eq!(cap.available(), 85 * GIB);
         assert_eq!(view.claim_count(), 3);
         assert!(view.claim("apps", "c4").is_none());
+    }
+
+    #[test]
+    fn a_small_filesystem_claim_counts_at_its_filesystems_minimum() {
+        let mut raw = claim("apps", "raw", "u2", "fast", "100Mi");
+        raw.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        let claims = [
+            Arc::new(claim("apps", "small", "u1", "fast", "100Mi")),
+            Arc::new(raw),
+        ];
+        let view = ClusterView::build::<Arc<NodeStorage>, Arc<LogicalVolume>, _, _, Arc<Pod>>(
+            &[],
+            &[],
+            &claims,
+            &standard_classes(),
+            &[],
+            Placement::Binpack,
+        );
+        // The controller makes a 100Mi xfs volume at xfs's 300 MiB minimum: count that.
+        assert_eq!(
+            view.claim("apps", "small").unwrap().bytes,
+            Ok(csi_api::request::XFS_MIN_BYTES)
+        );
+        assert_eq!(view.claim("apps", "raw").unwrap().bytes, Ok(100 << 20));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{ClaimMode, ClassHealth, Condition, DiskState, NodeStorage, NodeStorageStatus};
+use csi_api::crd::{ClaimMode, Condition, DiskState, NodeStorage, NodeStorageStatus};
 use csi_api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
