@@ -10,6 +10,7 @@ pub mod csi;
 pub mod discovery;
 pub mod fs;
 pub mod fstrim;
+pub mod health;
 pub mod kubernetes;
 pub mod lvm;
 pub mod metrics;

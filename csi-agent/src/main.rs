@@ -37,6 +37,16 @@ enum Command {
         #[arg(long, default_value = "/proc")]
         proc_root: PathBuf,
     },
+    /// Take a lost disk (missing PV) out of its class VG once no volume has extents on it, so
+    /// the VG is whole again and the new disk in the slot can be claimed. Dry run by default.
+    ReplaceDisk {
+        /// The disk's slot, as in NodeStorage status.disks[].slot.
+        #[arg(long)]
+        slot: String,
+        /// Run `vgreduce --removemissing` (without it, only say what would be done).
+        #[arg(long)]
+        apply: bool,
+    },
     /// Run the CSI plugin until SIGTERM.
     Serve {
         /// `standalone`: Identity+Controller+Node from local LVM state; `kubernetes`: Identity+Node,
@@ -234,6 +244,12 @@ async fn main() -> Result<()> {
                     eprintln!("note: {note}");
                 }
             }
+            Ok(())
+        }
+        Command::ReplaceDisk { slot, apply } => {
+            let lvm = csi_agent::lvm::Lvm::system(RunnerConfig::default(), LvmOptions::default());
+            let out = csi_agent::health::replace::replace_disk(&lvm, &slot, apply).await?;
+            print!("{out}");
             Ok(())
         }
         Command::Serve {

@@ -1,8 +1,9 @@
 //! The per-class capacity summary (`csi_api::crd::DeviceClassStatus`) from LVM's view of the
 //! Strata VGs, as a pure function: NodeStorage status and standalone GetCapacity both use it.
-//! allocatable = free − the class's reserve (never negative); a VG with a missing PV is Degraded.
+//! allocatable = free − the class's reserve (never negative); a VG with a missing PV is Degraded,
+//! and so is a VG with a failing disk ([`degrade_failing`]); [`degraded_reasons`] names the disks.
 
-use csi_api::crd::{ClassHealth, DeviceClassStatus};
+use csi_api::crd::{ClassHealth, DeviceClassStatus, DiskState, DiskStatus};
 use csi_api::names::DeviceClass;
 
 use super::policy::Policy;
@@ -34,6 +35,58 @@ pub fn class_summary(vgs: &[Vg], policy: &Policy) -> Vec<DeviceClassStatus> {
         })
         .collect();
     out.sort_by_key(|c| c.name);
+    out
+}
+
+/// Turns Degraded every class whose VG holds a `Failing` disk: new volumes there would land on
+/// a disk that reports errors (the VG's free extents may sit on it).
+pub fn degrade_failing(classes: &mut [DeviceClassStatus], disks: &[DiskStatus]) {
+    for class in classes.iter_mut() {
+        let failing = disks.iter().any(|d| {
+            d.state == DiskState::Failing && d.volume_group.as_deref() == Some(&class.vg_name)
+        });
+        if failing {
+            class.health = ClassHealth::Degraded;
+        }
+    }
+}
+
+/// Why each Degraded class is degraded, naming the disks (slot) and the evidence, one line each.
+pub fn degraded_reasons(classes: &[DeviceClassStatus], disks: &[DiskStatus]) -> Vec<String> {
+    let mut out = Vec::new();
+    for class in classes.iter().filter(|c| c.health == ClassHealth::Degraded) {
+        let in_vg = |state: DiskState| {
+            disks.iter().filter(move |d| {
+                d.state == state && d.volume_group.as_deref() == Some(&class.vg_name)
+            })
+        };
+        if class.missing_pv_count > 0 {
+            let slots: Vec<&str> = in_vg(DiskState::Missing)
+                .map(|d| {
+                    if d.slot.is_empty() {
+                        "slot unknown"
+                    } else {
+                        d.slot.as_str()
+                    }
+                })
+                .collect();
+            let named = if slots.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", slots.join(", "))
+            };
+            out.push(format!(
+                "{} is missing {} disk(s){named}",
+                class.vg_name, class.missing_pv_count
+            ));
+        }
+        for d in in_vg(DiskState::Failing) {
+            out.push(format!(
+                "{}: disk in slot {} is failing: {}",
+                class.vg_name, d.slot, d.reason
+            ));
+        }
+    }
     out
 }
 
@@ -97,5 +150,68 @@ mod tests {
         assert_eq!(out[1].missing_pv_count, 1);
         assert_eq!(out[1].health, ClassHealth::Degraded);
         assert!(class_summary(&[], &policy).is_empty());
+    }
+
+    fn disk(slot: &str, state: DiskState, reason: &str) -> DiskStatus {
+        DiskStatus {
+            slot: slot.into(),
+            kernel_name: "sdb".into(),
+            media: DeviceClass::Ssd,
+            size_bytes: 4 << 30,
+            model: String::new(),
+            serial: String::new(),
+            wwn: String::new(),
+            state,
+            reason: reason.into(),
+            volume_group: Some("strata-ssd".into()),
+        }
+    }
+
+    #[test]
+    fn a_failing_disk_degrades_its_class_and_is_named() {
+        let policy = Policy::new(&NodeStorageSpec::default()).unwrap();
+        let vgs = [
+            vg("strata-ssd", 8 << 30, 4 << 30, 2, 0, true),
+            vg("strata-nvme", 8 << 30, 4 << 30, 1, 0, true),
+        ];
+        let mut classes = class_summary(&vgs, &policy);
+        let disks = [
+            disk("pci-a-ata-1", DiskState::Claimed, ""),
+            disk(
+                "pci-a-ata-2",
+                DiskState::Failing,
+                "kernel device state is offline",
+            ),
+        ];
+        degrade_failing(&mut classes, &disks);
+        let ssd = classes.iter().find(|c| c.name == DeviceClass::Ssd).unwrap();
+        let nvme = classes
+            .iter()
+            .find(|c| c.name == DeviceClass::Nvme)
+            .unwrap();
+        assert_eq!(ssd.health, ClassHealth::Degraded);
+        assert_eq!(nvme.health, ClassHealth::Healthy);
+        assert_eq!(
+            degraded_reasons(&classes, &disks),
+            vec![
+                "strata-ssd: disk in slot pci-a-ata-2 is failing: kernel device state is offline"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_disk_is_named_by_slot() {
+        let policy = Policy::new(&NodeStorageSpec::default()).unwrap();
+        let classes = class_summary(&[vg("strata-ssd", 8 << 30, 4 << 30, 2, 1, true)], &policy);
+        let disks = [disk(
+            "pci-a-ata-3",
+            DiskState::Missing,
+            "PV u of strata-ssd is missing",
+        )];
+        assert_eq!(
+            degraded_reasons(&classes, &disks),
+            vec!["strata-ssd is missing 1 disk(s) (pci-a-ata-3)".to_string()]
+        );
     }
 }

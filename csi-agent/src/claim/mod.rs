@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use csi_api::crd::{DeviceClassStatus, DiskState, NodeStorageSpec};
 
-pub use capacity::class_summary;
+pub use capacity::{class_summary, degrade_failing, degraded_reasons};
 pub use execute::{Outcome, execute};
 pub use plan::{Action, ActionKind, LvmState, Plan, plan};
 pub use policy::{Admission, InvalidPattern, Policy};

@@ -99,7 +99,7 @@ fn lvm_code(e: &LvmError) -> Code {
         // Someone else holds the LV or the VG lock: the CO retries an aborted call.
         LvmError::Busy(_) => Code::Aborted,
         // A VG with a missing PV takes no changes until repaired.
-        LvmError::DeviceMissing(_) => Code::FailedPrecondition,
+        LvmError::DeviceMissing(_) | LvmError::MissingPvInUse { .. } => Code::FailedPrecondition,
         LvmError::NotOwned { .. } | LvmError::HasSignature { .. } => Code::FailedPrecondition,
         LvmError::InvalidArgument(_) => Code::InvalidArgument,
         LvmError::Timeout { .. } => Code::DeadlineExceeded,

@@ -1,7 +1,9 @@
 //! [`Volumes`] over the LVM layer: a volume is the LV tagged with its CSI name in one of the class
 //! VGs (`strata-nvme`, `strata-ssd`, `strata-hdd`); its class is its VG, its size the LV's size.
 //! Nothing else is stored anywhere, so the state survives restarts and is shared with `lvs`.
-//! A volume is unhealthy when its VG misses a PV or its LV is not active; an inactive LV is
+//! A volume is unhealthy when a disk holding its extents is missing or failing (`pvs --segments`
+//! and the health [`Board`]; the other volumes of the VG stay healthy), when lvm2 reports the LV
+//! unhealthy, or when its LV is not active; an inactive LV is
 //! activated when looked up (after a reboot nothing else activates it). The class VGs' report is
 //! adjusted by this process's own creates, grows and removals; CreateVolume admits against it
 //! (fresh within seconds for a class with a reserve, any age otherwise: lvcreate arbitrates space
@@ -23,6 +25,7 @@ use csi_api::names::DeviceClass;
 
 use super::error::{Error, Result};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
+use crate::health::{self, Board, DiskProblem};
 use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg, is_wiping};
 use crate::wiper::{WipeConfig, Wiper};
 
@@ -39,6 +42,8 @@ pub struct LvmVolumes<R: LvmRunner> {
     listing: tokio::sync::Mutex<()>,
     /// Wipes LVs before their removal.
     wiper: Wiper<R>,
+    /// The disks found failing by the last health check.
+    health: Board,
 }
 
 /// How long the class VGs' report is reused (always, to admit into a class with a reserve).
@@ -71,7 +76,57 @@ impl<R: LvmRunner> LvmVolumes<R> {
             memory: Mutex::new(Memory::default()),
             listing: tokio::sync::Mutex::new(()),
             wiper,
+            health: Board::default(),
         }
+    }
+
+    /// The same volumes, judged against the failing disks on `board`.
+    pub fn with_health(mut self, board: Board) -> Self {
+        self.health = board;
+        self
+    }
+
+    /// The board of failing disks these volumes are judged against.
+    pub fn health(&self) -> &Board {
+        &self.health
+    }
+
+    /// Volume → the problems of the disks under it, read only when there can be any (a VG with
+    /// a missing PV, or a failing disk). If lvm2 cannot say which LVs use which PV, every volume
+    /// of a VG with a missing PV is reported (the old, coarse answer) with the reason.
+    async fn disk_problems(&self, vgs: &[&Vg]) -> BTreeMap<String, Vec<DiskProblem>> {
+        let failing = self.health.failing();
+        let mut out = BTreeMap::new();
+        for vg in vgs {
+            if vg.missing_pv_count == 0 && failing.is_empty() {
+                continue;
+            }
+            match self.lvm.pv_segments(Some(&vg.name)).await {
+                Ok(segs) => out.extend(health::volume_problems(&segs, &failing)),
+                Err(e) if vg.missing_pv_count > 0 => {
+                    let lvs = self
+                        .lvm
+                        .strata_lvs(Some(&vg.name))
+                        .await
+                        .unwrap_or_default();
+                    for id in lvs.into_iter().filter_map(|l| l.volume) {
+                        out.insert(
+                            id,
+                            vec![DiskProblem {
+                                disk: String::new(),
+                                message: format!(
+                                    "volume group {} lost {} physical volume(s) and lvm2 cannot \
+                                     say which volumes used them: {e}",
+                                    vg.name, vg.missing_pv_count
+                                ),
+                            }],
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(vg = %vg.name, error = %e, "pvs --segments failed"),
+            }
+        }
+        out
     }
 
     /// The same volumes, wiped on removal by `wiper` (its policies and metrics).
@@ -187,13 +242,15 @@ impl<R: LvmRunner> LvmVolumes<R> {
             .collect())
     }
 
-    fn info(lv: &Lv, class: DeviceClass, vg: Option<&Vg>) -> Option<VolumeInfo> {
+    fn info(
+        lv: &Lv,
+        class: DeviceClass,
+        vg: Option<&Vg>,
+        disks: &BTreeMap<String, Vec<DiskProblem>>,
+    ) -> Option<VolumeInfo> {
         let id = lv.volume.clone()?;
         let problem = match (vg, lv.active) {
-            (Some(vg), _) if vg.missing_pv_count > 0 => Some(format!(
-                "volume group {} lost {} physical volume(s)",
-                vg.name, vg.missing_pv_count
-            )),
+            _ if disks.contains_key(&id) => Some(health::volumes::message(&disks[&id])),
             (None, _) => Some(format!("volume group {} is not readable", lv.vg)),
             (Some(_), Activation::Inactive) => {
                 Some(format!("logical volume {} is not active", lv.name))
@@ -218,7 +275,8 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             return Ok(None);
         };
         let vg = self.lvm.vg(&lv.vg).await?;
-        Ok(Self::info(&lv, class, vg.as_ref()))
+        let disks = self.disk_problems(&vg.iter().collect::<Vec<_>>()).await;
+        Ok(Self::info(&lv, class, vg.as_ref(), &disks))
     }
 
     async fn locate(&self, id: &str) -> Result<Option<VolumeInfo>> {
@@ -275,6 +333,9 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             .into_iter()
             .map(|(c, vg)| (vg.name.clone(), (c, vg)))
             .collect();
+        let disks = self
+            .disk_problems(&vgs.values().map(|(_, vg)| vg).collect::<Vec<_>>())
+            .await;
         let mut out: Vec<VolumeInfo> = self
             .lvm
             .strata_lvs(None)
@@ -283,7 +344,7 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             .filter(|lv| !is_wiping(lv))
             .filter_map(|lv| {
                 let (class, vg) = vgs.get(&lv.vg)?;
-                Self::info(lv, *class, Some(vg))
+                Self::info(lv, *class, Some(vg), &disks)
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -607,5 +668,85 @@ mod tests {
     fn age<R: LvmRunner>(volumes: &LvmVolumes<R>) {
         let mut cache = volumes.classes.lock().unwrap();
         *cache = cache.take().map(|(c, at)| (c, at - CLASS_CACHE_TTL));
+    }
+
+    /// A VG of two disks, one of them missing: `pvc-a` has extents on the missing disk `slot-a`,
+    /// `pvc-b` only on the present disk `slot-b`.
+    fn degraded_lvm(missing: u32) -> FakeRunner {
+        FakeRunner::from_fn(move |inv: &Invocation| {
+            let lv = |name: &str| {
+                format!(
+                    r#"{{"lv_name":"{name}","vg_name":"strata-ssd","lv_uuid":"L{name}","lv_size":"{GIB}","lv_tags":"{OWNER_TAG},{}","lv_active":"active","lv_attr":"-wi-a-----"}}"#,
+                    volume_tag(name).unwrap()
+                )
+            };
+            let seg = |pv: &str, slot: &str, gone: bool, name: &str| {
+                format!(
+                    r#"{{"pv_name":"{pv}","pv_uuid":"uuid-{slot}","vg_name":"strata-ssd","pv_tags":"{OWNER_TAG},strata.io/slot={slot}","pv_missing":"{}","lv_name":"{name}","lv_tags":"{OWNER_TAG},{}","lv_health_status":"{}"}}"#,
+                    if gone { "missing" } else { "" },
+                    volume_tag(name).unwrap(),
+                    if gone { "partial" } else { "" }
+                )
+            };
+            match inv.subcommand() {
+                "vgs" => Reply::ok(format!(
+                    r#"{{"report":[{{"vg":[{{"vg_name":"strata-ssd","vg_uuid":"U","vg_size":"{}","vg_free":"0","vg_extent_size":"4194304","vg_extent_count":"512","vg_free_count":"0","pv_count":"2","lv_count":"2","vg_missing_pv_count":"{missing}","vg_tags":"{OWNER_TAG}"}}]}}]}}"#,
+                    2 * GIB
+                )),
+                "lvs" => Reply::ok(format!(
+                    r#"{{"report":[{{"lv":[{},{}]}}]}}"#,
+                    lv("pvc-a"),
+                    lv("pvc-b")
+                )),
+                "pvs" if inv.args.iter().any(|a| a == "--segments") => Reply::ok(format!(
+                    r#"{{"report":[{{"pvseg":[{},{},{{"pv_name":"/dev/sdc","pv_uuid":"uuid-slot-b","vg_name":"strata-ssd","pv_tags":"","pv_missing":"","lv_name":"","lv_tags":"","lv_health_status":""}}]}}]}}"#,
+                    seg(
+                        if missing > 0 { "[unknown]" } else { "/dev/sdb" },
+                        "slot-a",
+                        missing > 0,
+                        "pvc-a"
+                    ),
+                    seg("/dev/sdc", "slot-b", false, "pvc-b"),
+                )),
+                other => Reply::fail(5, format!("unexpected {other}")),
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn only_volumes_on_the_lost_or_failing_disk_are_abnormal() {
+        let opts = LvmOptions {
+            activate: false,
+            ..LvmOptions::default()
+        };
+        let lvm = Lvm::new(degraded_lvm(1), opts.clone());
+        let volumes = LvmVolumes::new(lvm, BTreeMap::new());
+        let a = volumes.find("pvc-a").await.unwrap().unwrap();
+        assert_eq!(
+            a.problem.as_deref(),
+            Some("disk in slot slot-a (PV uuid-slot-a) is missing")
+        );
+        let b = volumes.find("pvc-b").await.unwrap().unwrap();
+        assert_eq!(b.problem, None, "same VG, other disk: healthy");
+        let listed = volumes.list().await.unwrap();
+        assert_eq!(listed[0].problem, a.problem);
+        assert_eq!(listed[1].problem, None);
+
+        // No disk missing, but slot-b failing: now only pvc-b is abnormal.
+        let board = Board::default();
+        board.mark("slot-b", "kernel device state is offline");
+        let volumes =
+            LvmVolumes::new(Lvm::new(degraded_lvm(0), opts), BTreeMap::new()).with_health(board);
+        assert_eq!(volumes.find("pvc-a").await.unwrap().unwrap().problem, None);
+        assert_eq!(
+            volumes
+                .find("pvc-b")
+                .await
+                .unwrap()
+                .unwrap()
+                .problem
+                .as_deref(),
+            Some("disk in slot slot-b is failing: kernel device state is offline")
+        );
     }
 }

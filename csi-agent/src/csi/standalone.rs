@@ -67,7 +67,9 @@ pub async fn run(
     // DeleteVolume's wipes run on the request's handle: a shutdown lets them finish.
     let wiper = crate::wiper::Wiper::new(lvm.clone(), config.wipe.clone(), config.metrics.clone());
     let volumes = Arc::new(
-        LvmVolumes::new(lvm.clone(), config.spec.reserved_bytes.clone()).with_wiper(wiper),
+        LvmVolumes::new(lvm.clone(), config.spec.reserved_bytes.clone())
+            .with_wiper(wiper)
+            .with_health(crate::health::Board::default()),
     );
     // The resume stops with the token (its LVs stay marked and are finished at the next start).
     let resume = crate::wiper::Wiper::new(
@@ -125,15 +127,24 @@ pub async fn run(
     Ok(served?)
 }
 
-/// One discovery + claim pass; returns how many disks were claimed.
+/// One discovery + claim pass, then the disks' health check (failing disks go on `health`, so
+/// the volumes on them report abnormal); returns how many disks were claimed.
 pub async fn claim_pass<R: LvmRunner>(
     roots: &Roots,
     policy: &Policy,
     lvm: &Lvm<R>,
+    health: &crate::health::Board,
 ) -> Result<usize, ClaimError> {
     let usage = Usage::read(&roots.proc).map_err(ClaimError::Usage)?;
     let probe = BlkidProbe::default();
-    let (survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
+    let (mut survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
+    let before = health.failing();
+    crate::health::check_disks(&roots.sysfs, &roots.dev, health, &mut survey.plan.disks).await;
+    for (slot, evidence) in health.failing() {
+        if before.get(&slot) != Some(&evidence) {
+            tracing::warn!(%slot, %evidence, "disk is failing");
+        }
+    }
     let mut claimed = 0;
     for outcome in &outcomes {
         match &outcome.result {
@@ -166,8 +177,9 @@ async fn rescan_loop<R: LvmRunner>(
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let health = volumes.health().clone();
     loop {
-        match claim_pass(&roots, &policy, &lvm).await {
+        match claim_pass(&roots, &policy, &lvm, &health).await {
             Ok(claimed) => {
                 if !ready.is_ready() {
                     // Read ahead what CreateVolume needs, now that the class VGs exist.

@@ -35,6 +35,10 @@ pub struct Context<R: LvmRunner> {
     pub changed: Arc<Notify>,
     /// Wipes LVs before their removal.
     pub wiper: crate::wiper::Wiper<R>,
+    /// Failing disks, written by the NodeStorage pass, read by the node service and reconciler.
+    pub health: crate::health::Board,
+    /// Wakes the LogicalVolume reconciler for every volume when a disk's health changed.
+    pub disks_changed: Arc<Notify>,
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -87,11 +91,12 @@ pub async fn serve(
         config.lvm_options.clone(),
     );
     let ready = Readiness::default();
+    let health = crate::health::Board::default();
     let services = Services {
         identity: IdentityService::new(false, ready.clone()),
         node: NodeService::new(
             config.node.clone(),
-            Arc::new(LvmVolumes::new(lvm.clone(), Default::default())),
+            Arc::new(LvmVolumes::new(lvm.clone(), Default::default()).with_health(health.clone())),
             Arc::new(SyscallMounter::default()),
             FsTools::new(Arc::new(ProcessRunner)),
             VolumeLocks::new(),
@@ -111,6 +116,8 @@ pub async fn serve(
         roots: config.roots.clone(),
         changed: Arc::new(Notify::new()),
         wiper: wiper.clone(),
+        health,
+        disks_changed: Arc::new(Notify::new()),
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
     let resumed_changed = ctx.changed.clone();

@@ -8,14 +8,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{ClassHealth, Condition, DiskState, NodeStorage, NodeStorageStatus};
+use csi_api::crd::{Condition, DiskState, NodeStorage, NodeStorageStatus};
 use csi_api::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Context;
 use crate::claim::{self, Policy};
@@ -29,6 +31,13 @@ pub async fn run<R: LvmRunner>(
     shutdown: CancellationToken,
 ) {
     let api: Api<NodeStorage> = Api::all(ctx.client.clone());
+    let recorder = Recorder::new(
+        ctx.client.clone(),
+        Reporter {
+            controller: names::FIELD_MANAGER_AGENT.into(),
+            instance: Some(ctx.node.clone()),
+        },
+    );
     let mut last: Option<NodeStorageStatus> = None;
     let mut devices = block_devices(&ctx);
     let mut next_resync = tokio::time::Instant::now();
@@ -38,7 +47,7 @@ pub async fn run<R: LvmRunner>(
         if now >= next_resync || seen != devices {
             devices = seen;
             next_resync = now + resync;
-            match pass(&ctx, &api, &mut last, &shutdown).await {
+            match pass(&ctx, &api, &recorder, &mut last, &shutdown).await {
                 Ok(()) => {}
                 Err(e) => warn!(error = %e, "NodeStorage pass failed; retrying"),
             }
@@ -73,6 +82,7 @@ enum PassError {
 async fn pass<R: LvmRunner>(
     ctx: &Context<R>,
     api: &Api<NodeStorage>,
+    recorder: &Recorder,
     last: &mut Option<NodeStorageStatus>,
     shutdown: &CancellationToken,
 ) -> Result<(), PassError> {
@@ -104,9 +114,19 @@ async fn pass<R: LvmRunner>(
             )
             .await
             {
-                Ok((survey, outcomes)) => {
+                Ok((mut survey, outcomes)) => {
                     for outcome in &outcomes {
                         info!(?outcome, "claim action");
+                    }
+                    let notes = crate::health::check_disks(
+                        &ctx.roots.sysfs,
+                        &ctx.roots.dev,
+                        &ctx.health,
+                        &mut survey.plan.disks,
+                    )
+                    .await;
+                    for note in notes {
+                        debug!(%note, "disk health not fully checked");
                     }
                     build_status(survey.plan.disks, survey.classes)
                 }
@@ -134,6 +154,21 @@ async fn pass<R: LvmRunner>(
     let params = PatchParams::apply(names::FIELD_MANAGER_AGENT).force();
     api.patch_status(&ctx.node, &params, &Patch::Apply(&patch))
         .await?;
+    if degraded_changed(last.as_ref(), &status) {
+        ctx.disks_changed.notify_one();
+    }
+    if let Some(note) = degraded_news(last.as_ref(), &status) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "DiskProblem".into(),
+            note: Some(note),
+            action: "CheckDisks".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(error = %e, node = %object.name_any(), "cannot record the disk Event");
+        }
+    }
     *last = Some(status);
     Ok(())
 }
@@ -150,6 +185,29 @@ fn same_but_time(a: &NodeStorageStatus, b: &NodeStorageStatus) -> bool {
     strip(a) == strip(b)
 }
 
+/// Whether the Degraded condition (status or message) differs from the last one published.
+fn degraded_changed(last: Option<&NodeStorageStatus>, now: &NodeStorageStatus) -> bool {
+    let degraded = |s: &NodeStorageStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    last.map(degraded) != Some(degraded(now))
+}
+
+/// The Degraded message when it is new (a problem appeared or changed), for a Warning Event.
+fn degraded_news(last: Option<&NodeStorageStatus>, now: &NodeStorageStatus) -> Option<String> {
+    let degraded = |s: &NodeStorageStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    let message = degraded(now)?;
+    (last.and_then(degraded).as_ref() != Some(&message)).then_some(message)
+}
+
 fn condition(kind: &str, ok: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: kind.into(),
@@ -164,19 +222,20 @@ fn condition(kind: &str, ok: bool, reason: &str, message: String) -> Condition {
 /// The status from a successful claim pass; pure.
 pub fn build_status(
     disks: Vec<csi_api::crd::DiskStatus>,
-    classes: Vec<csi_api::crd::DeviceClassStatus>,
+    mut classes: Vec<csi_api::crd::DeviceClassStatus>,
 ) -> NodeStorageStatus {
-    let degraded: Vec<String> = classes
-        .iter()
-        .filter(|c| c.health == ClassHealth::Degraded)
-        .map(|c| format!("{} is missing {} disk(s)", c.vg_name, c.missing_pv_count))
-        .collect();
+    claim::degrade_failing(&mut classes, &disks);
+    let degraded = claim::degraded_reasons(&classes, &disks);
+    // Failed claims, and failing disks that are in no VG (those in one are named above).
     let failed: Vec<String> = disks
         .iter()
-        .filter(|d| d.state == DiskState::Failed)
+        .filter(|d| {
+            d.state == DiskState::Failed
+                || (d.state == DiskState::Failing && d.volume_group.is_none())
+        })
         .map(|d| format!("{}: {}", d.slot, d.reason))
         .collect();
-    let mut problems = degraded.clone();
+    let mut problems = degraded;
     problems.extend(failed);
     let conditions = vec![
         condition(
@@ -221,7 +280,7 @@ fn failed_status(message: String, reason: &str) -> NodeStorageStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use csi_api::crd::{DeviceClassStatus, DiskStatus};
+    use csi_api::crd::{ClassHealth, DeviceClassStatus, DiskStatus};
     use csi_api::names::DeviceClass;
 
     fn class(missing: u32) -> DeviceClassStatus {
@@ -296,5 +355,44 @@ mod tests {
         let b = build_status(vec![], vec![class(0)]);
         assert!(same_but_time(&a, &b));
         assert!(!same_but_time(&a, &build_status(vec![], vec![class(1)])));
+    }
+
+    #[test]
+    fn a_failing_disk_degrades_its_class_names_the_disk_and_is_news_once() {
+        let disk = DiskStatus {
+            slot: "pci-0000:00:1f.2-ata-2".into(),
+            kernel_name: "sdb".into(),
+            media: DeviceClass::Nvme,
+            size_bytes: 8 << 30,
+            model: String::new(),
+            serial: "S".into(),
+            wwn: String::new(),
+            state: DiskState::Failing,
+            reason: "kernel device state is offline".into(),
+            volume_group: Some("strata-nvme".into()),
+        };
+        let healthy = build_status(vec![], vec![class(0)]);
+        let status = build_status(vec![disk], vec![class(0)]);
+        assert_eq!(status.device_classes[0].health, ClassHealth::Degraded);
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(degraded.status, "True");
+        assert_eq!(
+            degraded.message,
+            "strata-nvme: disk in slot pci-0000:00:1f.2-ata-2 is failing: kernel device state is offline"
+        );
+        assert_eq!(
+            degraded_news(Some(&healthy), &status).as_deref(),
+            Some(degraded.message.as_str())
+        );
+        assert_eq!(
+            degraded_news(None, &status).as_deref(),
+            Some(degraded.message.as_str())
+        );
+        assert_eq!(degraded_news(Some(&status), &status), None, "no news twice");
+        assert_eq!(degraded_news(Some(&status), &healthy), None);
     }
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, WipeProgress};
+use csi_api::crd::{
+    Condition, LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, WipeProgress,
+};
 use csi_api::names::{self, DeviceClass};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -102,8 +104,14 @@ pub async fn run<R: LvmRunner + 'static>(ctx: Arc<Context<R>>, shutdown: Cancell
             instance: Some(ctx.node.clone()),
         },
     );
+    // A disk turning failing or missing (seen by the NodeStorage pass) re-checks every volume.
+    let disks_changed = futures::stream::unfold(ctx.disks_changed.clone(), |n| async move {
+        n.notified().await;
+        Some(((), n))
+    });
     let reconciler = Arc::new(Reconciler { ctx, recorder });
     Controller::new(api, watcher::Config::default().labels(&selector))
+        .reconcile_all_on(disks_changed)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, reconciler)
         .for_each(|result| async move {
@@ -187,15 +195,26 @@ async fn reconcile<R: LvmRunner>(
         Step::Report => {
             if let Some(have) = existing.as_ref() {
                 let current = lv.status.as_ref();
-                let fresh = ready_status(have, None);
+                let problem = disk_problem(ctx, vg, &name).await;
+                let mut fresh = ready_status(have, None);
+                fresh.conditions.extend(problem.as_deref().map(disk_failed));
+                let had = current.and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == CONDITION_DISK_FAILED)
+                        .map(|c| c.message.clone())
+                });
                 let unchanged = current.is_some_and(|s| {
                     s.phase == fresh.phase
                         && s.current_size_bytes == fresh.current_size_bytes
                         && s.device_path == fresh.device_path
                         && s.reason.is_none()
-                });
+                }) && had == problem;
                 if !unchanged {
                     write_status(&api, &name, fresh).await?;
+                }
+                if let Some(message) = problem.filter(|p| had.as_ref() != Some(p)) {
+                    warn_disk_failed(&r, &lv, message).await;
                 }
             }
         }
@@ -285,6 +304,74 @@ fn wiping_status(
             total_bytes: p.total,
         }),
         ..base.clone()
+    }
+}
+
+/// The LogicalVolume condition of a volume with extents on a missing or failing disk.
+pub const CONDITION_DISK_FAILED: &str = "DiskFailed";
+
+/// The problem of the disks under `volume` (missing or failing, named by slot), if any. Asks
+/// lvm2 which PVs the volume uses only when the VG misses a PV or a disk is failing.
+async fn disk_problem<R: LvmRunner>(ctx: &Context<R>, vg: &str, volume: &str) -> Option<String> {
+    let failing = ctx.health.failing();
+    let missing = match ctx.lvm.vg(vg).await {
+        Ok(v) => v.is_some_and(|v| v.missing_pv_count > 0),
+        Err(_) => false,
+    };
+    if !missing && failing.is_empty() {
+        return None;
+    }
+    match ctx.lvm.pv_segments(Some(vg)).await {
+        Ok(segs) => crate::health::volume_problems(&segs, &failing)
+            .get(volume)
+            .map(|p| crate::health::volumes::message(p)),
+        Err(e) => {
+            warn!(%vg, error = %e, "cannot tell which disks hold the volume");
+            None
+        }
+    }
+}
+
+fn disk_failed(message: &str) -> Condition {
+    Condition {
+        type_: CONDITION_DISK_FAILED.into(),
+        status: "True".into(),
+        reason: "DiskFailed".into(),
+        message: format!(
+            "{message}. The data on the failed part may be lost: restore from the application's \
+             replicas or a backup (see the troubleshooting guide, DiskFailed)"
+        ),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+        observed_generation: None,
+    }
+}
+
+/// A Warning Event on the LogicalVolume and on its PVC (so that `kubectl describe pvc` shows it).
+async fn warn_disk_failed<R: LvmRunner>(r: &Reconciler<R>, lv: &LogicalVolume, message: String) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: CONDITION_DISK_FAILED.into(),
+        note: Some(message),
+        action: "CheckDisks".into(),
+        secondary: None,
+    };
+    let mut refs = vec![lv.object_ref(&())];
+    if let Some(pvc) = &lv.spec.pvc {
+        refs.push(k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("PersistentVolumeClaim".into()),
+            name: Some(pvc.name.clone()),
+            namespace: Some(pvc.namespace.clone()),
+            uid: Some(pvc.uid.clone()),
+            ..Default::default()
+        });
+    }
+    for reference in refs {
+        if let Err(e) = r.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "cannot publish the DiskFailed Event");
+        }
     }
 }
 

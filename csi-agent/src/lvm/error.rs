@@ -69,6 +69,12 @@ pub enum LvmError {
     /// The device carries a signature (filesystem, partition table, RAID, LVM...); refused.
     #[error("{} carries a signature ({detail}); refusing to use it", .device.display())]
     HasSignature { device: PathBuf, detail: String },
+    /// A missing PV still holds extents of these LVs: removing it from the VG would lose them.
+    #[error(
+        "the missing disk(s) of volume group {vg} still hold extents of: {}; those volumes must be deleted or restored first",
+        .volumes.join(", ")
+    )]
+    MissingPvInUse { vg: String, volumes: Vec<String> },
     /// The caller asked for something the layer cannot express (empty name, zero size...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -29,12 +29,12 @@ use tokio_util::sync::CancellationToken;
 pub use error::{CommandFailure, LvmError, Result};
 pub use fake::{FakeRunner, Reply};
 pub use naming::{OWNER_TAG, PvcRef, lv_name_for};
-pub use report::{Activation, Lv, Pv, Vg, device_path};
+pub use report::{Activation, Lv, Pv, PvSegment, Vg, device_path};
 pub use runner::{CommandRunner, Invocation, LvmRunner, Output, RunnerConfig, Tool};
 pub use wipe::{WIPING_TAG, WipeMethod, is_wiping};
 
 use error::{Subject, classify};
-use report::{LV_FIELDS, PV_FIELDS, VG_FIELDS, report_args};
+use report::{LV_FIELDS, PV_FIELDS, PVSEG_FIELDS, VG_FIELDS, report_args};
 
 /// Behaviour of the layer.
 #[derive(Debug, Clone)]
@@ -323,6 +323,19 @@ impl<R: LvmRunner> Lvm<R> {
             .await?
             .into_iter()
             .find(|l| l.volume.as_deref() == Some(volume)))
+    }
+
+    /// The used segments of every PV (of one VG, or all): which LV has extents on which PV,
+    /// missing PVs included.
+    pub async fn pv_segments(&self, vg: Option<&str>) -> Result<Vec<PvSegment>> {
+        let mut args = self.report("pvs", PVSEG_FIELDS);
+        args.insert(1, "--segments".into());
+        if let Some(vg) = vg {
+            args.push("--select".into());
+            args.push(format!("vg_name={}", name_arg(vg)?));
+        }
+        let out = self.run_ok(args, Subject::Other, 0).await?;
+        report::parse_pv_segments("pvs --segments", &out.stdout)
     }
 
     /// The LV named `lv_name` in `vg`, whoever owns it, or `None`.

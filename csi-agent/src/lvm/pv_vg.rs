@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{CommandFailure, LvmError, Result, Subject};
-use super::naming::OWNER_TAG;
+use super::naming::{self, OWNER_TAG};
 use super::report::{Pv, Vg};
 use super::runner::{Invocation, LvmRunner};
 use super::{Lvm, failure, name_arg, path_arg};
@@ -115,6 +115,58 @@ impl<R: LvmRunner> Lvm<R> {
                 self.read_vg(vg).await
             }
         }
+    }
+
+    /// Removes the missing PVs from the Strata VG `vg` (`vgreduce --removemissing`, never
+    /// `--force`) once no LV has extents on them; refuses with the list of LVs otherwise.
+    /// Returns the UUIDs of the PVs removed (none: nothing was missing, nothing run).
+    pub async fn remove_missing_pvs(&self, vg: &str) -> Result<Vec<String>> {
+        name_arg(vg)?;
+        let lock = self.vg_lock(vg);
+        let mut slot = lock.lock().await;
+        self.forget_vg(&mut slot);
+        match self.vg(vg).await? {
+            None => {
+                return Err(LvmError::NotFound {
+                    what: format!("volume group {vg}"),
+                });
+            }
+            Some(existing) if !existing.owned => {
+                return Err(LvmError::NotOwned {
+                    what: format!("volume group {vg}"),
+                });
+            }
+            Some(_) => {}
+        }
+        let missing: Vec<String> = self
+            .vg_pvs(vg)
+            .await?
+            .into_iter()
+            .filter(|p| p.missing)
+            .map(|p| p.uuid)
+            .collect();
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        let mut volumes: Vec<String> = self
+            .pv_segments(Some(vg))
+            .await?
+            .into_iter()
+            .filter(|s| s.pv_missing)
+            .map(|s| naming::volume_from_tags(s.lv_tags.iter().map(String::as_str)).unwrap_or(s.lv))
+            .collect();
+        volumes.sort();
+        volumes.dedup();
+        if !volumes.is_empty() {
+            return Err(LvmError::MissingPvInUse {
+                vg: vg.to_owned(),
+                volumes,
+            });
+        }
+        let mut args = self.lvm_args("vgreduce");
+        args.extend(["--removemissing".to_owned(), vg.to_owned()]);
+        self.run_ok(args, Subject::Vg(vg), 0).await?;
+        Ok(missing)
     }
 
     /// Puts `device` into the (owned, locked) VG `vg` unless it is there already.

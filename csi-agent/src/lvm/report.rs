@@ -18,6 +18,11 @@ vg_free_count,pv_count,lv_count,vg_missing_pv_count,vg_tags";
 /// Fields asked of `lvs`.
 pub const LV_FIELDS: &str = "lv_name,vg_name,lv_uuid,lv_size,lv_tags,lv_active,lv_attr";
 
+/// Fields asked of `pvs --segments`: which LV uses which PV (the per-volume truth of a lost or
+/// failing disk), with lvm2's own health verdict of the LV.
+pub const PVSEG_FIELDS: &str =
+    "pv_name,pv_uuid,vg_name,pv_tags,pv_missing,lv_name,lv_tags,lv_health_status";
+
 /// The common options of every report command.
 pub fn report_args(subcommand: &str, fields: &str) -> Vec<String> {
     [
@@ -116,8 +121,61 @@ struct Report<T> {
 
 #[derive(Deserialize)]
 struct Section<T> {
-    #[serde(default = "Vec::new", alias = "pv", alias = "vg", alias = "lv")]
+    #[serde(
+        default = "Vec::new",
+        alias = "pv",
+        alias = "vg",
+        alias = "lv",
+        alias = "pvseg"
+    )]
     rows: Vec<T>,
+}
+
+/// One segment of a PV that an LV uses (free segments are left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvSegment {
+    /// Device path; `None` for a missing PV.
+    pub device: Option<PathBuf>,
+    pub pv_uuid: String,
+    pub vg: String,
+    pub pv_tags: Vec<String>,
+    pub pv_missing: bool,
+    pub lv: String,
+    pub lv_tags: Vec<String>,
+    /// lvm2's `lv_health_status` (`partial`, `refresh needed`, ...); empty when healthy.
+    pub lv_health: String,
+}
+
+#[derive(Deserialize)]
+struct RawPvSeg {
+    pv_name: String,
+    pv_uuid: String,
+    vg_name: String,
+    pv_tags: String,
+    pv_missing: String,
+    lv_name: String,
+    lv_tags: String,
+    #[serde(default)]
+    lv_health_status: String,
+}
+
+/// Parses a `pvs --segments` report made with [`PVSEG_FIELDS`].
+pub fn parse_pv_segments(command: &str, json: &str) -> Result<Vec<PvSegment>> {
+    Ok(rows::<RawPvSeg>(command, json)?
+        .into_iter()
+        .filter(|r| !r.lv_name.is_empty())
+        .map(|r| PvSegment {
+            pv_missing: !r.pv_missing.is_empty() || r.pv_name == "[unknown]",
+            device: (!r.pv_name.is_empty() && r.pv_name != "[unknown]")
+                .then(|| PathBuf::from(&r.pv_name)),
+            pv_uuid: r.pv_uuid,
+            vg: r.vg_name,
+            pv_tags: tags(&r.pv_tags),
+            lv: r.lv_name,
+            lv_tags: tags(&r.lv_tags),
+            lv_health: r.lv_health_status,
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]

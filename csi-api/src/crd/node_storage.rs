@@ -117,6 +117,9 @@ pub enum DiskState {
     Missing,
     /// Claiming failed; `reason` has the error.
     Failed,
+    /// A present disk that reports errors or a failing health (SMART, kernel device state, I/O
+    /// errors); `reason` has the evidence. Its class takes no new allocations.
+    Failing,
 }
 
 /// Capacity and health of one device class (one VG) on the node.
