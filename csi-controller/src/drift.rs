@@ -105,6 +105,10 @@ pub struct VolumeFacts {
     pub claim: Option<PvcReference>,
     /// The volume's PersistentVolume.
     pub pv: Option<String>,
+    /// The claim of that name exists with the recorded uid and is bound to `pv`. False for the
+    /// old volume of a finished drift (its StatefulSet made a new claim under the same name) or
+    /// a claim deleted by someone else: such a volume is left to the normal deletion path.
+    pub claim_current: bool,
     /// The class's parameters (`None` = not set there, the default applies).
     pub on_disk_failure: Option<Recovery>,
     pub on_node_failure: Option<Recovery>,
@@ -233,6 +237,9 @@ pub fn decide(
         if facts.deleting || drifting.contains(facts.volume.as_str()) {
             continue;
         }
+        if facts.claim.is_some() && facts.pv.is_some() && !facts.claim_current {
+            continue;
+        }
         let Some(trigger) = trigger(facts, now, settings.node_grace) else {
             continue;
         };
@@ -350,6 +357,7 @@ mod tests {
                 uid: format!("uid-claim-{pod}"),
             }),
             pv: Some(format!("pv-{pod}")),
+            claim_current: true,
             on_disk_failure: None,
             on_node_failure: None,
             pods: vec![PodFacts {
@@ -583,6 +591,17 @@ mod tests {
                 &Refusal::NotBound
             ]
         );
+    }
+
+    #[test]
+    fn the_old_volume_of_a_finished_drift_is_left_to_the_deletion_path() {
+        // The StatefulSet made a new claim under the same name (another uid), or the claim is
+        // gone: no second drift, no refusal; reclaim and pv-protection release the old volume.
+        let now = Timestamp::now();
+        let mut old = disk_failed(volume("web", 0));
+        old.claim_current = false;
+        let v = decide(&[old], &[], now, &settings(Recovery::Drift, 3));
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl Drifter {
                 })
                 .collect();
         let mut pods_by_ns: HashMap<String, Vec<Pod>> = HashMap::new();
+        let mut claims_by_ns: HashMap<String, Vec<PersistentVolumeClaim>> = HashMap::new();
         for ns in candidates
             .iter()
             .filter_map(|lv| lv.spec.pvc.as_ref().map(|c| c.namespace.clone()))
@@ -193,7 +194,12 @@ impl Drifter {
                 .list(&lp)
                 .await?
                 .items;
-            pods_by_ns.insert(ns, pods);
+            let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns)
+                .list(&lp)
+                .await?
+                .items;
+            pods_by_ns.insert(ns.clone(), pods);
+            claims_by_ns.insert(ns, claims);
         }
         let mut out = Vec::new();
         for lv in candidates {
@@ -221,7 +227,17 @@ impl Drifter {
                     .collect(),
                 None => Vec::new(),
             };
+            let claim_current = match (&lv.spec.pvc, pv) {
+                (Some(claim), Some((pv, _))) => claims_by_ns
+                    .get(&claim.namespace)
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c.metadata.name.as_deref() == Some(claim.name.as_str()))
+                    .is_some_and(|c| housekeeping::claim_to_delete(c, claim, pv).is_ok()),
+                _ => false,
+            };
             out.push(VolumeFacts {
+                claim_current,
                 volume,
                 node: lv.spec.node_name.clone(),
                 deleting: lv.metadata.deletion_timestamp.is_some(),
@@ -390,23 +406,31 @@ impl Drifter {
         let claims: Api<PersistentVolumeClaim> =
             Api::namespaced(self.client.clone(), &claim.namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        // Re-read both: the decision was made from lists that may be a moment old.
         let Some(current) = claims.get_opt(&claim.name).await? else {
-            warn!(%volume, "the claim is gone; no drift");
-            self.metrics.drift(trigger.label(), "claim_changed");
+            self.changed(
+                volume,
+                trigger,
+                "claim_changed",
+                "the claim is gone; no drift",
+            );
             return Ok(());
         };
         let claim_uid = match housekeeping::claim_to_delete(&current, claim, pv) {
             Ok(uid) => uid,
             Err(why) => {
-                warn!(%volume, "{why}");
-                self.metrics.drift(trigger.label(), "claim_changed");
+                self.changed(volume, trigger, "claim_changed", &why);
                 return Ok(());
             }
         };
         let current_pod = pods.get_opt(&pod.name).await?;
         if current_pod.as_ref().map(pod_facts).as_ref() != Some(pod) {
-            warn!(%volume, pod = %pod.name, "the pod changed since the decision; no drift now");
-            self.metrics.drift(trigger.label(), "pod_changed");
+            self.changed(
+                volume,
+                trigger,
+                "pod_changed",
+                "the pod changed since the decision; no drift now",
+            );
             return Ok(());
         }
         let claim_ref = current.object_ref(&());
@@ -438,8 +462,8 @@ impl Drifter {
         match claims.delete(&claim.name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-                warn!(%volume, error = %e, "the claim changed under the drift (uid precondition); left alone");
-                self.metrics.drift(trigger.label(), "claim_changed");
+                let why = format!("the claim changed under the drift (uid precondition): {e}");
+                self.changed(volume, trigger, "claim_changed", &why);
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -471,6 +495,18 @@ impl Drifter {
             },
         );
         self.delete_pod(volume).await
+    }
+
+    /// A drift not started because the claim or the pod changed: logged and counted once until
+    /// the verdict changes.
+    fn changed(&mut self, volume: &str, trigger: Trigger, outcome: &str, why: &str) {
+        let key = format!("{outcome}/{trigger}");
+        if self.told.get(volume) == Some(&key) {
+            return;
+        }
+        warn!(%volume, %trigger, "{why}; left alone");
+        self.metrics.drift(trigger.label(), outcome);
+        self.told.insert(volume.to_owned(), key);
     }
 
     /// Deletes the pod of a drift in flight (uid precondition); retried next pass on failure.
