@@ -209,3 +209,82 @@ async fn a_disk_failure_drifts_exactly_the_statefulset_claim_and_pod() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_node_not_ready_past_the_grace_drifts_and_one_within_it_does_not() {
+    let (srv, client) = server().await;
+    let down_since = |secs: i64| {
+        let t = k8s_openapi::jiff::Timestamp::now()
+            .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+            .unwrap();
+        t.to_string()
+    };
+    srv.seed(&json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+        "status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                                   "lastTransitionTime": down_since(600)}]},
+    }))
+    .unwrap();
+    srv.seed(&json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "fast"}, "provisioner": "local.strata.io",
+        "parameters": {"strata.io/device-class": "nvme", "strata.io/on-node-failure": "drift"},
+    }))
+    .unwrap();
+    seed_volume(&srv, "web-0", "data-web-0", Some("web"), None);
+    // Healthy disk: drop the DiskFailed condition so that only the node counts.
+    let lvs: Api<csi_api::crd::LogicalVolume> = Api::all(client.clone());
+    lvs.patch_status(
+        "pvc-web-0",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"conditions": null}})),
+    )
+    .await
+    .unwrap();
+    let settings = |grace| drift::Settings {
+        disk_default: Recovery::Report,
+        node_default: Recovery::Report,
+        node_grace: Duration::from_secs(grace),
+        max_in_flight: 1,
+    };
+    // Down 10 min, grace 15 min: nothing.
+    let mut patient = Drifter::new(
+        client.clone(),
+        settings(900),
+        Duration::from_secs(1800),
+        Metrics::new(),
+    );
+    assert!(patient.pass().await.unwrap().is_empty());
+    assert!(!srv.requests().iter().any(|r| r.starts_with("DELETE")));
+    // Grace 5 min: the claim, then the pod.
+    let mut drifter = Drifter::new(
+        client.clone(),
+        settings(300),
+        Duration::from_secs(1800),
+        Metrics::new(),
+    );
+    let verdicts = drifter.pass().await.unwrap();
+    assert!(
+        matches!(
+            &verdicts[..],
+            [Verdict::Drift {
+                trigger: drift::Trigger::Node,
+                ..
+            }]
+        ),
+        "{verdicts:?}"
+    );
+    let deletes: Vec<String> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("DELETE"))
+        .map(|r| r.trim_end_matches('?').to_owned())
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            "DELETE /api/v1/namespaces/db/persistentvolumeclaims/data-web-0",
+            "DELETE /api/v1/namespaces/db/pods/web-0",
+        ]
+    );
+}
