@@ -35,6 +35,17 @@ pub const PARAM_DEVICE_CLASS: &str = "strata.io/device-class";
 pub const PARAM_PLACEMENT: &str = "strata.io/placement";
 /// StorageClass parameter: wipe policy on delete, overriding the agent's per-class default.
 pub const PARAM_WIPE: &str = "strata.io/wipe";
+/// StorageClass parameter: what the controller does when a volume's disk fails (LogicalVolume
+/// condition `DiskFailed`): `report` (Events only) or `drift` (delete the claim and the pod of a
+/// StatefulSet so that both are recreated elsewhere). Unset: the controller's cluster default.
+pub const PARAM_ON_DISK_FAILURE: &str = "strata.io/on-disk-failure";
+/// StorageClass parameter: the same for a node NotReady longer than the controller's grace.
+pub const PARAM_ON_NODE_FAILURE: &str = "strata.io/on-node-failure";
+/// The values of [`PARAM_ON_DISK_FAILURE`] and [`PARAM_ON_NODE_FAILURE`].
+pub const RECOVERY_POLICIES: &[&str] = &["report", "drift"];
+/// LogicalVolume condition type set True by the agent while the volume has extents on a failing
+/// or missing disk.
+pub const CONDITION_DISK_FAILED: &str = "DiskFailed";
 /// StorageClass parameter: filesystem type (`xfs` default, `ext4`).
 pub const PARAM_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
 /// Default filesystem when the request names none.

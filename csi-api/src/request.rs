@@ -98,16 +98,26 @@ pub fn parse_parameters(
                     .map_err(|e| invalid(format!("parameter {key}: {e}")))?;
                 out.wipe = Some(policy.as_str().to_owned());
             }
+            // Read by the controller's recovery policy; only checked here.
+            names::PARAM_ON_DISK_FAILURE | names::PARAM_ON_NODE_FAILURE => {
+                if !names::RECOVERY_POLICIES.contains(&value.as_str()) {
+                    return Err(invalid(format!(
+                        "parameter {key}: unknown recovery policy {value:?}: expected report or drift"
+                    )));
+                }
+            }
             PVC_NAME => out.pvc_name = Some(value.clone()),
             PVC_NAMESPACE => out.pvc_namespace = Some(value.clone()),
             k if k.starts_with(SIDECAR_PREFIX) => {}
             other => {
                 return Err(invalid(format!(
-                    "unknown parameter {other:?}: Strata takes {}, {}, {} and {}",
+                    "unknown parameter {other:?}: Strata takes {}, {}, {}, {}, {} and {}",
                     names::PARAM_DEVICE_CLASS,
                     names::PARAM_PLACEMENT,
                     names::PARAM_FS_TYPE,
-                    names::PARAM_WIPE
+                    names::PARAM_WIPE,
+                    names::PARAM_ON_DISK_FAILURE,
+                    names::PARAM_ON_NODE_FAILURE
                 )));
             }
         }
@@ -387,6 +397,27 @@ mod tests {
             fs_type: fs.into(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn recovery_policies_are_known_keys_with_checked_values() {
+        for key in ["strata.io/on-disk-failure", "strata.io/on-node-failure"] {
+            for value in ["report", "drift"] {
+                assert!(
+                    VolumeParameters::try_from(&params(&[
+                        ("strata.io/device-class", "ssd"),
+                        (key, value)
+                    ]))
+                    .is_ok()
+                );
+            }
+            let bad = VolumeParameters::try_from(&params(&[
+                ("strata.io/device-class", "ssd"),
+                (key, "move"),
+            ]))
+            .unwrap_err();
+            assert!(bad.to_string().contains("report or drift"), "{bad}");
+        }
     }
 
     #[test]

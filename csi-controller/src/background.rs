@@ -31,6 +31,9 @@ pub struct Settings {
     pub period: Duration,
     /// `None`: staleness is not checked.
     pub stale_after: Option<Duration>,
+    /// The recovery policy ([`crate::drift`]) and how long a drift may stay in flight.
+    pub recovery: crate::drift::Settings,
+    pub drift_timeout: Duration,
 }
 
 /// Runs until `shutdown`: waits for leadership (`leading` is the lease manager's channel) and,
@@ -50,6 +53,12 @@ pub async fn run(
         },
     );
     let mut reported_stale = HashSet::new();
+    let mut drifter = crate::drift_exec::Drifter::new(
+        client.clone(),
+        settings.recovery,
+        settings.drift_timeout,
+        metrics.clone(),
+    );
     loop {
         if leading.has_changed().is_err() {
             warn!("the lease manager stopped: no background work from this replica");
@@ -76,6 +85,9 @@ pub async fn run(
                     keep_books(&client, &recorder, &settings, &metrics, &mut reported_stale).await
                 {
                     warn!(error = %e, "housekeeping pass failed; retrying next period");
+                }
+                if let Err(e) = drifter.pass().await {
+                    warn!(error = %e, "recovery-policy pass failed; retrying next period");
                 }
                 tokio::time::sleep(settings.period).await;
             };

@@ -11,6 +11,8 @@
 
 pub mod background;
 pub mod cluster;
+pub mod drift;
+pub mod drift_exec;
 pub mod error;
 pub mod gate;
 pub mod grpc;

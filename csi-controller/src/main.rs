@@ -1,6 +1,6 @@
 //! The csi-controller binary: the CSI Controller service behind the kubernetes-csi sidecars,
 //! turning CreateVolume/DeleteVolume/Expand into LogicalVolume resources, plus leader-elected
-//! background work (PVC binding, orphans, node loss). Flags are parsed here.
+//! background work (PVC binding, orphans, node loss, recovery policy). Flags are parsed here.
 
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use csi_api::csi::identity_server::IdentityServer;
 use csi_api::names::Placement;
 use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_token};
 use csi_controller::cluster::KubeCluster;
+use csi_controller::drift::Recovery;
 use csi_controller::grpc::Grpc;
 use csi_controller::housekeeping::{NodeLossPolicy, OrphanPolicy, Policies};
 use csi_controller::metrics::Metrics;
@@ -48,6 +49,25 @@ struct Cli {
     /// What to do with the volumes of a deleted Node.
     #[arg(long, value_enum, default_value_t = NodeLossPolicy::Report)]
     node_loss_policy: NodeLossPolicy,
+    /// Recovery when a volume's disk fails, for classes without `strata.io/on-disk-failure`:
+    /// `report` (Events only) or `drift` (delete the claim and the StatefulSet pod).
+    #[arg(long, value_enum, default_value_t = Recovery::Report)]
+    on_disk_failure: Recovery,
+    /// The same when a volume's node is NotReady past `--node-failure-grace`, for classes
+    /// without `strata.io/on-node-failure`.
+    #[arg(long, value_enum, default_value_t = Recovery::Report)]
+    on_node_failure: Recovery,
+    /// How long a node must stay NotReady before its volumes count as failed (a node Ready
+    /// again before that moves nothing).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    node_failure_grace: Duration,
+    /// Drifts in flight in the whole cluster, at most (and always one per StatefulSet).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    max_drifts_in_flight: u64,
+    /// A drift whose StatefulSet has not bound a new claim by then stops counting against the
+    /// brakes (Warning Event `DriftTimedOut`).
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    drift_timeout: Duration,
     /// Namespace of the Lease that guards background work.
     #[arg(long, env = "POD_NAMESPACE", default_value = "strata-system")]
     lease_namespace: String,
@@ -124,6 +144,13 @@ async fn main() -> Result<()> {
             policies,
             period: cli.housekeeping_period,
             stale_after: settings_stale_after,
+            recovery: csi_controller::drift::Settings {
+                disk_default: cli.on_disk_failure,
+                node_default: cli.on_node_failure,
+                node_grace: cli.node_failure_grace,
+                max_in_flight: cli.max_drifts_in_flight as usize,
+            },
+            drift_timeout: cli.drift_timeout,
         },
         metrics.clone(),
         shutdown.clone(),

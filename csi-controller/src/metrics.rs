@@ -20,6 +20,12 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    trigger: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: String,
 }
@@ -36,6 +42,9 @@ pub struct Metrics {
     pub lost: Gauge,
     /// NodeStorages not refreshed within `--stale-after`.
     pub stale_nodes: Gauge,
+    drifts: Family<DriftLabels, Counter>,
+    /// Drifts started and not yet completed or timed out.
+    pub drifts_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,7 +84,21 @@ impl Metrics {
             "NodeStorages whose agent has not refreshed status.updatedAt within --stale-after",
             stale_nodes.clone(),
         );
+        let drifts = Family::<DriftLabels, Counter>::default();
+        let drifts_in_flight = Gauge::default();
+        registry.register(
+            "drifts",
+            "Recovery-policy decisions and drift steps by trigger (disk, node) and outcome",
+            drifts.clone(),
+        );
+        registry.register(
+            "drifts_in_flight",
+            "Drifts started whose StatefulSet has not yet bound a new claim",
+            drifts_in_flight.clone(),
+        );
         Metrics {
+            drifts,
+            drifts_in_flight,
             stale_nodes,
             registry: Arc::new(registry),
             operations,
@@ -96,6 +119,16 @@ impl Metrics {
         self.latency
             .get_or_create(&RpcLabels { rpc: rpc.into() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one recovery-policy outcome (`strata_controller_drifts_total`).
+    pub fn drift(&self, trigger: &str, outcome: &str) {
+        self.drifts
+            .get_or_create(&DriftLabels {
+                trigger: trigger.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text of every metric.

@@ -3,6 +3,7 @@
 //! reflector (`watching`), and the `fake-apiserver` binary with a kubeconfig (`process`).
 
 mod crud;
+mod drift;
 mod process;
 mod watching;
 
