@@ -130,6 +130,9 @@ pub struct ClaimSpec {
     pub storage_class_name: Option<String>,
     #[serde(default)]
     pub resources: Resources,
+    /// `Block` or `Filesystem` (the default when absent).
+    #[serde(default)]
+    pub volume_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
