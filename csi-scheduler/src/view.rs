@@ -253,7 +253,9 @@ impl ClusterView {
                     class: p.device_class,
                     placement: p.placement,
                     fs_min_bytes: csi_api::request::fs_min_bytes(
-                        p.fs_type.as_deref().unwrap_or(csi_api::names::DEFAULT_FS_TYPE),
+                        p.fs_type
+                            .as_deref()
+                            .unwrap_or(csi_api::names::DEFAULT_FS_TYPE),
                     ),
                 },
                 Err(e) => ClassParams::Invalid(format!("StorageClass {name}: {e}")),

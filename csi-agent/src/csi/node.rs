@@ -809,7 +809,6 @@ mod tests {
         assert!(mounter.asked.lock().unwrap().is_empty());
     }
 
-
     fn block() -> csi::VolumeCapability {
         csi::VolumeCapability {
             access_mode: Some(AccessMode {

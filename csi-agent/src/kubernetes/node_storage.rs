@@ -151,9 +151,10 @@ async fn pass<R: LvmRunner>(
         capacity_sequence: Some(sequence),
         ..status
     };
-    if last.as_ref().is_some_and(|l| {
-        !heartbeat_due(l, ctx.heartbeat) && same_but_time(&l.status, &status)
-    }) && !ctx.sequencer.must_publish()
+    if last
+        .as_ref()
+        .is_some_and(|l| !heartbeat_due(l, ctx.heartbeat) && same_but_time(&l.status, &status))
+        && !ctx.sequencer.must_publish()
     {
         return Ok(());
     }
