@@ -294,6 +294,14 @@ def test_agent_host_devices_are_read_only(rendered):
         assert volume_for_mount(ds, mounts[path])["hostPath"]["path"] == path
     for path in ("/run/lock/lvm", "/run/lvm", "/etc/lvm/backup", "/etc/lvm/archive"):
         assert volume_for_mount(ds, mounts[path])["hostPath"]["path"] == path, path
+    # The host's mount table and open files (checked before any wipe or removal): the host's
+    # /proc, read-only, where --host-proc-root points; never the host's /proc over the
+    # container's own.
+    proc = mounts["/host/proc"]
+    assert proc.get("readOnly") is True
+    assert volume_for_mount(ds, proc)["hostPath"]["path"] == "/proc"
+    assert "--host-proc-root=/host/proc" in container(ds, "agent")["args"]
+    assert "/proc" not in mounts
     # The host's lvm.conf, filters and devices file are not the agent's.
     assert "/etc/lvm" not in mounts
     assert container(ds, "agent")["securityContext"]["readOnlyRootFilesystem"] is True
