@@ -169,6 +169,15 @@ DELETE_PVC_READ = ("csi-controller", "", "persistentvolumeclaims", ["get"],
 DELETE_PVC_CALL = ("csi-controller", "", "persistentvolumeclaims", ["delete"],
                    ("code", CTRL_BACKGROUND, r"claims\.delete\(&pvc\.name, &params\)"))
 
+# Only for the recovery policy `drift`, granted by the optional component recovery-drift.
+CTRL_DRIFT = "csi-controller/src/drift_exec.rs"
+DRIFT_CALLS = [
+    ("csi-controller", "", "persistentvolumeclaims", ["delete"],
+     ("code", CTRL_DRIFT, r"claims\.delete\(&claim\.name, &params\)")),
+    ("csi-controller", "", "pods", ["delete"],
+     ("code", CTRL_DRIFT, r"pods\.delete\(&d\.pod\.name, &params\)")),
+]
+
 WORKLOADS = {"csi-agent": "DaemonSet", "csi-controller": "Deployment",
              "csi-scheduler": "Deployment"}
 
@@ -198,7 +207,7 @@ def table(calls, sa) -> set[tuple[str, str, str]]:
     return {(g, r, v) for s, g, r, verbs, _ in calls if s == sa for v in verbs}
 
 
-@pytest.mark.parametrize("call", CALLS + [DELETE_PVC_READ, DELETE_PVC_CALL],
+@pytest.mark.parametrize("call", CALLS + [DELETE_PVC_READ, DELETE_PVC_CALL] + DRIFT_CALLS,
                          ids=lambda c: f"{c[0]}:{c[2]}:{','.join(c[3])}")
 def test_each_call_in_the_table_is_real(rendered, call):
     sa, _, _, _, where = call
@@ -267,6 +276,21 @@ def test_delete_pvc_component_grants_delete_and_switches_the_policy(tmp_path):
     role = one(objects, "ClusterRole", "strata-csi-controller-delete-pvc")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["persistentvolumeclaims"],
                               "verbs": ["delete"]}]
+
+
+def test_recovery_drift_component_grants_only_the_drift_deletes(tmp_path):
+    objects = check.render(component_overlay(tmp_path, "recovery-drift"))
+    assert not check.validate_objects(objects, "overlay", K8S_VERSION, check.load_crds()).failed
+    granted = grants(objects, "csi-controller")
+    needed = table(CALLS + DRIFT_CALLS, "csi-controller")
+    assert granted == needed, (sorted(granted - needed), sorted(needed - granted))
+    role = one(objects, "ClusterRole", "strata-csi-controller-recovery-drift")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["persistentvolumeclaims", "pods"],
+                              "verbs": ["delete"]}]
+    # the base keeps neither right
+    base = grants(check.render(), "csi-controller")
+    assert ("", "pods", "delete") not in base
+    assert ("", "persistentvolumeclaims", "delete") not in base
 
 
 def test_network_policy_component(tmp_path):
