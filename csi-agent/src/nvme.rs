@@ -1,8 +1,10 @@
-//! NVMe Identify Namespace through the admin passthrough ioctl, for one fact: whether the
-//! namespace's deallocated blocks read as zeroes (DLFEAT, byte 33, bits 2:0 = `001b`). That is
-//! the only evidence that a discard (Dataset Management deallocate) destroys data on NVMe;
-//! Write Zeroes support says nothing about it. The decision on the 4096-byte answer is the pure
-//! [`dealloc_reads_zeroes`]; the ioctl is [`identify_namespace`] (the agent runs privileged).
+//! The agent's one NVMe admin-command module (`NVME_IOCTL_ADMIN_CMD`, the only unsafe code of the
+//! agent's device access; the agent runs privileged). Two commands:
+//! - Identify Namespace ([`identify_namespace`]), for one fact: whether the namespace's
+//!   deallocated blocks read as zeroes (DLFEAT, byte 33, bits 2:0 = `001b`), the only evidence
+//!   that a discard (Dataset Management deallocate) destroys data on NVMe; Write Zeroes support
+//!   says nothing about it. The decision is the pure [`dealloc_reads_zeroes`].
+//! - Get Log Page 0x02, SMART / Health Information ([`smart_log`]), parsed by `health::nvme`.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -48,9 +50,59 @@ const NVME_IOCTL_ADMIN_CMD: u64 = 0xC048_4E41;
 /// Admin opcode Identify; CNS 0 = Identify Namespace.
 const OPC_IDENTIFY: u8 = 0x06;
 
+/// Admin opcode Get Log Page, and the SMART / Health Information log's identifier and size.
+const OPC_GET_LOG_PAGE: u8 = 0x02;
+const SMART_LOG_ID: u32 = 0x02;
+/// Size of the SMART / Health Information log page.
+pub const SMART_LOG_BYTES: usize = 512;
+
+/// Sends one admin command; its data buffer is `cmd.addr`/`cmd.data_len`. An NVMe status other
+/// than success is an error naming `what`.
+fn admin(file: &std::fs::File, cmd: &mut PassthruCmd, what: &str) -> std::io::Result<()> {
+    const _: () = assert!(std::mem::size_of::<PassthruCmd>() == 72);
+    // SAFETY: `cmd` is a properly laid out nvme_passthru_cmd whose `addr` points at a live
+    // buffer of `data_len` bytes owned by the caller for the whole call; the kernel writes only
+    // there.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        nix::libc::ioctl(
+            file.as_raw_fd(),
+            NVME_IOCTL_ADMIN_CMD as _,
+            cmd as *mut PassthruCmd,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        rc if rc < 0 => Err(std::io::Error::last_os_error()),
+        status => Err(std::io::Error::other(format!(
+            "{what} failed with NVMe status {status:#x}"
+        ))),
+    }
+}
+
+/// The controller-wide SMART / Health Information log of an NVMe device node (controller
+/// `/dev/nvmeN` or a namespace `/dev/nvmeNnM`); needs CAP_SYS_ADMIN. Blocking: call it from a
+/// blocking thread.
+pub fn smart_log(device: &Path) -> std::io::Result<[u8; SMART_LOG_BYTES]> {
+    let file = std::fs::File::open(device)?;
+    let mut buf = [0u8; SMART_LOG_BYTES];
+    let dwords = (SMART_LOG_BYTES / 4) as u32;
+    let mut cmd = PassthruCmd {
+        opcode: OPC_GET_LOG_PAGE,
+        nsid: 0xFFFF_FFFF,
+        addr: buf.as_mut_ptr() as u64,
+        data_len: SMART_LOG_BYTES as u32,
+        // NUMDL (number of dwords - 1) in bits 31:16, log page identifier in bits 7:0
+        cdw10: ((dwords - 1) << 16) | SMART_LOG_ID,
+        timeout_ms: 5_000,
+        ..PassthruCmd::default()
+    };
+    admin(&file, &mut cmd, "Get Log Page 0x02")?;
+    Ok(buf)
+}
+
 /// Identify Namespace data of the NVMe namespace block device at `dev` (e.g. `/dev/nvme0n1`).
 pub fn identify_namespace(dev: &Path) -> std::io::Result<Vec<u8>> {
-    const _: () = assert!(std::mem::size_of::<PassthruCmd>() == 72);
     let file = std::fs::File::open(dev)?;
     let fd = file.as_raw_fd();
     // SAFETY: NVME_IOCTL_ID takes no argument and only returns an int.
@@ -68,18 +120,8 @@ pub fn identify_namespace(dev: &Path) -> std::io::Result<Vec<u8>> {
         cdw10: 0,
         ..PassthruCmd::default()
     };
-    // SAFETY: `cmd` is a properly laid out nvme_passthru_cmd whose `addr` points at `data`,
-    // a live buffer of `data_len` bytes that outlives the call; the kernel writes only there.
-    #[allow(unsafe_code)]
-    let rc =
-        unsafe { nix::libc::ioctl(fd, NVME_IOCTL_ADMIN_CMD as _, &mut cmd as *mut PassthruCmd) };
-    match rc {
-        0 => Ok(data),
-        rc if rc < 0 => Err(std::io::Error::last_os_error()),
-        status => Err(std::io::Error::other(format!(
-            "Identify Namespace failed with NVMe status {status:#x}"
-        ))),
-    }
+    admin(&file, &mut cmd, "Identify Namespace")?;
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
-//! NVMe SMART / Health Information log (log page 0x02), read with one Get Log Page admin command
-//! through `NVME_IOCTL_ADMIN_CMD`. The parsing is pure and follows the layout of the NVMe Base
-//! Specification (figure "SMART / Health Information Log Page"); the ioctl is the only unsafe part.
+//! NVMe SMART / Health Information log (log page 0x02): what its fields say about the device.
+//! The parsing is pure and follows the layout of the NVMe Base Specification (figure "SMART /
+//! Health Information Log Page"); the page is read by [`crate::nvme::smart_log`], the agent's one
+//! NVMe admin-command module.
 
-use std::os::fd::AsRawFd;
-use std::path::Path;
+pub use crate::nvme::smart_log as read_log;
 
 /// Size of the log page in bytes.
-pub const LOG_BYTES: usize = 512;
+pub const LOG_BYTES: usize = crate::nvme::SMART_LOG_BYTES;
 
 /// Critical Warning bits (byte 0) and what each says, in words.
 const WARNING_BITS: [(u8, &str); 6] = [
@@ -102,66 +102,6 @@ impl SmartLog {
     }
 }
 
-/// `struct nvme_passthru_cmd` of `<linux/nvme_ioctl.h>` (72 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct PassthruCmd {
-    opcode: u8,
-    flags: u8,
-    rsvd1: u16,
-    nsid: u32,
-    cdw2: u32,
-    cdw3: u32,
-    metadata: u64,
-    addr: u64,
-    metadata_len: u32,
-    data_len: u32,
-    cdw10: u32,
-    cdw11: u32,
-    cdw12: u32,
-    cdw13: u32,
-    cdw14: u32,
-    cdw15: u32,
-    timeout_ms: u32,
-    result: u32,
-}
-
-// NVME_IOCTL_ADMIN_CMD = _IOWR('N', 0x41, struct nvme_admin_cmd)
-nix::ioctl_readwrite!(nvme_admin_cmd, b'N', 0x41, PassthruCmd);
-
-const GET_LOG_PAGE: u8 = 0x02;
-const SMART_LOG_ID: u32 = 0x02;
-
-/// Reads log page 0x02 (controller-wide) from an NVMe device node (controller `/dev/nvmeN` or a
-/// namespace `/dev/nvmeNnM`); needs CAP_SYS_ADMIN. Blocking: call from a blocking thread.
-// The one unsafe call of this module: the ioctl (workspace lint `unsafe_code` is deny).
-#[allow(unsafe_code)]
-pub fn read_log(device: &Path) -> std::io::Result<[u8; LOG_BYTES]> {
-    let file = std::fs::File::open(device)?;
-    let mut buf = [0u8; LOG_BYTES];
-    let dwords = u32::try_from(LOG_BYTES / 4).unwrap_or(128);
-    let mut cmd = PassthruCmd {
-        opcode: GET_LOG_PAGE,
-        nsid: 0xFFFF_FFFF,
-        addr: buf.as_mut_ptr() as u64,
-        data_len: u32::try_from(LOG_BYTES).unwrap_or(512),
-        // NUMDL (number of dwords - 1) in bits 31:16, log page identifier in bits 7:0
-        cdw10: ((dwords - 1) << 16) | SMART_LOG_ID,
-        timeout_ms: 5_000,
-        ..Default::default()
-    };
-    // SAFETY: `cmd` is a valid `nvme_passthru_cmd` whose `addr`/`data_len` describe `buf`, which
-    // outlives the call; the kernel writes at most `data_len` bytes there.
-    let status =
-        unsafe { nvme_admin_cmd(file.as_raw_fd(), &mut cmd) }.map_err(std::io::Error::from)?;
-    if status != 0 {
-        return Err(std::io::Error::other(format!(
-            "Get Log Page 0x02 completed with NVMe status {status:#x}"
-        )));
-    }
-    Ok(buf)
-}
-
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::LOG_BYTES;
@@ -248,10 +188,5 @@ mod tests {
     #[test]
     fn a_short_page_is_refused() {
         assert_eq!(parse(&[0u8; 64]), Err(ShortLog(64)));
-    }
-
-    #[test]
-    fn the_command_struct_has_the_kernel_layout() {
-        assert_eq!(std::mem::size_of::<PassthruCmd>(), 72);
     }
 }
