@@ -131,10 +131,7 @@ async fn flash_devices<R: LvmRunner>(
         if every.is_some_and(|e| !is_due(last_trimmed(&lv), now, e)) {
             continue;
         }
-        let flash = matches!(
-            DeviceClass::from_vg_name(&lv.vg),
-            Some(DeviceClass::Nvme | DeviceClass::Ssd)
-        );
+        let flash = DeviceClass::from_vg_name(&lv.vg).is_some_and(DeviceClass::is_flash);
         let (true, Some(volume)) = (flash, lv.volume.clone()) else {
             continue;
         };
@@ -249,10 +246,7 @@ pub async fn run<R: LvmRunner>(
                 let lasts: Vec<Option<u64>> = lvs
                     .iter()
                     .filter(|lv| {
-                        matches!(
-                            DeviceClass::from_vg_name(&lv.vg),
-                            Some(DeviceClass::Nvme | DeviceClass::Ssd)
-                        )
+                        DeviceClass::from_vg_name(&lv.vg).is_some_and(DeviceClass::is_flash)
                     })
                     // A volume never trimmed because it is not mounted must not spin the loop.
                     .map(|lv| Some(last_trimmed(lv).unwrap_or_else(now_secs)))
