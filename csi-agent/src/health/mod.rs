@@ -2,7 +2,7 @@
 //! volumes a lost or failing disk touches.
 //! - [`nvme`]: SMART / Health Information log (page 0x02) through `NVME_IOCTL_ADMIN_CMD`;
 //! - [`ata`]: SATA SMART RETURN STATUS through `SG_IO` (ATA PASS-THROUGH 16);
-//! - [`sysfs`]: kernel device state and SCSI I/O error counter;
+//! - [`sysfs`]: kernel device state (evidence) and SCSI I/O error counter (a note only);
 //! - [`volumes`]: per-volume truth from `pvs --segments` (which LV has extents on which disk),
 //!   lvm2's `lv_health_status`, and the [`Board`] of failing disks.
 //!
@@ -102,8 +102,12 @@ pub async fn check(sysfs_root: &Path, board: &Board, target: &Target) -> Checked
     let view = sysfs::read_view(sysfs_root, &target.kernel_name);
     let baseline = board.baseline(&target.slot, view.ioerr_cnt);
     let mut out = Checked {
-        evidence: view.evidence(baseline),
-        notes: Vec::new(),
+        evidence: view.evidence(),
+        notes: view
+            .new_errors(baseline)
+            .map(|n| format!("{}: {n}", target.slot))
+            .into_iter()
+            .collect(),
     };
     let name = target.kernel_name.clone();
     let vendor = std::fs::read_to_string(
