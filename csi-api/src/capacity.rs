@@ -237,7 +237,7 @@ pub struct NodeCapacity {
 pub enum Shortfall {
     /// The node has no volume group of this class: waiting does not help.
     NoSuchClass(DeviceClass),
-    /// The class lost a PV; it takes no new allocations until repaired.
+    /// The class lost a PV or holds a failing disk; it takes no new allocations until repaired.
     Degraded(DeviceClass),
     /// Not enough bytes now; deletions may free some.
     Insufficient {
@@ -263,7 +263,7 @@ impl fmt::Display for Shortfall {
         match self {
             Shortfall::NoSuchClass(c) => write!(f, "node has no {c} device class"),
             Shortfall::Degraded(c) => {
-                write!(f, "{c} device class is degraded (a disk is missing)")
+                write!(f, "{c} device class is degraded (a disk is missing or failing)")
             }
             Shortfall::Insufficient {
                 class,
