@@ -263,7 +263,10 @@ impl fmt::Display for Shortfall {
         match self {
             Shortfall::NoSuchClass(c) => write!(f, "node has no {c} device class"),
             Shortfall::Degraded(c) => {
-                write!(f, "{c} device class is degraded (a disk is missing or failing)")
+                write!(
+                    f,
+                    "{c} device class is degraded (a disk is missing or failing)"
+                )
             }
             Shortfall::Insufficient {
                 class,

@@ -394,7 +394,8 @@ pub async fn volume_lifecycle(c: &Cluster, before: &NodeStorageStatus) {
 /// rest are ResourceExhausted, and LVM holds exactly the volumes that succeeded.
 pub async fn concurrent_creates_never_overcommit(c: &Cluster) {
     const CALLS: usize = 20;
-    const SIZE: u64 = 256 * MIB;
+    // At least xfs's minimum (300 MiB): a smaller filesystem volume is sized up to it.
+    const SIZE: u64 = 320 * MIB;
     let status = c
         .eventually("an empty ssd class", Duration::from_secs(30), || async {
             let status = c.node_storage(NODE).await?.status?;
@@ -424,7 +425,7 @@ pub async fn concurrent_creates_never_overcommit(c: &Cluster) {
     });
     let results = join_all(calls).await;
     eprintln!(
-        "e2e [{}]: {CALLS} concurrent CreateVolume of 256 MiB answered in {:?}",
+        "e2e [{}]: {CALLS} concurrent CreateVolume of 320 MiB answered in {:?}",
         c.at(),
         t.elapsed()
     );

@@ -571,9 +571,13 @@ pub(super) async fn shutdown_finishes_in_flight_calls(
             check::lv_of("in-flight")?.is_some(),
             "call succeeded but no LV"
         ),
-        // the call may also have arrived after the listener closed: then nothing was made
+        // the call may also have arrived after the listener closed (Unavailable), or its stream
+        // been refused by the server's GOAWAY (h2 reports that as Internal "h2 protocol error"):
+        // either way nothing was made
         Err(s) => ensure!(
-            s.code() == Code::Unavailable && check::lv_of("in-flight")?.is_none(),
+            (s.code() == Code::Unavailable
+                || (s.code() == Code::Internal && s.message().contains("h2 protocol error")))
+                && check::lv_of("in-flight")?.is_none(),
             "in-flight call failed: {:?} {}",
             s.code(),
             s.message()
