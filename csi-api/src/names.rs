@@ -41,8 +41,6 @@ pub const PARAM_WIPE: &str = "strata.io/wipe";
 pub const PARAM_ON_DISK_FAILURE: &str = "strata.io/on-disk-failure";
 /// StorageClass parameter: the same for a node NotReady longer than the controller's grace.
 pub const PARAM_ON_NODE_FAILURE: &str = "strata.io/on-node-failure";
-/// The values of [`PARAM_ON_DISK_FAILURE`] and [`PARAM_ON_NODE_FAILURE`].
-pub const RECOVERY_POLICIES: &[&str] = &["report", "drift"];
 /// LogicalVolume condition type set True by the agent while the volume has extents on a failing
 /// or missing disk.
 pub const CONDITION_DISK_FAILED: &str = "DiskFailed";
@@ -178,6 +176,43 @@ impl FromStr for WipePolicy {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| UnknownWipePolicy(s.to_owned()))
+    }
+}
+
+/// The values of [`PARAM_ON_DISK_FAILURE`] and [`PARAM_ON_NODE_FAILURE`] (and the controller's
+/// cluster defaults): what to do when a volume's disk or node fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecoveryPolicy {
+    /// Events only: the workload stays where its data was.
+    Report,
+    /// Delete the claim and the StatefulSet pod so that both are recreated elsewhere.
+    Drift,
+}
+
+impl RecoveryPolicy {
+    pub const ALL: [RecoveryPolicy; 2] = [RecoveryPolicy::Report, RecoveryPolicy::Drift];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryPolicy::Report => "report",
+            RecoveryPolicy::Drift => "drift",
+        }
+    }
+}
+
+/// A recovery policy name that is not `report` or `drift`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown recovery policy {0:?}: expected report or drift")]
+pub struct UnknownRecoveryPolicy(pub String);
+
+impl FromStr for RecoveryPolicy {
+    type Err = UnknownRecoveryPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RecoveryPolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownRecoveryPolicy(s.to_owned()))
     }
 }
 

@@ -31,9 +31,6 @@ fn invalid(msg: impl Into<String>) -> RequestError {
 /// Filesystems a mount volume may ask for.
 pub const SUPPORTED_FS_TYPES: [&str; 2] = ["xfs", "ext4"];
 
-/// Wipe policies a StorageClass may ask for.
-pub const WIPE_POLICIES: [&str; 3] = ["discard", "zero", "none"];
-
 /// The parameters of a StorageClass (CreateVolume `parameters`), validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeParameters {
@@ -100,11 +97,9 @@ pub fn parse_parameters(
             }
             // Read by the controller's recovery policy; only checked here.
             names::PARAM_ON_DISK_FAILURE | names::PARAM_ON_NODE_FAILURE => {
-                if !names::RECOVERY_POLICIES.contains(&value.as_str()) {
-                    return Err(invalid(format!(
-                        "parameter {key}: unknown recovery policy {value:?}: expected report or drift"
-                    )));
-                }
+                value
+                    .parse::<names::RecoveryPolicy>()
+                    .map_err(|e| invalid(format!("parameter {key}: {e}")))?;
             }
             PVC_NAME => out.pvc_name = Some(value.clone()),
             PVC_NAMESPACE => out.pvc_namespace = Some(value.clone()),

@@ -19,26 +19,8 @@ use std::time::Duration;
 use csi_api::crd::PvcReference;
 use k8s_openapi::jiff::Timestamp;
 
-/// What to do when a volume's disk or node fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Recovery {
-    /// Events only: the workload stays where its data was.
-    Report,
-    /// Delete the claim and the StatefulSet pod so that both are recreated elsewhere.
-    Drift,
-}
-
-impl Recovery {
-    /// The StorageClass parameter's value; `None` for anything else (the request validator
-    /// refuses other values when the volume is created).
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "report" => Some(Recovery::Report),
-            "drift" => Some(Recovery::Drift),
-            _ => None,
-        }
-    }
-}
+/// What to do when a volume's disk or node fails: csi-api's one owner of the parameter values.
+pub use csi_api::names::RecoveryPolicy as Recovery;
 
 /// What failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -173,7 +173,7 @@ impl Drifter {
                 .into_iter()
                 .filter_map(|sc| {
                     let params = sc.parameters.unwrap_or_default();
-                    let get = |key: &str| params.get(key).and_then(|v| Recovery::parse(v));
+                    let get = |key: &str| params.get(key).and_then(|v| v.parse::<Recovery>().ok());
                     Some((
                         sc.metadata.name?,
                         (
