@@ -54,7 +54,7 @@ fn nvme_smart_log_through_the_ioctl_agrees_with_nvme_cli() {
         return;
     };
     let disk = vm::nvme_at("0000:00:04.0");
-    let raw = nvme::read_log(&disk.dev).expect("Get Log Page 0x02");
+    let raw = csi_agent::nvme::smart_log(&disk.dev).expect("Get Log Page 0x02");
     let log = nvme::parse(&raw).unwrap();
     let cli: serde_json::Value = serde_json::from_str(&vm::run(
         "nvme",

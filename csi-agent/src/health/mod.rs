@@ -50,6 +50,8 @@ pub struct Board {
 struct BoardState {
     failing: BTreeMap<String, String>,
     baselines: BTreeMap<String, u64>,
+    /// Strata VGs that miss a PV, as the last NodeStorage pass saw them.
+    missing_pv_vgs: std::collections::BTreeSet<String>,
 }
 
 impl Board {
@@ -65,6 +67,17 @@ impl Board {
     /// Replaces the set of failing disks with the result of the last pass.
     pub fn set_failing(&self, failing: BTreeMap<String, String>) {
         self.state().failing = failing;
+    }
+
+    /// Records which VGs miss a PV (from the pass's class summary), so that readers need no LVM
+    /// call of their own to know whether a volume may sit on a lost disk.
+    pub fn set_missing_pv_vgs(&self, vgs: std::collections::BTreeSet<String>) {
+        self.state().missing_pv_vgs = vgs;
+    }
+
+    /// Whether `vg` missed a PV at the last pass.
+    pub fn misses_pv(&self, vg: &str) -> bool {
+        self.state().missing_pv_vgs.contains(vg)
     }
 
     /// Marks one disk failing (tests and callers that learn of a failure outside a pass).
@@ -120,7 +133,7 @@ pub async fn check(sysfs_root: &Path, board: &Board, target: &Target) -> Checked
     .unwrap_or_default();
     let device = target.device.clone();
     let asked = if name.starts_with("nvme") {
-        let r = tokio::task::spawn_blocking(move || nvme::read_log(&device)).await;
+        let r = tokio::task::spawn_blocking(move || crate::nvme::smart_log(&device)).await;
         match r {
             Ok(Ok(log)) => match nvme::parse(&log) {
                 Ok(parsed) => Ok(parsed.evidence()),

@@ -3,8 +3,6 @@
 //! Health Information Log Page"); the page is read by [`crate::nvme::smart_log`], the agent's one
 //! NVMe admin-command module.
 
-pub use crate::nvme::smart_log as read_log;
-
 /// Size of the log page in bytes.
 pub const LOG_BYTES: usize = crate::nvme::SMART_LOG_BYTES;
 

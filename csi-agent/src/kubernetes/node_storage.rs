@@ -140,6 +140,14 @@ async fn pass<R: LvmRunner>(
                     for note in notes {
                         debug!(%note, "disk health not fully checked");
                     }
+                    ctx.health.set_missing_pv_vgs(
+                        survey
+                            .classes
+                            .iter()
+                            .filter(|c| c.missing_pv_count > 0)
+                            .map(|c| c.vg_name.clone())
+                            .collect(),
+                    );
                     build_status(survey.plan.disks, survey.classes)
                 }
                 Err(e) => failed_status(e.to_string(), "ClaimFailed"),

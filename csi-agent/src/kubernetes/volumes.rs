@@ -275,7 +275,7 @@ async fn reconcile<R: LvmRunner>(
                 let had = current.and_then(|s| {
                     s.conditions
                         .iter()
-                        .find(|c| c.type_ == CONDITION_DISK_FAILED)
+                        .find(|c| c.type_ == names::CONDITION_DISK_FAILED)
                         .map(|c| c.message.clone())
                 });
                 let unchanged = current.is_some_and(|s| {
@@ -467,18 +467,11 @@ fn wiping_status(
     }
 }
 
-/// The LogicalVolume condition of a volume with extents on a missing or failing disk.
-pub const CONDITION_DISK_FAILED: &str = "DiskFailed";
-
 /// The problem of the disks under `volume` (missing or failing, named by slot), if any. Asks
 /// lvm2 which PVs the volume uses only when the VG misses a PV or a disk is failing.
 async fn disk_problem<R: LvmRunner>(ctx: &Context<R>, vg: &str, volume: &str) -> Option<String> {
     let failing = ctx.health.failing();
-    let missing = match ctx.lvm.vg(vg).await {
-        Ok(v) => v.is_some_and(|v| v.missing_pv_count > 0),
-        Err(_) => false,
-    };
-    if !missing && failing.is_empty() {
+    if !ctx.health.misses_pv(vg) && failing.is_empty() {
         return None;
     }
     match ctx.lvm.pv_segments(Some(vg)).await {
@@ -494,9 +487,9 @@ async fn disk_problem<R: LvmRunner>(ctx: &Context<R>, vg: &str, volume: &str) ->
 
 fn disk_failed(message: &str) -> Condition {
     Condition {
-        type_: CONDITION_DISK_FAILED.into(),
+        type_: names::CONDITION_DISK_FAILED.into(),
         status: "True".into(),
-        reason: "DiskFailed".into(),
+        reason: names::CONDITION_DISK_FAILED.into(),
         message: format!(
             "{message}. The data on the failed part may be lost: restore from the application's \
              replicas or a backup (see the troubleshooting guide, DiskFailed)"
@@ -512,7 +505,7 @@ fn disk_failed(message: &str) -> Condition {
 async fn warn_disk_failed<R: LvmRunner>(r: &Reconciler<R>, lv: &LogicalVolume, message: String) {
     let event = Event {
         type_: EventType::Warning,
-        reason: CONDITION_DISK_FAILED.into(),
+        reason: names::CONDITION_DISK_FAILED.into(),
         note: Some(message),
         action: "CheckDisks".into(),
         secondary: None,
