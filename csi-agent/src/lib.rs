@@ -17,6 +17,5 @@ pub mod lvm;
 pub mod metrics;
 pub mod mount;
 pub mod nvme;
-pub mod volume_lock;
 pub mod wipe_policy;
 pub mod wiper;

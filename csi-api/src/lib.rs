@@ -19,6 +19,7 @@ pub mod names;
 pub mod placement;
 pub mod request;
 pub mod runtime;
+pub mod volume_lock;
 
 /// CSI v1 messages and services (`package csi.v1`).
 #[allow(clippy::all, missing_docs)]

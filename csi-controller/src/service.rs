@@ -16,12 +16,13 @@ use csi_api::csi;
 use csi_api::names::{self, DeviceClass, Placement};
 use csi_api::placement::{self, Demand};
 use csi_api::request::{self, Access, VolumeParameters};
+use csi_api::volume_lock::{VolumeGuard, VolumeLocks};
 use kube::api::ObjectMeta;
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterError, SelectedClaim};
 use crate::error::Error;
-use crate::gate::{NodeGate, VolumeGate};
+use crate::gate::NodeGate;
 use crate::object_name::{ANNOTATION_CSI_NAME, object_name};
 
 /// `status.reason` the agent sets when the LV does not fit in the VG.
@@ -43,7 +44,7 @@ pub struct Settings {
 pub struct ControllerService<C> {
     cluster: Arc<C>,
     settings: Settings,
-    volumes: VolumeGate,
+    volumes: VolumeLocks,
     nodes: NodeGate,
 }
 
@@ -66,17 +67,15 @@ impl<C: Cluster> ControllerService<C> {
         ControllerService {
             cluster,
             settings,
-            volumes: VolumeGate::default(),
+            volumes: VolumeLocks::default(),
             nodes: NodeGate::default(),
         }
     }
 
-    fn enter(&self, name: &str) -> Result<crate::gate::VolumeGuard, Error> {
-        self.volumes.try_enter(name).ok_or_else(|| {
-            Error::Aborted(format!(
-                "an operation on volume {name} is already in progress"
-            ))
-        })
+    fn enter(&self, name: &str) -> Result<VolumeGuard, Error> {
+        self.volumes
+            .try_lock(name)
+            .map_err(|busy| Error::Aborted(busy.to_string()))
     }
 
     /// Whether the API server answers.

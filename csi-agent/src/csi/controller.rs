@@ -22,7 +22,7 @@ use super::error::{Error, Result};
 use super::validate::{self, Access, Params};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
 use crate::lvm::LvmError;
-use crate::volume_lock::VolumeLocks;
+use csi_api::volume_lock::VolumeLocks;
 
 /// The Controller service of one standalone node.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use crate::fs::FsError;
 use crate::lvm::LvmError;
 use crate::mount::MountError;
-use crate::volume_lock::VolumeBusy;
+use csi_api::volume_lock::VolumeBusy;
 
 /// Everything a CSI handler can fail with.
 #[derive(Debug, thiserror::Error)]

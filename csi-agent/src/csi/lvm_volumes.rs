@@ -503,7 +503,7 @@ mod tests {
     use crate::csi::controller::ControllerService;
     use crate::lvm::naming::volume_tag;
     use crate::lvm::{FakeRunner, Invocation, LvmOptions, OWNER_TAG, Reply};
-    use crate::volume_lock::VolumeLocks;
+    use csi_api::volume_lock::VolumeLocks;
 
     const GIB: u64 = 1 << 30;
 

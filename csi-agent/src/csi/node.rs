@@ -23,7 +23,7 @@ use super::volumes::{VolumeInfo, Volumes};
 use crate::fs::{self, FsTools, Signature};
 use crate::mount::Mounter;
 use crate::mount::mountinfo::{self, MountEntry};
-use crate::volume_lock::VolumeLocks;
+use csi_api::volume_lock::VolumeLocks;
 
 /// The capabilities this service implements.
 pub const CAPABILITIES: [RpcType; 4] = [

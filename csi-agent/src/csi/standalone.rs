@@ -23,7 +23,7 @@ use crate::discovery::{BlkidProbe, Roots, Usage};
 use crate::fs::{FsTools, ProcessRunner};
 use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
 use crate::mount::SyscallMounter;
-use crate::volume_lock::VolumeLocks;
+use csi_api::volume_lock::VolumeLocks;
 
 /// Everything standalone mode is configured with.
 #[derive(Clone, Debug)]

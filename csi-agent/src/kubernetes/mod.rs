@@ -24,7 +24,7 @@ use crate::discovery::Roots;
 use crate::fs::{FsTools, ProcessRunner};
 use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
 use crate::mount::SyscallMounter;
-use crate::volume_lock::VolumeLocks;
+use csi_api::volume_lock::VolumeLocks;
 
 /// What the Kubernetes-mode tasks share.
 pub struct Context<R: LvmRunner> {

@@ -1,8 +1,9 @@
-//! One in-flight operation per volume. A CSI call takes a [`VolumeGuard`] for its volume id before
-//! touching anything; a second call for the same id while the first runs gets [`VolumeBusy`]
-//! (mapped to gRPC `Aborted`, which the CO retries). The guard releases the id when dropped, so
-//! an early return or a panic never leaves a volume locked. Different volumes never wait on
-//! each other.
+//! One in-flight operation per volume, for the agent's CSI services and the controller alike. A
+//! call takes a [`VolumeGuard`] for its volume id before touching anything; a second call for the
+//! same id while the first runs gets [`VolumeBusy`] at once (each crate maps it to gRPC `Aborted`,
+//! which the CO retries, as the CSI spec asks). The guard releases the id when dropped, so an
+//! early return or a panic never leaves a volume locked. Different volumes never wait on each
+//! other.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
