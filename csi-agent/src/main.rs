@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use csi_agent::csi::standalone::StandaloneConfig;
 use csi_agent::lvm::{LvmOptions, RunnerConfig};
 use csi_api::crd::{ClaimMode, NodeStorageSpec};
+use csi_api::duration::parse_flag as parse_duration;
 use csi_api::names::DeviceClass;
 use csi_api::runtime::{Endpoint, LogArgs, init_logging, shutdown_token};
 
@@ -88,7 +89,7 @@ struct KubernetesArgs {
     new_node_claim_mode: ClaimModeArg,
     /// Longest time between two NodeStorage status writes even without changes
     /// (`status.updatedAt` is the agent's heartbeat): `30s`, `1m`; at least 1 s.
-    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
 }
 
@@ -107,7 +108,7 @@ struct NodeOpsArgs {
     host_proc_root: std::path::PathBuf,
     /// Time between fstrim passes over mounted nvme/ssd volumes: `7d`, `12h`, `30m`, `90s`;
     /// `0` disables them.
-    #[arg(long, default_value = "7d", value_parser = parse_interval)]
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
     fstrim_interval: Duration,
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, default_value = "0.0.0.0:9809")]
@@ -156,24 +157,6 @@ fn parse_wipe_policy(s: &str) -> Result<(DeviceClass, csi_agent::wipe_policy::Po
     let (class, policy) = s.split_once('=').ok_or("expected CLASS=POLICY")?;
     let class = class.parse().map_err(|e| format!("{e}"))?;
     Ok((class, policy.parse().map_err(|e| format!("{e}"))?))
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("invalid interval {s:?}"))?;
-    let secs = match unit {
-        "" | "s" if n == 0 || !unit.is_empty() => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "invalid interval {s:?}: use e.g. 7d, 12h, 30m, 90s or 0"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// Standalone mode's claim policy and rescans (Kubernetes mode reads the policy from NodeStorage).
@@ -361,13 +344,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn intervals_and_wipe_policies_parse() {
-        assert_eq!(parse_interval("7d").unwrap(), Duration::from_secs(604_800));
-        assert_eq!(parse_interval("12h").unwrap(), Duration::from_secs(43_200));
-        assert_eq!(parse_interval("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_interval("0").unwrap(), Duration::ZERO);
-        assert!(parse_interval("90").is_err());
-        assert!(parse_interval("1w").is_err());
+    fn wipe_policies_parse() {
         let (class, policy) = parse_wipe_policy("hdd=none").unwrap();
         assert_eq!(
             (class, policy),

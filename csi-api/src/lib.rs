@@ -13,6 +13,7 @@
 
 pub mod capacity;
 pub mod crd;
+pub mod duration;
 pub mod fault;
 pub mod http;
 pub mod names;

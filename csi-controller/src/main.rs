@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use csi_api::csi::controller_server::ControllerServer;
 use csi_api::csi::identity_server::IdentityServer;
+use csi_api::duration::parse_flag as parse_duration;
 use csi_api::names::Placement;
 use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_token};
 use csi_controller::cluster::KubeCluster;
@@ -82,20 +83,6 @@ struct Cli {
     /// How often the leader checks bindings, orphans and lost nodes.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     housekeeping_period: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: e.g. 90s, 30m, 1h"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
 }
 
 #[tokio::main]
