@@ -16,6 +16,7 @@ pub mod crd;
 pub mod duration;
 pub mod fault;
 pub mod http;
+pub mod identity;
 pub mod names;
 pub mod placement;
 pub mod request;

@@ -1,14 +1,14 @@
-//! The gRPC edge: tonic's Identity and Controller traits, each call in a tracing span with the
-//! volume id (requests are never logged whole: they may carry secrets), errors mapped to status
-//! once through `From<Error> for Status`. RPCs Strata does not offer answer UNIMPLEMENTED and are
-//! not advertised in the capabilities.
+//! The gRPC edge: tonic's Controller trait, each call in a tracing span with the volume id
+//! (requests are never logged whole: they may carry secrets), errors mapped to status once through
+//! `From<Error> for Status`. RPCs Strata does not offer answer UNIMPLEMENTED and are not
+//! advertised in the capabilities. Identity is the shared `csi_api::identity`, [`ApiProbe`] its
+//! Probe.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csi_api::csi;
 use csi_api::csi::controller_server::Controller;
-use csi_api::csi::identity_server::Identity;
 use csi_api::names;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -76,46 +76,19 @@ impl<C: Cluster> Grpc<C> {
     }
 }
 
-#[tonic::async_trait]
-impl<C: Cluster> Identity for Grpc<C> {
-    async fn get_plugin_info(
-        &self,
-        _req: Request<csi::GetPluginInfoRequest>,
-    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
-        Ok(Response::new(csi::GetPluginInfoResponse {
-            name: names::DRIVER_NAME.to_owned(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
-        }))
-    }
+/// The controller's answer to Probe: ready while the API server answers.
+pub struct ApiProbe<C>(Arc<ControllerService<C>>);
 
-    async fn get_plugin_capabilities(
-        &self,
-        _req: Request<csi::GetPluginCapabilitiesRequest>,
-    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        use csi::plugin_capability::{Service, Type, VolumeExpansion, service, volume_expansion};
-        let service = |t: service::Type| csi::PluginCapability {
-            r#type: Some(Type::Service(Service { r#type: t as i32 })),
-        };
-        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
-            capabilities: vec![
-                service(service::Type::ControllerService),
-                service(service::Type::VolumeAccessibilityConstraints),
-                csi::PluginCapability {
-                    r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                        r#type: volume_expansion::Type::Online as i32,
-                    })),
-                },
-            ],
-        }))
+impl<C: Cluster> csi_api::identity::Probe for ApiProbe<C> {
+    async fn ready(&self) -> bool {
+        self.0.probe().await.is_ok()
     }
+}
 
-    async fn probe(
-        &self,
-        _req: Request<csi::ProbeRequest>,
-    ) -> Result<Response<csi::ProbeResponse>, Status> {
-        let ready = self.service.probe().await.is_ok();
-        Ok(Response::new(csi::ProbeResponse { ready: Some(ready) }))
+impl<C: Cluster> Grpc<C> {
+    /// The Probe of the shared Identity service (`csi_api::identity`).
+    pub fn probe(&self) -> ApiProbe<C> {
+        ApiProbe(self.service.clone())
     }
 }
 

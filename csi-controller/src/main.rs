@@ -12,6 +12,7 @@ use clap::Parser;
 use csi_api::csi::controller_server::ControllerServer;
 use csi_api::csi::identity_server::IdentityServer;
 use csi_api::duration::parse_flag as parse_duration;
+use csi_api::identity::IdentityService;
 use csi_api::names::Placement;
 use csi_api::runtime::{Endpoint, LogArgs, bind_unix, init_logging, shutdown_token};
 use csi_controller::cluster::KubeCluster;
@@ -154,7 +155,10 @@ async fn main() -> Result<()> {
     let incoming = bind_unix(path).with_context(|| format!("binding {}", path.display()))?;
     info!(endpoint = %path.display(), "serving CSI Identity and Controller");
     tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(grpc.clone()))
+        .add_service(IdentityServer::new(IdentityService::new(
+            true,
+            grpc.probe(),
+        )))
         .add_service(ControllerServer::new(grpc))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -1,5 +1,6 @@
 //! The CSI services of the agent, on top of the LVM layer, the mounter and the filesystem tools:
-//! - [`identity`]: plugin info, capabilities, Probe (ready once discovery and LVM are up);
+//! - the Identity service is `csi_api::identity` (shared with the controller), its Probe the
+//!   agent's `Readiness` (ready once discovery and LVM are up);
 //! - [`node`]: stage/publish/unpublish/unstage, expansion, stats and condition;
 //! - [`controller`]: the Controller service of standalone mode (state in LVM tags only);
 //! - [`validate`]: every request check, pure; [`error`]: the one mapping to gRPC codes;
@@ -9,7 +10,6 @@
 
 pub mod controller;
 pub mod error;
-pub mod identity;
 pub mod lvm_volumes;
 pub mod node;
 pub mod server;

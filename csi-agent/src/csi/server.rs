@@ -11,12 +11,12 @@ use csi_api::runtime::{Endpoint, bind_unix};
 use tonic::transport::Server;
 
 use super::controller::ControllerService;
-use super::identity::IdentityService;
 use super::node::NodeService;
+use csi_api::identity::{IdentityService, Readiness};
 
 /// The services one process serves.
 pub struct Services {
-    pub identity: IdentityService,
+    pub identity: IdentityService<Readiness>,
     pub node: NodeService,
     /// Standalone mode only.
     pub controller: Option<ControllerService>,

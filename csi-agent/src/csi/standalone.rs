@@ -14,7 +14,6 @@ use csi_api::runtime::Endpoint;
 use tokio_util::sync::CancellationToken;
 
 use super::controller::ControllerService;
-use super::identity::{IdentityService, Readiness};
 use super::lvm_volumes::LvmVolumes;
 use super::node::NodeService;
 use super::server::{ServeError, Services, serve};
@@ -23,6 +22,7 @@ use crate::discovery::{BlkidProbe, Roots, Usage};
 use crate::fs::{FsTools, ProcessRunner};
 use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
 use crate::mount::SyscallMounter;
+use csi_api::identity::{IdentityService, Readiness};
 use csi_api::volume_lock::VolumeLocks;
 
 /// Everything standalone mode is configured with.

@@ -16,7 +16,6 @@ use kube::Client;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::lvm_volumes::LvmVolumes;
 use crate::csi::node::NodeService;
 use crate::csi::server::{ServeError, Services, serve as serve_csi};
@@ -24,6 +23,7 @@ use crate::discovery::Roots;
 use crate::fs::{FsTools, ProcessRunner};
 use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
 use crate::mount::SyscallMounter;
+use csi_api::identity::{IdentityService, Readiness};
 use csi_api::volume_lock::VolumeLocks;
 
 /// What the Kubernetes-mode tasks share.

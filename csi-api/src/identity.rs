@@ -1,18 +1,26 @@
-//! The CSI Identity service: plugin name and version, capabilities (the Controller service only
-//! in standalone mode), and Probe, which stays "not ready" until the agent's first discovery and
-//! LVM pass has finished ([`Readiness`]).
+//! The one CSI Identity service of the agent and the controller: plugin name and version,
+//! capabilities (the Controller service only where the process serves it: the controller, the
+//! standalone agent), and Probe, which asks a [`Probe`] of the process: the agent's
+//! [`Readiness`] (not ready until its first discovery and LVM pass), the controller's API check.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use csi_api::csi::plugin_capability::service::Type as ServiceType;
-use csi_api::csi::plugin_capability::volume_expansion::Type as ExpansionType;
-use csi_api::csi::plugin_capability::{Service, Type as CapType, VolumeExpansion};
-use csi_api::csi::{self, PluginCapability};
-use csi_api::names;
 use tonic::{Request, Response, Status};
 
-/// Whether the agent is ready to serve volumes; shared with whatever brings it up.
+use crate::csi::plugin_capability::service::Type as ServiceType;
+use crate::csi::plugin_capability::volume_expansion::Type as ExpansionType;
+use crate::csi::plugin_capability::{Service, Type as CapType, VolumeExpansion};
+use crate::csi::{self, PluginCapability};
+use crate::names;
+
+/// What the Probe RPC answers: whether the process can serve volumes now.
+pub trait Probe: Send + Sync + 'static {
+    fn ready(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// A readiness flag set once by whatever brings the process up; shared (cheap to clone).
 #[derive(Clone, Debug, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
@@ -26,17 +34,23 @@ impl Readiness {
     }
 }
 
-/// The Identity service.
-#[derive(Clone, Debug)]
-pub struct IdentityService {
-    controller: bool,
-    ready: Readiness,
+impl Probe for Readiness {
+    async fn ready(&self) -> bool {
+        self.is_ready()
+    }
 }
 
-impl IdentityService {
-    /// `controller`: whether this process also serves the Controller service (standalone).
-    pub fn new(controller: bool, ready: Readiness) -> Self {
-        IdentityService { controller, ready }
+/// The Identity service.
+#[derive(Clone, Debug)]
+pub struct IdentityService<P> {
+    controller: bool,
+    probe: P,
+}
+
+impl<P: Probe> IdentityService<P> {
+    /// `controller`: whether this process also serves the Controller service.
+    pub fn new(controller: bool, probe: P) -> Self {
+        IdentityService { controller, probe }
     }
 
     /// The capabilities advertised by GetPluginCapabilities.
@@ -59,7 +73,7 @@ impl IdentityService {
 }
 
 #[tonic::async_trait]
-impl csi::identity_server::Identity for IdentityService {
+impl<P: Probe> csi::identity_server::Identity for IdentityService<P> {
     async fn get_plugin_info(
         &self,
         _request: Request<csi::GetPluginInfoRequest>,
@@ -85,7 +99,7 @@ impl csi::identity_server::Identity for IdentityService {
         _request: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         Ok(Response::new(csi::ProbeResponse {
-            ready: Some(self.ready.is_ready()),
+            ready: Some(self.probe.ready().await),
         }))
     }
 }
