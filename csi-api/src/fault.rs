@@ -4,22 +4,34 @@
 //! no destructors, no graceful shutdown, as with `kill -9`), so that a test can restart it and
 //! check that the system converges. Otherwise a call costs one comparison: the variable is read
 //! once per process and cached.
+//!
+//! Only with the cargo feature `fault-injection` (off by default; `strata-tests` turns it on, so
+//! the test and e2e builds have it). Without it [`point`] is an empty inline function and the
+//! variable is never read: release builds (`cargo build --release -p csi-agent`, the Dockerfile)
+//! carry no crash points.
 
 use std::sync::OnceLock;
 
 /// The variable naming the point at which the process aborts.
 pub const ENV: &str = "STRATA_FAULT_POINT";
 
+/// Whether this build has crash points (the `fault-injection` feature).
+pub const ENABLED: bool = cfg!(feature = "fault-injection");
+
 static ARMED: OnceLock<Option<String>> = OnceLock::new();
 
-/// The point this process aborts at, if any.
+/// The point this process aborts at, if any (always `None` without the feature).
 pub fn armed() -> Option<&'static str> {
+    if !ENABLED {
+        return None;
+    }
     ARMED
         .get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty()))
         .as_deref()
 }
 
 /// Aborts the process if `STRATA_FAULT_POINT` is `name`; does nothing otherwise.
+#[cfg(feature = "fault-injection")]
 pub fn point(name: &str) {
     if armed() == Some(name) {
         eprintln!("{ENV}={name}: fault point reached, aborting");
@@ -27,13 +39,19 @@ pub fn point(name: &str) {
     }
 }
 
+/// Does nothing: this build has no crash points (see the module head).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(_name: &str) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
 
-    /// Run as a child by `an_armed_point_aborts_the_process`; does nothing in a normal run.
+    /// Run as a child by `an_armed_point_aborts_only_with_the_feature`; does nothing in a
+    /// normal run.
     #[test]
     fn child_hits_points() {
         point("fault.test.other");
@@ -41,8 +59,8 @@ mod tests {
     }
 
     #[test]
-    fn an_armed_point_aborts_the_process() {
-        if armed().is_some() {
+    fn an_armed_point_aborts_only_with_the_feature() {
+        if std::env::var_os(ENV).is_some() {
             return; // this is the child
         }
         let exe = std::env::current_exe().unwrap();
@@ -54,8 +72,14 @@ mod tests {
                 .unwrap()
         };
         let hit = run("fault.test.armed");
-        assert_eq!(hit.status.signal(), Some(6), "expected SIGABRT: {hit:?}");
-        assert!(String::from_utf8_lossy(&hit.stderr).contains("fault.test.armed"));
+        if ENABLED {
+            assert_eq!(hit.status.signal(), Some(6), "expected SIGABRT: {hit:?}");
+            assert!(String::from_utf8_lossy(&hit.stderr).contains("fault.test.armed"));
+        } else {
+            // Without the feature the armed point is compiled out: the child runs to the end.
+            assert!(hit.status.success(), "{hit:?}");
+            assert_eq!(armed(), None);
+        }
         let missed = run("fault.test.elsewhere");
         assert!(missed.status.success(), "{missed:?}");
     }

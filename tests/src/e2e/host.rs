@@ -69,6 +69,10 @@ pub fn build_binaries() {
                 "csi-controller",
                 "-p",
                 "csi-scheduler",
+                // The crash points (`csi_api::fault`); only `-p` is selected here, so the
+                // feature does not come from strata-tests by unification.
+                "--features",
+                "csi-agent/fault-injection,csi-controller/fault-injection",
             ])
             .status()
             .expect("cannot run cargo build");
