@@ -1,9 +1,10 @@
-//! csi-agent: the per-node half of Strata (one per node, DaemonSet or standalone).
-//! - `discovery` finds raw disks by slot and says which are eligible (reads only, no kube);
-//! - `lvm` is the one narrow interface through which every change to disks goes (no kube);
-//! - `claim` turns eligible disks into PVs of one VG per media class, through `lvm`.
-//!
-//! The CSI services and the Kubernetes reconciler sit on top of these and come in later modules.
+//! csi-agent, one per node (DaemonSet or standalone). No kube below `csi` and `kubernetes`:
+//! [`discovery`] finds raw disks by slot; [`lvm`] is the one interface to lvm2 (and its runner
+//! the one place that spawns processes); [`claim`] puts eligible disks into one VG per class;
+//! [`health`] and [`nvme`] read disk health; [`mount`] and [`fs`] mount and format;
+//! [`in_use`] proves an LV free before [`wiper`] wipes (by [`wipe_policy`]) and removes it;
+//! [`fstrim`] trims flash volumes; [`metrics`] is `/metrics`. On top: [`csi`] (Node, standalone
+//! Controller and mode) and [`kubernetes`] (Kubernetes mode: reconciler, NodeStorage).
 
 pub mod claim;
 pub mod csi;

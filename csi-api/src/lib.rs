@@ -1,15 +1,11 @@
-//! The contract shared by Strata's three programs (see `docs/architecture.md`):
-//! - [`csi`]: CSI v1 gRPC bindings generated from `proto/csi.proto`;
-//! - [`names`]: the driver name, API group, labels, parameters and device classes;
-//! - [`crd`]: the `NodeStorage` and `LogicalVolume` custom resources;
-//! - [`capacity`]: the fit arithmetic used by both the scheduler and the controller;
-//! - [`request`]: validation of CSI requests (parameters, sizes, capabilities, topology);
-//! - [`runtime`]: logging, shutdown signal and socket endpoint helpers every binary uses;
-//! - [`http`]: the one hardened HTTP server (extender, every `/metrics`);
-//! - [`fault`]: crash points for the crash-consistency tests (`STRATA_FAULT_POINT`).
-//!
-//! Beyond pure functions it holds only the runtime plumbing every binary shares (logging,
-//! sockets, the HTTP server); nothing here talks to a cluster.
+//! The contract shared by Strata's three programs (docs/architecture.md): [`csi`] bindings from
+//! `proto/csi.proto`; [`names`] (driver name, labels, parameters, device classes); the [`crd`]
+//! types; [`capacity`] arithmetic and [`placement`] of the scheduler and the controller; the one
+//! request validator ([`request`]), duration grammar ([`duration`]), per-volume call lock
+//! ([`volume_lock`]) and Identity service ([`identity`]); the runtime plumbing every binary
+//! shares ([`runtime`]: logging, SIGTERM, unix sockets; [`http`]: the hardened HTTP server); and
+//! [`fault`], crash points compiled only with the `fault-injection` feature. Nothing here talks
+//! to a cluster.
 
 pub mod capacity;
 pub mod crd;

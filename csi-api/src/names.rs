@@ -1,4 +1,5 @@
-//! The names table of `DESIGN.md`: every string the three programs and the cluster agree on.
+//! Every name the three programs and the cluster agree on (driver, API group, labels, parameters,
+//! device classes, reasons).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,13 +1,11 @@
-//! csi-controller: the CSI Controller service of Strata in Kubernetes mode.
-//! - [`service`]: CreateVolume/DeleteVolume/Expand/GetCapacity as plain Rust over [`cluster::Cluster`];
-//! - [`cluster`]: the narrow seam with the API server (kube-rs), and an in-memory one for tests;
-//! - [`gate`]: one in-flight call per volume, admission serialised per node;
-//! - [`grpc`]: the tonic edge (Identity + Controller), [`error`]: the one mapping to gRPC codes;
-//! - [`housekeeping`]: binding, orphans and node loss as a pure planner, applied by [`background`]
-//!   while this replica holds the [`lease`];
+//! csi-controller, the CSI Controller of Kubernetes mode; it never runs LVM, it writes
+//! LogicalVolume specs and waits for the node's agent.
+//! - [`service`] (Create/Delete/Expand/GetCapacity over [`cluster::Cluster`], names by
+//!   [`object_name`], admission queued per node by [`gate`]); [`grpc`] the tonic edge,
+//!   [`error`] the one mapping to gRPC codes;
+//! - while this replica holds the [`lease`], [`background`] applies [`housekeeping`] (binding,
+//!   orphans, node loss) and the recovery policy ([`drift`] decides, [`drift_exec`] acts);
 //! - [`metrics`]: Prometheus metrics.
-//!
-//! The controller never runs LVM: it writes LogicalVolume specs and waits for the node's agent.
 
 pub mod background;
 pub mod cluster;

@@ -1,5 +1,5 @@
-//! Strata's kube-scheduler extender (DESIGN.md flow 2). The kube-facing layer is thin:
-//! - [`cache`]: reflectors on NodeStorage, LogicalVolume, PVC and StorageClass, rebuilding a
+//! Strata's kube-scheduler extender (docs/architecture.md, csi-scheduler). The kube layer is thin:
+//! - [`cache`]: reflectors on NodeStorage, LogicalVolume, PVC, StorageClass and Pod, rebuilding a
 //!   [`view::ClusterView`] snapshot after changes;
 //! - [`view`]: the snapshot and a pod's demand (pure);
 //! - [`extender`]: filter and prioritize (pure, over `csi_api::capacity` and `placement`);

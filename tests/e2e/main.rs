@@ -1,4 +1,4 @@
-//! End-to-end tests of Kubernetes mode (issue #7). The host runs the fake API server (in this
+//! End-to-end tests of Kubernetes mode. The host runs the fake API server (in this
 //! process), csi-controller and csi-scheduler; the node VM (`tests/nodevm/`) runs
 //! `csi-agent serve --mode kubernetes` on the lab disks under a small supervisor (this same test
 //! binary, test `vm_supervisor`) that the host drives through ConfigMaps on the API server. Each

@@ -1,4 +1,4 @@
-//! Node VM tests of discovery and claim (issue #4), on emulated NVMe/SATA/virtio disks. Each test
+//! Node VM tests of discovery and claim, on emulated NVMe/SATA/virtio disks. Each test
 //! is a host-side orchestrator that boots the node VM one or more times (`tests/nodevm/nodevm`)
 //! and, inside it, runs this same test binary with `NODEVM_TEST_PHASE=<n>`; the in-VM phase runs
 //! the real claim pass (`csi_agent::claim::reconcile`: sysfs, blkid, lvm2) and checks the result.

@@ -1,5 +1,6 @@
-//! Helpers shared by Strata's slow test suites (node VM, end to end). The suites themselves are
-//! test targets of this crate, declared in `tests/Cargo.toml`; the VM harness is `tests/nodevm/`.
+//! Helpers shared by Strata's slow test suites: the fake API server ([`apiserver`]), the CSI
+//! client ([`csi_client`]) and the end-to-end harness ([`e2e`]). The suites are test targets of
+//! this crate (`tests/Cargo.toml`); the node VM harness is `tests/nodevm/`.
 
 pub mod apiserver;
 pub mod csi_client;

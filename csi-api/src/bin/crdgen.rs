@@ -1,5 +1,6 @@
 //! Prints the CRDs as YAML (`crdgen`), or writes them into a folder (`crdgen --out deploy/crds`).
-//! CI compares the committed files with this output.
+//! A test compares the committed files under `deploy/crds` with this output, so the YAML never
+//! drifts from the Rust types.
 
 use std::path::PathBuf;
 
