@@ -8,7 +8,7 @@
 //! SATA SSD-A (4 GiB), HDD-A (16 GiB), HDD-GPT (4 GiB, GPT, 2 partitions), SSD-EXT4 (2 GiB, ext4),
 //! SWAP-A (2 GiB, swap), virtio PV-FOREIGN (2 GiB, PV of the foreign VG `othervg`).
 
-mod vm;
+use strata_tests::vm;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -13,9 +13,7 @@
 //!
 //! On the host the tests only say why they skip.
 
-#[path = "../node/vm.rs"]
-#[allow(dead_code)]
-mod vm;
+use strata_tests::vm;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -8,9 +8,7 @@
 //!
 //! On the host they only say why they skip (see `vm::enter`).
 
-#[path = "../node/vm.rs"]
-#[allow(dead_code)]
-mod vm;
+use strata_tests::vm;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};

@@ -14,9 +14,7 @@
 //! The throughput benchmark (bytes/s per policy and disk) is the ignored test `throughput`: add
 //! `-- --ignored --nocapture throughput`. On the host the tests only say why they skip.
 
-#[path = "../node/vm.rs"]
-#[allow(dead_code)]
-mod vm;
+use strata_tests::vm;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
