@@ -363,6 +363,77 @@ pub async fn held_while_in_use_fs_and_block(c: &Cluster) {
     );
 }
 
+/// A volume with its PV and a pattern (a file, or the device's first bytes), left unstaged:
+/// only its PV protects it. Returns `(name, vg/lv, device, extents, block)`.
+async fn kept_volume(
+    c: &Cluster,
+    name: &'static str,
+    class: DeviceClass,
+    block: bool,
+) -> (&'static str, String, String, String, bool) {
+    let fs = if block { "block" } else { "xfs" };
+    let bytes = if block { BLOCK_BYTES } else { FS_BYTES };
+    create(c, name, class, block, false).await;
+    c.api.seed(&persistent_volume(name, bytes, block)).unwrap();
+    let (vg_lv, device) = lv_of(c, name).await;
+    let (extents, _) = extents_and_tags(c, &vg_lv).await;
+    let staging = format!("/run/e2e/staging/{name}");
+    let target = format!("/run/e2e/pods/{name}/volume");
+    let vm = c.vm();
+    let source = format!("/run/e2e/pattern-{name}");
+    vm.must(Op::WriteFile {
+        path: source.clone(),
+        content: pattern(name),
+    })
+    .await;
+    vm.must(Op::Stage {
+        volume_id: name.into(),
+        staging: staging.clone(),
+        fs_type: fs.into(),
+    })
+    .await;
+    if block {
+        let out = exec(
+            c,
+            &[
+                "dd",
+                &format!("if={source}"),
+                &format!("of={device}"),
+                "bs=64K",
+                "oflag=direct",
+                "conv=fsync,notrunc",
+            ],
+        )
+        .await;
+        assert_eq!(out["code"], 0, "dd: {out}");
+    } else {
+        vm.must(Op::NodePublish {
+            volume_id: name.into(),
+            staging: staging.clone(),
+            target: target.clone(),
+            fs_type: fs.into(),
+        })
+        .await;
+        vm.must(Op::WriteFile {
+            path: format!("{target}/pattern"),
+            content: pattern(name),
+        })
+        .await;
+        vm.must(Op::NodeUnpublish {
+            volume_id: name.into(),
+            target,
+        })
+        .await;
+    }
+    // Not in use: only the PV protects it.
+    vm.must(Op::NodeUnstage {
+        volume_id: name.into(),
+        staging,
+    })
+    .await;
+    (name, vg_lv, device, extents, block)
+}
+
 /// Uninstall with PVs present, then reinstall.
 pub async fn uninstall_keeps_every_byte_and_reinstall_finds_the_volumes(c: &mut Cluster) {
     let t = Instant::now();
@@ -370,70 +441,13 @@ pub async fn uninstall_keeps_every_byte_and_reinstall_finds_the_volumes(c: &mut 
         ("pvc-keep-fs", DeviceClass::Ssd, false),
         ("pvc-keep-blk", DeviceClass::Hdd, true),
     ];
-    let mut lvs = Vec::new();
-    for (name, class, block) in volumes {
-        let fs = if block { "block" } else { "xfs" };
-        let bytes = if block { BLOCK_BYTES } else { FS_BYTES };
-        create(c, name, class, block, false).await;
-        c.api.seed(&persistent_volume(name, bytes, block)).unwrap();
-        let (vg_lv, device) = lv_of(c, name).await;
-        let (extents, _) = extents_and_tags(c, &vg_lv).await;
-        let staging = format!("/run/e2e/staging/{name}");
-        let target = format!("/run/e2e/pods/{name}/volume");
-        let vm = c.vm();
-        let source = format!("/run/e2e/pattern-{name}");
-        vm.must(Op::WriteFile {
-            path: source.clone(),
-            content: pattern(name),
-        })
-        .await;
-        vm.must(Op::Stage {
-            volume_id: name.into(),
-            staging: staging.clone(),
-            fs_type: fs.into(),
-        })
-        .await;
-        if block {
-            let out = exec(
-                c,
-                &[
-                    "dd",
-                    &format!("if={source}"),
-                    &format!("of={device}"),
-                    "bs=64K",
-                    "oflag=direct",
-                    "conv=fsync,notrunc",
-                ],
-            )
-            .await;
-            assert_eq!(out["code"], 0, "dd: {out}");
-        } else {
-            vm.must(Op::NodePublish {
-                volume_id: name.into(),
-                staging: staging.clone(),
-                target: target.clone(),
-                fs_type: fs.into(),
-            })
-            .await;
-            vm.must(Op::WriteFile {
-                path: format!("{target}/pattern"),
-                content: pattern(name),
-            })
-            .await;
-            vm.must(Op::NodeUnpublish {
-                volume_id: name.into(),
-                target,
-            })
-            .await;
-        }
-        // Not in use: only the PV protects it.
-        vm.must(Op::NodeUnstage {
-            volume_id: name.into(),
-            staging,
-        })
-        .await;
-        lvs.push((name, vg_lv, device, extents, block));
-    }
+    // Both made at once (each step waits on the VM).
+    let lvs = futures::future::join_all(
+        volumes
+            .into_iter()
+            .map(|(name, class, block)| kept_volume(c, name, class, block)),
+    )
+    .await;
 
     // `kubectl delete -k deploy/`: the CRDs go, and with them every object (held by finalizers).
     for (name, ..) in &lvs {
