@@ -35,6 +35,7 @@ NODE_CLAIM = "authentication.kubernetes.io/node-name"
 
 AGENT_VOLUMES = "csi-agent/src/kubernetes/volumes.rs"
 AGENT_NODE_STORAGE = "csi-agent/src/kubernetes/node_storage.rs"
+AGENT_ADOPT = "csi-agent/src/kubernetes/adopt.rs"
 CTRL_CLUSTER = "csi-controller/src/cluster/kube_cluster.rs"
 CTRL_BACKGROUND = "csi-controller/src/background.rs"
 CTRL_LEASE = "csi-controller/src/lease.rs"
@@ -50,6 +51,9 @@ CALLS = [
     # the finalizer is removed from the object as it is now: re-read first
     ("csi-agent", "strata.io", "logicalvolumes", ["get"],
      ("code", AGENT_VOLUMES, r"fn release_finalizer[\s\S]*?api\.get_opt\(&name\)")),
+    # adoption of an LV of its node without an object (after an uninstall that kept the LVs)
+    ("csi-agent", "strata.io", "logicalvolumes", ["list", "create"],
+     ("code", AGENT_ADOPT, r"api\s*\.list\([\s\S]*api\.create\(")),
     ("csi-agent", "strata.io", "logicalvolumes/status", ["patch"],
      ("code", AGENT_VOLUMES, r"api\.patch_status\(")),
     ("csi-agent", "strata.io", "nodestorages", ["get"],
@@ -227,9 +231,10 @@ def test_rbac_grants_exactly_the_calls(rendered, sa):
     assert not granted - needed, f"{sa} is granted what no code uses: {sorted(granted - needed)}"
 
 
-def test_agent_cannot_create_or_delete_volumes_or_touch_claims(rendered):
+def test_agent_cannot_delete_volumes_or_touch_claims(rendered):
+    # The agent may create LogicalVolumes (adoption, csi-agent/src/kubernetes/adopt.rs), only of
+    # its own node: the node-scope policy refuses any other (checked below).
     granted = grants(rendered, "csi-agent")
-    assert ("strata.io", "logicalvolumes", "create") not in granted
     assert not {g for g in granted if g[2] == "delete"}
     assert not {g for g in granted if g[1] in ("persistentvolumes", "persistentvolumeclaims",
                                                "pods", "nodes", "secrets")}
@@ -455,6 +460,9 @@ def test_policy_lets_the_agent_do_its_work_on_its_node(policy):
     assert admit(policy, resource="logicalvolumes", name="pvc-1", obj=new, old=old) == []
     assert admit(policy, resource="logicalvolumes", sub="status", name="pvc-1",
                  obj=old, old=old) == []
+    # adoption: a LogicalVolume of its own node made again for an LV that has none
+    assert admit(policy, resource="logicalvolumes", op="CREATE", name="pvc-1",
+                 obj=lv("node-a")) == []
 
 
 @pytest.mark.parametrize("case", [
@@ -468,8 +476,10 @@ def test_policy_lets_the_agent_do_its_work_on_its_node(policy):
     # relabelling another node's volume to its own node
     dict(resource="logicalvolumes", name="pvc-1", obj=lv("node-a"), old=lv("node-b")),
     dict(resource="logicalvolumes", op="DELETE", name="pvc-1", old=lv("node-b")),
+    # adopting a volume for another node
+    dict(resource="logicalvolumes", op="CREATE", name="pvc-1", obj=lv("node-b")),
 ], ids=["ns-create", "ns-update", "ns-status", "lv-update", "lv-status", "lv-relabel",
-        "lv-delete"])
+        "lv-delete", "lv-create"])
 def test_policy_refuses_every_cross_node_write(policy, case):
     failed = admit(policy, **case)
     assert failed, case

@@ -469,17 +469,31 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
 }
 
 impl<R: LvmRunner> LvmVolumes<R> {
-    /// A volume whose LV is not found is gone only if no class VG misses a disk: an LV on an
-    /// absent disk is not listed, and answering success would leak it. Unavailable makes the
-    /// CO retry until the disks are back (or the operator removes the missing PVs).
+    /// A volume whose LV is not found is gone only if no class VG misses a disk, and no class
+    /// VG that lvm2 no longer sees at all recorded it (its metadata backup, see
+    /// [`crate::lvm::backup`]): an LV on an absent disk is not listed, and answering success
+    /// would leak it. Unavailable makes the CO retry until the disks are back (or the operator
+    /// removes the missing PVs, or the stale backup of a VG whose disks are gone for good).
     async fn prove_absent(&self, id: &str) -> Result<()> {
-        let incomplete: Vec<String> = self
-            .class_vgs()
-            .await?
-            .into_iter()
+        let visible = self.class_vgs().await?;
+        let mut incomplete: Vec<String> = visible
+            .iter()
             .filter(|(_, vg)| vg.missing_pv_count > 0)
             .map(|(_, vg)| format!("{} misses {} disk(s)", vg.name, vg.missing_pv_count))
             .collect();
+        let backups = &self.lvm.options().backup_dir;
+        for class in DeviceClass::ALL {
+            let vg = class.vg_name();
+            if !visible.iter().any(|(c, _)| *c == class)
+                && crate::lvm::backup::records_volume(backups, vg, id)
+            {
+                incomplete.push(format!(
+                    "it was in volume group {vg}, which lvm2 no longer sees (all of its disks \
+                     are absent; lvm2's record of it is {})",
+                    backups.join(vg).display()
+                ));
+            }
+        }
         if incomplete.is_empty() {
             return Ok(());
         }
@@ -789,5 +803,56 @@ mod tests {
                 .as_deref(),
             Some("disk in slot slot-b is failing: kernel device state is offline")
         );
+    }
+
+    /// Only strata-ssd is visible (no LVs); strata-nvme vanished with all its disks.
+    fn nvme_vanished() -> FakeRunner {
+        FakeRunner::from_fn(|inv: &Invocation| match inv.subcommand() {
+            "vgs" => Reply::ok(format!(
+                r#"{{"report":[{{"vg":[{{"vg_name":"strata-ssd","vg_uuid":"U","vg_size":"{GIB}","vg_free":"{GIB}","vg_extent_size":"4194304","vg_extent_count":"256","vg_free_count":"256","pv_count":"1","lv_count":"0","vg_missing_pv_count":"0","vg_tags":"{OWNER_TAG}"}}]}}]}}"#
+            )),
+            "lvs" => Reply::ok(r#"{"report":[{"lv":[]}]}"#),
+            other => Reply::fail(5, format!("unexpected {other}")),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_delete_whose_vg_vanished_is_not_done() {
+        let backups = tempfile::tempdir().unwrap();
+        std::fs::write(
+            backups.path().join("strata-nvme"),
+            "strata-nvme {\n\tlogical_volumes {\n\t\tpvc-gone {\n\t\t\ttags = [\"strata.io/owner\", \"strata.io/volume=pvc-gone\"]\n\t\t}\n\t}\n}\n",
+        )
+        .unwrap();
+        let lvm = Lvm::new(
+            nvme_vanished(),
+            LvmOptions {
+                activate: false,
+                backup_dir: backups.path().to_path_buf(),
+                ..LvmOptions::default()
+            },
+        );
+        let volumes = LvmVolumes::new(lvm.clone(), BTreeMap::new());
+        let err = volumes.remove("pvc-gone").await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("strata-nvme") && text.contains("no longer sees"),
+            "{text}"
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::Unavailable,
+            "the CO retries"
+        );
+        // A repeat is refused the same way; nothing was changed.
+        assert!(volumes.remove("pvc-gone").await.is_err());
+        assert!(lvm.runner().calls_of("lvremove").is_empty());
+        assert!(lvm.runner().calls_of("lvchange").is_empty());
+        // A volume the vanished VG never held is gone: OK.
+        volumes.remove("pvc-other").await.unwrap();
+        // Once the stale record goes (the disks are gone for good), the delete completes.
+        std::fs::remove_file(backups.path().join("strata-nvme")).unwrap();
+        volumes.remove("pvc-gone").await.unwrap();
     }
 }

@@ -4,6 +4,7 @@
 //! - [`node_storage`]: the claim pass and the NodeStorage status, published by server-side apply
 //!   (field manager `csi-agent`) on every change the agent makes or sees, with a periodic resync.
 
+pub mod adopt;
 pub mod capacity_sequence;
 pub mod node_storage;
 pub mod volumes;
@@ -57,8 +58,10 @@ pub async fn run<R: LvmRunner + 'static>(
     shutdown: CancellationToken,
 ) {
     let publisher = tokio::spawn(node_storage::run(ctx.clone(), resync, shutdown.clone()));
+    let adopter = tokio::spawn(adopt::run(ctx.clone(), shutdown.clone()));
     volumes::run(ctx, shutdown).await;
     publisher.await.ok();
+    adopter.await.ok();
 }
 
 /// Everything Kubernetes mode is configured with.

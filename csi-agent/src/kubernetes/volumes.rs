@@ -40,6 +40,11 @@ pub const REASON_LVM_ERROR: &str = "LvmError";
 pub const REASON_WIPE_FAILED: &str = "WipeFailed";
 /// `status.reason` of a deleted LogicalVolume whose PersistentVolume still exists.
 pub const REASON_PV_PROTECTED: &str = names::REASON_PV_PROTECTED;
+/// `status.reason` of a deleted LogicalVolume whose LV was made in a VG that lvm2 no longer sees
+/// at all (every disk of the class absent): the deletion waits for the disks.
+pub const REASON_VG_MISSING: &str = "VolumeGroupMissing";
+/// Retry period of a deletion held because its VG is absent.
+const VG_MISSING_RETRY: Duration = Duration::from_secs(60);
 /// Backoff of a deletion held because the LV is in use: first and longest delay.
 const IN_USE_FIRST_RETRY: Duration = Duration::from_secs(5);
 const IN_USE_MAX_RETRY: Duration = Duration::from_secs(300);
@@ -68,6 +73,9 @@ pub enum Step {
     },
     /// The LV matches the spec: report it Ready.
     Report,
+    /// Being deleted, and its LV was made in a VG that lvm2 no longer sees: the deletion is
+    /// not done (it cannot be proven) until the disks are back.
+    VgMissing,
 }
 
 /// Decides the next step; pure.
@@ -100,6 +108,33 @@ pub fn decide(lv: &LogicalVolume, node: &str, existing: Option<&Lv>) -> Step {
             size: lv.spec.size_bytes,
         },
         Some(_) => Step::Report,
+    }
+}
+
+/// The step for a deleted LogicalVolume of this node whose class VG lvm2 does not see at all.
+/// Its LV existed if the agent ever reported it made (`status` names its VG, LV or size) or
+/// lvm2's backup of the VG records it (`recorded`, [`crate::lvm::backup`]): then the deletion
+/// waits ([`Step::VgMissing`]); a volume never made in a VG never seen is simply released. Pure.
+pub fn decide_without_vg(lv: &LogicalVolume, node: &str, recorded: bool) -> Step {
+    if lv.spec.node_name != node {
+        return Step::Ignore;
+    }
+    if !lv.finalizers().iter().any(|f| f == names::FINALIZER) {
+        return Step::Done;
+    }
+    let made = lv.status.as_ref().is_some_and(|s| {
+        s.vg_name.is_some()
+            || s.lv_name.is_some()
+            || s.current_size_bytes.is_some()
+            || matches!(
+                s.phase,
+                Some(LogicalVolumePhase::Ready | LogicalVolumePhase::Wiping)
+            )
+    });
+    if made || recorded {
+        Step::VgMissing
+    } else {
+        Step::ReleaseFinalizer
     }
 }
 
@@ -183,7 +218,18 @@ async fn reconcile<R: LvmRunner>(
     let class: DeviceClass = lv.spec.device_class;
     let vg = class.vg_name();
     let api: Api<LogicalVolume> = Api::all(ctx.client.clone());
-    let existing = ctx.lvm.lv(vg, &name).await?;
+    let existing = match ctx.lvm.lv(vg, &name).await {
+        Ok(found) => found,
+        // lvm2 sees no VG of the class at all: an LV there can be neither removed nor proven gone.
+        Err(LvmError::NotFound { .. })
+            if lv.metadata.deletion_timestamp.is_some() && ctx.lvm.vg(vg).await?.is_none() =>
+        {
+            let recorded =
+                crate::lvm::backup::records_volume(&ctx.lvm.options().backup_dir, vg, &name);
+            return delete_without_vg(&r, &api, &lv, vg, recorded).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     let step = decide(&lv, &ctx.node, existing.as_ref());
     match step {
         Step::Ignore | Step::Done => {}
@@ -228,6 +274,8 @@ async fn reconcile<R: LvmRunner>(
             release_finalizer(&api, &lv).await?;
         }
         Step::ReleaseFinalizer => release_finalizer(&api, &lv).await?,
+        // Only from `decide_without_vg`.
+        Step::VgMissing => {}
         Step::Create { size } => {
             let pvc = lv.spec.pvc.as_ref().map(|p| PvcRef {
                 namespace: p.namespace.clone(),
@@ -300,6 +348,37 @@ async fn reconcile<R: LvmRunner>(
         }
     }
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// A deletion whose class VG lvm2 does not see: held (reason `VolumeGroupMissing`, Warning
+/// Event, retried every minute) when the LV was made there, released when it never was.
+async fn delete_without_vg<R: LvmRunner>(
+    r: &Reconciler<R>,
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    vg: &str,
+    recorded: bool,
+) -> Result<Action, ReconcileError> {
+    match decide_without_vg(lv, &r.ctx.node, recorded) {
+        Step::ReleaseFinalizer => {
+            info!(volume = %lv.name_any(), %vg, "deleted volume was never made and its VG does not exist; releasing");
+            release_finalizer(api, lv).await?;
+            Ok(Action::await_change())
+        }
+        Step::VgMissing => {
+            let note = format!(
+                "LogicalVolume {} is being deleted, but its volume group {vg} is not visible on \
+                 node {} (every disk of the class is absent): the LV can be neither wiped nor \
+                 proven gone, so the finalizer stays. Bring the disks back; if they are gone for \
+                 good, see the troubleshooting guide (VolumeGroupMissing)",
+                lv.name_any(),
+                r.ctx.node
+            );
+            hold(r, api, lv, REASON_VG_MISSING, &note, "WipeLV").await?;
+            Ok(Action::requeue(VG_MISSING_RETRY))
+        }
+        _ => Ok(Action::await_change()),
+    }
 }
 
 /// The bytes of `class` this node keeps free (NodeStorage `spec.reservedBytes`), read afresh
@@ -863,6 +942,34 @@ mod tests {
             &elsewhere
         ));
         assert!(hold_is_news(Some(&said), REASON_PV_PROTECTED, "kept"));
+    }
+
+    #[test]
+    fn a_deletion_whose_vg_vanished_waits_if_the_lv_was_made() {
+        let deleted = volume("a", 8, true, true);
+        // Never made (no status) and not in lvm2's record of the VG: nothing to wait for.
+        assert_eq!(
+            decide_without_vg(&deleted, "a", false),
+            Step::ReleaseFinalizer
+        );
+        // lvm2's backup of the vanished VG records it: held.
+        assert_eq!(decide_without_vg(&deleted, "a", true), Step::VgMissing);
+        // The agent reported it made: held, whatever the backup says.
+        let mut made = deleted.clone();
+        made.status = Some(ready_status(&lvm_lv(8), None, Some(1)));
+        assert_eq!(decide_without_vg(&made, "a", false), Step::VgMissing);
+        let mut wiping = deleted.clone();
+        wiping.status = Some(LogicalVolumeStatus {
+            phase: Some(LogicalVolumePhase::Wiping),
+            ..Default::default()
+        });
+        assert_eq!(decide_without_vg(&wiping, "a", false), Step::VgMissing);
+        // Not ours to decide.
+        assert_eq!(decide_without_vg(&made, "b", true), Step::Ignore);
+        assert_eq!(
+            decide_without_vg(&volume("a", 8, false, true), "a", true),
+            Step::Done
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! and unzeroed (`-an -Zn`); otherwise they are activated, zeroed and stale signatures inside the
 //! new LV's extents are wiped (`-Wy --yes`: the new LV is ours, unlike a disk handed to pvcreate).
 
+pub mod backup;
 mod error;
 pub mod fake;
 mod lv;
@@ -45,6 +46,9 @@ pub struct LvmOptions {
     pub config: Option<String>,
     /// How long a VG's ownership and extent size are trusted without re-reading `vgs`.
     pub vg_cache_ttl: Duration,
+    /// lvm2's metadata backup folder (`backup_dir` of lvm.conf): the record of a VG that is no
+    /// longer visible ([`backup`]).
+    pub backup_dir: PathBuf,
 }
 
 impl Default for LvmOptions {
@@ -53,6 +57,7 @@ impl Default for LvmOptions {
             activate: true,
             config: None,
             vg_cache_ttl: Duration::from_secs(30),
+            backup_dir: PathBuf::from("/etc/lvm/backup"),
         }
     }
 }

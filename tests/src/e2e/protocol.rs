@@ -48,7 +48,8 @@ pub enum Op {
     Exec {
         argv: Vec<String>,
     },
-    /// NodeStageVolume of a mount volume (the staging folder is created first).
+    /// NodeStageVolume of a mount volume (the staging folder is created first); `fs_type`
+    /// `block` stages a raw block volume instead (the same for the publish below).
     Stage {
         volume_id: String,
         staging: String,
@@ -86,6 +87,15 @@ pub enum Op {
     },
     /// Replies the content as a JSON string.
     ReadFile {
+        path: String,
+    },
+    /// Starts a process (`sleep`) that holds `path` open (its stdin) until [`Op::Release`].
+    /// Replies `{"pid": N}`.
+    HoldOpen {
+        path: String,
+    },
+    /// Ends the process holding `path` open and waits for it.
+    Release {
         path: String,
     },
     /// Stops the agent and ends the supervisor (the VM powers off).

@@ -33,6 +33,8 @@ struct State {
     node: String,
     bins: PathBuf,
     agent: Mutex<Option<Child>>,
+    /// Processes holding a device open, by path ([`Op::HoldOpen`]).
+    holders: Mutex<BTreeMap<String, Child>>,
 }
 
 /// Runs the supervisor until the host's `shutdown` command.
@@ -50,6 +52,7 @@ pub fn run() -> Result<()> {
         node,
         bins,
         agent: Mutex::new(None),
+        holders: Mutex::new(BTreeMap::new()),
     })))
 }
 
@@ -202,6 +205,15 @@ fn csi() -> Result<Csi> {
     Ok(Csi::connect_lazy(Path::new(SOCKET))?)
 }
 
+/// The capability of a volume: `block`, or a filesystem name.
+fn capability(fs_type: &str) -> csi::VolumeCapability {
+    if fs_type == "block" {
+        csi_client::block_cap()
+    } else {
+        csi_client::mount_cap(fs_type, &[])
+    }
+}
+
 async fn handle(state: &State, op: Op) -> Result<Value> {
     match op {
         Op::StartAgent { fault } => start_agent(state, fault).await,
@@ -261,11 +273,8 @@ async fn handle(state: &State, op: Op) -> Result<Value> {
             fs_type,
         } => {
             std::fs::create_dir_all(&staging)?;
-            let req = csi_client::stage_request(
-                &volume_id,
-                Path::new(&staging),
-                csi_client::mount_cap(&fs_type, &[]),
-            );
+            let req =
+                csi_client::stage_request(&volume_id, Path::new(&staging), capability(&fs_type));
             csi()?.node.node_stage_volume(req).await?;
             Ok(Value::Null)
         }
@@ -279,7 +288,7 @@ async fn handle(state: &State, op: Op) -> Result<Value> {
                 &volume_id,
                 Path::new(&staging),
                 Path::new(&target),
-                csi_client::mount_cap(&fs_type, &[]),
+                capability(&fs_type),
                 false,
             );
             csi()?.node.node_publish_volume(req).await?;
@@ -327,6 +336,33 @@ async fn handle(state: &State, op: Op) -> Result<Value> {
             Ok(Value::Null)
         }
         Op::ReadFile { path } => Ok(Value::String(std::fs::read_to_string(&path)?)),
+        Op::HoldOpen { path } => {
+            let mut holders = state.holders.lock().await;
+            if holders.contains_key(&path) {
+                bail!("{path} is already held open");
+            }
+            let device = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            let child = Command::new("sleep")
+                .arg("infinity")
+                .stdin(Stdio::from(device))
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting sleep")?;
+            let pid = child.id();
+            holders.insert(path, child);
+            Ok(json!({ "pid": pid }))
+        }
+        Op::Release { path } => {
+            let mut child = state
+                .holders
+                .lock()
+                .await
+                .remove(&path)
+                .ok_or_else(|| anyhow!("nothing holds {path} open"))?;
+            child.kill().await?;
+            Ok(Value::Null)
+        }
         Op::Shutdown => {
             let mut guard = state.agent.lock().await;
             if let Some(mut child) = guard.take() {
