@@ -127,21 +127,21 @@ impl ClusterView {
     ) -> Self
     where
         N: Deref<Target = NodeStorage>,
-        V: Deref<Target = LogicalVolume>,
-        C: Deref<Target = PersistentVolumeClaim>,
-        S: Deref<Target = StorageClass>,
+        V: Clone + Into<Arc<LogicalVolume>>,
+        C: Clone + Into<Arc<PersistentVolumeClaim>>,
+        S: Clone + Into<Arc<StorageClass>>,
         P: Deref<Target = Pod>,
     {
         let mut index = ViewIndex::new(default_placement);
-        index.set_storage_classes(storage_classes.iter().map(|s| Arc::new((**s).clone())));
+        index.set_storage_classes(storage_classes.iter().map(|s| s.clone().into()));
         for ns in node_storages {
             index.apply_node_storage(ns);
         }
         for lv in volumes {
-            index.apply_volume(Arc::new((**lv).clone()));
+            index.apply_volume(lv.clone().into());
         }
         for pvc in claims {
-            index.apply_claim(Arc::new((**pvc).clone()));
+            index.apply_claim(pvc.clone().into());
         }
         for pod in pods {
             index.apply_pod(pod);
