@@ -152,6 +152,8 @@ fn index_of(objects: &Objects) -> ViewIndex {
     for pod in &objects.pods {
         index.apply_pod(pod);
     }
+    // The initial load, published once (not counted as a change).
+    index.publish();
     index
 }
 
