@@ -6,7 +6,15 @@
 //! 64 MiB bodies (declared, and chunked); prints the process's resident memory (VmRSS) before and
 //! its peak under the load. The process includes the bench's own clients and view.
 //!
-//! Run: `cargo bench -p csi-scheduler --bench hostile` (add `-- --quick` for a shorter run).
+//! Second part, the binary alone: the real `csi-scheduler` process (`--listen` on loopback)
+//! reading a fake API server process (`fake-apiserver` of strata-tests) seeded with the same
+//! 5,000 nodes / 40,000 LogicalVolumes / 45,003 claims / 5,000 pods; this bench only drives the
+//! requests, and reads the scheduler's own VmRSS/VmHWM from `/proc/PID/status`: after the
+//! caches synced (idle), sampled under the same hostile load, and idle after it.
+//!
+//! Run: `cargo build --release -p strata-tests --bin fake-apiserver && cargo bench -p
+//! csi-scheduler --bench hostile` (add `-- --quick` for a shorter run, `-- --binary` for the
+//! second part only). Without the fake-apiserver binary the second part says so and is skipped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,10 +38,15 @@ const SLOW_CLIENTS: usize = 200;
 const BIG_BODY: usize = 64 << 20;
 
 fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status_bytes("self", "VmRSS")
+}
+
+/// A `kB` field of `/proc/<pid>/status` in bytes (0 if unreadable).
+fn status_bytes(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }
@@ -157,6 +170,13 @@ async fn big_client(addr: SocketAddr, stop: Arc<AtomicBool>, refused: Arc<Atomic
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if !std::env::args().any(|a| a == "--binary") {
+        in_process(quick);
+    }
+    binary_alone(quick);
+}
+
+fn in_process(quick: bool) {
     let count = if quick { 200 } else { 1000 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -179,6 +199,36 @@ fn main() {
         Placement::Binpack,
     );
     drop((nodes, volumes, claims, classes, pods));
+    let request = Arc::new(filter_request());
+
+    runtime.block_on(async {
+        let state = AppState {
+            view: ViewHandle::default(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        state.view.set(view);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let limits = limits(NAMES_ONLY_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS);
+        let server = tokio::spawn(csi_api::http::serve(
+            listener,
+            router(state),
+            limits,
+            shutdown.clone(),
+        ));
+
+        println!("-- in process (the bench's own fixtures, view and clients included in the RSS)");
+        drive(addr, request, count, quick, rss_bytes).await;
+        shutdown.cancel();
+        let _ = server.await;
+    });
+}
+
+/// The names-only /filter request of all nodes, as HTTP/1.1 bytes.
+fn filter_request() -> Vec<u8> {
     let names: Vec<String> = (0..NODES).map(node_name).collect();
     let body = serde_json::to_vec(&json!({
         "Pod": {"metadata": {"name": "db-0", "namespace": "apps"}, "spec": {"volumes": [
@@ -194,81 +244,226 @@ fn main() {
     )
     .into_bytes();
     request.extend_from_slice(&body);
-    let request = Arc::new(request);
+    request
+}
 
+/// Legitimate latency alone, then under 200 slow clients and four 64 MiB senders, with the
+/// server's memory sampled by `rss` every 10 ms.
+async fn drive(
+    addr: SocketAddr,
+    request: Arc<Vec<u8>>,
+    count: usize,
+    quick: bool,
+    rss: impl Fn() -> u64 + Send + 'static,
+) {
+    let (p50, p99) = percentiles(legit(addr, request.clone(), count).await);
+    let rss_before = rss();
+    println!(
+        "{NODES} nodes, names-only /filter body {} KiB; limits: body {} MiB, {} connections",
+        request.len() / 1024,
+        NAMES_ONLY_MAX_BODY_BYTES >> 20,
+        DEFAULT_MAX_CONNECTIONS
+    );
+    println!(
+        "legit alone:            p50 {p50:.3} ms  p99 {p99:.3} ms   RSS {} MiB",
+        rss_before >> 20
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut hostile = Vec::new();
+    for _ in 0..SLOW_CLIENTS {
+        hostile.push(tokio::spawn(slow_client(addr, stop.clone(), cut.clone())));
+    }
+    for _ in 0..4 {
+        hostile.push(tokio::spawn(big_client(
+            addr,
+            stop.clone(),
+            refused.clone(),
+        )));
+    }
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let (p50h, p99h) = percentiles(legit(addr, request.clone(), count).await);
+    // Keep the pressure on past the request deadline, so that slow clients are cut.
+    let window = Duration::from_secs(if quick { 6 } else { 12 });
+    if started.elapsed() < window {
+        tokio::time::sleep(window - started.elapsed()).await;
+    }
+    let (p50l, p99l) = percentiles(legit(addr, request.clone(), count / 2).await);
+    stop.store(true, Ordering::Relaxed);
+    for task in hostile {
+        task.abort();
+    }
+    let _ = sampler.await;
+    println!(
+        "legit + {SLOW_CLIENTS} slow clients + 4 x 64 MiB senders: p50 {p50h:.3} ms  p99 {p99h:.3} ms (ratio p50 {:.2}, p99 {:.2}); after {} s: p50 {p50l:.3} ms  p99 {p99l:.3} ms",
+        p50h / p50,
+        p99h / p99,
+        window.as_secs()
+    );
+    println!(
+        "peak RSS under the hostile load: {} MiB (goal < 128 MiB, half the 256Mi pod limit); slow connections cut: {}; 64 MiB bodies refused with 413: {}",
+        peak.load(Ordering::Relaxed) >> 20,
+        cut.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
+    );
+}
+
+/// A child process killed (by its own pid) when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The fake API server binary: `STRATA_FAKE_APISERVER`, else beside this bench's build of
+/// csi-scheduler (target/<profile>/), else target/debug.
+fn fake_apiserver() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("STRATA_FAKE_APISERVER") {
+        return Some(path.into());
+    }
+    let own = std::path::Path::new(env!("CARGO_BIN_EXE_csi-scheduler"));
+    let dir = own.parent()?;
+    [
+        dir.join("fake-apiserver"),
+        dir.join("../debug/fake-apiserver"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+/// The cluster of the fixtures as seed documents (JSON, one per `---`).
+fn write_seed(path: &std::path::Path) -> usize {
+    use std::io::Write;
+    let Objects {
+        nodes,
+        volumes,
+        claims,
+        classes,
+        pods,
+    } = cluster(NODES);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("seed file"));
+    let mut n = 0;
+    let mut doc = |value: serde_json::Value| {
+        writeln!(out, "---").expect("write");
+        serde_json::to_writer(&mut out, &value).expect("write");
+        writeln!(out).expect("write");
+        n += 1;
+    };
+    for o in &classes {
+        doc(serde_json::to_value(&**o).expect("json"));
+    }
+    for o in &nodes {
+        doc(serde_json::to_value(&**o).expect("json"));
+    }
+    for o in &volumes {
+        doc(serde_json::to_value(&**o).expect("json"));
+    }
+    for o in &claims {
+        doc(serde_json::to_value(&**o).expect("json"));
+    }
+    for o in &pods {
+        doc(serde_json::to_value(&**o).expect("json"));
+    }
+    out.flush().expect("flush");
+    n
+}
+
+fn binary_alone(quick: bool) {
+    println!("-- the csi-scheduler binary alone, against a fake API server process");
+    let Some(apiserver) = fake_apiserver() else {
+        println!(
+            "NOT RUN: no fake-apiserver binary (cargo build --release -p strata-tests --bin fake-apiserver, or set STRATA_FAKE_APISERVER)"
+        );
+        return;
+    };
+    let count = if quick { 200 } else { 1000 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = dir.path().join("seed.yaml");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let objects = write_seed(&seed);
+    let mut child = std::process::Command::new(&apiserver)
+        .args(["--listen", "127.0.0.1:0", "--history", "100000"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--seed")
+        .arg(&seed)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting fake-apiserver");
+    let stdout = child.stdout.take().expect("stdout");
+    let apiserver = Reaped(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("fake-apiserver output");
+    assert!(line.starts_with("listening on"), "fake-apiserver: {line}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    let scheduler = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_csi-scheduler"))
+            .args(["--listen", &addr.to_string()])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("starting csi-scheduler"),
+    );
+    let pid = scheduler.0.id().to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
-        let state = AppState {
-            view: ViewHandle::default(),
-            metrics: Arc::new(Metrics::new()),
-        };
-        state.view.set(view);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let limits = limits(NAMES_ONLY_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS);
-        let server = tokio::spawn(csi_api::http::serve(
-            listener,
-            router(state),
-            limits,
-            shutdown.clone(),
-        ));
-
-        let (p50, p99) = percentiles(legit(addr, request.clone(), count).await);
-        let rss_before = rss_bytes();
-        println!(
-            "{NODES} nodes, names-only /filter body {} KiB; limits: body {} MiB, {} connections",
-            body.len() / 1024,
-            NAMES_ONLY_MAX_BODY_BYTES >> 20,
-            DEFAULT_MAX_CONNECTIONS
-        );
-        println!("legit alone:            p50 {p50:.3} ms  p99 {p99:.3} ms   RSS {} MiB", rss_before >> 20);
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let cut = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let mut hostile = Vec::new();
-        for _ in 0..SLOW_CLIENTS {
-            hostile.push(tokio::spawn(slow_client(addr, stop.clone(), cut.clone())));
-        }
-        for _ in 0..4 {
-            hostile.push(tokio::spawn(big_client(addr, stop.clone(), refused.clone())));
-        }
-        let peak = Arc::new(AtomicU64::new(rss_before));
-        let sampler = {
-            let (peak, stop) = (peak.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+        // Ready once the caches synced and the first view is published.
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(300), "csi-scheduler never ready");
+            if let Ok(mut s) = TcpStream::connect(addr).await {
+                let mut buf = Vec::new();
+                if exchange(&mut s, b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n", &mut buf).await == 200 {
+                    break;
                 }
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let started = Instant::now();
-        let (p50h, p99h) = percentiles(legit(addr, request.clone(), count).await);
-        // Keep the pressure on past the request deadline, so that slow clients are cut.
-        let window = Duration::from_secs(if quick { 6 } else { 12 });
-        if started.elapsed() < window {
-            tokio::time::sleep(window - started.elapsed()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (p50l, p99l) = percentiles(legit(addr, request.clone(), count / 2).await);
-        stop.store(true, Ordering::Relaxed);
-        for task in hostile {
-            task.abort();
-        }
-        let _ = sampler.await;
+        let synced = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mib = |field: &str| status_bytes(&pid, field) >> 20;
         println!(
-            "legit + {SLOW_CLIENTS} slow clients + 4 x 64 MiB senders: p50 {p50h:.3} ms  p99 {p99h:.3} ms (ratio p99 {:.2}); after {} s: p50 {p50l:.3} ms  p99 {p99l:.3} ms",
-            p99h / p99,
-            window.as_secs()
+            "{objects} objects seeded; ready after {:.1} s; idle after sync: VmRSS {} MiB, VmHWM {} MiB",
+            synced.as_secs_f64(),
+            mib("VmRSS"),
+            mib("VmHWM")
         );
+        let request = Arc::new(filter_request());
+        let sampled = pid.clone();
+        drive(addr, request, count, quick, move || status_bytes(&sampled, "VmRSS")).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         println!(
-            "peak RSS under the hostile load: {} MiB (goal < 128 MiB, half the 256Mi pod limit); slow connections cut: {}; 64 MiB bodies refused with 413: {}",
-            peak.load(Ordering::Relaxed) >> 20,
-            cut.load(Ordering::Relaxed),
-            refused.load(Ordering::Relaxed)
+            "idle after the load: VmRSS {} MiB, VmHWM {} MiB (VmHWM includes the initial list)",
+            mib("VmRSS"),
+            mib("VmHWM")
         );
-        shutdown.cancel();
-        let _ = server.await;
     });
+    drop(scheduler);
+    drop(apiserver);
 }

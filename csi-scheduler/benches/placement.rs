@@ -221,6 +221,9 @@ struct Outcome {
     ratio_end: f64,
     fragmentation: f64,
     free_share: f64,
+    /// Scheduling cycles in which no node of the sample fitted while a node outside it did:
+    /// each makes kube-scheduler mark the pod unschedulable and retry after a backoff.
+    failed_cycles: usize,
 }
 
 fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) -> Outcome {
@@ -259,6 +262,7 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
     let mut placed_bytes = 0;
     let mut ratio_half = f64::NAN;
     let mut placed_pods = 0;
+    let mut failed_cycles = 0;
     for pod in pods {
         let mut demand = Demand::new();
         for &(class, bytes) in pod {
@@ -272,7 +276,9 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
         // fits none of them is retried on the next window, until every node was offered.
         let mut names: Vec<&str> = Vec::new();
         let mut passing: Vec<usize> = Vec::new();
+        let mut windows = 0;
         for _ in 0..all_names.len().div_ceil(sample) {
+            windows += 1;
             names = (0..sample)
                 .map(|k| all_names[(next_start + k) % all_names.len()])
                 .collect();
@@ -288,6 +294,7 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
         if passing.is_empty() {
             break;
         }
+        failed_cycles += windows - 1;
         let scored = |scores: &[i64]| -> Vec<usize> {
             let best = passing.iter().map(|&i| scores[i]).max().unwrap();
             passing
@@ -338,6 +345,7 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
         ratio_end: max_min_ratio(&utilisations(&view, cluster)),
         fragmentation,
         free_share,
+        failed_cycles,
     }
 }
 
@@ -405,6 +413,7 @@ fn main() {
     for n in [50, 200, 500] {
         let mut rows: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
         let mut ffd_share = Vec::new();
+        let mut failed_cycles = Vec::new();
         for &seed in &seeds {
             let mut rng = StdRng::seed_from_u64(seed * 1_000 + n as u64);
             let cluster = cluster(&mut rng, n);
@@ -413,6 +422,9 @@ fn main() {
             ffd_share.push(bound as f64 / cluster.capacity() as f64);
             for strategy in Strategy::ALL {
                 let o = run_online(strategy, &cluster, &pods, seed);
+                if strategy == Strategy::BinpackSampled {
+                    failed_cycles.push((o.failed_cycles, o.placed_pods));
+                }
                 rows.entry(strategy.name()).or_default().push((
                     o.placed_bytes as f64 / bound as f64,
                     o.placed_bytes as f64 / cluster.capacity() as f64,
@@ -459,6 +471,12 @@ fn main() {
                 mean(&col(|x| x.6)),
             );
         }
+        let (failed, placed): (usize, usize) = failed_cycles
+            .iter()
+            .fold((0, 0), |(f, p), &(a, b)| (f + a, p + b));
+        println!(
+            "binpack@adapt: {failed} scheduling cycles of {placed} placed pods found no fit in the sample though a node had room (kube-scheduler: unschedulable, retried after a 1-10 s backoff)"
+        );
     }
     println!(
         "\nfrag = 1 - largest free / total free per class, weighted by free bytes, at the first rejection"

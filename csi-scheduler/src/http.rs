@@ -6,9 +6,10 @@
 //! slow or idle clients are cut off, connections are capped.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -52,19 +53,18 @@ pub fn limits(max_body_bytes: usize, max_connections: usize) -> csi_api::http::L
 const BLOCKING_THRESHOLD_BYTES: usize = 256 << 10;
 
 /// The latest view, swapped whole by the cache task; `None` until the caches are synced.
+/// Readers load it without a lock (`arc-swap`): a request never waits for the writer, and the
+/// writer never waits for a request holding an old snapshot.
 #[derive(Clone, Default)]
-pub struct ViewHandle(Arc<RwLock<Option<Arc<ClusterView>>>>);
+pub struct ViewHandle(Arc<ArcSwapOption<ClusterView>>);
 
 impl ViewHandle {
     pub fn get(&self) -> Option<Arc<ClusterView>> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.load_full()
     }
 
     pub fn set(&self, view: ClusterView) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(view));
+        self.0.store(Some(Arc::new(view)));
     }
 }
 

@@ -1,6 +1,6 @@
 //! Strata's kube-scheduler extender (docs/architecture.md, csi-scheduler). The kube layer is thin:
-//! - [`cache`]: reflectors on NodeStorage, LogicalVolume, PVC, StorageClass and Pod, rebuilding a
-//!   [`view::ClusterView`] snapshot after changes;
+//! - [`cache`]: watches on NodeStorage, LogicalVolume, PVC, StorageClass and Pod, feeding each
+//!   change into [`index::ViewIndex`], which publishes a new [`view::ClusterView`] snapshot;
 //! - [`view`]: the snapshot and a pod's demand (pure);
 //! - [`extender`]: filter and prioritize (pure, over `csi_api::capacity` and `placement`);
 //! - [`wire`]: the extender v1 JSON types; [`http`]: the axum routes; [`metrics`]: Prometheus;
@@ -11,6 +11,7 @@ pub mod extender;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod http;
+pub mod index;
 pub mod metrics;
 pub mod view;
 pub mod wire;

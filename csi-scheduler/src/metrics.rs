@@ -84,11 +84,15 @@ impl Metrics {
             view_claims.clone(),
         );
         let view_builds = Counter::default();
-        registry.register("view_builds", "Cluster view rebuilds", view_builds.clone());
+        registry.register(
+            "view_builds",
+            "Cluster view snapshots published (one per burst of watch events)",
+            view_builds.clone(),
+        );
         let view_build_seconds = latency_histogram();
         registry.register(
             "view_build_duration_seconds",
-            "Time to rebuild the cluster view from the caches",
+            "Time to apply a burst of watch events to the view and publish it",
             view_build_seconds.clone(),
         );
         Metrics {

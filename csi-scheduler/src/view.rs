@@ -10,8 +10,9 @@
 //! that node only where it is credible ([`capacity::selected_claim_counts`]): valid for its class,
 //! used by a pod bound or nominated to the node, and no larger than the class there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use csi_api::capacity::{self, NodeCapacity, volume_name_for_claim};
 use csi_api::crd::{LogicalVolume, NodeStorage};
@@ -26,6 +27,7 @@ use csi_api::request::{VolumeParameters, size_within};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
+use crate::index::ViewIndex;
 use crate::wire;
 
 /// Annotations marking the default StorageClass (GA and legacy beta).
@@ -85,14 +87,21 @@ pub enum PodDemand {
     Unsynced(String),
 }
 
-/// The snapshot placement works on.
+/// A claim's or a pod's namespace and name.
+pub type ObjectKey = (String, String);
+
+/// The snapshot placement works on. Its maps are persistent (`imbl`): a clone shares every
+/// entry, and [`crate::index::ViewIndex`] publishes a new snapshot by cloning its working copy
+/// after replacing only the entries a change touched (one node's capacity, a few claims).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
-    nodes: HashMap<String, NodeCapacity>,
-    /// namespace → name → claim; `None` for a claim of another driver's StorageClass (known, so
+    pub(crate) nodes: imbl::HashMap<String, Arc<NodeCapacity>>,
+    /// (namespace, name) → claim; `None` for a claim of another driver's StorageClass (known, so
     /// that a pod using it is not taken for one whose claim the cache has not seen yet).
-    claims: HashMap<String, HashMap<String, Option<ClaimInfo>>>,
-    classes: HashMap<String, ClassParams>,
+    pub(crate) claims: imbl::HashMap<ObjectKey, Option<Arc<ClaimInfo>>>,
+    /// How many entries of `claims` are Strata claims (kept as they change).
+    pub(crate) strata_claims: usize,
+    pub(crate) classes: Arc<HashMap<String, ClassParams>>,
     default_class: Option<String>,
     default_placement: Placement,
 }
@@ -106,7 +115,8 @@ impl ClusterView {
         }
     }
 
-    /// Builds the view from the reflector stores' contents.
+    /// Builds the view from the reflector stores' contents, through the same incremental index
+    /// the cache task keeps (every object applied once, then published).
     pub fn build<N, V, C, S, P>(
         node_storages: &[N],
         volumes: &[V],
@@ -117,83 +127,31 @@ impl ClusterView {
     ) -> Self
     where
         N: Deref<Target = NodeStorage>,
-        V: Deref<Target = LogicalVolume>,
-        C: Deref<Target = PersistentVolumeClaim>,
-        S: Deref<Target = StorageClass>,
+        V: Clone + Into<Arc<LogicalVolume>>,
+        C: Clone + Into<Arc<PersistentVolumeClaim>>,
+        S: Clone + Into<Arc<StorageClass>>,
         P: Deref<Target = Pod>,
     {
-        let mut view = ClusterView::new(default_placement);
-        view.set_storage_classes(storage_classes.iter().map(|s| &**s));
-
-        let volume_names: HashSet<&str> = volumes
-            .iter()
-            .filter_map(|v| v.metadata.name.as_deref())
-            .collect();
-        let published: HashMap<&str, u64> = node_storages
-            .iter()
-            .filter_map(|ns| {
-                let sequence = ns.status.as_ref()?.capacity_sequence?;
-                Some((ns.metadata.name.as_deref()?, sequence))
-            })
-            .collect();
-        let mut pending = capacity::pending_by_node(volumes.iter().map(|v| &**v), |node| {
-            published.get(node).copied()
-        });
-        let reported: HashMap<&str, NodeCapacity> = node_storages
-            .iter()
-            .filter_map(|ns| {
-                let (Some(name), None) = (&ns.metadata.name, &ns.metadata.deletion_timestamp)
-                else {
-                    return None;
-                };
-                let cap = ns
-                    .status
-                    .as_ref()
-                    .map(NodeCapacity::from_status)
-                    .unwrap_or_default();
-                Some((name.as_str(), cap))
-            })
-            .collect();
-        let pods_on_nodes = claims_on_nodes(pods.iter().map(|p| &**p));
+        let mut index = ViewIndex::new(default_placement);
+        index.set_storage_classes(storage_classes.iter().map(|s| s.clone().into()));
+        for ns in node_storages {
+            index.apply_node_storage(ns);
+        }
+        for lv in volumes {
+            index.apply_volume(lv.clone().into());
+        }
         for pvc in claims {
-            let namespace = pvc.metadata.namespace.clone().unwrap_or_default();
-            let name = pvc.metadata.name.clone().unwrap_or_default();
-            let mut info = view.claim_info(pvc, &volume_names);
-            if let Some(info) = &mut info {
-                let key = (namespace.clone(), name.clone());
-                let on_node = |node: &str| {
-                    pods_on_nodes
-                        .get(&key)
-                        .is_some_and(|nodes| nodes.contains(&node))
-                };
-                info.counted_on = view.selected_pending(info, on_node, |node| reported.get(node));
-                if let (Some(node), Ok(bytes), Some(ClassParams::Strata { class, .. })) = (
-                    &info.counted_on,
-                    &info.bytes,
-                    view.classes.get(&info.storage_class),
-                ) {
-                    capacity::add_class_bytes(
-                        pending.entry(node.clone()).or_default(),
-                        *class,
-                        *bytes,
-                    );
-                }
-            }
-            view.claims.entry(namespace).or_default().insert(name, info);
+            index.apply_claim(pvc.clone().into());
         }
-        for (name, cap) in reported {
-            let cap = match pending.get(name) {
-                Some(p) => cap.with_pending(p),
-                None => cap,
-            };
-            view.nodes.insert(name.to_owned(), cap);
+        for pod in pods {
+            index.apply_pod(pod);
         }
-        view
+        index.publish()
     }
 
     /// The node on which a claim with a selected node counts as pending demand, if the
     /// annotation is credible ([`capacity::selected_claim_counts`]).
-    fn selected_pending<'a>(
+    pub(crate) fn selected_pending<'a>(
         &self,
         info: &ClaimInfo,
         pod_on_node: impl Fn(&str) -> bool,
@@ -215,7 +173,12 @@ impl ClusterView {
             .then(|| node.to_owned())
     }
 
-    fn set_storage_classes<'a>(&mut self, classes: impl Iterator<Item = &'a StorageClass>) {
+    /// Replaces the StorageClasses (and the default class) with `classes`.
+    pub(crate) fn set_storage_classes<'a>(
+        &mut self,
+        classes: impl Iterator<Item = &'a StorageClass>,
+    ) {
+        let mut parsed_classes = HashMap::new();
         let mut default: Option<&StorageClass> = None;
         for sc in classes {
             let Some(name) = sc.metadata.name.as_deref() else {
@@ -260,16 +223,18 @@ impl ClusterView {
                 },
                 Err(e) => ClassParams::Invalid(format!("StorageClass {name}: {e}")),
             };
-            self.classes.insert(name.to_owned(), parsed);
+            parsed_classes.insert(name.to_owned(), parsed);
         }
+        self.classes = Arc::new(parsed_classes);
         self.default_class = default.and_then(|d| d.metadata.name.clone());
     }
 
     /// The claim as placement sees it, if its StorageClass is one of the driver's.
-    fn claim_info(
+    /// `has_volume` tells whether a LogicalVolume named after a claim's UID exists.
+    pub(crate) fn claim_info(
         &self,
         pvc: &PersistentVolumeClaim,
-        volume_names: &HashSet<&str>,
+        has_volume: impl Fn(&str) -> bool,
     ) -> Option<ClaimInfo> {
         let spec = pvc.spec.as_ref()?;
         let annotations = pvc.metadata.annotations.as_ref();
@@ -294,7 +259,7 @@ impl ClusterView {
             .metadata
             .uid
             .as_deref()
-            .is_some_and(|uid| volume_names.contains(volume_name_for_claim(uid).as_str()));
+            .is_some_and(|uid| has_volume(&volume_name_for_claim(uid)));
         let min = self.min_bytes(&storage_class, spec.volume_mode.as_deref());
         let bytes = volume_bytes(requests.as_deref(), limits.as_deref(), min).and_then(|bytes| {
             check_access(spec)?;
@@ -312,17 +277,17 @@ impl ClusterView {
 
     /// Adds or replaces a node's capacity (pending included).
     pub fn insert_node(&mut self, name: impl Into<String>, capacity: NodeCapacity) {
-        self.nodes.insert(name.into(), capacity);
+        self.nodes.insert(name.into(), Arc::new(capacity));
     }
 
     /// Mutable access to a node's capacity, e.g. to record a placement as pending.
     pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeCapacity> {
-        self.nodes.get_mut(name)
+        self.nodes.get_mut(name).map(Arc::make_mut)
     }
 
     /// A node's capacity for new volumes, if it has a NodeStorage.
     pub fn node(&self, name: &str) -> Option<&NodeCapacity> {
-        self.nodes.get(name)
+        self.nodes.get(name).map(|c| &**c)
     }
 
     /// Number of nodes with a NodeStorage.
@@ -332,22 +297,20 @@ impl ClusterView {
 
     /// Number of claims of Strata StorageClasses.
     pub fn claim_count(&self) -> usize {
-        self.claims
-            .values()
-            .map(|m| m.values().filter(|c| c.is_some()).count())
-            .sum()
+        self.strata_claims
     }
 
     /// A claim of a Strata StorageClass by namespace and name.
     pub fn claim(&self, namespace: &str, name: &str) -> Option<&ClaimInfo> {
-        self.claims.get(namespace)?.get(name)?.as_ref()
+        self.claims
+            .get(&(namespace.to_owned(), name.to_owned()))?
+            .as_deref()
     }
 
     /// Whether the PVC cache has seen this claim at all (of any StorageClass).
     pub fn knows_claim(&self, namespace: &str, name: &str) -> bool {
         self.claims
-            .get(namespace)
-            .is_some_and(|m| m.contains_key(name))
+            .contains_key(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// What `pod` still needs: its unbound claims (and generic ephemeral volumes, whose claim is
@@ -463,39 +426,34 @@ impl ClusterView {
     }
 }
 
-/// For each claim (namespace, name) that a pod bound (`spec.nodeName`) or nominated
-/// (`status.nominatedNodeName`) to a node uses, those nodes.
-fn claims_on_nodes<'a>(
-    pods: impl Iterator<Item = &'a Pod>,
-) -> HashMap<(String, String), Vec<&'a str>> {
-    let mut out: HashMap<(String, String), Vec<&str>> = HashMap::new();
-    for pod in pods {
-        let (Some(namespace), Some(spec)) = (pod.metadata.namespace.as_deref(), &pod.spec) else {
-            continue;
+/// The claims (namespace, name) a pod uses, with the nodes it is bound (`spec.nodeName`) or
+/// nominated (`status.nominatedNodeName`) to; empty for a pod on no node yet.
+pub(crate) fn pod_claims_on_nodes(pod: &Pod) -> Vec<(ObjectKey, Vec<String>)> {
+    let (Some(namespace), Some(spec)) = (pod.metadata.namespace.as_deref(), &pod.spec) else {
+        return Vec::new();
+    };
+    let nominated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref());
+    let nodes: Vec<String> = [spec.node_name.as_deref(), nominated]
+        .into_iter()
+        .flatten()
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    for volume in spec.volumes.iter().flatten() {
+        let claim = match (&volume.persistent_volume_claim, &volume.ephemeral) {
+            (Some(source), _) => source.claim_name.clone(),
+            (None, Some(_)) => format!("{pod_name}-{}", volume.name),
+            (None, None) => continue,
         };
-        let nominated = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.nominated_node_name.as_deref());
-        let nodes: Vec<&str> = [spec.node_name.as_deref(), nominated]
-            .into_iter()
-            .flatten()
-            .filter(|n| !n.is_empty())
-            .collect();
-        if nodes.is_empty() {
-            continue;
-        }
-        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-        for volume in spec.volumes.iter().flatten() {
-            let claim = match (&volume.persistent_volume_claim, &volume.ephemeral) {
-                (Some(source), _) => source.claim_name.clone(),
-                (None, Some(_)) => format!("{pod_name}-{}", volume.name),
-                (None, None) => continue,
-            };
-            out.entry((namespace.to_owned(), claim))
-                .or_default()
-                .extend(nodes.iter().copied());
-        }
+        out.push(((namespace.to_owned(), claim), nodes.clone()));
     }
     out
 }

@@ -1,0 +1,397 @@
+//! The extender under churn at 5,000 nodes and 40,000 LogicalVolumes (plus 5,003 claims of
+//! Strata classes and 5,000 pods), names-only requests of all 5,000 nodes for a pod with three
+//! claims of two classes, through `http::answer` (decode, demand, filter or score, encode) on
+//! the snapshot the `ViewHandle` holds.
+//!
+//! Prints, for the incremental view (`ViewIndex`, what the binary runs) and for the previous
+//! design (a full rebuild of the view from the caches after each burst, 20 ms debounce) as the
+//! baseline in the same run:
+//! - the cost of one change (apply + publish) against one full rebuild;
+//! - filter and prioritize p50/p99 without churn and while 100 object changes per second arrive
+//!   (LogicalVolume status, NodeStorage publishes, PVC selected-node, Pod nomination), the
+//!   writer on its own thread as the cache task is;
+//! - the time from a change's arrival to the snapshot that holds it (what the next request sees).
+//!
+//! Run: `cargo bench -p csi-scheduler --bench churn` (`-- --quick` for a shorter run).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use csi_api::crd::{LogicalVolume, LogicalVolumePhase, NodeStorage};
+use csi_api::names::{ANNOTATION_SELECTED_NODE, Placement};
+use csi_scheduler::fixtures::{CLAIMS_PER_NODE, GIB, Objects, cluster, node_name};
+use csi_scheduler::http::{Verb, ViewHandle, answer};
+use csi_scheduler::index::ViewIndex;
+use csi_scheduler::view::ClusterView;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+const NODES: usize = 5000;
+const CHANGES_PER_SECOND: u32 = 100;
+
+/// One object replaced by a newer version, as a watch delivers it.
+#[derive(Clone)]
+enum Change {
+    Volume(usize, Arc<LogicalVolume>),
+    Storage(usize, Arc<NodeStorage>),
+    Claim(usize, Arc<PersistentVolumeClaim>),
+    Pod(usize, Arc<Pod>),
+}
+
+/// A deterministic stream of plausible changes: 40 % LogicalVolume status (Pending ↔ Ready),
+/// 20 % NodeStorage publishes (allocatable and sequence), 20 % a selected-node annotation set or
+/// cleared, 20 % a pod's nomination set or cleared.
+fn changes(objects: &Objects, count: usize) -> Vec<Change> {
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut sequence: BTreeMap<usize, u64> = BTreeMap::new();
+    (0..count)
+        .map(|_| match rng.random_range(0..10) {
+            0..=3 => {
+                let i = rng.random_range(0..objects.volumes.len());
+                let mut lv = (*objects.volumes[i]).clone();
+                let status = lv.status.get_or_insert_with(Default::default);
+                status.phase = Some(if rng.random_bool(0.5) {
+                    LogicalVolumePhase::Pending
+                } else {
+                    LogicalVolumePhase::Ready
+                });
+                status.current_size_bytes = Some(lv.spec.size_bytes);
+                Change::Volume(i, Arc::new(lv))
+            }
+            4 | 5 => {
+                let i = rng.random_range(0..objects.nodes.len());
+                let mut ns = (*objects.nodes[i]).clone();
+                let status = ns.status.get_or_insert_with(Default::default);
+                let seq = sequence.entry(i).or_default();
+                *seq += 1;
+                status.capacity_sequence = Some(*seq);
+                for c in &mut status.device_classes {
+                    c.allocatable_bytes = c
+                        .allocatable_bytes
+                        .saturating_sub(rng.random_range(0..8) * GIB);
+                }
+                Change::Storage(i, Arc::new(ns))
+            }
+            6 | 7 => {
+                // The selected claims come after each node's CLAIMS_PER_NODE bound claims.
+                let node = rng.random_range(0..NODES);
+                let i = node * (CLAIMS_PER_NODE + 1) + CLAIMS_PER_NODE;
+                let mut pvc = (*objects.claims[i]).clone();
+                let annotations = pvc
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                if rng.random_bool(0.5) {
+                    annotations.remove(ANNOTATION_SELECTED_NODE);
+                } else {
+                    annotations.insert(ANNOTATION_SELECTED_NODE.into(), node_name(node));
+                }
+                Change::Claim(i, Arc::new(pvc))
+            }
+            _ => {
+                let i = rng.random_range(0..objects.pods.len());
+                let mut pod = (*objects.pods[i]).clone();
+                let status = pod.status.get_or_insert_with(Default::default);
+                status.nominated_node_name = if rng.random_bool(0.5) {
+                    None
+                } else {
+                    Some(node_name(i))
+                };
+                Change::Pod(i, Arc::new(pod))
+            }
+        })
+        .collect()
+}
+
+fn apply_to_index(index: &mut ViewIndex, change: &Change) {
+    match change {
+        Change::Volume(_, lv) => index.apply_volume(lv.clone()),
+        Change::Storage(_, ns) => index.apply_node_storage(ns),
+        Change::Claim(_, pvc) => index.apply_claim(pvc.clone()),
+        Change::Pod(_, pod) => index.apply_pod(pod),
+    }
+}
+
+fn apply_to_objects(objects: &mut Objects, change: &Change) {
+    match change {
+        Change::Volume(i, lv) => objects.volumes[*i] = lv.clone(),
+        Change::Storage(i, ns) => objects.nodes[*i] = ns.clone(),
+        Change::Claim(i, pvc) => objects.claims[*i] = pvc.clone(),
+        Change::Pod(i, pod) => objects.pods[*i] = pod.clone(),
+    }
+}
+
+fn rebuild(objects: &Objects) -> ClusterView {
+    ClusterView::build(
+        &objects.nodes,
+        &objects.volumes,
+        &objects.claims,
+        &objects.classes,
+        &objects.pods,
+        Placement::Binpack,
+    )
+}
+
+fn index_of(objects: &Objects) -> ViewIndex {
+    let mut index = ViewIndex::new(Placement::Binpack);
+    index.set_storage_classes(objects.classes.iter().cloned());
+    for ns in &objects.nodes {
+        index.apply_node_storage(ns);
+    }
+    for lv in &objects.volumes {
+        index.apply_volume(lv.clone());
+    }
+    for pvc in &objects.claims {
+        index.apply_claim(pvc.clone());
+    }
+    for pod in &objects.pods {
+        index.apply_pod(pod);
+    }
+    // The initial load, published once (not counted as a change).
+    index.publish();
+    index
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    assert!(!samples.is_empty());
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Stats {
+        p50: ms(at(0.5)),
+        p99: ms(at(0.99)),
+        max: ms(samples[samples.len() - 1]),
+    }
+}
+
+/// Requests back to back on the handle's current snapshot, alternating filter and prioritize.
+fn requests(handle: &ViewHandle, body: &[u8], count: usize) -> (Stats, Stats) {
+    let (mut filter, mut prioritize) = (Vec::new(), Vec::new());
+    for i in 0..count + count / 10 {
+        let verb = if i % 2 == 0 {
+            Verb::Filter
+        } else {
+            Verb::Prioritize
+        };
+        let started = Instant::now();
+        let view = handle.get().expect("a view");
+        black_box(answer(verb, &view, body).expect("answer"));
+        let took = started.elapsed();
+        if i >= count / 10 {
+            match verb {
+                Verb::Filter => filter.push(took),
+                Verb::Prioritize => prioritize.push(took),
+            }
+        }
+    }
+    (stats(filter), stats(prioritize))
+}
+
+/// Which writer runs beside the requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Writer {
+    Incremental,
+    FullRebuild,
+}
+
+/// Requests while `stream` arrives at 100 changes per second; returns the request statistics
+/// and the arrival-to-visible times of the changes applied meanwhile.
+fn under_churn(
+    writer: Writer,
+    objects: &mut Objects,
+    index: &mut ViewIndex,
+    stream: &[Change],
+    handle: &ViewHandle,
+    body: &[u8],
+    count: usize,
+) -> (Stats, Stats, Stats, usize) {
+    let stop = AtomicBool::new(false);
+    let period = Duration::from_secs(1) / CHANGES_PER_SECOND;
+    std::thread::scope(|s| {
+        let stop = &stop;
+        let writer = s.spawn(move || {
+            let start = Instant::now();
+            let due = |n: usize| start + period * u32::try_from(n).expect("few changes");
+            let mut visible = Vec::new();
+            let mut next = 0;
+            while next < stream.len() && !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now < due(next) {
+                    std::thread::sleep(due(next) - now);
+                    continue;
+                }
+                match writer {
+                    Writer::Incremental => {
+                        // Everything that has arrived, applied at once (as the cache task drains
+                        // its channel), then published.
+                        let first = next;
+                        while next < stream.len() && due(next) <= Instant::now() {
+                            apply_to_index(index, &stream[next]);
+                            next += 1;
+                        }
+                        handle.set(index.publish());
+                        let at = Instant::now();
+                        visible.extend((first..next).map(|n| at - due(n)));
+                    }
+                    Writer::FullRebuild => {
+                        // The previous cache task: woken by a change, a 20 ms debounce, then
+                        // a rebuild from the stores with whatever has arrived by then.
+                        std::thread::sleep(Duration::from_millis(20));
+                        let first = next;
+                        while next < stream.len() && due(next) <= Instant::now() {
+                            apply_to_objects(objects, &stream[next]);
+                            next += 1;
+                        }
+                        handle.set(rebuild(objects));
+                        let at = Instant::now();
+                        visible.extend((first..next).map(|n| at - due(n)));
+                    }
+                }
+            }
+            visible
+        });
+        let (filter, prioritize) = requests(handle, body, count);
+        stop.store(true, Ordering::Relaxed);
+        let visible = writer.join().expect("writer");
+        let applied = visible.len();
+        (filter, prioritize, stats(visible), applied)
+    })
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let count = if quick { 600 } else { 3000 };
+    let mut objects = cluster(NODES);
+    println!(
+        "{NODES} nodes, {} LogicalVolumes, {} claims, {} pods; names-only requests of {NODES} nodes; times in ms",
+        objects.volumes.len(),
+        objects.claims.len(),
+        objects.pods.len()
+    );
+
+    // Update cost: one full rebuild against one change applied and published.
+    let rebuilds: Vec<Duration> = (0..if quick { 3 } else { 8 })
+        .map(|_| {
+            let started = Instant::now();
+            black_box(rebuild(&objects));
+            started.elapsed()
+        })
+        .collect();
+    let rebuild_cost = stats(rebuilds);
+    let mut index = index_of(&objects);
+    let stream = changes(&objects, 20_000);
+    let mut costs = Vec::new();
+    let mut snapshots = Vec::new();
+    for change in &stream[..5000] {
+        let started = Instant::now();
+        apply_to_index(&mut index, change);
+        // Old snapshots stay alive for a while, as requests in flight hold them.
+        snapshots.push(index.publish());
+        costs.push(started.elapsed());
+        if snapshots.len() > 16 {
+            snapshots.remove(0);
+        }
+    }
+    drop(snapshots);
+    let change_cost = stats(costs);
+    println!(
+        "update: one change applied + published p50 {:.4} p99 {:.4} max {:.3}; full rebuild p50 {:.1} max {:.1}; ratio rebuild/change p50 {:.0}",
+        change_cost.p50,
+        change_cost.p99,
+        change_cost.max,
+        rebuild_cost.p50,
+        rebuild_cost.max,
+        rebuild_cost.p50 / change_cost.p50
+    );
+    // The index after these changes equals a fresh build of the changed objects.
+    for change in &stream[..5000] {
+        apply_to_objects(&mut objects, change);
+    }
+    let fresh = rebuild(&objects);
+    let current = index.publish();
+    for i in 0..NODES {
+        assert_eq!(current.node(&node_name(i)), fresh.node(&node_name(i)));
+    }
+
+    let names: Vec<String> = (0..NODES).map(node_name).collect();
+    let body = serde_json::to_vec(&json!({
+        "Pod": {"metadata": {"name": "db-0", "namespace": "apps"}, "spec": {"volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
+            {"name": "wal", "persistentVolumeClaim": {"claimName": "wal-db-0"}},
+            {"name": "archive", "persistentVolumeClaim": {"claimName": "archive-db-0"}}]}},
+        "NodeNames": names, "Nodes": null
+    }))
+    .expect("body");
+    let handle = ViewHandle::default();
+    handle.set(current);
+    let (f0, p0) = requests(&handle, &body, count);
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
+        "mode",
+        "filt p50",
+        "filt p99",
+        "prio p50",
+        "prio p99",
+        "visible p50",
+        "visible p99",
+        "changes"
+    );
+    let row = |mode: &str, f: Stats, p: Stats, v: Option<(Stats, usize)>| {
+        let (v50, v99, n) = v.map_or(("-".into(), "-".into(), "-".into()), |(v, n)| {
+            (
+                format!("{:.2}", v.p50),
+                format!("{:.2}", v.p99),
+                n.to_string(),
+            )
+        });
+        println!(
+            "{mode:<44} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {v50:>10} {v99:>10} {n:>8}",
+            f.p50, f.p99, p.p50, p.p99
+        );
+    };
+    row("no churn", f0, p0, None);
+    let (f1, p1, v1, n1) = under_churn(
+        Writer::Incremental,
+        &mut objects,
+        &mut index,
+        &stream[5000..],
+        &handle,
+        &body,
+        count,
+    );
+    row("100 changes/s, incremental view", f1, p1, Some((v1, n1)));
+    let (f2, p2, v2, n2) = under_churn(
+        Writer::FullRebuild,
+        &mut objects,
+        &mut index,
+        &stream[5000..],
+        &handle,
+        &body,
+        count,
+    );
+    row(
+        "100 changes/s, full rebuild per burst (before)",
+        f2,
+        p2,
+        Some((v2, n2)),
+    );
+    println!(
+        "ratio before/after under churn: filter p99 {:.2}, prioritize p99 {:.2}, visible p99 {:.1}",
+        f2.p99 / f1.p99,
+        p2.p99 / p1.p99,
+        v2.p99 / v1.p99
+    );
+    println!("goals: filter and prioritize p99 < 5 ms under churn; visible < 50 ms");
+}
