@@ -238,8 +238,22 @@ enum Mode {
     Kubernetes,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Worker threads of the agent's runtime: its work is waiting for lvm2, mkfs and the API server,
+/// so a few threads serve any node; one per CPU (tokio's default) costs memory on big nodes.
+const WORKER_THREADS: usize = 2;
+/// Threads for blocking file system calls (`tokio::fs`, statvfs); tokio's default is 512.
+const MAX_BLOCKING_THREADS: usize = 16;
+
+fn main() -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let shutdown = shutdown_token()?;

@@ -158,9 +158,23 @@ impl<R: LvmRunner> LvmVolumes<R> {
         memory.unsure.insert(id.to_owned());
     }
 
-    /// A remembered volume whose device node is still a block device.
+    /// A remembered volume (or one the LVM layer created in this process) whose device node is
+    /// still a block device.
     async fn remembered(&self, id: &str) -> Option<VolumeInfo> {
-        let v = self.memory().volumes.get(id).cloned()?;
+        let known = self.memory().volumes.get(id).cloned();
+        let v = match known {
+            Some(v) => v,
+            None => {
+                let lv = self.lvm.created_lv(id)?;
+                VolumeInfo {
+                    id: id.to_owned(),
+                    class: DeviceClass::from_vg_name(&lv.vg)?,
+                    size_bytes: lv.size_bytes,
+                    device: lv.device_path(),
+                    problem: None,
+                }
+            }
+        };
         let meta = tokio::fs::metadata(&v.device).await.ok()?;
         meta.file_type().is_block_device().then_some(v)
     }
@@ -457,7 +471,16 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn marked_for_deletion(&self, id: &str) -> Result<bool> {
+        if self.lvm.created_lv(id).is_some() {
+            // Created by this process and not marked since: the mark is written only by this
+            // process's wiper, which makes the layer forget the LV before it marks it.
+            return Ok(false);
+        }
         Ok(self.lvm.find_lv(id).await?.is_some_and(|lv| is_wiping(&lv)))
+    }
+
+    async fn take_fresh(&self, id: &str) -> bool {
+        self.lvm.take_fresh(id)
     }
 
     async fn device_for_release(&self, id: &str) -> Result<Option<std::path::PathBuf>> {
@@ -684,6 +707,32 @@ mod tests {
             .unwrap();
         assert_eq!(lvm.runner().calls_of("lvs").len(), lookups + 1);
         assert_eq!(lvm.runner().calls_of("lvcreate").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_volume_created_here_is_known_unmarked_without_reading_lvm() {
+        let state = Arc::new(Mutex::new(Vec::new()));
+        let lvm = Lvm::new(
+            fake_lvm(state.clone()),
+            LvmOptions {
+                activate: false,
+                ..LvmOptions::default()
+            },
+        );
+        let volumes = LvmVolumes::new(lvm.clone(), BTreeMap::new());
+        volumes
+            .create("pvc-1", DeviceClass::Nvme, GIB)
+            .await
+            .unwrap();
+        let lvs = lvm.runner().calls_of("lvs").len();
+        assert!(!volumes.marked_for_deletion("pvc-1").await.unwrap());
+        assert_eq!(lvm.runner().calls_of("lvs").len(), lvs, "no lvs");
+        // created unzeroed (activation off): never fresh, so stage probes it
+        assert!(!volumes.take_fresh("pvc-1").await);
+        // a volume this process did not create is read from lvm2
+        state.lock().unwrap().push(("pvc-2".into(), GIB));
+        assert!(!volumes.marked_for_deletion("pvc-2").await.unwrap());
+        assert_eq!(lvm.runner().calls_of("lvs").len(), lvs + 1);
     }
 
     #[tokio::test]

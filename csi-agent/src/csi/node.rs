@@ -174,6 +174,17 @@ impl NodeService {
         Ok(volume)
     }
 
+    /// What is on the device before a stage formats it: nothing for a fresh volume (created
+    /// zeroed by this process and never handed out: the probe could find nothing), else what
+    /// `blkid -p` finds. Either way the volume is no longer fresh afterwards.
+    async fn signature(&self, id: &str, device: &Path) -> Result<Signature> {
+        if self.volumes.take_fresh(id).await {
+            tracing::debug!("fresh volume: no probe needed");
+            return Ok(Signature::None);
+        }
+        Ok(self.fs.probe(device).await?)
+    }
+
     async fn mounts(&self) -> Result<Vec<MountEntry>> {
         Ok(self.mounter.mounts().await?)
     }
@@ -206,7 +217,7 @@ impl NodeService {
         tokio::fs::create_dir_all(&staging)
             .await
             .map_err(Error::io(format!("create {}", staging.display())))?;
-        match self.fs.probe(&volume.device).await? {
+        match self.signature(id, &volume.device).await? {
             Signature::None => {
                 tracing::info!(fs = fs.name(), "formatting empty volume");
                 self.fs.format(*fs, &volume.device).await?;
@@ -251,6 +262,8 @@ impl NodeService {
         let read_only = req.readonly || cap.read_only_mode();
         let _guard = self.locks.try_lock(id)?;
         let volume = self.usable_volume(id).await?;
+        // Handed out from here on (a raw block volume is never staged): no longer fresh.
+        self.volumes.take_fresh(id).await;
         let device = device_id(&volume.device).await?;
         let target = resolved(&target).await;
         let mounts = self.mounts().await?;
@@ -700,6 +713,62 @@ mod tests {
 
     fn code<T: std::fmt::Debug>(r: Result<T>) -> tonic::Code {
         Status::from(r.unwrap_err()).code()
+    }
+
+    /// Records every program it is asked to run; `blkid` finds an xfs signature.
+    #[derive(Default)]
+    struct Programs(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl crate::fs::Runner for Programs {
+        async fn run(&self, cmd: &crate::fs::Cmd) -> std::result::Result<fs::Output, fs::FsError> {
+            self.0.lock().unwrap().push(cmd.to_string());
+            Ok(fs::Output {
+                code: Some(0),
+                stdout: "TYPE=xfs\n".into(),
+                stderr: String::new(),
+            })
+        }
+        async fn check_readable(&self, _: &Path) -> std::result::Result<(), fs::FsError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_fresh_volume_skips_the_probe_and_only_once() {
+        let mem = Arc::new(MemVolumes::default().with_class(DeviceClass::Nvme, 16 * GI, 0));
+        for id in ["pvc-fresh", "pvc-old"] {
+            mem.create(id, DeviceClass::Nvme, GI).await.unwrap();
+        }
+        mem.fresh.lock().unwrap().insert("pvc-fresh".into());
+        let programs = Arc::new(Programs::default());
+        let svc = NodeService::new(
+            "node-a",
+            mem.clone(),
+            Arc::new(NoMounts::default()),
+            FsTools::new(programs.clone()),
+            VolumeLocks::new(),
+        );
+        let dev = Path::new("/dev/strata-nvme/x");
+        assert_eq!(
+            svc.signature("pvc-fresh", dev).await.unwrap(),
+            Signature::None
+        );
+        assert!(
+            programs.0.lock().unwrap().is_empty(),
+            "no probe for a fresh volume"
+        );
+        // once handed out it is probed like any other: the data written since is seen
+        assert_eq!(
+            svc.signature("pvc-fresh", dev).await.unwrap(),
+            Signature::Type("xfs".into())
+        );
+        assert_eq!(
+            svc.signature("pvc-old", dev).await.unwrap(),
+            Signature::Type("xfs".into())
+        );
+        assert_eq!(programs.0.lock().unwrap().len(), 2);
+        assert!(programs.0.lock().unwrap()[0].starts_with("blkid -p"));
     }
 
     #[tokio::test]

@@ -73,8 +73,16 @@ pub trait Volumes: Send + Sync {
     async fn extend(&self, id: &str, bytes: u64) -> Result<VolumeInfo>;
     /// Records the wipe policy (`discard`, `zero`, `none`) volume `id` gets when removed.
     async fn set_wipe_policy(&self, id: &str, policy: &str) -> Result<()>;
-    /// Whether volume `id`'s LV carries the wipe mark, read afresh (never from a cache).
+    /// Whether volume `id`'s LV carries the wipe mark: read afresh from lvm2, except for an LV
+    /// this process created and has not marked since (only this process writes the mark).
     async fn marked_for_deletion(&self, id: &str) -> Result<bool>;
+    /// Whether volume `id` is *fresh*: created by this process with its first blocks zeroed and
+    /// its signatures wiped, and never handed out or grown since, so that a probe before mkfs
+    /// could only find nothing. Answering consumes it (the caller hands the device out); an
+    /// implementation that cannot prove it answers `false` and the caller probes.
+    async fn take_fresh(&self, _id: &str) -> bool {
+        false
+    }
     /// The device node of volume `id`, marked for deletion or not (for unpublish/unstage,
     /// which always work); `None` when it has no LV.
     async fn device_for_release(&self, id: &str) -> Result<Option<std::path::PathBuf>>;
@@ -99,6 +107,8 @@ pub mod memory {
         pub volumes: Mutex<BTreeMap<String, VolumeInfo>>,
         /// Volumes marked for deletion (still in `volumes`).
         pub marked: Mutex<std::collections::BTreeSet<String>>,
+        /// Volumes that are fresh (see [`Volumes::take_fresh`]).
+        pub fresh: Mutex<std::collections::BTreeSet<String>>,
         /// Every mutating call, as text (`create pvc-1 nvme 1073741824`).
         pub calls: Mutex<Vec<String>>,
         /// How long `create` takes (to hold the volume lock in concurrency tests).
@@ -213,6 +223,10 @@ pub mod memory {
 
         async fn marked_for_deletion(&self, id: &str) -> Result<bool> {
             Ok(self.marked.lock().unwrap().contains(id))
+        }
+
+        async fn take_fresh(&self, id: &str) -> bool {
+            self.fresh.lock().unwrap().remove(id)
         }
 
         async fn device_for_release(&self, id: &str) -> Result<Option<PathBuf>> {

@@ -78,7 +78,7 @@ impl<R: LvmRunner> Lvm<R> {
 
         let (inv, out) = self.run(super::Invocation::lvm(args)).await?;
         if out.success() {
-            return Ok(Lv {
+            let lv = Lv {
                 vg: vg.to_owned(),
                 name: lv_name,
                 uuid: None,
@@ -93,7 +93,10 @@ impl<R: LvmRunner> Lvm<R> {
                 pvc: pvc.cloned(),
                 owned: true,
                 open: false,
-            });
+            };
+            // Zeroed and signature-wiped only when activated (`-Zy -Wy`).
+            self.note_created(&lv, activate);
+            return Ok(lv);
         }
         if !out.stderr.contains("already exists") {
             let err = classify(super::failure(&inv, &out), Subject::Vg(vg), size);
@@ -180,6 +183,7 @@ impl<R: LvmRunner> Lvm<R> {
             return Err(err);
         }
         lv.size_bytes = size;
+        self.note_grown(volume, size);
         Ok(lv)
     }
 
@@ -218,6 +222,7 @@ impl<R: LvmRunner> Lvm<R> {
         let volume_tag = naming::volume_tag(volume)?;
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
+        self.forget_created(volume);
         let mut args = self.lvm_args("lvremove");
         args.extend([
             "-f".to_owned(),

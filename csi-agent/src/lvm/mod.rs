@@ -9,6 +9,12 @@
 //! to whole extents. With `activate: false` (hosts without device-mapper) LVs are created inactive
 //! and unzeroed (`-an -Zn`); otherwise they are activated, zeroed and stale signatures inside the
 //! new LV's extents are wiped (`-Wy --yes`: the new LV is ours, unlike a disk handed to pvcreate).
+//! A VG's ownership and extent size are kept between calls without a timer: every `vgs` report
+//! the layer reads (the claim pass and capacity reports read them anyway) refreshes them, and a
+//! failed change or a VG change forgets them. LVs this process created are remembered
+//! ([`Lvm::created_lv`]): until this process marks or removes one, it carries no wipe mark (only
+//! the agent writes it), and until it is first handed out or grown it is *fresh*: its first
+//! 4 KiB were zeroed and every signature libblkid knew in it was wiped by that lvcreate.
 
 pub mod backup;
 mod error;
@@ -23,7 +29,6 @@ pub mod wipe;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +49,6 @@ pub struct LvmOptions {
     pub activate: bool,
     /// Extra lvm2 configuration passed as `--config` to every command (e.g. a device filter).
     pub config: Option<String>,
-    /// How long a VG's ownership and extent size are trusted without re-reading `vgs`.
-    pub vg_cache_ttl: Duration,
     /// lvm2's metadata backup folder (`backup_dir` of lvm.conf): the record of a VG that is no
     /// longer visible ([`backup`]).
     pub backup_dir: PathBuf,
@@ -56,7 +59,6 @@ impl Default for LvmOptions {
         LvmOptions {
             activate: true,
             config: None,
-            vg_cache_ttl: Duration::from_secs(30),
             backup_dir: PathBuf::from("/etc/lvm/backup"),
         }
     }
@@ -65,7 +67,7 @@ impl Default for LvmOptions {
 /// What the layer remembers about a VG between calls (behind the VG's mutex).
 #[derive(Debug, Default)]
 struct VgSlot {
-    facts: Option<(VgFacts, Instant)>,
+    facts: Option<VgFacts>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,12 +76,31 @@ struct VgFacts {
     extent_size: u64,
 }
 
+impl VgFacts {
+    fn of(vg: &Vg) -> Self {
+        VgFacts {
+            owned: vg.owned,
+            extent_size: vg.extent_size,
+        }
+    }
+}
+
 struct Shared<R> {
     runner: R,
     options: LvmOptions,
     vgs: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<VgSlot>>>>,
     /// Orphan PVs created by this process (orphans cannot carry tags).
     created_pvs: StdMutex<HashSet<PathBuf>>,
+    /// LVs this process created and has not marked or removed since, by volume name.
+    created_lvs: StdMutex<HashMap<String, Created>>,
+}
+
+/// An LV this process created (see [`Lvm::created_lv`]).
+#[derive(Debug, Clone)]
+struct Created {
+    lv: Lv,
+    /// Zeroed and signature-wiped by its lvcreate, and not handed out or grown since.
+    fresh: bool,
 }
 
 /// The LVM layer. Cheap to clone; clones share the runner, the per-VG locks and caches.
@@ -112,6 +133,7 @@ impl<R: LvmRunner> Lvm<R> {
                 options,
                 vgs: StdMutex::new(HashMap::new()),
                 created_pvs: StdMutex::new(HashSet::new()),
+                created_lvs: StdMutex::new(HashMap::new()),
             }),
             cancel: CancellationToken::new(),
         }
@@ -186,10 +208,10 @@ impl<R: LvmRunner> Lvm<R> {
     }
 
     /// The VG's ownership and extent size, from the cache or `vgs` (caller holds the VG lock).
+    /// No timer: the cache is refreshed by every report the layer reads (see [`Lvm::note_vgs`])
+    /// and forgotten when a change of the VG fails or the VG itself changes.
     async fn vg_facts(&self, vg: &str, slot: &mut VgSlot) -> Result<VgFacts> {
-        if let Some((facts, at)) = slot.facts
-            && at.elapsed() < self.shared.options.vg_cache_ttl
-        {
+        if let Some(facts) = slot.facts {
             return Ok(facts);
         }
         let Some(info) = self.vg(vg).await? else {
@@ -198,12 +220,84 @@ impl<R: LvmRunner> Lvm<R> {
                 what: format!("volume group {vg}"),
             });
         };
-        let facts = VgFacts {
-            owned: info.owned,
-            extent_size: info.extent_size,
-        };
-        slot.facts = Some((facts, Instant::now()));
+        let facts = VgFacts::of(&info);
+        slot.facts = Some(facts);
         Ok(facts)
+    }
+
+    /// Refreshes the cached facts of the VGs in `vgs` (a report just read); with `complete` (a
+    /// report of every VG) the VGs it lacks are forgotten. A VG whose lock is held is skipped:
+    /// its holder reads or forgets the facts itself.
+    fn note_vgs(&self, vgs: &[Vg], complete: bool) {
+        let slots: Vec<(String, Arc<tokio::sync::Mutex<VgSlot>>)> = self
+            .shared
+            .vgs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+            .collect();
+        for (name, slot) in slots {
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            match vgs.iter().find(|v| v.name == name) {
+                Some(info) => slot.facts = Some(VgFacts::of(info)),
+                None if complete => slot.facts = None,
+                None => {}
+            }
+        }
+    }
+
+    // ---- LVs created by this process -------------------------------------------------------
+
+    fn created_lvs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Created>> {
+        self.shared
+            .created_lvs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The LV of `volume` if this process created it and has not marked it for its wipe or
+    /// removed it since. Such an LV carries no wipe mark: the mark is written only through
+    /// [`Lvm::mark_wiping`] of the one agent of the node, which forgets the LV first.
+    pub fn created_lv(&self, volume: &str) -> Option<Lv> {
+        self.created_lvs().get(volume).map(|c| c.lv.clone())
+    }
+
+    /// Whether the LV of `volume` is *fresh*: created by this process with its first 4 KiB
+    /// zeroed and the signatures in it wiped (`-Zy -Wy`), and never handed out, grown, marked
+    /// or removed since; so it holds no data and a probe before mkfs would find nothing.
+    /// Answering consumes it: the caller is handing the device out. `false` for everything else.
+    pub fn take_fresh(&self, volume: &str) -> bool {
+        self.created_lvs()
+            .get_mut(volume)
+            .is_some_and(|c| std::mem::replace(&mut c.fresh, false))
+    }
+
+    fn note_created(&self, lv: &Lv, fresh: bool) {
+        if let Some(volume) = &lv.volume {
+            self.created_lvs().insert(
+                volume.clone(),
+                Created {
+                    lv: lv.clone(),
+                    fresh,
+                },
+            );
+        }
+    }
+
+    /// Forgets that this process created the LV of `volume` (before it is marked or removed).
+    fn forget_created(&self, volume: &str) {
+        self.created_lvs().remove(volume);
+    }
+
+    /// The LV of `volume` was grown to `size_bytes`: no longer fresh (new extents are not zeroed).
+    fn note_grown(&self, volume: &str, size_bytes: u64) {
+        if let Some(c) = self.created_lvs().get_mut(volume) {
+            c.fresh = false;
+            c.lv.size_bytes = size_bytes;
+        }
     }
 
     // ---- reads (no VG lock: lvm2's own read locks make reports consistent) --------------------
@@ -253,7 +347,9 @@ impl<R: LvmRunner> Lvm<R> {
     pub async fn vgs(&self) -> Result<Vec<Vg>> {
         let args = self.report("vgs", VG_FIELDS);
         let out = self.run_ok(args, Subject::Other, 0).await?;
-        report::parse_vgs("vgs", &out.stdout)
+        let vgs = report::parse_vgs("vgs", &out.stdout)?;
+        self.note_vgs(&vgs, true);
+        Ok(vgs)
     }
 
     /// VGs that carry the owner tag.
@@ -267,11 +363,32 @@ impl<R: LvmRunner> Lvm<R> {
         args.push(name_arg(vg)?);
         let (inv, out) = self.run(Invocation::lvm(args)).await?;
         if out.success() {
-            return Ok(report::parse_vgs("vgs", &out.stdout)?.into_iter().next());
+            let vgs = report::parse_vgs("vgs", &out.stdout)?;
+            self.note_vgs(&vgs, false);
+            return Ok(vgs.into_iter().next());
         }
         match classify(failure(&inv, &out), Subject::Vg(vg), 0) {
-            LvmError::NotFound { .. } => Ok(None),
+            LvmError::NotFound { .. } => {
+                self.forget_vg_named(vg);
+                Ok(None)
+            }
             e => Err(e),
+        }
+    }
+
+    /// Forgets the cached facts of `vg` unless its lock is held (its holder decides).
+    fn forget_vg_named(&self, vg: &str) {
+        let slot = self
+            .shared
+            .vgs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(vg)
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(mut slot) = slot.try_lock()
+        {
+            slot.facts = None;
         }
     }
 

@@ -293,6 +293,86 @@ async fn vg_facts_are_cached_between_creates_and_dropped_after_errors() {
 }
 
 #[tokio::test]
+async fn vg_facts_follow_the_reports_the_layer_reads_without_a_timer() {
+    let fake = FakeRunner::scripted()
+        .expect(&["vgs"], &[VG], Reply::ok(vg_json(VG, true, 0)))
+        .expect(&["lvcreate"], &["pvc-a"], Reply::ok(""))
+        // a report read by someone else (the claim pass): the VG lost its owner tag
+        .expect(&["vgs"], &[], Reply::ok(vg_json(VG, false, 0)))
+        // a later report: owned again
+        .expect(&["vgs"], &[], Reply::ok(vg_json(VG, true, 0)))
+        .expect(&["lvcreate"], &["pvc-c"], Reply::ok(""))
+        // a full report without the VG: forgotten, the next create reads it
+        .expect(&["vgs"], &[], Reply::ok(r#"{"report":[{"vg":[]}]}"#))
+        .expect(&["vgs"], &[VG], Reply::fail(5, NO_VG));
+    let lvm = lvm(fake);
+    lvm.create_lv(VG, "pvc-a", MIB, None).await.unwrap();
+    lvm.vgs().await.unwrap();
+    // refused from the refreshed facts, with no vgs of its own and no lvcreate
+    let err = lvm.create_lv(VG, "pvc-b", MIB, None).await.unwrap_err();
+    assert!(matches!(err, LvmError::NotOwned { .. }), "{err:?}");
+    lvm.vgs().await.unwrap();
+    lvm.create_lv(VG, "pvc-c", MIB, None).await.unwrap();
+    lvm.vgs().await.unwrap();
+    let err = lvm.create_lv(VG, "pvc-d", MIB, None).await.unwrap_err();
+    assert!(matches!(err, LvmError::NotFound { .. }), "{err:?}");
+    lvm.runner().assert_done();
+}
+
+#[tokio::test]
+async fn a_created_lv_is_fresh_once_and_known_unmarked_until_marked_or_removed() {
+    let select = format!(
+        "lv_tags={{{OWNER_TAG},{}}}",
+        naming::volume_tag("pvc-b").unwrap()
+    );
+    let fake = FakeRunner::from_fn(move |inv: &Invocation| match inv.subcommand() {
+        "vgs" => Reply::ok(vg_json(VG, true, 0)),
+        "lvcreate" | "lvextend" => Reply::ok(""),
+        "lvchange" => Reply::ok("  Logical volume strata-ssd/pvc-a changed."),
+        "lvs" => Reply::ok(ours(VG, "pvc-a", 4 * MIB)),
+        "lvremove" if inv.args.contains(&select) => {
+            Reply::ok("  Logical volume \"pvc-b\" successfully removed.")
+        }
+        other => Reply::fail(5, format!("unexpected {other}")),
+    });
+    // zeroed (activation on): fresh exactly once; handing it out consumes it
+    let lvm = Lvm::new(fake, LvmOptions::default());
+    let lv = lvm.create_lv(VG, "pvc-a", 4 * MIB, None).await.unwrap();
+    assert_eq!(
+        lvm.created_lv("pvc-a").unwrap().device_path(),
+        lv.device_path()
+    );
+    assert!(lvm.take_fresh("pvc-a"));
+    assert!(!lvm.take_fresh("pvc-a"), "fresh only until handed out");
+    assert!(lvm.created_lv("pvc-a").is_some(), "still known unmarked");
+    // marking forgets it first: its mark is read from lvm2 again
+    lvm.mark_wiping(VG, "pvc-a").await.unwrap();
+    assert!(lvm.created_lv("pvc-a").is_none());
+    // growing ends freshness (new extents are not zeroed); removal forgets
+    lvm.create_lv(VG, "pvc-b", 4 * MIB, None).await.unwrap();
+    lvm.note_grown("pvc-b", 8 * MIB);
+    assert!(!lvm.take_fresh("pvc-b"));
+    assert_eq!(lvm.created_lv("pvc-b").unwrap().size_bytes, 8 * MIB);
+    assert!(lvm.remove_lv(VG, "pvc-b").await.unwrap());
+    assert!(lvm.created_lv("pvc-b").is_none());
+    // never fresh: an LV nobody here created, or one created unzeroed (activation off)
+    assert!(!lvm.take_fresh("pvc-other"));
+    let cold = Lvm::new(
+        FakeRunner::from_fn(|inv: &Invocation| match inv.subcommand() {
+            "vgs" => Reply::ok(vg_json(VG, true, 0)),
+            _ => Reply::ok(""),
+        }),
+        LvmOptions {
+            activate: false,
+            ..LvmOptions::default()
+        },
+    );
+    cold.create_lv(VG, "pvc-c", 4 * MIB, None).await.unwrap();
+    assert!(cold.created_lv("pvc-c").is_some());
+    assert!(!cold.take_fresh("pvc-c"), "-Zn: not zeroed, never fresh");
+}
+
+#[tokio::test]
 async fn odd_volume_names_get_hashed_lv_names_and_bad_input_is_refused() {
     let volume = "Weird_Name/With Spaces";
     let fake = FakeRunner::scripted()

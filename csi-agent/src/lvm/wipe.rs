@@ -109,6 +109,8 @@ impl<R: LvmRunner> Lvm<R> {
     /// From then on the LV is only ever finished and removed. Refuses LVs that are not Strata's
     /// LV of `volume` ([`LvmError::NotOwned`]); a missing LV is [`LvmError::NotFound`].
     pub async fn mark_wiping(&self, vg: &str, volume: &str) -> Result<Lv> {
+        // First: from here on its mark is read from lvm2 (see `Lvm::created_lv`).
+        self.forget_created(volume);
         let lv = self.owned_lv(vg, volume).await?;
         if is_wiping(&lv) {
             return Ok(lv);

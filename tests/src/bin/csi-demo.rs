@@ -3,8 +3,10 @@
 //!   writes and reads a file, expands it online, shows stats, deletes everything, and prints a
 //!   report with timings (run by `tests/demo`);
 //! - `csi-demo bench`: CreateVolume+NodeStage+NodePublish end to end against the bare
-//!   `lvcreate`+`mkfs.xfs`+`mount` sequence on the same VG, and N concurrent CreateVolume calls
-//!   (run by `tests/bench`). Both start and stop the agent themselves.
+//!   `lvcreate`+`mkfs.xfs`+`mount` sequence on the same VG, N concurrent CreateVolume calls
+//!   against N bare `lvcreate`s in sequence on the same VG, and the agent's RSS idle and under
+//!   the concurrent creates, read from `/proc` (run by `tests/bench`). Both start and stop the
+//!   agent themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,7 +86,7 @@ async fn start(dir: &Path) -> Result<Agent> {
         "demo-node",
         &[],
         &log,
-        Duration::from_secs(60),
+        Duration::from_secs(240),
     )
     .await
     {
@@ -353,12 +355,33 @@ async fn demo(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `VmRSS`, `VmHWM` (KiB) and `Threads` of process `pid`, from `/proc/<pid>/status`.
+fn proc_status(pid: u32) -> Result<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?, field("Threads:")?))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
 fn mean(xs: &[Duration]) -> Duration {
     xs.iter().sum::<Duration>() / u32::try_from(xs.len().max(1)).unwrap_or(1)
 }
 
 async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     let agent = start(dir).await?;
+    let pid = agent.child.id().context("the agent has no pid")?;
+    // Idle: after the first claim pass and the read-ahead, before any call.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (idle_rss, _, idle_threads) = proc_status(pid)?;
+    println!("agent RSS idle: {} ({idle_threads} threads)", mib(idle_rss));
     let csi: Csi = agent.csi.clone();
     let cap = mount_cap("xfs", &[]);
     let vg = "strata-nvme";
@@ -459,7 +482,48 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     );
     println!("ratio strata/bare: {ratio:.3} (goal <= 1.10)");
 
-    // N concurrent CreateVolume calls (raw block, 64 MiB each, on the HDD class).
+    // Baseline: N bare lvcreates in sequence on the same VG, with the agent's flags.
+    let t = Instant::now();
+    for i in 0..concurrent {
+        run(
+            "lvcreate",
+            &[
+                "-n",
+                &format!("bare-conc-{i}"),
+                "-L",
+                "64m",
+                "-ay",
+                "-Zy",
+                "-Wy",
+                "--yes",
+                "strata-hdd",
+            ],
+        )?;
+    }
+    let bare_wall = t.elapsed();
+    let names: Vec<String> = (0..concurrent)
+        .map(|i| format!("strata-hdd/bare-conc-{i}"))
+        .collect();
+    let mut args = vec!["-y"];
+    args.extend(names.iter().map(String::as_str));
+    run("lvremove", &args)?;
+
+    // N concurrent CreateVolume calls (raw block, 64 MiB each, on the HDD class), with the
+    // agent's RSS sampled every 20 ms meanwhile.
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let stop = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = (0, 0);
+            while !stop.is_cancelled() {
+                if let Ok((rss, _, threads)) = proc_status(pid) {
+                    peak = (peak.0.max(rss), peak.1.max(threads));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
     let t = Instant::now();
     let calls = (0..concurrent).map(|i| {
         let mut ctl = csi.controller.clone();
@@ -489,6 +553,23 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         secs(p(0.5)),
         secs(p(0.99)),
         secs(p(1.0))
+    );
+    println!(
+        "{concurrent} bare lvcreate in sequence (same VG): {} wall",
+        secs(bare_wall)
+    );
+    println!(
+        "ratio concurrent CreateVolume wall / bare sequence: {:.3}",
+        wall.as_secs_f64() / bare_wall.as_secs_f64().max(1e-9)
+    );
+    sampling.cancel();
+    let (peak_rss, peak_threads) = sampler.await?;
+    let (_, hwm, _) = proc_status(pid)?;
+    println!(
+        "agent RSS under {concurrent} concurrent creates: peak sampled {} ({peak_threads} threads), VmHWM {}; idle {} (goal < 30 MiB)",
+        mib(peak_rss),
+        mib(hwm),
+        mib(idle_rss)
     );
     let t = Instant::now();
     let deletes = (0..concurrent).map(|i| {
