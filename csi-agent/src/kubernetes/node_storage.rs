@@ -537,6 +537,14 @@ mod tests {
     }
 
     #[test]
+    fn published_classes_carry_readable_quantities() {
+        let status = build_status(vec![], vec![class(0)]);
+        let c = &status.device_classes[0];
+        assert_eq!(c.capacity.as_deref(), Some("16Gi"));
+        assert_eq!(c.allocatable.as_deref(), Some("8Gi"));
+    }
+
+    #[test]
     fn a_failing_disk_degrades_its_class_names_the_disk_and_is_news_once() {
         let disk = DiskStatus {
             slot: "pci-0000:00:1f.2-ata-2".into(),
