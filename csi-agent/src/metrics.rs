@@ -306,6 +306,8 @@ mod tests {
             total_bytes: 16 << 30,
             free_bytes: 8 << 30,
             allocatable_bytes: 7 << 30,
+            capacity: None,
+            allocatable: None,
             pv_count: 2,
             missing_pv_count: 1,
             lv_count: 1,

@@ -210,6 +210,25 @@ pub fn quantity_bytes(quantity: &str) -> Result<u64, InvalidQuantity> {
     u64::try_from(bytes).map_err(|_| invalid())
 }
 
+/// `bytes` as a Kubernetes quantity for people (`kubectl get`): the largest binary unit it
+/// reaches (`Ki` … `Ei`) with at most one decimal, rounded down, so a displayed capacity never
+/// promises more than the exact byte count beside it (`20Gi`, `931.5Gi`, `512`).
+pub fn display_quantity(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    let Some(index) = (0..UNITS.len())
+        .rev()
+        .find(|&i| bytes >> (10 * (i + 1)) > 0)
+    else {
+        return bytes.to_string();
+    };
+    let unit = 1u128 << (10 * (index + 1));
+    let tenths = u128::from(bytes) * 10 / unit;
+    match tenths % 10 {
+        0 => format!("{}{}", tenths / 10, UNITS[index]),
+        d => format!("{}.{d}{}", tenths / 10, UNITS[index]),
+    }
+}
+
 /// What one class of one node can still take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassCapacity {
@@ -335,6 +354,25 @@ mod tests {
     use super::*;
     use crate::crd::{DeviceClassStatus, LogicalVolumeSpec, LogicalVolumeStatus};
 
+    #[test]
+    fn display_quantities_are_readable_and_never_above_the_bytes() {
+        assert_eq!(display_quantity(0), "0");
+        assert_eq!(display_quantity(1023), "1023");
+        assert_eq!(display_quantity(1024), "1Ki");
+        assert_eq!(display_quantity(20 << 30), "20Gi");
+        assert_eq!(display_quantity((931 << 30) + (1 << 29)), "931.5Gi");
+        assert_eq!(display_quantity((1 << 40) - 1), "1023.9Gi");
+        assert_eq!(display_quantity(u64::MAX), "15.9Ei");
+        for bytes in [1, 1500, 3 << 20, 1_000_204_886_016, 7_999_999_999, u64::MAX] {
+            let shown = quantity_bytes(&display_quantity(bytes)).unwrap();
+            assert!(shown <= bytes, "{bytes}: {shown}");
+            assert!(
+                u128::from(shown) * 10 >= u128::from(bytes) * 9,
+                "{bytes}: {shown}"
+            );
+        }
+    }
+
     fn class(name: DeviceClass, free: u64, alloc: u64, missing: u32) -> DeviceClassStatus {
         DeviceClassStatus {
             name,
@@ -342,6 +380,8 @@ mod tests {
             total_bytes: 100 << 30,
             free_bytes: free,
             allocatable_bytes: alloc,
+            capacity: None,
+            allocatable: None,
             pv_count: 1,
             missing_pv_count: missing,
             lv_count: 0,

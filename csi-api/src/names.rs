@@ -45,6 +45,10 @@ pub const PARAM_ON_NODE_FAILURE: &str = "strata.io/on-node-failure";
 /// LogicalVolume condition type set True by the agent while the volume has extents on a failing
 /// or missing disk.
 pub const CONDITION_DISK_FAILED: &str = "DiskFailed";
+/// NodeStorage condition type owned by the controller (server-side apply, field manager
+/// `csi-controller`; the agent owns the other types): True while `status.updatedAt` is older than
+/// the controller's `--stale-after`. Readers then trust none of the node's capacity.
+pub const CONDITION_STALE: &str = "Stale";
 /// StorageClass parameter: filesystem type (`xfs` default, `ext4`).
 pub const PARAM_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
 /// Default filesystem when the request names none.

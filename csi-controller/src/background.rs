@@ -52,7 +52,6 @@ pub async fn run(
             instance: None,
         },
     );
-    let mut reported_stale = HashSet::new();
     let mut drifter = crate::drift_exec::Drifter::new(
         client.clone(),
         settings.recovery,
@@ -81,9 +80,7 @@ pub async fn run(
                 }
             };
             let pass = async {
-                if let Err(e) =
-                    keep_books(&client, &recorder, &settings, &metrics, &mut reported_stale).await
-                {
+                if let Err(e) = keep_books(&client, &recorder, &settings, &metrics).await {
                     warn!(error = %e, "housekeeping pass failed; retrying next period");
                 }
                 if let Err(e) = drifter.pass().await {
@@ -108,7 +105,6 @@ async fn keep_books(
     recorder: &Recorder,
     settings: &Settings,
     metrics: &Metrics,
-    reported_stale: &mut HashSet<String>,
 ) -> Result<(), kube::Error> {
     let volumes_api: Api<LogicalVolume> = Api::all(client.clone());
     let volumes = volumes_api.list(&ListParams::default()).await?.items;
@@ -148,36 +144,90 @@ async fn keep_books(
             .items;
         let stale = housekeeping::stale_nodes(&storages, now, limit);
         metrics.stale_nodes.set(stale.len() as i64);
-        let names: HashSet<String> = stale.iter().map(|(n, _)| n.clone()).collect();
-        reported_stale.retain(|n| names.contains(n));
-        for (node, age) in stale {
-            if !reported_stale.insert(node.clone()) {
-                continue;
-            }
-            let Some(ns) = storages
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(node.as_str()))
-            else {
+        for ns in &storages {
+            let Some(node) = ns.metadata.name.as_deref() else {
                 continue;
             };
-            warn!(%node, age = age.as_secs(), "NodeStorage is stale");
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "Stale".into(),
-                note: Some(format!(
-                    "status.updatedAt is {}s old (limit {}s): new volumes are not placed on this node and its capacity is reported as 0. Check the csi-agent pod on node {node}",
-                    age.as_secs(),
-                    limit.as_secs()
-                )),
-                action: "Admission".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &ns.object_ref(&())).await {
-                warn!(%node, error = %e, "cannot record the Stale event");
+            let marked = ns.status.as_ref().is_some_and(|s| s.marked_stale());
+            let age = stale.iter().find(|(n, _)| n == node).map(|(_, age)| *age);
+            if let Err(e) = mark_stale(client, recorder, ns, node, age, marked, limit).await {
+                warn!(%node, error = %e, "cannot record the staleness of the NodeStorage");
             }
         }
     }
     Ok(())
+}
+
+/// Keeps the NodeStorage's `Stale` condition (owned by the controller, server-side apply) in step
+/// with its age: marks it True with a Warning Event when the agent stopped refreshing it, and back
+/// to False with a Normal Event once it is fresh again. The condition is the episode's record, so
+/// a new leader neither repeats nor misses an Event.
+async fn mark_stale(
+    client: &Client,
+    recorder: &Recorder,
+    ns: &NodeStorage,
+    node: &str,
+    age: Option<Duration>,
+    marked: bool,
+    limit: Duration,
+) -> Result<(), kube::Error> {
+    let (event, status, reason, message) = match (age, marked) {
+        (Some(age), false) => {
+            warn!(%node, age = age.as_secs(), "NodeStorage is stale");
+            let note = format!(
+                "status.updatedAt is {}s old (limit {}s): new volumes are not placed on this node and its capacity is reported as 0. Check the csi-agent pod on node {node}",
+                age.as_secs(),
+                limit.as_secs()
+            );
+            (
+                Event {
+                    type_: EventType::Warning,
+                    reason: "Stale".into(),
+                    note: Some(note.clone()),
+                    action: "Admission".into(),
+                    secondary: None,
+                },
+                "True",
+                "AgentSilent",
+                note,
+            )
+        }
+        (None, true) => {
+            info!(%node, "NodeStorage is fresh again");
+            let note = format!(
+                "the csi-agent on node {node} refreshed status.updatedAt again: the node takes new volumes"
+            );
+            (
+                Event {
+                    type_: EventType::Normal,
+                    reason: "Fresh".into(),
+                    note: Some(note.clone()),
+                    action: "Admission".into(),
+                    secondary: None,
+                },
+                "False",
+                "AgentReporting",
+                note,
+            )
+        }
+        _ => return Ok(()),
+    };
+    let patch = serde_json::json!({
+        "apiVersion": "strata.io/v1alpha1",
+        "kind": "NodeStorage",
+        "status": { "conditions": [{
+            "type": names::CONDITION_STALE,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": Timestamp::now(),
+        }]},
+    });
+    let params = PatchParams::apply(names::FIELD_MANAGER_CONTROLLER).force();
+    Api::<NodeStorage>::all(client.clone())
+        .patch_status(node, &params, &Patch::Apply(&patch))
+        .await?;
+    recorder.publish(&event, &ns.object_ref(&())).await
 }
 
 async fn apply(

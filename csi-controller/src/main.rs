@@ -106,6 +106,7 @@ async fn main() -> Result<()> {
         .context(
             "starting the watches of LogicalVolumes, NodeStorages, PVCs, StorageClasses and Pods",
         )?;
+    metrics.count_volumes_from(cluster.volume_store());
     let service = Arc::new(ControllerService::new(Arc::new(cluster), settings));
     let grpc = Grpc::new(service, metrics.clone());
 

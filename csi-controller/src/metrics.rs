@@ -1,10 +1,16 @@
 //! Prometheus metrics of the controller (`prometheus-client`): CSI operations by RPC and code,
-//! their latency, and orphan volumes; served on `/metrics`.
+//! their latency, orphan volumes, and LogicalVolumes per phase and class (counted from the
+//! watched cache at each scrape, so every replica reports it, not only the leader); served on
+//! `/metrics`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use csi_api::crd::{LogicalVolume, LogicalVolumePhase};
+use csi_api::names::DeviceClass;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +32,15 @@ struct DriftLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VolumeLabels {
+    phase: String,
+    class: String,
+}
+
+/// Counts LogicalVolumes by (phase, class) at scrape time.
+type VolumeCounter = Box<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: String,
 }
@@ -45,6 +60,8 @@ pub struct Metrics {
     drifts: Family<DriftLabels, Counter>,
     /// Drifts started and not yet completed or timed out.
     pub drifts_in_flight: Gauge,
+    volumes: Family<VolumeLabels, Gauge>,
+    volume_counter: Arc<OnceLock<VolumeCounter>>,
 }
 
 impl Default for Metrics {
@@ -96,7 +113,15 @@ impl Metrics {
             "Drifts started whose StatefulSet has not yet bound a new claim",
             drifts_in_flight.clone(),
         );
+        let volumes = Family::<VolumeLabels, Gauge>::default();
+        registry.register(
+            "volumes",
+            "LogicalVolumes by status.phase (Pending also while the agent has written none) and device class",
+            volumes.clone(),
+        );
         Metrics {
+            volumes,
+            volume_counter: Arc::new(OnceLock::new()),
             drifts,
             drifts_in_flight,
             stale_nodes,
@@ -131,8 +156,37 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts LogicalVolumes from `store` (the controller's watched cache) at every scrape.
+    pub fn count_volumes_from(&self, store: kube::runtime::reflector::Store<LogicalVolume>) {
+        let _ = self.volume_counter.set(Box::new(move || {
+            store.state().iter().map(|lv| volume_labels(lv)).collect()
+        }));
+    }
+
+    /// Sets `strata_controller_volumes` from `volumes` as (phase, class): every phase of every
+    /// class is present (0 when none), so a panel or alert never sees a series vanish.
+    fn set_volumes(&self, volumes: Vec<(String, String)>) {
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        for class in DeviceClass::ALL {
+            for phase in PHASES {
+                counts.insert((phase.to_string(), class.to_string()), 0);
+            }
+        }
+        for key in volumes {
+            *counts.entry(key).or_default() += 1;
+        }
+        for ((phase, class), n) in counts {
+            self.volumes
+                .get_or_create(&VolumeLabels { phase, class })
+                .set(n);
+        }
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        if let Some(count) = self.volume_counter.get() {
+            self.set_volumes(count());
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -143,5 +197,48 @@ impl Metrics {
     pub async fn serve(self, addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         csi_api::http::serve_metrics(listener, move || self.encode(), shutdown).await
+    }
+}
+
+const PHASES: [&str; 4] = ["Pending", "Ready", "Failed", "Wiping"];
+
+/// The (phase, class) labels of one LogicalVolume; no phase yet counts as `Pending`.
+fn volume_labels(lv: &LogicalVolume) -> (String, String) {
+    let phase = match lv.status.as_ref().and_then(|s| s.phase) {
+        None | Some(LogicalVolumePhase::Pending) => "Pending",
+        Some(LogicalVolumePhase::Ready) => "Ready",
+        Some(LogicalVolumePhase::Failed) => "Failed",
+        Some(LogicalVolumePhase::Wiping) => "Wiping",
+    };
+    (phase.to_owned(), lv.spec.device_class.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_counted_per_phase_and_class_with_zeros() {
+        let metrics = Metrics::new();
+        metrics.set_volumes(vec![
+            ("Ready".into(), "nvme".into()),
+            ("Ready".into(), "nvme".into()),
+            ("Wiping".into(), "hdd".into()),
+        ]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("# TYPE strata_controller_volumes gauge"),
+            "{text}"
+        );
+        assert!(text.contains(r#"strata_controller_volumes{phase="Ready",class="nvme"} 2"#));
+        assert!(text.contains(r#"strata_controller_volumes{phase="Wiping",class="hdd"} 1"#));
+        assert!(text.contains(r#"strata_controller_volumes{phase="Failed",class="ssd"} 0"#));
+        // A later count replaces the earlier one.
+        metrics.set_volumes(vec![]);
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"strata_controller_volumes{phase="Ready",class="nvme"} 0"#)
+        );
     }
 }

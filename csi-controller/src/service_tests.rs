@@ -28,6 +28,8 @@ fn node(name: &str, class: DeviceClass, free: u64, healthy: bool) -> NodeStorage
             total_bytes: 100 * GIB,
             free_bytes: free,
             allocatable_bytes: free,
+            capacity: None,
+            allocatable: None,
             pv_count: 1,
             missing_pv_count: u32::from(!healthy),
             lv_count: 0,

@@ -83,7 +83,7 @@ pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Opt
                 let Some(cap) = node_capacity(view, own_pending, name) else {
                     return Some(Rejection {
                         kind: RejectKind::NoNodeStorage,
-                        message: "strata: node has no NodeStorage (no Strata agent runs there)"
+                        message: "strata: node has no NodeStorage, or it is marked Stale (no Strata agent runs there, or it stopped reporting)"
                             .to_owned(),
                     });
                 };

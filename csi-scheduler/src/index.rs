@@ -100,11 +100,11 @@ impl ViewIndex {
         let status = ns.status.as_ref();
         let storage = Storage {
             sequence: status.and_then(|s| s.capacity_sequence),
-            reported: ns
-                .metadata
-                .deletion_timestamp
-                .is_none()
-                .then(|| status.map(NodeCapacity::from_status).unwrap_or_default()),
+            // Being deleted, or marked stale by the controller (its agent stopped reporting):
+            // trust nothing it says.
+            reported: (ns.metadata.deletion_timestamp.is_none()
+                && !status.is_some_and(|s| s.marked_stale()))
+            .then(|| status.map(NodeCapacity::from_status).unwrap_or_default()),
         };
         self.storages.insert(name.clone(), storage);
         self.node_changed(name);

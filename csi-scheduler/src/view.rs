@@ -742,6 +742,44 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_node_storage_marked_stale_offers_nothing() {
+        let mut stale = (*node_storage("n1", &[(DeviceClass::Nvme, 100 * GIB, true)])).clone();
+        let mut status = stale.status.take().unwrap();
+        status.conditions.push(csi_api::crd::Condition {
+            type_: csi_api::names::CONDITION_STALE.into(),
+            status: "True".into(),
+            reason: "AgentSilent".into(),
+            message: String::new(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+            observed_generation: None,
+        });
+        stale.status = Some(status.clone());
+        let view = ClusterView::build::<_, Arc<LogicalVolume>, _, _, Arc<Pod>>(
+            &[Arc::new(stale.clone())],
+            &[],
+            &[] as &[Arc<PersistentVolumeClaim>],
+            &standard_classes(),
+            &[],
+            Placement::Binpack,
+        );
+        assert!(view.node("n1").is_none());
+        // Fresh again (the controller set the condition False): trusted.
+        status.conditions[0].status = "False".into();
+        stale.status = Some(status);
+        let view = ClusterView::build::<_, Arc<LogicalVolume>, _, _, Arc<Pod>>(
+            &[Arc::new(stale)],
+            &[],
+            &[] as &[Arc<PersistentVolumeClaim>],
+            &standard_classes(),
+            &[],
+            Placement::Binpack,
+        );
+        assert!(view.node("n1").is_some());
+    }
+
     fn nvme_pending(view: &ClusterView) -> u64 {
         view.node("n1").unwrap().classes[&DeviceClass::Nvme].pending
     }

@@ -93,8 +93,10 @@ def test_default_values_without_the_namespace(helm):
 def test_optional_values_render_the_components(helm, tmp_path):
     chart = by_key(helm_template(helm, "namespace.create=true",
                                  "controller.nodeLossPolicy=delete-pvc",
-                                 "networkPolicy.enabled=true", "monitoring.enabled=true"))
-    full = by_key(overlay(tmp_path, ["node-loss-delete-pvc", "network-policy", "monitoring"]))
+                                 "networkPolicy.enabled=true", "monitoring.enabled=true",
+                                 "scheduler.profile.enabled=true"))
+    full = by_key(overlay(tmp_path, ["node-loss-delete-pvc", "network-policy", "monitoring",
+                                     "strata-scheduler"]))
     assert set(chart) == set(full), (set(chart) ^ set(full))
     for k in full:
         assert chart[k] == full[k], k
@@ -125,6 +127,16 @@ def test_values_reach_the_objects(helm):
     assert "--new-node-claim-mode=auto" in args and "--heartbeat-interval=45s" in args
     sched = container(one(objects, "Deployment", "csi-scheduler"), "extender")
     assert "--default-placement=spread" in sched["args"]
+
+
+def test_second_scheduler_image_is_a_value(helm):
+    objects = helm_template(helm, "scheduler.profile.enabled=true",
+                            "scheduler.profile.image=registry.example.com/kube-scheduler:v1.33.5")
+    c = container(one(objects, "Deployment", "strata-scheduler"), "kube-scheduler")
+    assert c["image"] == "registry.example.com/kube-scheduler:v1.33.5"
+    config = yaml.safe_load(one(objects, "ConfigMap", "strata-scheduler")["data"]["config.yaml"])
+    assert config["extenders"][0]["urlPrefix"] == "http://csi-scheduler.strata-system.svc:8099"
+    assert not [o for o in helm_template(helm) if "strata-scheduler" in o["metadata"]["name"]]
 
 
 def test_extender_off_removes_every_scheduler_object(helm):

@@ -104,6 +104,9 @@ CALLS = [
      ("code", CTRL_BACKGROUND, r"Action::DeleteOrphan[\s\S]*?api\.delete\(")),
     ("csi-controller", "strata.io", "nodestorages", ["list"],
      ("code", CTRL_BACKGROUND, r"Api::<NodeStorage>::all\(client\.clone\(\)\)\s*\.list\(")),
+    # the Stale condition of a NodeStorage (server-side apply of that one condition type)
+    ("csi-controller", "strata.io", "nodestorages/status", ["patch"],
+     ("code", CTRL_BACKGROUND, r"fn mark_stale[\s\S]*?\.patch_status\(node, &params, &Patch::Apply")),
     ("csi-controller", "", "persistentvolumes", ["list"],
      ("code", CTRL_BACKGROUND, r"Api::<PersistentVolume>::all\(client\.clone\(\)\)\s*\.list\(")),
     ("csi-controller", "", "nodes", ["list"],

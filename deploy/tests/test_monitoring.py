@@ -98,6 +98,7 @@ def test_dashboard_covers_the_node_metrics():
     for m in ("vg_size_bytes", "vg_free_bytes", "vg_allocatable_bytes", "class_degraded",
               "disks", "claim_actions_total", "build_info"):
         assert f"strata_agent_{m}" in exprs, m
+    assert "strata_controller_volumes" in exprs
 
 
 @pytest.fixture(scope="module")

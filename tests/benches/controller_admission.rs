@@ -182,6 +182,8 @@ fn node_storage(name: &str) -> NodeStorage {
             total_bytes: 4096 * GIB,
             free_bytes: 2048 * GIB,
             allocatable_bytes: 2048 * GIB,
+            capacity: None,
+            allocatable: None,
             pv_count: 1,
             missing_pv_count: 0,
             lv_count: 8,

@@ -16,6 +16,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use strata_tests::apiserver::FakeApiServer;
 
+mod stale;
+
 async fn server() -> (FakeApiServer, kube::Client) {
     let server = FakeApiServer::start().await.expect("fake API server");
     let client = server.client().expect("client");

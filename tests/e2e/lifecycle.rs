@@ -166,6 +166,8 @@ pub async fn scheduler_filters_on_published_capacity(c: &Cluster) {
             total_bytes: 4 * GIB,
             free_bytes: 64 * MIB,
             allocatable_bytes: 64 * MIB,
+            capacity: None,
+            allocatable: None,
             pv_count: 1,
             missing_pv_count: 0,
             lv_count: 9,

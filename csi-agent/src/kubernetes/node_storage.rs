@@ -364,7 +364,7 @@ pub fn build_status(
     ];
     NodeStorageStatus {
         disks,
-        device_classes: classes,
+        device_classes: classes.into_iter().map(|c| c.with_quantities()).collect(),
         conditions,
         observed_generation: None,
         updated_at: Some(Time(Timestamp::now())),
@@ -393,6 +393,8 @@ mod tests {
             total_bytes: 16 << 30,
             free_bytes: 8 << 30,
             allocatable_bytes: 8 << 30,
+            capacity: None,
+            allocatable: None,
             pv_count: 2,
             missing_pv_count: missing,
             lv_count: 1,
@@ -532,6 +534,14 @@ mod tests {
         };
         assert!(same_but_time(&a, &later));
         assert!(!same_but_time(&a, &build_status(vec![], vec![class(1)])));
+    }
+
+    #[test]
+    fn published_classes_carry_readable_quantities() {
+        let status = build_status(vec![], vec![class(0)]);
+        let c = &status.device_classes[0];
+        assert_eq!(c.capacity.as_deref(), Some("16Gi"));
+        assert_eq!(c.allocatable.as_deref(), Some("8Gi"));
     }
 
     #[test]

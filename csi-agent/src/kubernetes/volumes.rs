@@ -619,6 +619,7 @@ fn ready_status(
         lv_name: Some(lv.name.clone()),
         device_path: Some(lv.device_path().display().to_string()),
         current_size_bytes: Some(lv.size_bytes),
+        size: Some(csi_api::crd::quantity(lv.size_bytes)),
         reason: reason.as_ref().map(|(r, _)| r.to_string()),
         message: reason.map(|(_, m)| m),
         ..Default::default()

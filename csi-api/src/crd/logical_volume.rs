@@ -28,11 +28,13 @@ use crate::names::DeviceClass;
     status = "LogicalVolumeStatus",
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
     printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.deviceClass"}"#,
-    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
     printcolumn = r#"{"name":"Wipe%","type":"integer","jsonPath":".status.wipe.percent"}"#,
+    printcolumn = r#"{"name":"DiskFailed","type":"string","jsonPath":".status.conditions[?(@.type==\"DiskFailed\")].status"}"#,
     printcolumn = r#"{"name":"PVC","type":"string","jsonPath":".spec.pvc.name","priority":1}"#,
+    printcolumn = r#"{"name":"Requested","type":"integer","jsonPath":".spec.sizeBytes","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -83,6 +85,10 @@ pub struct LogicalVolumeStatus {
     pub device_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_size_bytes: Option<u64>,
+    /// `currentSizeBytes` as a quantity for people (`kubectl get`), rounded down to 0.1 of its
+    /// unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// The NodeStorage `status.capacitySequence` from which the LV's current allocation
     /// (`currentSizeBytes`) is reflected in the node's published free bytes. The agent sets it
     /// whenever it creates or extends the LV, before or with the status that says so.

@@ -15,6 +15,12 @@ pub use node_storage::{
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+/// `bytes` as a Kubernetes quantity string for people
+/// ([`crate::capacity::display_quantity`]: `20Gi`, `931.5Gi`).
+pub fn quantity(bytes: u64) -> String {
+    crate::capacity::display_quantity(bytes)
+}
+
 use kube::CustomResourceExt;
 
 /// The YAML of both CRDs, as committed under `deploy/crds/` (one document per file).

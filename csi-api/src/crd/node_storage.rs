@@ -16,11 +16,15 @@ use crate::names::DeviceClass;
     plural = "nodestorages",
     shortname = "strns",
     status = "NodeStorageStatus",
-    printcolumn = r#"{"name":"NVMe free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"nvme\")].allocatableBytes"}"#,
-    printcolumn = r#"{"name":"SSD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"ssd\")].allocatableBytes"}"#,
-    printcolumn = r#"{"name":"HDD free","type":"integer","jsonPath":".status.deviceClasses[?(@.name==\"hdd\")].allocatableBytes"}"#,
+    printcolumn = r#"{"name":"NVMe free","type":"string","jsonPath":".status.deviceClasses[?(@.name==\"nvme\")].allocatable"}"#,
+    printcolumn = r#"{"name":"NVMe size","type":"string","jsonPath":".status.deviceClasses[?(@.name==\"nvme\")].capacity","priority":1}"#,
+    printcolumn = r#"{"name":"SSD free","type":"string","jsonPath":".status.deviceClasses[?(@.name==\"ssd\")].allocatable"}"#,
+    printcolumn = r#"{"name":"SSD size","type":"string","jsonPath":".status.deviceClasses[?(@.name==\"ssd\")].capacity","priority":1}"#,
+    printcolumn = r#"{"name":"HDD free","type":"string","jsonPath":".status.deviceClasses[?(@.name==\"hdd\")].allocatable"}"#,
+    printcolumn = r#"{"name":"HDD size","type":"string","jsonPath":".status.deviceClasses[?(@.name==\"hdd\")].capacity","priority":1}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
+    printcolumn = r#"{"name":"Stale","type":"string","jsonPath":".status.conditions[?(@.type==\"Stale\")].status"}"#,
     printcolumn = r#"{"name":"Updated","type":"date","jsonPath":".status.updatedAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -60,7 +64,10 @@ pub struct NodeStorageStatus {
     pub disks: Vec<DiskStatus>,
     #[serde(default)]
     pub device_classes: Vec<DeviceClassStatus>,
+    /// Keyed by `type` (a list-map), so that each writer's server-side apply owns only its own
+    /// types: the agent `Ready` and `Degraded`, the controller `Stale`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -74,6 +81,14 @@ pub struct NodeStorageStatus {
 }
 
 impl NodeStorageStatus {
+    /// Whether the controller marked this status stale (condition `Stale` True): the agent has
+    /// not refreshed it within the controller's limit, so its capacity is not to be trusted.
+    pub fn marked_stale(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == crate::names::CONDITION_STALE && c.status == "True")
+    }
+
     /// The status of one class, if the node has a VG for it.
     pub fn class(&self, class: DeviceClass) -> Option<&DeviceClassStatus> {
         self.device_classes.iter().find(|c| c.name == class)
@@ -134,12 +149,29 @@ pub struct DeviceClassStatus {
     pub free_bytes: u64,
     /// `freeBytes` minus the class's reserve (and space still being wiped); never negative.
     pub allocatable_bytes: u64,
+    /// `totalBytes` as a quantity for people (`kubectl get`), rounded down to 0.1 of its unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// `allocatableBytes` as a quantity for people, rounded down to 0.1 of its unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocatable: Option<String>,
     pub pv_count: u32,
     #[serde(default)]
     pub missing_pv_count: u32,
     #[serde(default)]
     pub lv_count: u32,
     pub health: ClassHealth,
+}
+
+impl DeviceClassStatus {
+    /// Sets `capacity` and `allocatable` from the byte counts.
+    pub fn with_quantities(self) -> Self {
+        DeviceClassStatus {
+            capacity: Some(super::quantity(self.total_bytes)),
+            allocatable: Some(super::quantity(self.allocatable_bytes)),
+            ..self
+        }
+    }
 }
 
 /// A class with a missing PV takes no new allocations.

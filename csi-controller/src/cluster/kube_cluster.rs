@@ -90,6 +90,11 @@ where
 }
 
 impl KubeCluster {
+    /// The watched cache of LogicalVolumes (for the per-phase gauge at scrape time).
+    pub fn volume_store(&self) -> Store<LogicalVolume> {
+        self.volumes.clone()
+    }
+
     /// Starts the watches and waits until every cache holds its first full listing.
     pub async fn start(client: Client, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let volume_changed = Arc::new(Notify::new());

@@ -2,6 +2,9 @@
 //! with the `json-patch` crate. Strategic merge patch is treated as a merge patch, and server-side
 //! apply as a merge of the applied fields into the live object: both honest simplifications
 //! (lists are replaced whole, never merged by key; no field ownership, so no apply conflicts).
+//! One list is merged by key, as its CRD declares: NodeStorage `status.conditions`
+//! (`x-kubernetes-list-type: map` on `type`), so the agent's and the controller's applies keep
+//! each other's condition types; an entry is never removed by leaving it out of an apply.
 
 use serde_json::Value;
 
@@ -59,7 +62,24 @@ pub fn apply(
                     "patch body must be a JSON object".into(),
                 ));
             }
+            let keyed = kind == PatchKind::Apply && rt.plural == "nodestorages";
+            let conditions = |v: &Value| v.pointer("/status/conditions").cloned();
+            let live_conditions = conditions(&out).filter(|_| keyed);
             json_patch::merge(&mut out, patch);
+            if let (Some(Value::Array(mut merged)), Some(Value::Array(applied))) =
+                (live_conditions, conditions(patch))
+            {
+                for entry in applied {
+                    let key = entry.get("type").cloned();
+                    match merged.iter_mut().find(|c| c.get("type") == key.as_ref()) {
+                        Some(slot) => *slot = entry,
+                        None => merged.push(entry),
+                    }
+                }
+                if let Some(slot) = out.pointer_mut("/status/conditions") {
+                    *slot = Value::Array(merged);
+                }
+            }
         }
         PatchKind::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
@@ -155,5 +175,21 @@ mod tests {
             json!({"status": {"conditions": [{"type": "Ready"}], "p": 1}})
         );
         assert_eq!(PatchKind::Merge.parse_body(b"{").unwrap_err().code(), 400);
+    }
+
+    #[test]
+    fn apply_merges_node_storage_conditions_by_type() {
+        let rt = ResourceType::new("strata.io", "v1alpha1", "nodestorages", "NodeStorage");
+        let live = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "Stale", "status": "True"}]}});
+        let body = json!({"status": {"conditions": [{"type": "Stale", "status": "False"}]}});
+        let out = super::apply(PatchKind::Apply, &live, &body, &rt, "n").unwrap();
+        assert_eq!(
+            out["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True"}, {"type": "Stale", "status": "False"}])
+        );
+        // A merge patch still replaces the list.
+        let out = super::apply(PatchKind::Merge, &live, &body, &rt, "n").unwrap();
+        assert_eq!(out["status"]["conditions"], body["status"]["conditions"]);
     }
 }
