@@ -3,7 +3,9 @@
 //! period it lists LogicalVolumes, Strata PVs, Nodes and NodeStorages, runs the
 //! [`housekeeping`](crate::housekeeping) planner and applies its actions through kube, with
 //! Events that tell the operator what happened and what to do. When leadership is lost, the pass
-//! in progress is dropped at once (cancellation), before its next API call.
+//! in progress is dropped at once (cancellation), before its next API call; and every write of a
+//! pass is first confirmed by the [`Fence`], so that a replica paused past its lease (whose
+//! lease manager has not noticed yet) writes nothing.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::cluster::release_finalizer;
 use crate::housekeeping::{
     self, ANNOTATION_HELD, ANNOTATION_LOST, ANNOTATION_PV, Action, Policies, StrataPv,
 };
+use crate::lease::{Fence, FenceError};
 use crate::metrics::Metrics;
 
 /// What the loop needs besides the client.
@@ -41,6 +44,7 @@ pub struct Settings {
 pub async fn run(
     client: Client,
     mut leading: watch::Receiver<bool>,
+    mut fence: Fence,
     settings: Settings,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -81,13 +85,27 @@ pub async fn run(
                 }
             };
             let pass = async {
-                if let Err(e) =
-                    keep_books(&client, &recorder, &settings, &metrics, &mut reported_stale).await
-                {
-                    warn!(error = %e, "housekeeping pass failed; retrying next period");
-                }
-                if let Err(e) = drifter.pass().await {
-                    warn!(error = %e, "recovery-policy pass failed; retrying next period");
+                let books = keep_books(
+                    &client,
+                    &recorder,
+                    &settings,
+                    &metrics,
+                    &mut reported_stale,
+                    &mut fence,
+                )
+                .await;
+                match books {
+                    Err(e @ FenceError::NotLeader { .. }) => {
+                        warn!(error = %e, "housekeeping pass stopped");
+                    }
+                    other => {
+                        if let Err(e) = other {
+                            warn!(error = %e, "housekeeping pass failed; retrying next period");
+                        }
+                        if let Err(e) = drifter.pass(&mut fence).await {
+                            warn!(error = %e, "recovery-policy pass failed; retrying next period");
+                        }
+                    }
                 }
                 tokio::time::sleep(settings.period).await;
             };
@@ -109,7 +127,8 @@ async fn keep_books(
     settings: &Settings,
     metrics: &Metrics,
     reported_stale: &mut HashSet<String>,
-) -> Result<(), kube::Error> {
+    fence: &mut Fence,
+) -> Result<(), FenceError> {
     let volumes_api: Api<LogicalVolume> = Api::all(client.clone());
     let volumes = volumes_api.list(&ListParams::default()).await?.items;
     let pvs: Vec<StrataPv> = Api::<PersistentVolume>::all(client.clone())
@@ -137,9 +156,11 @@ async fn keep_books(
     metrics.orphans.set(plan.orphans as i64);
     metrics.lost.set(plan.lost as i64);
     for action in plan.actions {
+        fence.confirm().await?;
         if let Err(e) = apply(client, recorder, &volumes, &action).await {
             warn!(?action, error = %e, "housekeeping action failed");
         }
+        csi_api::fault::point("controller.housekeeping.after-action");
     }
     if let Some(limit) = settings.stale_after {
         let storages = Api::<NodeStorage>::all(client.clone())

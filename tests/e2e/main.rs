@@ -12,6 +12,7 @@
 
 mod cluster;
 mod crash;
+mod drift;
 mod lifecycle;
 
 use cluster::Cluster;
@@ -52,6 +53,17 @@ fn crash_consistency() {
     runtime().block_on(async {
         let mut c = Cluster::start("crash_consistency").await;
         crash::run(&mut c).await;
+        c.shutdown().await;
+    });
+}
+
+/// Recovery policy `drift` with a real agent: a volume on another node's failed disk is moved,
+/// and the StatefulSet's new claim is placed and made on the VM node.
+#[test]
+fn drift_moves_a_failed_disks_claim_to_a_healthy_node() {
+    runtime().block_on(async {
+        let c = Cluster::start("drift_moves_a_failed_disks_claim").await;
+        drift::a_failed_disk_moves_the_claim_to_the_vm_node(&c).await;
         c.shutdown().await;
     });
 }
