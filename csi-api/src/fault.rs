@@ -30,12 +30,35 @@ pub fn armed() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Aborts the process if `STRATA_FAULT_POINT` is `name`; does nothing otherwise.
+/// The prefix of a value that stops (SIGSTOP) instead of aborting: `stop:<point>`.
+pub const STOP_PREFIX: &str = "stop:";
+
+/// A `stop:` point stops the process once; after SIGCONT it runs on through the same point.
+#[cfg(feature = "fault-injection")]
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Aborts the process if `STRATA_FAULT_POINT` is `name`; stops it (SIGSTOP, as a paused VM or a
+/// frozen container would be) the first time it is reached if the variable is `stop:name`, so
+/// that a test can let the rest of the system move on and then continue it with SIGCONT; does
+/// nothing otherwise.
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &str) {
-    if armed() == Some(name) {
-        eprintln!("{ENV}={name}: fault point reached, aborting");
-        std::process::abort();
+    match armed() {
+        Some(armed) if armed == name => {
+            eprintln!("{ENV}={name}: fault point reached, aborting");
+            std::process::abort();
+        }
+        Some(armed)
+            if armed.strip_prefix(STOP_PREFIX) == Some(name)
+                && !STOPPED.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+        {
+            eprintln!("{ENV}={armed}: fault point reached, stopping until SIGCONT");
+            if let Err(e) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP) {
+                eprintln!("{ENV}={armed}: cannot stop: {e}; aborting");
+                std::process::abort();
+            }
+        }
+        _ => {}
     }
 }
 
@@ -82,5 +105,31 @@ mod tests {
         }
         let missed = run("fault.test.elsewhere");
         assert!(missed.status.success(), "{missed:?}");
+    }
+
+    #[test]
+    fn a_stop_point_pauses_the_process_until_sigcont() {
+        use nix::sys::signal::{Signal, kill};
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        use nix::unistd::Pid;
+        if armed().is_some() {
+            return; // this is the child
+        }
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(&exe)
+            .args(["--exact", "fault::tests::child_hits_points", "--nocapture"])
+            .env(ENV, "stop:fault.test.armed")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();
+        assert!(
+            matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+            "{stopped:?}"
+        );
+        kill(pid, Signal::SIGCONT).unwrap();
+        assert!(child.wait().unwrap().success());
     }
 }

@@ -3,7 +3,9 @@
 //! period it lists LogicalVolumes, Strata PVs, Nodes and NodeStorages, runs the
 //! [`housekeeping`](crate::housekeeping) planner and applies its actions through kube, with
 //! Events that tell the operator what happened and what to do. When leadership is lost, the pass
-//! in progress is dropped at once (cancellation), before its next API call.
+//! in progress is dropped at once (cancellation), before its next API call; and every write of a
+//! pass is first confirmed by the [`Fence`], so that a replica paused past its lease (whose
+//! lease manager has not noticed yet) writes nothing.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::cluster::release_finalizer;
 use crate::housekeeping::{
     self, ANNOTATION_HELD, ANNOTATION_LOST, ANNOTATION_PV, Action, Policies, StrataPv,
 };
+use crate::lease::{Fence, FenceError};
 use crate::metrics::Metrics;
 
 /// What the loop needs besides the client.
@@ -41,6 +44,7 @@ pub struct Settings {
 pub async fn run(
     client: Client,
     mut leading: watch::Receiver<bool>,
+    mut fence: Fence,
     settings: Settings,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -80,11 +84,26 @@ pub async fn run(
                 }
             };
             let pass = async {
-                if let Err(e) = keep_books(&client, &recorder, &settings, &metrics).await {
-                    warn!(error = %e, "housekeeping pass failed; retrying next period");
-                }
-                if let Err(e) = drifter.pass().await {
-                    warn!(error = %e, "recovery-policy pass failed; retrying next period");
+                let books = keep_books(
+                    &client,
+                    &recorder,
+                    &settings,
+                    &metrics,
+                    &mut fence,
+                )
+                .await;
+                match books {
+                    Err(e @ FenceError::NotLeader { .. }) => {
+                        warn!(error = %e, "housekeeping pass stopped");
+                    }
+                    other => {
+                        if let Err(e) = other {
+                            warn!(error = %e, "housekeeping pass failed; retrying next period");
+                        }
+                        if let Err(e) = drifter.pass(&mut fence).await {
+                            warn!(error = %e, "recovery-policy pass failed; retrying next period");
+                        }
+                    }
                 }
                 tokio::time::sleep(settings.period).await;
             };
@@ -105,7 +124,8 @@ async fn keep_books(
     recorder: &Recorder,
     settings: &Settings,
     metrics: &Metrics,
-) -> Result<(), kube::Error> {
+    fence: &mut Fence,
+) -> Result<(), FenceError> {
     let volumes_api: Api<LogicalVolume> = Api::all(client.clone());
     let volumes = volumes_api.list(&ListParams::default()).await?.items;
     let pvs: Vec<StrataPv> = Api::<PersistentVolume>::all(client.clone())
@@ -133,9 +153,11 @@ async fn keep_books(
     metrics.orphans.set(plan.orphans as i64);
     metrics.lost.set(plan.lost as i64);
     for action in plan.actions {
+        fence.confirm().await?;
         if let Err(e) = apply(client, recorder, &volumes, &action).await {
             warn!(?action, error = %e, "housekeeping action failed");
         }
+        csi_api::fault::point("controller.housekeeping.after-action");
     }
     if let Some(limit) = settings.stale_after {
         let storages = Api::<NodeStorage>::all(client.clone())
@@ -144,6 +166,7 @@ async fn keep_books(
             .items;
         let stale = housekeeping::stale_nodes(&storages, now, limit);
         metrics.stale_nodes.set(stale.len() as i64);
+        fence.confirm().await?;
         for ns in &storages {
             let Some(node) = ns.metadata.name.as_deref() else {
                 continue;

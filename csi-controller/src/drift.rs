@@ -23,7 +23,8 @@ use k8s_openapi::jiff::Timestamp;
 pub use csi_api::names::RecoveryPolicy as Recovery;
 
 /// What failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// The volume has extents on a failing or missing disk (`DiskFailed` True).
     Disk,
@@ -61,7 +62,7 @@ pub struct Settings {
 }
 
 /// A pod that uses a claim.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodFacts {
     pub namespace: String,
     pub name: String,

@@ -15,8 +15,11 @@
 //!   lost-node path).
 //!
 //! A drift stays in flight until a new claim of the same name (another uid) is Bound, or until
-//! the timeout; the brakes count it meanwhile. The in-flight list lives in this process: a new
-//! leader starts with none (see docs/architecture.md).
+//! the timeout; the brakes count it meanwhile. The drifts in flight are kept in the cluster, as
+//! the annotation [`ANNOTATION_DRIFTS`] of the controller's Lease, written before the claim is
+//! deleted and read at the start of every pass, so that a new leader counts the drifts its
+//! predecessor started (and finishes them). Every write goes through the leader's
+//! [`Fence`](crate::lease::Fence).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -27,29 +30,49 @@ use k8s_openapi::api::core::v1::{
     Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::drift::{self, InFlight, PodFacts, Recovery, Trigger, Verdict, VolumeFacts};
 use crate::housekeeping;
+use crate::lease::{Fence, FenceError};
 use crate::metrics::Metrics;
 use crate::object_name::ANNOTATION_CSI_NAME;
 
-/// A drift under way.
-#[derive(Clone, Debug)]
+/// The annotation of the controller's Lease that holds the drifts in flight: a JSON object,
+/// volume name → record (StatefulSet, trigger, claim and pod with their uids, whether the pod
+/// was deleted, when the drift started).
+pub const ANNOTATION_DRIFTS: &str = "strata.io/drifts-in-flight";
+
+/// A drift under way, as recorded on the Lease.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Drifting {
     statefulset: String,
     trigger: Trigger,
     claim: PvcReference,
-    claim_ref: ObjectReference,
     pod: PodFacts,
-    pod_ref: ObjectReference,
     pod_deleted: bool,
-    started: Instant,
+    /// The leader's clock when it recorded the drift (before deleting the claim).
+    started: Time,
+}
+
+/// What stops a recovery pass.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftError {
+    #[error(transparent)]
+    Fence(#[from] FenceError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "the Lease annotation {ANNOTATION_DRIFTS} cannot be read ({0}); no drift starts until it is fixed or removed"
+    )]
+    Record(String),
 }
 
 /// The executor; keep one per process (its in-flight list is the brakes' memory).
@@ -60,6 +83,8 @@ pub struct Drifter {
     timeout: Duration,
     metrics: Metrics,
     in_flight: BTreeMap<String, Drifting>,
+    /// The record as last read from or written to the Lease.
+    recorded: Option<String>,
     /// Verdicts already told (Event + count), by volume: told again only when they change.
     told: HashMap<String, String>,
 }
@@ -85,6 +110,7 @@ impl Drifter {
             timeout,
             metrics,
             in_flight: BTreeMap::new(),
+            recorded: None,
             told: HashMap::new(),
         }
     }
@@ -100,25 +126,70 @@ impl Drifter {
             .collect()
     }
 
-    /// One pass: follow the drifts in flight, then decide and act. Returns the verdicts.
-    pub async fn pass(&mut self) -> Result<Vec<Verdict>, kube::Error> {
-        self.follow_up().await?;
+    /// One pass, as the leader that `fence` confirms: read the drifts in flight from the Lease,
+    /// follow them up, then decide and act. Returns the verdicts.
+    pub async fn pass(&mut self, fence: &mut Fence) -> Result<Vec<Verdict>, DriftError> {
+        self.load(fence).await?;
+        self.follow_up(fence).await?;
         let facts = self.gather().await?;
         let verdicts = drift::decide(&facts, &self.in_flight(), Timestamp::now(), &self.settings);
         let current: HashSet<&str> = verdicts.iter().map(volume_of).collect();
         self.told
             .retain(|volume, _| current.contains(volume.as_str()));
         for verdict in &verdicts {
-            if let Err(e) = self.apply(verdict).await {
-                let (volume, trigger) = (volume_of(verdict), trigger_of(verdict));
-                warn!(%volume, %trigger, error = %e, "drift step failed; retried next pass");
-                self.metrics.drift(trigger.label(), "failed");
+            match self.apply(verdict, fence).await {
+                Ok(()) => {}
+                Err(DriftError::Kube(e)) => {
+                    let (volume, trigger) = (volume_of(verdict), trigger_of(verdict));
+                    warn!(%volume, %trigger, error = %e, "drift step failed; retried next pass");
+                    self.metrics.drift(trigger.label(), "failed");
+                }
+                Err(e) => return Err(e),
             }
         }
         self.metrics
             .drifts_in_flight
             .set(self.in_flight.len() as i64);
         Ok(verdicts)
+    }
+
+    /// Reads the drifts in flight from the Lease (the record of whoever led before).
+    async fn load(&mut self, fence: &Fence) -> Result<(), DriftError> {
+        let text = fence.annotation(ANNOTATION_DRIFTS).await?;
+        let parsed: BTreeMap<String, Drifting> = match &text {
+            Some(t) => serde_json::from_str(t).map_err(|e| DriftError::Record(e.to_string()))?,
+            None => BTreeMap::new(),
+        };
+        if parsed != self.in_flight {
+            info!(
+                in_flight = parsed.len(),
+                "drifts in flight read from the Lease"
+            );
+        }
+        self.in_flight = parsed;
+        self.recorded = text;
+        self.metrics
+            .drifts_in_flight
+            .set(self.in_flight.len() as i64);
+        Ok(())
+    }
+
+    /// Writes the drifts in flight to the Lease if they changed (as the leader only).
+    async fn save(&mut self, fence: &mut Fence) -> Result<(), DriftError> {
+        let text = (!self.in_flight.is_empty())
+            .then(|| serde_json::to_string(&self.in_flight))
+            .transpose()
+            .map_err(|e| DriftError::Record(e.to_string()))?;
+        if text != self.recorded {
+            fence
+                .set_annotation(ANNOTATION_DRIFTS, text.as_deref())
+                .await?;
+            self.recorded = text;
+        }
+        self.metrics
+            .drifts_in_flight
+            .set(self.in_flight.len() as i64);
+        Ok(())
     }
 
     async fn gather(&self) -> Result<Vec<VolumeFacts>, kube::Error> {
@@ -322,7 +393,7 @@ impl Drifter {
         }
     }
 
-    async fn apply(&mut self, verdict: &Verdict) -> Result<(), kube::Error> {
+    async fn apply(&mut self, verdict: &Verdict, fence: &mut Fence) -> Result<(), DriftError> {
         match verdict {
             Verdict::Report { volume, trigger } => {
                 let (param, flag) = param_and_flag(*trigger);
@@ -387,13 +458,14 @@ impl Drifter {
                 pod,
                 statefulset,
             } => {
-                self.start(volume, *trigger, claim, pv, pod, statefulset)
+                self.start(volume, *trigger, claim, pv, pod, statefulset, fence)
                     .await?;
             }
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         &mut self,
         volume: &str,
@@ -402,7 +474,8 @@ impl Drifter {
         pv: &str,
         pod: &PodFacts,
         statefulset: &str,
-    ) -> Result<(), kube::Error> {
+        fence: &mut Fence,
+    ) -> Result<(), DriftError> {
         let claims: Api<PersistentVolumeClaim> =
             Api::namespaced(self.client.clone(), &claim.namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
@@ -433,6 +506,20 @@ impl Drifter {
             );
             return Ok(());
         }
+        // Recorded before anything is deleted: a new leader counts it even if this replica
+        // stops right after the deletion.
+        self.in_flight.insert(
+            volume.to_owned(),
+            Drifting {
+                statefulset: statefulset.to_owned(),
+                trigger,
+                claim: claim.clone(),
+                pod: pod.clone(),
+                pod_deleted: false,
+                started: Time(Timestamp::now()),
+            },
+        );
+        self.save(fence).await?;
         let claim_ref = current.object_ref(&());
         let pod_ref = current_pod
             .as_ref()
@@ -459,14 +546,21 @@ impl Drifter {
             }),
             ..Default::default()
         };
+        fence.confirm().await?;
         match claims.delete(&claim.name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
                 let why = format!("the claim changed under the drift (uid precondition): {e}");
                 self.changed(volume, trigger, "claim_changed", &why);
+                self.in_flight.remove(volume);
+                self.save(fence).await?;
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.in_flight.remove(volume);
+                self.save(fence).await?;
+                return Err(e.into());
+            }
         }
         info!(%volume, claim = %claim.name, uid = %claim_uid, %statefulset, "drift: claim deleted");
         self.publish(
@@ -481,20 +575,7 @@ impl Drifter {
         .await;
         self.metrics.drift(trigger.label(), "started");
         self.told.remove(volume);
-        self.in_flight.insert(
-            volume.to_owned(),
-            Drifting {
-                statefulset: statefulset.to_owned(),
-                trigger,
-                claim: claim.clone(),
-                claim_ref,
-                pod: pod.clone(),
-                pod_ref,
-                pod_deleted: false,
-                started: Instant::now(),
-            },
-        );
-        self.delete_pod(volume).await
+        self.delete_pod(volume, fence).await
     }
 
     /// A drift not started because the claim or the pod changed: logged and counted once until
@@ -510,10 +591,11 @@ impl Drifter {
     }
 
     /// Deletes the pod of a drift in flight (uid precondition); retried next pass on failure.
-    async fn delete_pod(&mut self, volume: &str) -> Result<(), kube::Error> {
+    async fn delete_pod(&mut self, volume: &str, fence: &mut Fence) -> Result<(), DriftError> {
         let Some(d) = self.in_flight.get(volume).cloned() else {
             return Ok(());
         };
+        fence.confirm().await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &d.pod.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -540,14 +622,15 @@ impl Drifter {
                 "pod {} (uid {}) was already gone or replaced",
                 d.pod.name, d.pod.uid
             ),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         info!(%volume, pod = %d.pod.name, "drift: {note}");
         if let Some(entry) = self.in_flight.get_mut(volume) {
             entry.pod_deleted = true;
         }
+        self.save(fence).await?;
         self.publish(
-            &[d.pod_ref.clone(), d.claim_ref.clone()],
+            &[pod_ref(&d.pod), claim_ref(&d.claim)],
             EventType::Normal,
             "DriftPodDeleted",
             note,
@@ -557,21 +640,38 @@ impl Drifter {
     }
 
     /// Retries pod deletions, completes drifts whose new claim is Bound, times out the rest.
-    async fn follow_up(&mut self) -> Result<(), kube::Error> {
+    async fn follow_up(&mut self, fence: &mut Fence) -> Result<(), DriftError> {
         let volumes: Vec<String> = self.in_flight.keys().cloned().collect();
         for volume in volumes {
             let Some(d) = self.in_flight.get(&volume).cloned() else {
                 continue;
             };
-            if !d.pod_deleted
-                && let Err(e) = self.delete_pod(&volume).await
-            {
-                warn!(%volume, error = %e, "drift: pod deletion failed; retried next pass");
-                self.metrics.drift(d.trigger.label(), "failed");
-            }
             let claims: Api<PersistentVolumeClaim> =
                 Api::namespaced(self.client.clone(), &d.claim.namespace);
-            let new = claims.get_opt(&d.claim.name).await?.filter(|c| {
+            let claim_now = claims.get_opt(&d.claim.name).await?;
+            if !d.pod_deleted {
+                let untouched = claim_now.as_ref().is_some_and(|c| {
+                    c.metadata.uid.as_deref() == Some(d.claim.uid.as_str())
+                        && c.metadata.deletion_timestamp.is_none()
+                });
+                if untouched {
+                    // Recorded, but the leader stopped before deleting the claim: not started.
+                    // The next decision starts it again, with every check made afresh.
+                    info!(%volume, "drift recorded but its claim was never deleted: dropped");
+                    self.in_flight.remove(&volume);
+                    self.save(fence).await?;
+                    continue;
+                }
+                match self.delete_pod(&volume, fence).await {
+                    Ok(()) => {}
+                    Err(DriftError::Kube(e)) => {
+                        warn!(%volume, error = %e, "drift: pod deletion failed; retried next pass");
+                        self.metrics.drift(d.trigger.label(), "failed");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let new = claim_now.filter(|c| {
                 c.metadata.uid.as_deref() != Some(d.claim.uid.as_str())
                     && c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
             });
@@ -584,6 +684,7 @@ impl Drifter {
                 info!(%volume, claim = %d.claim.name, %bound, "drift completed");
                 self.metrics.drift(d.trigger.label(), "completed");
                 self.in_flight.remove(&volume);
+                self.save(fence).await?;
                 self.publish(
                     &[new.object_ref(&())],
                     EventType::Normal,
@@ -594,12 +695,16 @@ impl Drifter {
                     ),
                 )
                 .await;
-            } else if d.started.elapsed() >= self.timeout {
+            } else if Duration::try_from(Timestamp::now().duration_since(d.started.0))
+                .unwrap_or_default()
+                >= self.timeout
+            {
                 warn!(%volume, "drift timed out");
                 self.metrics.drift(d.trigger.label(), "timed_out");
                 self.in_flight.remove(&volume);
+                self.save(fence).await?;
                 self.publish(
-                    &[d.claim_ref.clone(), d.pod_ref.clone()],
+                    &[claim_ref(&d.claim), pod_ref(&d.pod)],
                     EventType::Warning,
                     "DriftTimedOut",
                     format!(
@@ -698,6 +803,17 @@ fn pod_facts(pod: &Pod) -> PodFacts {
         name: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         statefulset,
+    }
+}
+
+fn pod_ref(pod: &PodFacts) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(pod.namespace.clone()),
+        name: Some(pod.name.clone()),
+        uid: (!pod.uid.is_empty()).then(|| pod.uid.clone()),
+        ..Default::default()
     }
 }
 

@@ -117,10 +117,16 @@ async fn main() -> Result<()> {
     let election = csi_controller::lease::elect(
         client.clone(),
         &cli.lease_namespace,
-        "strata-csi-controller",
+        csi_controller::lease::LEASE_NAME,
         &identity,
     )
     .await?;
+    let fence = csi_controller::lease::Fence::new(
+        client.clone(),
+        &cli.lease_namespace,
+        csi_controller::lease::LEASE_NAME,
+        &identity,
+    );
     let policies = Policies {
         orphan: cli.orphan_policy,
         orphan_grace: cli.orphan_grace,
@@ -129,6 +135,7 @@ async fn main() -> Result<()> {
     let background = tokio::spawn(csi_controller::background::run(
         client.clone(),
         election.leading,
+        fence,
         csi_controller::background::Settings {
             policies,
             period: cli.housekeeping_period,

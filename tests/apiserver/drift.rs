@@ -17,6 +17,19 @@ use strata_tests::apiserver::FakeApiServer;
 
 use super::server;
 
+/// A Lease held by this test for an hour, and the fence on it (the executor writes only as the
+/// leader, and keeps its drifts in flight on the Lease).
+fn held_lease(srv: &FakeApiServer, client: &kube::Client) -> csi_controller::lease::Fence {
+    srv.seed(&json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "strata", "namespace": "default"},
+        "spec": {"holderIdentity": "test", "leaseDurationSeconds": 3600,
+                 "renewTime": k8s_openapi::jiff::Timestamp::now().to_string()},
+    }))
+    .expect("seed Lease");
+    csi_controller::lease::Fence::new(client.clone(), "default", "strata", "test")
+}
+
 /// Seeds claim, pod (owned by `owner`: a StatefulSet name or none), PV and LogicalVolume on a
 /// failed disk; the LogicalVolume records `recorded_uid` or, when `None`, the claim's uid.
 fn seed_volume(
@@ -74,6 +87,7 @@ fn seed_volume(
 #[tokio::test]
 async fn a_disk_failure_drifts_exactly_the_statefulset_claim_and_pod() {
     let (srv, client) = server().await;
+    let mut fence = held_lease(&srv, &client);
     srv.seed(&json!({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
         "status": {"conditions": [{"type": "Ready", "status": "True",
@@ -108,7 +122,7 @@ async fn a_disk_failure_drifts_exactly_the_statefulset_claim_and_pod() {
         Duration::from_secs(1800),
         metrics.clone(),
     );
-    let verdicts = drifter.pass().await.expect("pass");
+    let verdicts = drifter.pass(&mut fence).await.expect("pass");
     assert!(
         matches!(&verdicts[..], [
             Verdict::Refuse { volume: b, .. },
@@ -182,7 +196,7 @@ async fn a_disk_failure_drifts_exactly_the_statefulset_claim_and_pod() {
 
     // A second pass: nothing new is deleted, the refusal is not told again, and once the
     // StatefulSet's new claim is Bound the drift completes.
-    drifter.pass().await.expect("second pass");
+    drifter.pass(&mut fence).await.expect("second pass");
     let deletes_after = srv
         .requests()
         .into_iter()
@@ -197,7 +211,7 @@ async fn a_disk_failure_drifts_exactly_the_statefulset_claim_and_pod() {
         "status": {"phase": "Bound"},
     }))
     .unwrap();
-    drifter.pass().await.expect("third pass");
+    drifter.pass(&mut fence).await.expect("third pass");
     assert!(drifter.in_flight().is_empty());
     let text = metrics.encode();
     assert!(
@@ -213,6 +227,7 @@ async fn a_disk_failure_drifts_exactly_the_statefulset_claim_and_pod() {
 #[tokio::test]
 async fn a_node_not_ready_past_the_grace_drifts_and_one_within_it_does_not() {
     let (srv, client) = server().await;
+    let mut fence = held_lease(&srv, &client);
     let down_since = |secs: i64| {
         let t = k8s_openapi::jiff::Timestamp::now()
             .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
@@ -254,7 +269,7 @@ async fn a_node_not_ready_past_the_grace_drifts_and_one_within_it_does_not() {
         Duration::from_secs(1800),
         Metrics::new(),
     );
-    assert!(patient.pass().await.unwrap().is_empty());
+    assert!(patient.pass(&mut fence).await.unwrap().is_empty());
     assert!(!srv.requests().iter().any(|r| r.starts_with("DELETE")));
     // Grace 5 min: the claim, then the pod.
     let mut drifter = Drifter::new(
@@ -263,7 +278,7 @@ async fn a_node_not_ready_past_the_grace_drifts_and_one_within_it_does_not() {
         Duration::from_secs(1800),
         Metrics::new(),
     );
-    let verdicts = drifter.pass().await.unwrap();
+    let verdicts = drifter.pass(&mut fence).await.unwrap();
     assert!(
         matches!(
             &verdicts[..],

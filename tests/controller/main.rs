@@ -3,6 +3,12 @@
 //! protection finalizer released alone.
 //!
 //!     cargo nextest run -p strata-tests --test controller
+//!
+//! `leadership` and `drift` run the real csi-controller (and csi-scheduler) binaries against
+//! the fake API server (built first unless `STRATA_E2E_SKIP_BUILD=1`).
+
+mod drift;
+mod leadership;
 
 use std::time::Duration;
 

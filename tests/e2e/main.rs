@@ -13,6 +13,7 @@
 mod cluster;
 mod crash;
 mod deletion;
+mod drift;
 mod lifecycle;
 
 use cluster::Cluster;
@@ -68,6 +69,17 @@ fn deletion_end_to_end() {
         eprintln!("e2e [{}]: NodeStorage published", c.at());
         deletion::held_while_in_use_fs_and_block(&c).await;
         deletion::uninstall_keeps_every_byte_and_reinstall_finds_the_volumes(&mut c).await;
+        c.shutdown().await;
+    });
+}
+
+/// Recovery policy `drift` with a real agent: a volume on another node's failed disk is moved,
+/// and the StatefulSet's new claim is placed and made on the VM node.
+#[test]
+fn drift_moves_a_failed_disks_claim_to_a_healthy_node() {
+    runtime().block_on(async {
+        let c = Cluster::start("drift_moves_a_failed_disks_claim").await;
+        drift::a_failed_disk_moves_the_claim_to_the_vm_node(&c).await;
         c.shutdown().await;
     });
 }

@@ -211,10 +211,9 @@ impl ControllerService {
         let info = self.class(class).await?.ok_or_else(|| {
             Error::ResourceExhausted(format!("node {} has no {class} device class", self.node))
         })?;
-        if !info.healthy() {
+        if let Some(why) = info.degraded_because() {
             return Err(Error::ResourceExhausted(format!(
-                "{class} device class is degraded ({} missing disk(s)); it takes no new volumes",
-                info.missing_pvs
+                "{class} device class is degraded ({why}); it takes no new volumes until the disk is replaced (csi-agent replace-disk)"
             )));
         }
         let bytes = validate::capacity(range, min_bytes, info.extent_bytes)?;

@@ -25,6 +25,7 @@ use csi_api::names::DeviceClass;
 
 use super::error::{Error, Result};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
+use crate::claim::Recorded;
 use crate::health::{self, Board, DiskProblem};
 use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg, is_wiping};
 use crate::wiper::{Marked, WipeConfig, Wiper};
@@ -127,6 +128,29 @@ impl<R: LvmRunner> LvmVolumes<R> {
             }
         }
         out
+    }
+
+    /// The failing disks (`slot: evidence`) of each VG, by the slot tag of its PVs: one `pvs`,
+    /// only when some disk is failing.
+    async fn failing_by_vg(
+        &self,
+        failing: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if failing.is_empty() {
+            return Ok(out);
+        }
+        for pv in self.lvm.strata_pvs().await? {
+            let (Some(vg), Some(slot)) = (pv.vg, Recorded::from_tags(&pv.tags).slot) else {
+                continue;
+            };
+            if let Some(evidence) = failing.get(&slot) {
+                out.entry(vg)
+                    .or_default()
+                    .push(format!("{slot}: {evidence}"));
+            }
+        }
+        Ok(out)
     }
 
     /// The same volumes, wiped on removal by `wiper` (its policies and metrics).
@@ -330,6 +354,10 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn cached_class(&self, class: DeviceClass) -> Option<ClassInfo> {
+        if !self.health.failing().is_empty() {
+            // Which class a failing disk belongs to is read afresh (`classes`).
+            return None;
+        }
         let cache = self.classes.lock().unwrap_or_else(|p| p.into_inner());
         let (classes, at) = cache.as_ref()?;
         let reserved = self.reserved.get(&class).copied().unwrap_or(0);
@@ -366,15 +394,17 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
     }
 
     async fn classes(&self) -> Result<Vec<ClassInfo>> {
-        {
+        let failing = self.health.failing();
+        if failing.is_empty() {
             let cache = self.classes.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = cache
-                .as_ref()
-                .filter(|(_, at)| at.elapsed() < CLASS_CACHE_TTL);
+            let fresh = cache.as_ref().filter(|(classes, at)| {
+                at.elapsed() < CLASS_CACHE_TTL && classes.iter().all(|c| c.failing_disks.is_empty())
+            });
             if let Some((classes, _)) = fresh {
                 return Ok(classes.clone());
             }
         }
+        let failing_by_vg = self.failing_by_vg(&failing).await?;
         let classes: Vec<ClassInfo> = self
             .class_vgs()
             .await?
@@ -388,6 +418,7 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
                     allocatable_bytes: vg.free_bytes.saturating_sub(reserved),
                     extent_bytes: vg.extent_size,
                     missing_pvs: u32::try_from(vg.missing_pv_count).unwrap_or(u32::MAX),
+                    failing_disks: failing_by_vg.get(&vg.name).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -812,6 +843,11 @@ mod tests {
                     ),
                     seg("/dev/sdc", "slot-b", false, "pvc-b"),
                 )),
+                "pvs" => Reply::ok(format!(
+                    r#"{{"report":[{{"pv":[{{"pv_name":"{}","pv_uuid":"uuid-slot-a","vg_name":"strata-ssd","pv_size":"{GIB}","pv_free":"0","pv_tags":"{OWNER_TAG},strata.io/slot=slot-a","pv_missing":"{}","vg_tags":"{OWNER_TAG}"}},{{"pv_name":"/dev/sdc","pv_uuid":"uuid-slot-b","vg_name":"strata-ssd","pv_size":"{GIB}","pv_free":"0","pv_tags":"{OWNER_TAG},strata.io/slot=slot-b","pv_missing":"","vg_tags":"{OWNER_TAG}"}}]}}]}}"#,
+                    if missing > 0 { "[unknown]" } else { "/dev/sdb" },
+                    if missing > 0 { "missing" } else { "" },
+                )),
                 other => Reply::fail(5, format!("unexpected {other}")),
             }
         })
@@ -903,5 +939,49 @@ mod tests {
         // Once the stale record goes (the disks are gone for good), the delete completes.
         std::fs::remove_file(backups.path().join("strata-nvme")).unwrap();
         volumes.remove("pvc-gone").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_class_with_a_failing_disk_names_it_and_takes_no_new_volume() {
+        let opts = LvmOptions {
+            activate: false,
+            ..LvmOptions::default()
+        };
+        let lvm = Lvm::new(degraded_lvm(0), opts);
+        let board = Board::default();
+        let volumes =
+            Arc::new(LvmVolumes::new(lvm.clone(), BTreeMap::new()).with_health(board.clone()));
+        // Healthy: the class report carries no failing disk and `pvs` is not read.
+        let classes = volumes.classes().await.unwrap();
+        assert!(classes[0].healthy(), "{classes:?}");
+        assert!(lvm.runner().calls_of("pvs").is_empty());
+
+        board.mark("slot-b", "NVMe critical warning: media in read-only mode");
+        // The cached report no longer admits; a fresh one maps the slot to its class.
+        assert!(volumes.cached_class(DeviceClass::Ssd).await.is_none());
+        let classes = volumes.classes().await.unwrap();
+        assert_eq!(
+            classes[0].failing_disks,
+            ["slot-b: NVMe critical warning: media in read-only mode"]
+        );
+        assert!(!classes[0].healthy());
+
+        let svc = ControllerService::new("n1", volumes.clone(), VolumeLocks::new());
+        let mut req = mount_request("pvc-new", GIB as i64);
+        req.parameters
+            .insert("strata.io/device-class".into(), "ssd".into());
+        let err = svc.create(req).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("failing disk slot-b")),
+            "{err:?}"
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert!(
+            lvm.runner().calls_of("lvcreate").is_empty(),
+            "nothing created"
+        );
     }
 }

@@ -35,11 +35,29 @@ pub struct ClassInfo {
     pub extent_bytes: u64,
     /// PVs of the VG that are missing; a degraded class takes no new volumes.
     pub missing_pvs: u32,
+    /// Present disks of the VG that the health check found failing, as `slot: evidence`; a
+    /// class with one takes no new volumes either.
+    pub failing_disks: Vec<String>,
 }
 
 impl ClassInfo {
     pub fn healthy(&self) -> bool {
-        self.missing_pvs == 0
+        self.missing_pvs == 0 && self.failing_disks.is_empty()
+    }
+
+    /// Why the class takes no new volumes (`None` when healthy), naming the disks.
+    pub fn degraded_because(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if self.missing_pvs > 0 {
+            why.push(format!("{} missing disk(s)", self.missing_pvs));
+        }
+        if !self.failing_disks.is_empty() {
+            why.push(format!(
+                "failing disk {}",
+                self.failing_disks.join("; failing disk ")
+            ));
+        }
+        (!why.is_empty()).then(|| why.join(", "))
     }
 }
 
@@ -126,6 +144,7 @@ pub mod memory {
                     allocatable_bytes: total,
                     extent_bytes: 4 << 20,
                     missing_pvs,
+                    failing_disks: Vec::new(),
                 },
             );
             self
