@@ -84,14 +84,7 @@ pub async fn run(
                 }
             };
             let pass = async {
-                let books = keep_books(
-                    &client,
-                    &recorder,
-                    &settings,
-                    &metrics,
-                    &mut fence,
-                )
-                .await;
+                let books = keep_books(&client, &recorder, &settings, &metrics, &mut fence).await;
                 match books {
                     Err(e @ FenceError::NotLeader { .. }) => {
                         warn!(error = %e, "housekeeping pass stopped");
