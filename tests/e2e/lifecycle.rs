@@ -126,7 +126,7 @@ fn pod(name: &str, claim: &str) -> Value {
     })
 }
 
-async fn claim(c: &Cluster, name: &str, size: &str) -> PersistentVolumeClaim {
+pub async fn claim(c: &Cluster, name: &str, size: &str) -> PersistentVolumeClaim {
     let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "e2e"},
         "spec": {

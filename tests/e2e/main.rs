@@ -14,6 +14,7 @@ mod cluster;
 mod crash;
 mod deletion;
 mod drift;
+mod freshness;
 mod lifecycle;
 
 use cluster::Cluster;
@@ -26,7 +27,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// NodeStorage, scheduler, a volume's life, 20 concurrent creates, orphans.
+/// NodeStorage, scheduler, a volume's life, capacity freshness, 20 concurrent creates, orphans.
 #[test]
 fn kubernetes_mode_end_to_end() {
     runtime().block_on(async {
@@ -40,6 +41,8 @@ fn kubernetes_mode_end_to_end() {
         eprintln!("e2e [{}]: scheduler extender checked", c.at());
         lifecycle::volume_lifecycle(&c, &status).await;
         eprintln!("e2e [{}]: volume lifecycle checked", c.at());
+        freshness::capacity_freshness(&c).await;
+        eprintln!("e2e [{}]: capacity freshness measured", c.at());
         lifecycle::concurrent_creates_never_overcommit(&c).await;
         eprintln!("e2e [{}]: concurrent creates checked", c.at());
         lifecycle::orphans_are_reported_then_deleted(&mut c).await;
