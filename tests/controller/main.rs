@@ -3,6 +3,10 @@
 //! protection finalizer released alone.
 //!
 //!     cargo nextest run -p strata-tests --test controller
+//!
+//! [`admission`]: the gRPC service with its watched caches (issue 14).
+
+mod admission;
 
 use std::time::Duration;
 
