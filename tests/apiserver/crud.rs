@@ -323,6 +323,11 @@ async fn namespaced_leases_and_injected_faults() {
         .iter()
         .filter(|l| l.starts_with("GET /apis/coordination.k8s.io/v1/namespaces/strata-system/"));
     assert_eq!(gets.count(), 6, "{log:?}");
+    // the answers carry their codes: two 500s, two 503s, and the rest 200
+    assert_eq!(srv.count_answers(Some("GET"), 500), 2);
+    assert_eq!(srv.count_answers(Some("GET"), 503), 2);
+    assert_eq!(srv.count_answers(Some("PUT"), 503), 0);
+    assert_eq!(srv.answers().len(), log.len());
 }
 
 #[tokio::test]

@@ -4,9 +4,11 @@
 //!
 //!     cargo nextest run -p strata-tests --test controller
 //!
-//! `leadership` and `drift` run the real csi-controller (and csi-scheduler) binaries against
-//! the fake API server (built first unless `STRATA_E2E_SKIP_BUILD=1`).
+//! `leadership`, `drift` and `stale` run the real csi-controller (and csi-scheduler) binaries
+//! against the fake API server (built first unless `STRATA_E2E_SKIP_BUILD=1`); [`admission`]
+//! drives the gRPC service with its watched caches in process.
 
+mod admission;
 mod drift;
 mod leadership;
 

@@ -70,7 +70,6 @@ pub(super) async fn controller_and_node_capabilities(
         .collect();
     for want in [
         CtrlRpc::CreateDeleteVolume,
-        CtrlRpc::ListVolumes,
         CtrlRpc::GetCapacity,
         CtrlRpc::ExpandVolume,
     ] {
@@ -78,6 +77,23 @@ pub(super) async fn controller_and_node_capabilities(
             rpcs.contains(&(want as i32)),
             "controller capability {want:?} missing"
         );
+    }
+    // ListVolumes: the standalone agent offers it; Kubernetes mode does not (the volumes are
+    // LogicalVolume objects) and then MUST NOT advertise it and answers UNIMPLEMENTED.
+    let lists = rpcs.contains(&(CtrlRpc::ListVolumes as i32));
+    if ctx.kube.is_some() {
+        ensure!(!lists, "LIST_VOLUMES advertised in Kubernetes mode");
+        code(
+            "ListVolumes in Kubernetes mode",
+            ctx.csi
+                .controller
+                .clone()
+                .list_volumes(csi::ListVolumesRequest::default())
+                .await,
+            Code::Unimplemented,
+        )?;
+    } else {
+        ensure!(lists, "controller capability ListVolumes missing");
     }
     ensure!(
         !rpcs.contains(&(CtrlRpc::PublishUnpublishVolume as i32)),

@@ -1,14 +1,18 @@
 //! The cases, in the order they run (each cleans up what it made; state checks are on `lvs` and
 //! mountinfo). Sizes are small (the lab has 16 GiB of NVMe, 4 GiB SSD, 16 GiB HDD). One file per
 //! service: [`identity`] (plugin info and capabilities), [`controller`] (volumes and capacity),
-//! [`node`] (stage, publish, stats, expansion, the agent's restarts); the helpers live here.
+//! [`node`] (stage, publish, stats, expansion, the agent's restarts), [`kubernetes`] (what only
+//! Kubernetes mode has: admission against NodeStorage, the reserve, the API server's answers);
+//! the helpers live here. Each case is marked with the modes it applies to.
 
 mod controller;
 mod identity;
+mod kubernetes;
 mod node;
 
 use controller::*;
 use identity::*;
+use kubernetes::*;
 use node::*;
 
 use std::collections::HashMap;
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use csi_api::crd::LogicalVolume;
 use csi_api::csi::controller_service_capability::rpc::Type as CtrlRpc;
 use csi_api::csi::node_service_capability::rpc::Type as NodeRpc;
 use csi_api::csi::plugin_capability::service::Type as ServiceType;
@@ -31,46 +36,51 @@ use strata_tests::csi_client::{
 use tonic::Code;
 
 use super::check::{self, code, ok};
-use super::{CaseFn, Ctx};
+use super::{CaseFn, Ctx, Modes};
 
 const MI: i64 = 1 << 20;
 const GI: i64 = 1 << 30;
 
 macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        pub const ALL: &[(&str, CaseFn)] = &[
-            $((stringify!($name), |ctx, agent| Box::pin($name(ctx, agent))),)*
+    ($($modes:ident $name:ident),* $(,)?) => {
+        pub const ALL: &[(&str, Modes, CaseFn)] = &[
+            $((stringify!($name), Modes::$modes, |ctx, agent| Box::pin($name(ctx, agent))),)*
         ];
     };
 }
 
+// Both = standalone and Kubernetes mode; Standalone / Kubernetes = that mode only.
 cases!(
-    identity_info_capabilities_probe,
-    controller_and_node_capabilities,
-    node_info_has_node_topology,
-    create_each_class_idempotent_and_tagged,
-    create_conflicting_repeat_is_already_exists,
-    create_bad_input_changes_nothing,
-    ids_with_url_characters_are_refused,
-    create_beyond_capacity_or_topology,
-    delete_is_idempotent,
-    validate_volume_capabilities,
-    list_volumes_paging,
-    get_capacity_per_class,
-    concurrent_calls_for_one_volume,
-    mount_lifecycle_xfs,
-    mount_lifecycle_ext4_with_flags,
-    block_lifecycle,
-    never_reformats,
-    expansion_keeps_data_xfs,
-    expansion_keeps_data_ext4,
-    node_bad_input,
-    node_error_order,
-    small_xfs_volume_is_raised_and_mountable,
-    stats_condition_when_mount_is_lost,
-    unpublish_refuses_foreign_mounts,
-    restart_keeps_volumes,
-    shutdown_finishes_in_flight_calls,
+    Both identity_info_capabilities_probe,
+    Both controller_and_node_capabilities,
+    Both node_info_has_node_topology,
+    Both create_each_class_idempotent_and_tagged,
+    Both create_conflicting_repeat_is_already_exists,
+    Both create_bad_input_changes_nothing,
+    Both ids_with_url_characters_are_refused,
+    Both create_beyond_capacity_or_topology,
+    Both delete_is_idempotent,
+    Both validate_volume_capabilities,
+    Standalone list_volumes_paging,
+    Both get_capacity_per_class,
+    Both concurrent_calls_for_one_volume,
+    Both mount_lifecycle_xfs,
+    Both mount_lifecycle_ext4_with_flags,
+    Both block_lifecycle,
+    Both never_reformats,
+    Both expansion_keeps_data_xfs,
+    Both expansion_keeps_data_ext4,
+    Both node_bad_input,
+    Both node_error_order,
+    Both small_xfs_volume_is_raised_and_mountable,
+    Both stats_condition_when_mount_is_lost,
+    Both unpublish_refuses_foreign_mounts,
+    Kubernetes odd_csi_names_become_valid_object_names,
+    Kubernetes deletion_answers_no_conflict,
+    Kubernetes admission_never_books_a_volume_twice,
+    Kubernetes reserve_holds_across_create_and_expand,
+    Standalone restart_keeps_volumes,
+    Standalone shutdown_finishes_in_flight_calls,
 );
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -119,10 +129,35 @@ async fn delete(ctx: &Ctx, id: &str) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Kubernetes mode: the agent releases its finalizer after the LV is gone
+    if let Some(kube) = &ctx.kube {
+        let api: kube::Api<LogicalVolume> = kube::Api::all(kube.client.clone());
+        while api.get_opt(id).await?.is_some() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(600),
+                "LogicalVolume {id} still there 600 s after DeleteVolume"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(())
 }
 
+/// The volumes the plugin knows: ListVolumes standalone, the LogicalVolume objects in
+/// Kubernetes mode (whose controller does not offer ListVolumes).
 async fn list_ids(ctx: &Ctx) -> Result<Vec<String>> {
+    if let Some(kube) = &ctx.kube {
+        let api: kube::Api<LogicalVolume> = kube::Api::all(kube.client.clone());
+        let mut names: Vec<String> = api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|lv| lv.metadata.name)
+            .collect();
+        names.sort();
+        return Ok(names);
+    }
     let resp = ok(
         "ListVolumes",
         ctx.csi

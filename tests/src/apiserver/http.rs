@@ -32,6 +32,9 @@ pub struct Shared {
     pub store: Arc<Mutex<Store>>,
     pub faults: Mutex<Faults>,
     pub requests: Mutex<Vec<String>>,
+    /// The same request lines with the HTTP status each was answered with (fault answers
+    /// included; a watch counts with the status its stream started with).
+    pub answers: Mutex<Vec<(String, u16)>>,
     /// Cancelled (and replaced) to end every open watch.
     pub watch_stop: Mutex<CancellationToken>,
     pub shutdown: CancellationToken,
@@ -59,6 +62,18 @@ impl Shared {
 
     pub fn requests(&self) -> Vec<String> {
         lock(&self.requests).clone()
+    }
+
+    pub fn answers(&self) -> Vec<(String, u16)> {
+        lock(&self.answers).clone()
+    }
+
+    fn answered(&self, line: String, code: StatusCode) {
+        let mut log = lock(&self.answers);
+        if log.len() >= REQUEST_LOG_CAP {
+            log.remove(0);
+        }
+        log.push((line, code.as_u16()));
     }
 
     pub fn drop_watches(&self) {
@@ -104,24 +119,28 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn log_and_faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if !path.starts_with("/_fake/") {
-        let line = match req.uri().query() {
-            Some(q) => format!("{} {path}?{q}", req.method()),
-            None => format!("{} {path}", req.method()),
-        };
-        {
-            let mut log = lock(&shared.requests);
-            if log.len() >= REQUEST_LOG_CAP {
-                log.remove(0);
-            }
-            log.push(line);
-        }
-        let query = req.uri().query().unwrap_or_default();
-        if let Some(err) = lock(&shared.faults).take(req.method().as_str(), &path, query) {
-            return err.into_response();
-        }
+    if path.starts_with("/_fake/") {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let line = match req.uri().query() {
+        Some(q) => format!("{} {path}?{q}", req.method()),
+        None => format!("{} {path}", req.method()),
+    };
+    {
+        let mut log = lock(&shared.requests);
+        if log.len() >= REQUEST_LOG_CAP {
+            log.remove(0);
+        }
+        log.push(line.clone());
+    }
+    let query = req.uri().query().unwrap_or_default();
+    let fault = lock(&shared.faults).take(req.method().as_str(), &path, query);
+    let response = match fault {
+        Some(err) => err.into_response(),
+        None => next.run(req).await,
+    };
+    shared.answered(line, response.status());
+    response
 }
 
 async fn add_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {

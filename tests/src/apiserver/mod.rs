@@ -112,6 +112,7 @@ impl Builder {
             store: Arc::new(Mutex::new(Store::new(self.registry, self.history))),
             faults: Mutex::default(),
             requests: Mutex::default(),
+            answers: Mutex::default(),
             watch_stop: Mutex::new(shutdown.child_token()),
             shutdown: shutdown.clone(),
             bookmark_interval: self.bookmark_interval,
@@ -226,6 +227,22 @@ impl FakeApiServer {
     /// Requests served so far, as `METHOD /path?query` lines (admin paths excluded).
     pub fn requests(&self) -> Vec<String> {
         self.shared.requests()
+    }
+
+    /// Requests served so far with the HTTP status of each answer, as
+    /// (`METHOD /path?query`, code) (admin paths excluded), e.g. to count the 409s of a flow.
+    pub fn answers(&self) -> Vec<(String, u16)> {
+        self.shared.answers()
+    }
+
+    /// How many requests (of `method`, or of any with `None`) were answered with `code`.
+    pub fn count_answers(&self, method: Option<&str>, code: u16) -> usize {
+        self.answers()
+            .iter()
+            .filter(|(line, c)| {
+                *c == code && method.is_none_or(|m| line.split(' ').next() == Some(m))
+            })
+            .count()
     }
 
     /// Stops accepting, ends watches, and waits for open connections to finish (at most 5 s).

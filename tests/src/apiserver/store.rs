@@ -263,6 +263,17 @@ impl Store {
                     .into(),
             ));
         }
+        if let Some(name) = obj["metadata"]["name"].as_str().filter(|n| !n.is_empty())
+            && !is_dns1123_subdomain(name)
+        {
+            return Err(ApiError::invalid(
+                rt,
+                name,
+                "metadata.name: Invalid value: a lowercase RFC 1123 subdomain must consist of \
+                 lower case alphanumeric characters, '-' or '.', and must start and end with an \
+                 alphanumeric character",
+            ));
+        }
         self.insert_new(
             rt,
             ns,
@@ -601,3 +612,18 @@ impl Store {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+/// What the API server requires of the name of a created object (most kinds, CRDs included):
+/// a DNS-1123 subdomain, at most 253 characters of `[a-z0-9.-]`, each dot-separated label starting
+/// and ending with a letter or digit. Seeded objects are not checked (test fixtures).
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}

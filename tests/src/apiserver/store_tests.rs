@@ -252,3 +252,25 @@ fn namespaced_objects_are_separate_per_namespace() {
     assert_eq!(all["items"].as_array().unwrap().len(), 2);
     assert_eq!(all["kind"], "LeaseList");
 }
+
+#[test]
+fn created_names_must_be_dns1123_subdomains_as_on_a_real_server() {
+    let mut s = store();
+    let rt = lv_type(&s);
+    for bad in [
+        "PVC-Upper",
+        "pvc_a",
+        "pvc-a?x",
+        "-pvc",
+        "pvc-",
+        "a..b",
+        &"a".repeat(254),
+    ] {
+        let err = s.create(&rt, "", lv(bad, "n1")).unwrap_err();
+        assert_eq!((err.code(), err.reason()), (422, "Invalid"), "{bad}");
+    }
+    assert_eq!(s.resource_version(), 0, "a refused create stored nothing");
+    for good in ["pvc-0a1b", "strata-0123abcd", "a.b-c", &"a".repeat(253)] {
+        s.create(&rt, "", lv(good, "n1")).unwrap();
+    }
+}

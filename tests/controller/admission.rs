@@ -1,0 +1,452 @@
+//! Admission through the real seams (issue 14): the controller's gRPC service with its watched
+//! caches (`KubeCluster`) over a unix socket, against the fake API server — a tenant's bogus
+//! `selected-node` claim does not block a node, calls without a deadline answer in bounded time,
+//! CSI names a Kubernetes object cannot carry become valid object names, and a create plus a
+//! delete draw no conflict from the API server. An agent stand-in marks new volumes Ready (and
+//! grown ones grown) unless a test runs without it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use csi_api::crd::{
+    ClassHealth, DeviceClassStatus, LogicalVolume, NodeStorage, NodeStorageSpec, NodeStorageStatus,
+};
+use csi_api::csi::controller_server::ControllerServer;
+use csi_api::csi::identity_server::IdentityServer;
+use csi_api::csi::{self, CapacityRange, Topology, TopologyRequirement};
+use csi_api::names::{self, DeviceClass, Placement};
+use csi_controller::cluster::KubeCluster;
+use csi_controller::grpc::Grpc;
+use csi_controller::metrics::Metrics;
+use csi_controller::service::{ControllerService, Settings};
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use strata_tests::apiserver::FakeApiServer;
+use strata_tests::csi_client::{Csi, block_cap, create_request};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+const GIB: u64 = 1 << 30;
+const NODE: &str = "n1";
+/// The sequence of the seeded NodeStorage; the stand-in agent's tickets are beyond it, so its
+/// volumes stay pending as a real agent's do until it republishes.
+const PUBLISHED: u64 = 100;
+
+struct Harness {
+    server: FakeApiServer,
+    client: Client,
+    csi: Csi,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn node_storage(ssd_bytes: u64) -> NodeStorage {
+    let mut ns = NodeStorage::new(NODE, NodeStorageSpec::default());
+    ns.status = Some(NodeStorageStatus {
+        device_classes: vec![DeviceClassStatus {
+            name: DeviceClass::Ssd,
+            vg_name: DeviceClass::Ssd.vg_name().into(),
+            total_bytes: ssd_bytes,
+            free_bytes: ssd_bytes,
+            allocatable_bytes: ssd_bytes,
+            pv_count: 1,
+            missing_pv_count: 0,
+            lv_count: 0,
+            health: ClassHealth::Healthy,
+        }],
+        capacity_sequence: Some(PUBLISHED),
+        ..Default::default()
+    });
+    ns
+}
+
+/// Seeds `objects` (before the controller's caches start, so their first list holds them),
+/// starts the controller service with `max_wait`, serves it on a unix socket, and (with
+/// `agent`) the stand-in agent.
+async fn start(objects: &[serde_json::Value], max_wait: Duration, agent: bool) -> Harness {
+    let server = FakeApiServer::start().await.expect("fake API server");
+    server.seed(&node_storage(10 * GIB)).unwrap();
+    server
+        .seed(&json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "strata-ssd"},
+            "provisioner": names::DRIVER_NAME,
+            "parameters": {(names::PARAM_DEVICE_CLASS): "ssd"},
+            "volumeBindingMode": "WaitForFirstConsumer"
+        }))
+        .unwrap();
+    for o in objects {
+        server.seed(o).unwrap();
+    }
+    let client = server.client().unwrap();
+    let stop = CancellationToken::new();
+    let cluster = KubeCluster::start(client.clone(), stop.clone())
+        .await
+        .expect("watched caches");
+    let service = Arc::new(ControllerService::new(
+        Arc::new(cluster),
+        Settings {
+            default_placement: Placement::Binpack,
+            max_wait,
+            stale_after: None,
+        },
+    ));
+    let grpc = Grpc::new(service, Metrics::new());
+    let dir = tempfile::tempdir().unwrap();
+    let socket: PathBuf = dir.path().join("controller.sock");
+    let incoming = csi_api::runtime::bind_unix(&socket).unwrap();
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(grpc.clone()))
+            .add_service(ControllerServer::new(grpc))
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+    });
+    if agent {
+        tokio::spawn(stand_in_agent(client.clone(), stop.clone()));
+    }
+    let csi = Csi::connect_lazy(&socket).unwrap();
+    Harness {
+        server,
+        client,
+        csi,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// Plays the node's agent: a LogicalVolume without status becomes Ready at its size, a grown one
+/// grows, each with a capacity ticket beyond the published NodeStorage.
+async fn stand_in_agent(client: Client, stop: CancellationToken) {
+    let api = Api::<LogicalVolume>::all(client);
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let mut ticket = PUBLISHED;
+    loop {
+        let lv = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = events.next() => match next {
+                Some(Ok(lv)) => lv,
+                Some(Err(_)) => continue,
+                None => return,
+            },
+        };
+        let current = lv.status.as_ref().and_then(|s| s.current_size_bytes);
+        if lv.metadata.deletion_timestamp.is_some() || current >= Some(lv.spec.size_bytes) {
+            continue;
+        }
+        ticket += 1;
+        let status = json!({ "status": {
+            "phase": "Ready", "currentSizeBytes": lv.spec.size_bytes, "capacitySequence": ticket } });
+        let _ = api
+            .patch_status(
+                &lv.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await;
+    }
+}
+
+fn on_node(mut req: csi::CreateVolumeRequest) -> csi::CreateVolumeRequest {
+    let topology = Topology {
+        segments: [(names::TOPOLOGY_KEY.to_owned(), NODE.to_owned())].into(),
+    };
+    req.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![topology.clone()],
+        preferred: vec![topology],
+    });
+    req
+}
+
+fn ssd(name: &str, bytes: u64) -> csi::CreateVolumeRequest {
+    on_node(create_request(
+        name,
+        "ssd",
+        i64::try_from(bytes).unwrap(),
+        block_cap(),
+    ))
+}
+
+/// A claim of `strata-ssd` annotated with the selected node.
+fn claim(name: &str, size: &str, modes: &[&str]) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "tenant", "uid": format!("uid-{name}"),
+                     "annotations": {(names::ANNOTATION_SELECTED_NODE): NODE}},
+        "spec": {"storageClassName": "strata-ssd", "accessModes": modes,
+                 "resources": {"requests": {"storage": size}}},
+    })
+}
+
+/// A Pending pod using `claim`, bound to the node.
+fn pod_on_node(name: &str, claim: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "tenant"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "x"}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+        "status": {"phase": "Pending"},
+    })
+}
+
+#[tokio::test]
+async fn a_bogus_selected_node_claim_does_not_block_the_node() {
+    let h = start(
+        &[
+            // absurd size, no pod
+            claim("absurd", "1Pi", &["ReadWriteOnce"]),
+            // an access mode CreateVolume refuses with a final error, even with a pod on the node
+            claim("shared", "8Gi", &["ReadWriteMany"]),
+            pod_on_node("uses-shared", "shared"),
+            // plausible, but no pod bound or nominated there
+            claim("no-pod", "8Gi", &["ReadWriteOnce"]),
+            // the control: a credible claim (valid, its pod bound to the node) does count
+            claim("credible", "4Gi", &["ReadWriteOnce"]),
+            pod_on_node("uses-credible", "credible"),
+        ],
+        Duration::from_secs(30),
+        true,
+    )
+    .await;
+    let mut ctl = h.csi.controller.clone();
+    // 10 GiB less the credible 4 GiB: 8 GiB does not fit …
+    let refused = ctl
+        .create_volume(ssd("pvc-big", 8 * GIB))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // … 6 GiB does, whatever the bogus claims say
+    let made = ctl
+        .create_volume(ssd("pvc-fits", 6 * GIB))
+        .await
+        .expect("a bogus claim blocked the node")
+        .into_inner();
+    assert_eq!(made.volume.unwrap().capacity_bytes, 6 * GIB as i64);
+    // and the node is now full for real
+    let full = ctl.create_volume(ssd("pvc-more", GIB)).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+}
+
+/// Whether a call's outcome is a bounded, well-formed answer (a handler panic resets the
+/// stream, which the client sees as Unknown/Internal).
+fn assert_answered<T: std::fmt::Debug>(
+    what: &str,
+    result: &Result<tonic::Response<T>, tonic::Status>,
+    allowed: &[Code],
+) {
+    match result {
+        Ok(_) => assert!(allowed.contains(&Code::Ok), "{what}: unexpected success"),
+        Err(s) => assert!(
+            allowed.contains(&s.code()),
+            "{what}: {:?} {} (allowed {allowed:?})",
+            s.code(),
+            s.message()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn calls_without_a_deadline_get_a_bounded_answer_on_every_rpc() {
+    // no agent: nothing ever becomes Ready or grows, so every wait runs to its bound
+    let bound = Duration::from_secs(2);
+    let h = start(&[], bound, false).await;
+    let mut ctl = h.csi.controller.clone();
+    let limit = bound + Duration::from_secs(8);
+    let timed = Instant::now();
+    let r = ctl.create_volume(ssd("pvc-slow", GIB)).await;
+    assert_answered("CreateVolume", &r, &[Code::DeadlineExceeded]);
+    assert!(
+        timed.elapsed() < limit,
+        "CreateVolume took {:?}",
+        timed.elapsed()
+    );
+    // the repeat joins the wait, bounded too
+    let timed = Instant::now();
+    let r = ctl.create_volume(ssd("pvc-slow", GIB)).await;
+    assert_answered("repeat CreateVolume", &r, &[Code::DeadlineExceeded]);
+    assert!(timed.elapsed() < limit);
+    // the node's agent makes it: then the create answers, and an expansion waits (bounded)
+    let api: Api<LogicalVolume> = Api::all(h.client.clone());
+    let ready = json!({"status": {"phase": "Ready", "currentSizeBytes": GIB,
+                                  "capacitySequence": PUBLISHED}});
+    api.patch_status("pvc-slow", &PatchParams::default(), &Patch::Merge(&ready))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ctl.create_volume(ssd("pvc-slow", GIB)).await {
+            Ok(_) => break,
+            Err(s) if Instant::now() < deadline && s.code() == Code::DeadlineExceeded => {}
+            Err(s) => panic!("CreateVolume of a Ready volume: {s:?}"),
+        }
+    }
+    let timed = Instant::now();
+    let r = ctl
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: "pvc-slow".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 2 * GIB as i64,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(block_cap()),
+            ..Default::default()
+        })
+        .await;
+    assert_answered("ControllerExpandVolume", &r, &[Code::DeadlineExceeded]);
+    assert!(timed.elapsed() < limit, "expand took {:?}", timed.elapsed());
+    let r = ctl
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: "pvc-slow".into(),
+            volume_capabilities: vec![block_cap()],
+            ..Default::default()
+        })
+        .await;
+    assert_answered("ValidateVolumeCapabilities", &r, &[Code::Ok]);
+    let r = ctl
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: [(names::PARAM_DEVICE_CLASS.to_owned(), "ssd".to_owned())].into(),
+            ..Default::default()
+        })
+        .await;
+    assert_answered("GetCapacity", &r, &[Code::Ok]);
+    let r = ctl
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await;
+    assert_answered("ControllerGetCapabilities", &r, &[Code::Ok]);
+    let r = ctl.list_volumes(csi::ListVolumesRequest::default()).await;
+    assert_answered("ListVolumes", &r, &[Code::Unimplemented]);
+    let r = ctl
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest::default())
+        .await;
+    assert_answered("ControllerPublishVolume", &r, &[Code::Unimplemented]);
+    let timed = Instant::now();
+    let r = ctl
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: "pvc-slow".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_answered("DeleteVolume", &r, &[Code::Ok]);
+    assert!(timed.elapsed() < limit);
+    // the server is still whole
+    let probe = h.csi.identity.clone().probe(csi::ProbeRequest {}).await;
+    assert_answered("Probe", &probe, &[Code::Ok]);
+}
+
+#[tokio::test]
+async fn odd_csi_names_make_valid_objects_idempotently_keeping_the_name() {
+    let h = start(&[], Duration::from_secs(30), true).await;
+    let mut ctl = h.csi.controller.clone();
+    let name = "Data_Volume.UPPER-0";
+    let first = ctl
+        .create_volume(ssd(name, GIB))
+        .await
+        .expect("an uppercase CSI name")
+        .into_inner()
+        .volume
+        .unwrap();
+    let id = first.volume_id.clone();
+    assert!(id.starts_with("strata-") && id.len() == 7 + 32, "{id}");
+    let again = ctl
+        .create_volume(ssd(name, GIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again.volume_id, id, "a repeat found another volume");
+    // the id is another CSI name: CreateVolume with it meets the object of the original name
+    // (AlreadyExists, no second object); calls that take a volume id find it
+    let by_id = ctl.create_volume(ssd(&id, GIB)).await.unwrap_err();
+    assert_eq!(by_id.code(), Code::AlreadyExists, "{by_id:?}");
+    ctl.validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+        volume_id: id.clone(),
+        volume_capabilities: vec![block_cap()],
+        ..Default::default()
+    })
+    .await
+    .expect("ValidateVolumeCapabilities by the id");
+    let api: Api<LogicalVolume> = Api::all(h.client.clone());
+    let objects = api.list(&Default::default()).await.unwrap().items;
+    assert_eq!(objects.len(), 1, "one object for one volume");
+    let annotations = objects[0].annotations();
+    assert_eq!(
+        annotations.get("strata.io/csi-name").map(String::as_str),
+        Some(name)
+    );
+    // the API server stand-in refuses names a real one refuses: it was never asked to make one
+    assert_eq!(h.server.count_answers(Some("POST"), 422), 0);
+    assert_eq!(h.server.count_answers(Some("POST"), 201), 1);
+    // the same name in a bigger size is another volume: AlreadyExists, nothing made
+    let bigger = ctl.create_volume(ssd(name, 2 * GIB)).await.unwrap_err();
+    assert_eq!(bigger.code(), Code::AlreadyExists, "{bigger:?}");
+    // DeleteVolume by the original name finds the same object
+    ctl.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: name.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("DeleteVolume by the CSI name");
+    let held = api.get(&id).await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some(), "not deleted");
+    assert_eq!(
+        held.finalizers(),
+        [names::FINALIZER],
+        "only the agent's finalizer left"
+    );
+}
+
+#[tokio::test]
+async fn a_create_and_a_delete_draw_no_conflict() {
+    let h = start(&[], Duration::from_secs(30), true).await;
+    let mut ctl = h.csi.controller.clone();
+    let before = h.server.answers().len();
+    let made = ctl
+        .create_volume(ssd("pvc-c", GIB))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let during_create = h.server.answers().len() - before;
+    ctl.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: made.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let answers = h.server.answers();
+    let conflicts: Vec<_> = answers[before..]
+        .iter()
+        .filter(|(_, code)| *code == 409)
+        .collect();
+    assert!(conflicts.is_empty(), "409s: {conflicts:?}");
+    let by_verb: BTreeMap<&str, usize> = answers[before..]
+        .iter()
+        .filter(|(line, _)| line.contains("/logicalvolumes"))
+        .fold(BTreeMap::new(), |mut m, (line, _)| {
+            *m.entry(line.split(' ').next().unwrap_or("")).or_default() += 1;
+            m
+        });
+    // on LogicalVolumes: the stand-in agent's status PATCH, and the controller's POST for the
+    // create, its PATCH of the protection finalizer and its DELETE
+    assert!(by_verb.get("POST") == Some(&1), "{by_verb:?}");
+    assert!(by_verb.get("DELETE") == Some(&1), "{by_verb:?}");
+    println!(
+        "API requests during CreateVolume: {during_create}; create+delete by verb: {by_verb:?}"
+    );
+}
