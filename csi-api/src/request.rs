@@ -305,6 +305,7 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<Access, RequestError> 
             if !volume_mount_group.is_empty() {
                 return Err(invalid("volume_mount_group is not supported"));
             }
+            check_mount_flags(mount_flags)?;
             let fs = if fs_type.is_empty() {
                 names::DEFAULT_FS_TYPE
             } else {
@@ -317,6 +318,43 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<Access, RequestError> 
         }
         None => Err(invalid("access type (block or mount) is missing")),
     }
+}
+
+/// Mount options that would change what the mount is (a bind, a remount, a move, a propagation
+/// change) rather than how the filesystem is mounted: refused at CreateVolume in both modes and
+/// again by the agent's mounter.
+pub const REFUSED_MOUNT_OPTIONS: &[&str] = &[
+    "bind",
+    "rbind",
+    "remount",
+    "move",
+    "rec",
+    "shared",
+    "rshared",
+    "private",
+    "rprivate",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+];
+
+/// Checks CSI `mount_flags` (each entry may hold several comma-separated options): no empty
+/// option, no whitespace or control characters, none of [`REFUSED_MOUNT_OPTIONS`].
+pub fn check_mount_flags<S: AsRef<str>>(flags: &[S]) -> Result<(), RequestError> {
+    for entry in flags {
+        for opt in entry.as_ref().split(',') {
+            if opt.is_empty() || opt.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(format!("mount flag {opt:?} is malformed")));
+            }
+            if REFUSED_MOUNT_OPTIONS.contains(&opt) {
+                return Err(invalid(format!(
+                    "mount flag {opt:?} is not allowed: it changes what the mount is, not how the filesystem is mounted"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The nodes a volume may go to, preferred ones first, then the other requisite ones; empty
@@ -392,6 +430,32 @@ mod tests {
             fs_type: fs.into(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn mount_flags_that_change_the_mount_itself_are_invalid() {
+        let with_flags = |flags: &[&str]| {
+            cap(
+                Mode::SingleNodeWriter,
+                AccessType::Mount(MountVolume {
+                    fs_type: "xfs".into(),
+                    mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                    ..Default::default()
+                }),
+            )
+        };
+        assert!(check_capability(&with_flags(&["noatime", "nodev,nosuid"])).is_ok());
+        for bad in [
+            &["bind"][..],
+            &["noatime,rbind"],
+            &["remount"],
+            &["shared"],
+            &[""],
+            &["a b"],
+        ] {
+            let err = check_capability(&with_flags(bad)).unwrap_err();
+            assert!(err.to_string().contains("mount flag"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

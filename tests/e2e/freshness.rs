@@ -100,7 +100,11 @@ pub async fn capacity_freshness(c: &Cluster) {
                 ready = Some(now);
             }
         }
-        if published.is_none() && ssd_allocatable(c).await.is_some_and(|a| a + VOLUME <= before) {
+        if published.is_none()
+            && ssd_allocatable(c)
+                .await
+                .is_some_and(|a| a + VOLUME <= before)
+        {
             published = Some(now);
         }
         if filtered.is_none() && passes(&addr, "fresh-probe").await == Some(false) {

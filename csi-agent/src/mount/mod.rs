@@ -81,9 +81,7 @@ impl MountOptions {
                     "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
                     "dirsync" => flags |= MsFlags::MS_DIRSYNC,
                     "defaults" | "async" | "atime" | "suid" | "dev" | "exec" => {}
-                    "bind" | "rbind" | "remount" | "move" | "rec" | "shared" | "rshared"
-                    | "private" | "rprivate" | "slave" | "rslave" | "unbindable"
-                    | "runbindable" => return Err(bad()),
+                    o if csi_api::request::REFUSED_MOUNT_OPTIONS.contains(&o) => return Err(bad()),
                     other => data.push(other),
                 }
             }
