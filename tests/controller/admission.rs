@@ -64,6 +64,8 @@ fn node_storage(ssd_bytes: u64) -> NodeStorage {
             missing_pv_count: 0,
             lv_count: 0,
             health: ClassHealth::Healthy,
+            capacity: None,
+            allocatable: None,
         }],
         capacity_sequence: Some(PUBLISHED),
         ..Default::default()
@@ -109,7 +111,9 @@ async fn start(objects: &[serde_json::Value], max_wait: Duration, agent: bool) -
     let shutdown = stop.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(IdentityServer::new(grpc.clone()))
+            .add_service(IdentityServer::new(
+                csi_api::identity::IdentityService::new(true, grpc.probe()),
+            ))
             .add_service(ControllerServer::new(grpc))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
