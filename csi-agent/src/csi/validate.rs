@@ -143,6 +143,12 @@ impl From<CapabilityProblem> for Error {
 /// Checks one capability with the shared validator (single-node mode, block or xfs/ext4 mount),
 /// then resolves the filesystem and the mount flags the node applies.
 pub fn capability(cap: &VolumeCapability) -> Result<Capability, CapabilityProblem> {
+    // Refused mount flags are malformed input (InvalidArgument also in
+    // ValidateVolumeCapabilities), not an unsupported capability.
+    if let Some(AccessType::Mount(m)) = &cap.access_type {
+        request::check_mount_flags(&m.mount_flags)
+            .map_err(|e| CapabilityProblem::Malformed(e.to_string()))?;
+    }
     request::check_capability(cap).map_err(|e| CapabilityProblem::Unsupported(e.to_string()))?;
     let mode = cap
         .access_mode
