@@ -154,18 +154,18 @@ CALLS = [
      ("sidecar", "csi-resizer")),
     ("csi-controller", "storage.k8s.io", "volumeattributesclasses", ["get", "list", "watch"],
      ("sidecar", "csi-resizer")),
-    # csi-scheduler: five reflectors
+    # csi-scheduler: five watches (cache.rs)
     ("csi-scheduler", "strata.io", "nodestorages", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_reflector::<NodeStorage>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<NodeStorage>")),
     ("csi-scheduler", "strata.io", "logicalvolumes", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_reflector::<LogicalVolume>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<LogicalVolume>")),
     ("csi-scheduler", "", "persistentvolumeclaims", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_reflector::<PersistentVolumeClaim>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<PersistentVolumeClaim>")),
     ("csi-scheduler", "storage.k8s.io", "storageclasses", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_reflector::<StorageClass>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<StorageClass>")),
     # which node a claim's pod is bound or nominated to
     ("csi-scheduler", "", "pods", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_reflector::<Pod>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<Pod>")),
 ]
 
 # Only with --node-loss-policy=delete-pvc: the claim is re-read (get, granted by the base for
