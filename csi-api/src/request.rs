@@ -339,12 +339,18 @@ pub const REFUSED_MOUNT_OPTIONS: &[&str] = &[
     "runbindable",
 ];
 
-/// Checks CSI `mount_flags` (each entry may hold several comma-separated options): no empty
-/// option, no whitespace or control characters, none of [`REFUSED_MOUNT_OPTIONS`].
+/// Whether one mount option (one comma-separated part of a CSI mount flag) is malformed: empty,
+/// or holding whitespace or control characters.
+pub fn malformed_mount_option(opt: &str) -> bool {
+    opt.is_empty() || opt.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Checks CSI `mount_flags` (each entry may hold several comma-separated options): none
+/// [malformed](malformed_mount_option), none of [`REFUSED_MOUNT_OPTIONS`].
 pub fn check_mount_flags<S: AsRef<str>>(flags: &[S]) -> Result<(), RequestError> {
     for entry in flags {
         for opt in entry.as_ref().split(',') {
-            if opt.is_empty() || opt.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if malformed_mount_option(opt) {
                 return Err(invalid(format!("mount flag {opt:?} is malformed")));
             }
             if REFUSED_MOUNT_OPTIONS.contains(&opt) {

@@ -10,6 +10,7 @@ pub mod mountinfo;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use csi_api::request;
 use nix::mount::{MntFlags, MsFlags};
 
 pub use mountinfo::MountEntry;
@@ -64,7 +65,7 @@ impl MountOptions {
         for entry in csi_flags {
             for opt in entry.as_ref().split(',') {
                 let bad = || BadMountFlag(opt.to_owned());
-                if opt.is_empty() || opt.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                if request::malformed_mount_option(opt) {
                     return Err(bad());
                 }
                 match opt {
@@ -81,7 +82,7 @@ impl MountOptions {
                     "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
                     "dirsync" => flags |= MsFlags::MS_DIRSYNC,
                     "defaults" | "async" | "atime" | "suid" | "dev" | "exec" => {}
-                    o if csi_api::request::REFUSED_MOUNT_OPTIONS.contains(&o) => return Err(bad()),
+                    o if request::REFUSED_MOUNT_OPTIONS.contains(&o) => return Err(bad()),
                     other => data.push(other),
                 }
             }
