@@ -538,9 +538,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
         let backups = &self.lvm.options().backup_dir;
         for class in DeviceClass::ALL {
             let vg = class.vg_name();
-            if !visible.iter().any(|(c, _)| *c == class)
-                && crate::lvm::backup::records_volume(backups, vg, id)
-            {
+            if !visible.iter().any(|(c, _)| *c == class) && self.lvm.backup_records(vg, id) {
                 incomplete.push(format!(
                     "it was in volume group {vg}, which lvm2 no longer sees (all of its disks \
                      are absent; lvm2's record of it is {})",

@@ -224,8 +224,7 @@ async fn reconcile<R: LvmRunner>(
         Err(LvmError::NotFound { .. })
             if lv.metadata.deletion_timestamp.is_some() && ctx.lvm.vg(vg).await?.is_none() =>
         {
-            let recorded =
-                crate::lvm::backup::records_volume(&ctx.lvm.options().backup_dir, vg, &name);
+            let recorded = ctx.lvm.backup_records(vg, &name);
             return delete_without_vg(&r, &api, &lv, vg, recorded).await;
         }
         Err(e) => return Err(e.into()),

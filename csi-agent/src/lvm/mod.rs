@@ -156,6 +156,12 @@ impl<R: LvmRunner> Lvm<R> {
         &self.shared.options
     }
 
+    /// Whether lvm2's metadata backup of `vg` (in `backup_dir`) records Strata volume `volume`:
+    /// the evidence that a VG lvm2 no longer sees held it ([`backup`]).
+    pub fn backup_records(&self, vg: &str, volume: &str) -> bool {
+        backup::records_volume(&self.shared.options.backup_dir, vg, volume)
+    }
+
     // ---- plumbing -------------------------------------------------------------------------
 
     /// `[subcommand, --config X]`: the head of every lvm2 argument vector.
