@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use csi_api::crd::LogicalVolume;
@@ -42,18 +41,8 @@ impl Replica {
         let own = dir.join(identity);
         std::fs::create_dir_all(&own).unwrap();
         let socket = own.join("controller.sock");
-        let mut cmd = Command::new(host::bin_dir().join("csi-controller"));
-        cmd.arg("--csi-endpoint")
-            .arg(format!("unix://{}", socket.display()))
-            .args(["--metrics-addr", "127.0.0.1:0", "--identity", identity])
-            .args(["--lease-namespace", "default"])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("STRATA_LOG", "info")
-            .env_remove(csi_api::fault::ENV);
-        if let Some(point) = fault {
-            cmd.env(csi_api::fault::ENV, point);
-        }
+        let mut cmd = host::controller_command(&socket, identity, kubeconfig, args, fault);
+        cmd.args(["--lease-namespace", "default"]);
         let mut process = Process::spawn(cmd, &own.join("controller.log"));
         let csi = Csi::connect_lazy(&socket).expect("controller channel");
         let start = Instant::now();

@@ -361,6 +361,30 @@ impl Drop for Process {
     }
 }
 
+/// The csi-controller command line of the tests: CSI on unix `socket`, metrics on an ephemeral
+/// port, Lease identity `identity`, `KUBECONFIG=kubeconfig`, `args`, and crash point `fault`
+/// (never one inherited from the test's own environment).
+pub fn controller_command<S: AsRef<std::ffi::OsStr>>(
+    socket: &Path,
+    identity: &str,
+    kubeconfig: &Path,
+    args: &[S],
+    fault: Option<&str>,
+) -> Command {
+    let mut cmd = Command::new(bin_dir().join("csi-controller"));
+    cmd.arg("--csi-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--metrics-addr", "127.0.0.1:0", "--identity", identity])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("STRATA_LOG", "info")
+        .env_remove(csi_api::fault::ENV);
+    if let Some(point) = fault {
+        cmd.env(csi_api::fault::ENV, point);
+    }
+    cmd
+}
+
 /// csi-controller on the host, on a unix socket.
 pub struct Controller {
     pub process: Process,
@@ -376,22 +400,7 @@ impl Controller {
         fault: Option<&str>,
     ) -> Controller {
         let socket = dir.join("controller.sock");
-        let mut cmd = Command::new(bin_dir().join("csi-controller"));
-        cmd.arg("--csi-endpoint")
-            .arg(format!("unix://{}", socket.display()))
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--identity",
-                "e2e-controller",
-            ])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("STRATA_LOG", "info")
-            .env_remove(csi_api::fault::ENV);
-        if let Some(point) = fault {
-            cmd.env(csi_api::fault::ENV, point);
-        }
+        let cmd = controller_command(&socket, "e2e-controller", kubeconfig, args, fault);
         let mut process = Process::spawn(cmd, &dir.join("controller.log"));
         let csi = Csi::connect_lazy(&socket).expect("controller channel");
         let start = Instant::now();
