@@ -200,7 +200,7 @@ pub(super) async fn create_beyond_capacity_or_topology(
 }
 
 pub(super) async fn delete_is_idempotent(ctx: &mut Ctx, _: &mut Option<Agent>) -> Result<()> {
-    let v = create(ctx, "del", "hdd", 300 * MI, mount_cap("", &[])).await?;
+    let v = create_wiped(ctx, "del", "hdd", 300 * MI, mount_cap("", &[])).await?;
     delete(ctx, &v.volume_id).await?;
     delete(ctx, &v.volume_id).await?;
     delete(ctx, "never-existed").await?;

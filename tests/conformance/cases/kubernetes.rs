@@ -159,7 +159,7 @@ pub(super) async fn deletion_answers_no_conflict(
     ctx: &mut Ctx,
     _: &mut Option<Agent>,
 ) -> Result<()> {
-    let v = create(ctx, "no-conflict", "hdd", 100 * MI, block_cap()).await?;
+    let v = create_wiped(ctx, "no-conflict", "hdd", 100 * MI, block_cap()).await?;
     delete(ctx, &v.volume_id).await?;
     let conflicts: Vec<String> = kube(ctx)?
         .api

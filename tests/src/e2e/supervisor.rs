@@ -41,6 +41,9 @@ struct State {
 pub fn run() -> Result<()> {
     let dir = PathBuf::from(std::env::var(protocol::ENV_DIR).context(protocol::ENV_DIR)?);
     let node = std::env::var(protocol::ENV_NODE).context(protocol::ENV_NODE)?;
+    // the first line of vm.log: the guest booted and ran the command (a boot that never gets
+    // here shows only in the kernel console the host prints on a boot timeout)
+    eprintln!("supervisor: started in the VM for node {node}");
     let bins = super::host::bin_dir();
     network_up()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
