@@ -24,12 +24,6 @@ const SAME_NAME_ALLOWED: &[(&str, &str, &str)] = &[
     ),
     (
         "csi-agent",
-        "Access",
-        "csi::validate::Access is the node's resolution of csi_api::request::Access (a filesystem \
-         object and parsed mount options); to be renamed when csi/node.rs is not under other work",
-    ),
-    (
-        "csi-agent",
         "REASON_PV_PROTECTED",
         "an alias of csi_api::names::REASON_PV_PROTECTED (the same value) in \
          kubernetes/volumes.rs, under the deletion work: to be replaced by the csi-api name",

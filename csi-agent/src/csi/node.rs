@@ -18,7 +18,7 @@ use tracing::instrument;
 
 use super::controller::node_topology;
 use super::error::{Error, Result};
-use super::validate::{self, Access};
+use super::validate::{self, ResolvedAccess};
 use super::volumes::{VolumeInfo, Volumes};
 use crate::fs::{self, FsTools};
 use crate::lvm::blkid::Probed;
@@ -198,7 +198,7 @@ impl NodeService {
         let _guard = self.locks.try_lock(id)?;
         let volume = self.usable_volume(id).await?;
         let device = device_id(&volume.device).await?;
-        let Access::Mount { fs, options } = &cap.access else {
+        let ResolvedAccess::Mount { fs, options } = &cap.access else {
             // Block volumes are published straight from the device node.
             return Ok(());
         };
@@ -278,7 +278,7 @@ impl NodeService {
             )));
         }
         let source = match &cap.access {
-            Access::Mount { .. } => {
+            ResolvedAccess::Mount { .. } => {
                 let staging = resolved(&staging).await;
                 match mountinfo::mount_at(&mounts, &staging) {
                     Some(entry) if device.matches(entry) => {}
@@ -294,7 +294,7 @@ impl NodeService {
                     .map_err(Error::io(format!("create {}", target.display())))?;
                 staging
             }
-            Access::Block => {
+            ResolvedAccess::Block => {
                 if let Some(parent) = target.parent() {
                     tokio::fs::create_dir_all(parent)
                         .await
