@@ -130,8 +130,9 @@ fn arg(path: &Path) -> Result<&str, FsError> {
         .ok_or_else(|| FsError::NotUtf8(path.to_path_buf()))
 }
 
-/// The real runner with its default settings ([`CommandRunner::default`]), for a mode that does
-/// not hand [`FsTools`] the runner it configured.
+/// The real runner with its default settings ([`CommandRunner::default`]), not a second runner:
+/// for a mode that does not hand [`FsTools`] the runner it configured (Kubernetes mode, until it
+/// passes its `CommandRunner` as standalone mode does).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessRunner;
 
