@@ -7,7 +7,8 @@
 //! volume is due. The last pass per volume is kept with its LV (tag `strata.io/trimmed=<unix
 //! seconds>`), so a restart never postpones a trim: a volume trimmed six days ago is trimmed a
 //! day after, not an interval after the restart. The planning, the due dates and the output
-//! parsing are pure and unit tested; the pass itself runs in the VM test.
+//! parsing are pure and unit tested; the pass itself runs in the VM test. `fstrim` runs through
+//! the LVM layer's runner.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -18,7 +19,7 @@ use csi_api::names::DeviceClass;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::lvm::{Lvm, LvmRunner};
+use crate::lvm::{Invocation, Lvm, LvmRunner, Tool};
 use crate::metrics::Metrics;
 use crate::mount::mountinfo::{self, MountEntry};
 
@@ -149,21 +150,20 @@ async fn flash_devices<R: LvmRunner>(
     Ok((out, lvs))
 }
 
-/// Runs `fstrim -v` on one mount point; the bytes trimmed.
-async fn fstrim(mount_point: &Path) -> Result<u64, String> {
-    let out = tokio::process::Command::new("fstrim")
-        .arg("-v")
-        .arg(mount_point)
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
+/// Runs `fstrim -v` on one mount point through the runner; the bytes trimmed.
+async fn fstrim<R: LvmRunner>(runner: &R, mount_point: &Path) -> Result<u64, String> {
+    let Some(path) = mount_point.to_str() else {
+        return Err(format!("{} is not a UTF-8 path", mount_point.display()));
+    };
+    let inv = Invocation::new(Tool::Fstrim, ["-v", path]);
+    let out = runner
+        .run(&inv, &CancellationToken::new())
         .await
         .map_err(|e| format!("cannot run fstrim: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    if !out.success() {
+        return Err(out.stderr);
     }
-    Ok(parse_trimmed(&String::from_utf8_lossy(&out.stdout)).unwrap_or(0))
+    Ok(parse_trimmed(&out.stdout).unwrap_or(0))
 }
 
 /// One pass over the mounted flash volumes (mount table read from `proc_root`): all of them.
@@ -190,7 +190,7 @@ pub async fn pass_due<R: LvmRunner>(
     let (flash, lvs) = flash_devices(lvm, every).await?;
     let mut report = PassReport::default();
     for t in plan(&mounts, &flash) {
-        let result = fstrim(&t.mount_point).await;
+        let result = fstrim(lvm.runner(), &t.mount_point).await;
         if let Some(m) = metrics {
             m.fstrim_run(result.is_ok());
         }
@@ -315,6 +315,31 @@ mod tests {
         // The first pass is soon after start, spread over a minute.
         assert_eq!(first_delay(0), FIRST_PASS);
         assert!(first_delay(u32::MAX) < FIRST_PASS * 2);
+    }
+
+    #[tokio::test]
+    async fn fstrim_runs_through_the_runner_and_keeps_stderr() {
+        use crate::lvm::{FakeRunner, Reply};
+        let refused = "fstrim: /mnt/y: the discard operation is not supported";
+        let fake = FakeRunner::scripted()
+            .expect_tool(
+                Tool::Fstrim,
+                &["-v", "/mnt/x"],
+                &[],
+                Reply::ok("/mnt/x: 4 KiB (4096 bytes) trimmed\n"),
+            )
+            .expect_tool(
+                Tool::Fstrim,
+                &["-v", "/mnt/y"],
+                &[],
+                Reply::fail(1, refused),
+            );
+        assert_eq!(fstrim(&fake, Path::new("/mnt/x")).await, Ok(4096));
+        assert_eq!(
+            fstrim(&fake, Path::new("/mnt/y")).await,
+            Err(refused.to_owned())
+        );
+        fake.assert_done();
     }
 
     #[test]

@@ -373,7 +373,7 @@ impl LvmRunner for BlindProbe {
     ) -> csi_agent::lvm::Result<Output> {
         match inv.tool {
             Tool::Blkid => Ok(Output::failed(2, "")),
-            Tool::Lvm | Tool::Blkdiscard => self.0.run(inv, cancel).await,
+            _ => self.0.run(inv, cancel).await,
         }
     }
 }

@@ -2,11 +2,11 @@
 //! source text (parsed with `syn`, no build of the crates checked):
 //! - one owner per concept: no other crate defines a `pub` type, trait, fn, const or static with
 //!   the name of one csi-api exports ([`SAME_NAME_ALLOWED`] lists the deliberate ones);
-//! - processes are spawned only in the agent's one runner, `csi-agent/src/lvm/runner.rs`
-//!   ([`SPAWN_ALLOWED`] lists the files not yet moved onto it). Test code is not checked: `tests/`,
-//!   `benches/`, `#[cfg(test)]` modules and `#[test]` functions (the nodevm harness is in `tests/`).
+//! - processes are spawned only in the agent's one runner, `csi-agent/src/lvm/runner.rs`, never
+//!   elsewhere. Test code is not checked: `tests/`, `benches/`, `#[cfg(test)]` modules and
+//!   `#[test]` functions (the nodevm harness is in `tests/`).
 //!
-//! An allow-list entry that matches nothing fails too, so the lists only shrink.
+//! An allow-list entry that matches nothing fails too, so the list only shrinks.
 //! `cargo nextest run -p strata-tests --test structure`
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,32 +24,9 @@ const SAME_NAME_ALLOWED: &[(&str, &str, &str)] = &[
     ),
     (
         "csi-agent",
-        "Access",
-        "csi::validate::Access is the node's resolution of csi_api::request::Access (a filesystem \
-         object and parsed mount options); to be renamed when csi/node.rs is not under other work",
-    ),
-    (
-        "csi-agent",
         "REASON_PV_PROTECTED",
         "an alias of csi_api::names::REASON_PV_PROTECTED (the same value) in \
          kubernetes/volumes.rs, under the deletion work: to be replaced by the csi-api name",
-    ),
-];
-
-/// Files outside the runner that still spawn processes, and why.
-const SPAWN_ALLOWED: &[(&str, &str)] = &[
-    (
-        "csi-agent/src/fs.rs",
-        "ProcessRunner runs mkfs/growfs/blkid for the node service: a second runner, to be \
-         merged into lvm::runner (fs.rs was under the node-path work when this check came)",
-    ),
-    (
-        "csi-agent/src/discovery/probe.rs",
-        "BlkidProbe runs `blkid -p` itself beside the runner's Tool::Blkid: to move onto the runner",
-    ),
-    (
-        "csi-agent/src/fstrim.rs",
-        "runs `fstrim -v` directly: to move onto the runner as one more Tool",
     ),
 ];
 
@@ -300,7 +277,6 @@ fn no_crate_redefines_a_name_csi_api_exports() {
 
 #[test]
 fn processes_are_spawned_only_by_the_runner() {
-    let mut found = BTreeSet::new();
     let mut problems = Vec::new();
     for krate in ["csi-api", "csi-agent", "csi-controller", "csi-scheduler"] {
         for path in rust_files(&repo().join(krate).join("src")) {
@@ -312,21 +288,9 @@ fn processes_are_spawned_only_by_the_runner() {
             if places.is_empty() || rel == RUNNER {
                 continue;
             }
-            if let Some((_, why)) = SPAWN_ALLOWED.iter().find(|(f, _)| *f == rel) {
-                eprintln!("allowed: {rel} spawns in {places:?} ({why})");
-                found.insert(rel);
-                continue;
-            }
             problems.push(format!(
-                "{rel}: Command::new in {places:?}: run it through {RUNNER} (argument vector, \
-                 LC_ALL=C, timeout, stderr kept), or add the file to SPAWN_ALLOWED with the reason"
-            ));
-        }
-    }
-    for (file, _) in SPAWN_ALLOWED {
-        if !found.contains(*file) {
-            problems.push(format!(
-                "SPAWN_ALLOWED lists {file}, which spawns nothing any more: remove the entry"
+                "{rel}: Command::new in {places:?}: run it through {RUNNER} (a `Tool`, an \
+                 argument vector, LC_ALL=C, stderr kept)"
             ));
         }
     }

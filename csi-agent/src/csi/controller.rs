@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::error::{Error, Result};
-use super::validate::{self, Access, Params};
+use super::validate::{self, Params, ResolvedAccess};
 use super::volumes::{ClassInfo, VolumeInfo, Volumes};
 use crate::lvm::LvmError;
 use csi_api::volume_lock::VolumeLocks;
@@ -111,8 +111,8 @@ impl ControllerService {
         let min_bytes = caps
             .iter()
             .map(|c| match &c.access {
-                Access::Block => 0,
-                Access::Mount { fs, .. } => fs.min_bytes(),
+                ResolvedAccess::Block => 0,
+                ResolvedAccess::Mount { fs, .. } => fs.min_bytes(),
             })
             .max()
             .unwrap_or(0);

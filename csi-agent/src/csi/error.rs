@@ -84,7 +84,8 @@ impl Error {
             },
             Error::Fs(e) => match e {
                 FsError::Open { .. } => Code::NotFound,
-                FsError::Spawn { .. } | FsError::Failed { .. } => Code::Internal,
+                FsError::NotUtf8(_) => Code::InvalidArgument,
+                FsError::Run(_) | FsError::Failed { .. } => Code::Internal,
             },
             Error::Io { .. } => Code::Internal,
         }

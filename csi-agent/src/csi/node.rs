@@ -18,9 +18,10 @@ use tracing::instrument;
 
 use super::controller::node_topology;
 use super::error::{Error, Result};
-use super::validate::{self, Access};
+use super::validate::{self, ResolvedAccess};
 use super::volumes::{VolumeInfo, Volumes};
-use crate::fs::{self, FsTools, Signature};
+use crate::fs::{self, FsTools};
+use crate::lvm::blkid::Probed;
 use crate::mount::Mounter;
 use crate::mount::mountinfo::{self, MountEntry};
 use csi_api::volume_lock::VolumeLocks;
@@ -177,10 +178,10 @@ impl NodeService {
     /// What is on the device before a stage formats it: nothing for a fresh volume (created
     /// zeroed by this process and never handed out: the probe could find nothing), else what
     /// `blkid -p` finds. Either way the volume is no longer fresh afterwards.
-    async fn signature(&self, id: &str, device: &Path) -> Result<Signature> {
+    async fn signature(&self, id: &str, device: &Path) -> Result<Probed> {
         if self.volumes.take_fresh(id).await {
             tracing::debug!("fresh volume: no probe needed");
-            return Ok(Signature::None);
+            return Ok(Probed::Blank);
         }
         Ok(self.fs.probe(device).await?)
     }
@@ -197,7 +198,7 @@ impl NodeService {
         let _guard = self.locks.try_lock(id)?;
         let volume = self.usable_volume(id).await?;
         let device = device_id(&volume.device).await?;
-        let Access::Mount { fs, options } = &cap.access else {
+        let ResolvedAccess::Mount { fs, options } = &cap.access else {
             // Block volumes are published straight from the device node.
             return Ok(());
         };
@@ -218,11 +219,11 @@ impl NodeService {
             .await
             .map_err(Error::io(format!("create {}", staging.display())))?;
         match self.signature(id, &volume.device).await? {
-            Signature::None => {
+            Probed::Blank => {
                 tracing::info!(fs = fs.name(), "formatting empty volume");
                 self.fs.format(*fs, &volume.device).await?;
             }
-            Signature::Type(t) if t == fs.name() => {}
+            Probed::Signature(sig) if sig.fs_type() == Some(fs.name()) => {}
             other => {
                 return Err(Error::FailedPrecondition(format!(
                     "volume holds {other}, not {}; it is never reformatted",
@@ -277,7 +278,7 @@ impl NodeService {
             )));
         }
         let source = match &cap.access {
-            Access::Mount { .. } => {
+            ResolvedAccess::Mount { .. } => {
                 let staging = resolved(&staging).await;
                 match mountinfo::mount_at(&mounts, &staging) {
                     Some(entry) if device.matches(entry) => {}
@@ -293,7 +294,7 @@ impl NodeService {
                     .map_err(Error::io(format!("create {}", target.display())))?;
                 staging
             }
-            Access::Block => {
+            ResolvedAccess::Block => {
                 if let Some(parent) = target.parent() {
                     tokio::fs::create_dir_all(parent)
                         .await
@@ -634,6 +635,7 @@ mod tests {
     use super::*;
     use crate::csi::volumes::memory::MemVolumes;
     use crate::fs::ProcessRunner;
+    use crate::lvm::{FakeRunner, Reply};
     use crate::mount::{MountError, MountOptions};
 
     #[derive(Default)]
@@ -716,22 +718,8 @@ mod tests {
     }
 
     /// Records every program it is asked to run; `blkid` finds an xfs signature.
-    #[derive(Default)]
-    struct Programs(Mutex<Vec<String>>);
-
-    #[async_trait]
-    impl crate::fs::Runner for Programs {
-        async fn run(&self, cmd: &crate::fs::Cmd) -> std::result::Result<fs::Output, fs::FsError> {
-            self.0.lock().unwrap().push(cmd.to_string());
-            Ok(fs::Output {
-                code: Some(0),
-                stdout: "TYPE=xfs\n".into(),
-                stderr: String::new(),
-            })
-        }
-        async fn check_readable(&self, _: &Path) -> std::result::Result<(), fs::FsError> {
-            Ok(())
-        }
+    fn programs() -> Arc<FakeRunner> {
+        Arc::new(FakeRunner::from_fn(|_| Reply::ok("TYPE=xfs\n")))
     }
 
     #[tokio::test]
@@ -741,7 +729,7 @@ mod tests {
             mem.create(id, DeviceClass::Nvme, GI).await.unwrap();
         }
         mem.fresh.lock().unwrap().insert("pvc-fresh".into());
-        let programs = Arc::new(Programs::default());
+        let programs = programs();
         let svc = NodeService::new(
             "node-a",
             mem.clone(),
@@ -752,23 +740,15 @@ mod tests {
         let dev = Path::new("/dev/strata-nvme/x");
         assert_eq!(
             svc.signature("pvc-fresh", dev).await.unwrap(),
-            Signature::None
+            Probed::Blank
         );
-        assert!(
-            programs.0.lock().unwrap().is_empty(),
-            "no probe for a fresh volume"
-        );
+        assert!(programs.calls().is_empty(), "no probe for a fresh volume");
         // once handed out it is probed like any other: the data written since is seen
-        assert_eq!(
-            svc.signature("pvc-fresh", dev).await.unwrap(),
-            Signature::Type("xfs".into())
-        );
-        assert_eq!(
-            svc.signature("pvc-old", dev).await.unwrap(),
-            Signature::Type("xfs".into())
-        );
-        assert_eq!(programs.0.lock().unwrap().len(), 2);
-        assert!(programs.0.lock().unwrap()[0].starts_with("blkid -p"));
+        let xfs = crate::lvm::blkid::parse_export("TYPE=xfs\n");
+        assert_eq!(svc.signature("pvc-fresh", dev).await.unwrap(), xfs);
+        assert_eq!(svc.signature("pvc-old", dev).await.unwrap(), xfs);
+        assert_eq!(programs.calls().len(), 2);
+        assert!(programs.calls()[0].display().starts_with("blkid -p"));
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use super::node::NodeService;
 use super::server::{ServeError, Services, serve};
 use crate::claim::{self, ClaimError, InvalidPattern, Policy};
 use crate::discovery::{BlkidProbe, Roots, Usage};
-use crate::fs::{FsTools, ProcessRunner};
+use crate::fs::FsTools;
 use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
 use crate::mount::SyscallMounter;
 use csi_api::identity::{IdentityService, Readiness};
@@ -106,7 +106,7 @@ pub async fn run(
             config.node.clone(),
             volumes.clone(),
             Arc::new(SyscallMounter::default()),
-            FsTools::new(Arc::new(ProcessRunner)),
+            FsTools::new(Arc::new(CommandRunner::new(config.lvm_runner.clone()))),
             locks.clone(),
         )
         .with_kubelet_dir(config.kubelet_dir.clone()),

@@ -82,9 +82,10 @@ pub fn path_under(field: &str, value: &str, root: &Path) -> Result<PathBuf, Erro
     Ok(p)
 }
 
-/// What a validated volume capability asks for.
+/// What a validated volume capability asks for, resolved for the node: csi-api's
+/// `request::Access` with the filesystem object and the parsed mount options.
 #[derive(Clone, Debug)]
-pub enum Access {
+pub enum ResolvedAccess {
     /// Raw block device.
     Block,
     /// A filesystem of this type, mounted with these options.
@@ -94,16 +95,16 @@ pub enum Access {
     },
 }
 
-impl Access {
+impl ResolvedAccess {
     pub fn is_block(&self) -> bool {
-        matches!(self, Access::Block)
+        matches!(self, ResolvedAccess::Block)
     }
 }
 
 /// A validated capability: access type and whether the mode is read-only.
 #[derive(Clone, Debug)]
 pub struct Capability {
-    pub access: Access,
+    pub access: ResolvedAccess,
     pub mode: Mode,
 }
 
@@ -115,8 +116,8 @@ impl Capability {
     /// The smallest volume it can use (the filesystem's minimum, 0 for block).
     pub fn min_bytes(&self) -> u64 {
         match &self.access {
-            Access::Block => 0,
-            Access::Mount { fs, .. } => request::fs_min_bytes(fs.name()),
+            ResolvedAccess::Block => 0,
+            ResolvedAccess::Mount { fs, .. } => request::fs_min_bytes(fs.name()),
         }
     }
 }
@@ -165,9 +166,9 @@ pub fn capability(cap: &VolumeCapability) -> Result<Capability, CapabilityProble
                 fs::by_name(fs_type).map_err(|e| CapabilityProblem::Unsupported(e.to_string()))?;
             let options = MountOptions::from_csi_flags(mount_flags)
                 .map_err(|e| CapabilityProblem::Malformed(e.to_string()))?;
-            Access::Mount { fs, options }
+            ResolvedAccess::Mount { fs, options }
         }
-        _ => Access::Block,
+        _ => ResolvedAccess::Block,
     };
     Ok(Capability { access, mode })
 }
@@ -417,11 +418,11 @@ mod tests {
             capability(&mount_cap("ext4", &["noatime"], Mode::SingleNodeReaderOnly)).unwrap();
         assert!(ext4.read_only_mode());
         match ext4.access {
-            Access::Mount { fs, options } => {
+            ResolvedAccess::Mount { fs, options } => {
                 assert_eq!(fs.name(), "ext4");
                 assert_eq!(options.flags, nix::mount::MsFlags::MS_NOATIME);
             }
-            Access::Block => panic!("mount expected"),
+            ResolvedAccess::Block => panic!("mount expected"),
         }
     }
 

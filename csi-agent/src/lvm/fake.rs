@@ -5,6 +5,7 @@
 //! at once is tracked, so tests can prove serialisation.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -217,5 +218,10 @@ impl LvmRunner for FakeRunner {
             }
         }
         Ok(reply.output)
+    }
+
+    /// Every device opens: scripted commands stand in for devices that do not exist.
+    async fn check_readable(&self, _device: &Path) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@
 //! 4 KiB were zeroed and every signature libblkid knew in it was wiped by that lvcreate.
 
 pub mod backup;
+pub mod blkid;
 mod error;
 pub mod fake;
 mod lv;

@@ -11,7 +11,7 @@ use super::error::{CommandFailure, LvmError, Result, Subject};
 use super::naming::{self, OWNER_TAG};
 use super::report::{Pv, Vg};
 use super::runner::{Invocation, LvmRunner};
-use super::{Lvm, failure, name_arg, path_arg};
+use super::{Lvm, blkid, failure, name_arg, path_arg};
 
 /// What a device is, as far as joining a VG is concerned.
 enum DeviceState {
@@ -205,11 +205,13 @@ impl<R: LvmRunner> Lvm<R> {
             Some(2) => Ok(()),
             // 0: something found; 8: several things found ("ambivalent").
             Some(0) | Some(8) => {
-                let found: Vec<&str> = out
-                    .stdout
-                    .lines()
-                    .filter(|l| l.starts_with("TYPE=") || l.starts_with("PTTYPE="))
-                    .collect();
+                let found: Vec<String> = match blkid::parse_export(&out.stdout) {
+                    blkid::Probed::Signature(sig) => ["TYPE", "PTTYPE"]
+                        .into_iter()
+                        .filter_map(|key| sig.get(key).map(|v| format!("{key}={v}")))
+                        .collect(),
+                    blkid::Probed::Blank | blkid::Probed::Ambivalent => Vec::new(),
+                };
                 let detail = if found.is_empty() {
                     "ambivalent probe result".to_owned()
                 } else {

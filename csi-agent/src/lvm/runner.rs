@@ -1,11 +1,13 @@
-//! How lvm2 (and `blkid`) commands run: the [`LvmRunner`] seam and the real [`CommandRunner`].
+//! How the agent runs host programs (lvm2, `blkid`, `blkdiscard`, mkfs and grow tools, `fstrim`):
+//! the one [`LvmRunner`] seam, the real [`CommandRunner`] and, for tests, `lvm::fake::FakeRunner`.
 //! Commands are argument vectors (never a shell string), run with `LC_ALL=C` (stable messages for
 //! error classification), stdin on `/dev/null` (so every lvm2 prompt is answered "no"), an
-//! optional private `LVM_SYSTEM_DIR`, a timeout and a cancellation token. A command that has to be
-//! stopped gets SIGTERM, then SIGKILL after a grace period; dropping the future kills it too.
+//! optional private `LVM_SYSTEM_DIR` and a cancellation token; the quick tools also have a timeout
+//! ([`Tool::bounded`]). A command that has to be stopped gets SIGTERM, then SIGKILL after a grace
+//! period; dropping the future kills it too. Nothing else in the agent spawns a process.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,6 +26,16 @@ pub enum Tool {
     Blkid,
     /// util-linux `blkdiscard`, used to wipe an LV before it is removed (see `lvm::wipe`).
     Blkdiscard,
+    /// `mkfs.xfs`, which creates a filesystem on a volume (see `fs`).
+    MkfsXfs,
+    /// `mkfs.ext4`.
+    MkfsExt4,
+    /// `xfs_growfs`, which grows a mounted xfs.
+    XfsGrowfs,
+    /// `resize2fs`, which grows a mounted ext4.
+    Resize2fs,
+    /// util-linux `fstrim`, which discards the free space of a mounted filesystem (see `fstrim`).
+    Fstrim,
 }
 
 impl Tool {
@@ -32,6 +44,22 @@ impl Tool {
             Tool::Lvm => "lvm",
             Tool::Blkid => "blkid",
             Tool::Blkdiscard => "blkdiscard",
+            Tool::MkfsXfs => "mkfs.xfs",
+            Tool::MkfsExt4 => "mkfs.ext4",
+            Tool::XfsGrowfs => "xfs_growfs",
+            Tool::Resize2fs => "resize2fs",
+            Tool::Fstrim => "fstrim",
+        }
+    }
+
+    /// Whether [`RunnerConfig::timeout`] applies. The filesystem tools work in proportion to the
+    /// size of the volume (mkfs discards it, fstrim its free space): only cancellation stops them.
+    pub fn bounded(self) -> bool {
+        match self {
+            Tool::Lvm | Tool::Blkid | Tool::Blkdiscard => true,
+            Tool::MkfsXfs | Tool::MkfsExt4 | Tool::XfsGrowfs | Tool::Resize2fs | Tool::Fstrim => {
+                false
+            }
         }
     }
 }
@@ -44,15 +72,24 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    pub fn lvm<I, S>(args: I) -> Self
+    /// `tool` with this argument vector.
+    pub fn new<I, S>(tool: Tool, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         Invocation {
-            tool: Tool::Lvm,
+            tool,
             args: args.into_iter().map(Into::into).collect(),
         }
+    }
+
+    pub fn lvm<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Invocation::new(Tool::Lvm, args)
     }
 
     pub fn blkid<I, S>(args: I) -> Self
@@ -60,10 +97,7 @@ impl Invocation {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Invocation {
-            tool: Tool::Blkid,
-            args: args.into_iter().map(Into::into).collect(),
-        }
+        Invocation::new(Tool::Blkid, args)
     }
 
     /// The lvm2 subcommand (`lvcreate`, ...) or the program name for other tools.
@@ -118,13 +152,21 @@ impl Output {
     }
 }
 
-/// Runs commands for the LVM layer. Implementations: [`CommandRunner`] (real processes) and
-/// [`super::fake::FakeRunner`] (scripted, recording; for tests of this layer and its callers).
+/// Runs the agent's host commands (the LVM layer's and every other module's). Implementations:
+/// [`CommandRunner`] (real processes) and [`super::fake::FakeRunner`] (scripted, recording; for
+/// tests of this layer and its callers).
 #[async_trait]
 pub trait LvmRunner: Send + Sync + 'static {
     /// Runs `inv` to completion. `Ok` whenever the process ran, whatever its exit code;
     /// `Err` only for [`LvmError::Spawn`], [`LvmError::Timeout`] and [`LvmError::Cancelled`].
     async fn run(&self, inv: &Invocation, cancel: &CancellationToken) -> Result<Output>;
+
+    /// Fails unless `device` can be opened for reading. `blkid` exits 2 both for "nothing found"
+    /// and for "cannot open", so a probe asks this first; fakes answer for devices that do not
+    /// exist.
+    async fn check_readable(&self, device: &Path) -> std::io::Result<()> {
+        tokio::fs::File::open(device).await.map(drop)
+    }
 }
 
 /// Settings of the real runner.
@@ -178,11 +220,11 @@ enum Stop {
 #[async_trait]
 impl LvmRunner for CommandRunner {
     async fn run(&self, inv: &Invocation, cancel: &CancellationToken) -> Result<Output> {
-        let blkdiscard = PathBuf::from(Tool::Blkdiscard.as_str());
+        let by_name = PathBuf::from(inv.tool.as_str());
         let program = match inv.tool {
             Tool::Lvm => &self.config.lvm_path,
             Tool::Blkid => &self.config.blkid_path,
-            Tool::Blkdiscard => &blkdiscard,
+            _ => &by_name,
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(&inv.args)
@@ -222,9 +264,16 @@ impl LvmRunner for CommandRunner {
             buf
         };
         let work = async { tokio::join!(child.wait(), read_out, read_err) };
+        let deadline = async {
+            if inv.tool.bounded() {
+                tokio::time::sleep(self.config.timeout).await
+            } else {
+                std::future::pending().await
+            }
+        };
         let finished = tokio::select! {
             done = work => Ok(done),
-            _ = tokio::time::sleep(self.config.timeout) => Err(Stop::Timeout),
+            _ = deadline => Err(Stop::Timeout),
             _ = cancel.cancelled() => Err(Stop::Cancelled),
         };
         let (status, out, err) = match finished {

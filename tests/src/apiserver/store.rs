@@ -610,7 +610,6 @@ impl Store {
 }
 
 #[cfg(test)]
-#[path = "store_tests.rs"]
 mod tests;
 
 /// What the API server requires of the name of a created object (most kinds, CRDs included):
