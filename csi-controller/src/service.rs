@@ -649,5 +649,4 @@ fn to_csi_volume(lv: &LogicalVolume, access: &Access) -> csi::Volume {
 }
 
 #[cfg(test)]
-#[path = "service_tests.rs"]
 mod tests;
