@@ -6,7 +6,7 @@
 //! VM over 9p), so that the second boot sees what the first one wrote. They take minutes under TCG
 //! and are `#[ignore]`d in the host pass:
 //!
-//!     cargo test -p strata-tests --test node_disks -- --ignored --test-threads 1
+//!     cargo test --workspace --test reboots -- --ignored --test-threads 1
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ fn repo() -> PathBuf {
 /// VM, see `boot`).
 fn workdir(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("node_disks")
+        .join("reboots")
         .join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
