@@ -332,11 +332,9 @@ fn rss_child(holding: Holding, path: &std::path::Path) {
     }
     let mut index = ViewIndex::new(Placement::Binpack);
     let mut classes = Vec::new();
-    let mut kept: (
-        Vec<Arc<LogicalVolume>>,
-        Vec<Arc<PersistentVolumeClaim>>,
-        Vec<Arc<Pod>>,
-    ) = Default::default();
+    let mut volumes: Vec<Arc<LogicalVolume>> = Vec::new();
+    let mut claims: Vec<Arc<PersistentVolumeClaim>> = Vec::new();
+    let mut pods: Vec<Arc<Pod>> = Vec::new();
     let file = std::io::BufReader::new(std::fs::File::open(path).expect("objects file"));
     for line in file.lines() {
         let line = line.expect("line");
@@ -348,21 +346,21 @@ fn rss_child(holding: Holding, path: &std::path::Path) {
                 let lv: LogicalVolume = parse(json);
                 index.apply_volume(VolumeRecord::from(&lv));
                 if holding == Holding::Whole {
-                    kept.0.push(Arc::new(lv));
+                    volumes.push(Arc::new(lv));
                 }
             }
             "P" => {
                 let pvc: PersistentVolumeClaim = parse(json);
                 index.apply_claim(ClaimRecord::from(&pvc));
                 if holding == Holding::Whole {
-                    kept.1.push(Arc::new(pvc));
+                    claims.push(Arc::new(pvc));
                 }
             }
             _ => {
                 let pod: Pod = parse(json);
                 index.apply_pod(PodRecord::from(&pod));
                 if holding == Holding::Whole {
-                    kept.2.push(Arc::new(pod));
+                    pods.push(Arc::new(pod));
                 }
             }
         }
@@ -373,7 +371,7 @@ fn rss_child(holding: Holding, path: &std::path::Path) {
     let view = index.publish();
     assert_eq!(view.node_count(), NODES);
     println!("{} {}", status_bytes("VmRSS"), status_bytes("VmHWM"));
-    black_box((&index, &view, &kept));
+    black_box((&index, &view, &volumes, &claims, &pods));
 }
 
 /// Runs both holdings in child processes and prints their memory side by side.
