@@ -12,6 +12,11 @@
 //!   writer on its own thread as the cache task is;
 //! - the time from a change's arrival to the snapshot that holds it (what the next request sees).
 //!
+//! Then (`--rss` for this part only) the resident memory of the index at this size, each in a
+//! child process of its own that reads the objects one by one as JSON (as a watch delivers
+//! them): the index as it is (each object reduced on arrival to what placement reads) against
+//! the previous holding, where the LogicalVolumes, claims and pods were kept whole beside it.
+//!
 //! Run: `cargo bench -p csi-scheduler --bench churn` (`-- --quick` for a shorter run).
 
 use std::collections::BTreeMap;
@@ -25,6 +30,7 @@ use csi_api::names::{ANNOTATION_SELECTED_NODE, Placement};
 use csi_scheduler::fixtures::{CLAIMS_PER_NODE, GIB, Objects, cluster, node_name};
 use csi_scheduler::http::{Verb, ViewHandle, answer};
 use csi_scheduler::index::ViewIndex;
+use csi_scheduler::record::{ClaimRecord, PodRecord, StorageRecord, VolumeRecord};
 use csi_scheduler::view::ClusterView;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use rand::rngs::StdRng;
@@ -110,10 +116,11 @@ fn changes(objects: &Objects, count: usize) -> Vec<Change> {
 
 fn apply_to_index(index: &mut ViewIndex, change: &Change) {
     match change {
-        Change::Volume(_, lv) => index.apply_volume(lv.clone()),
-        Change::Storage(_, ns) => index.apply_node_storage(ns),
-        Change::Claim(_, pvc) => index.apply_claim(pvc.clone()),
-        Change::Pod(_, pod) => index.apply_pod(pod),
+        // Reduced to what the index keeps here, as the watch task does on arrival (counted).
+        Change::Volume(_, lv) => index.apply_volume(VolumeRecord::from(&**lv)),
+        Change::Storage(_, ns) => index.apply_node_storage(StorageRecord::from(&**ns)),
+        Change::Claim(_, pvc) => index.apply_claim(ClaimRecord::from(&**pvc)),
+        Change::Pod(_, pod) => index.apply_pod(PodRecord::from(&**pod)),
     }
 }
 
@@ -141,16 +148,16 @@ fn index_of(objects: &Objects) -> ViewIndex {
     let mut index = ViewIndex::new(Placement::Binpack);
     index.set_storage_classes(objects.classes.iter().cloned());
     for ns in &objects.nodes {
-        index.apply_node_storage(ns);
+        index.apply_node_storage(StorageRecord::from(&**ns));
     }
     for lv in &objects.volumes {
-        index.apply_volume(lv.clone());
+        index.apply_volume(VolumeRecord::from(&**lv));
     }
     for pvc in &objects.claims {
-        index.apply_claim(pvc.clone());
+        index.apply_claim(ClaimRecord::from(&**pvc));
     }
     for pod in &objects.pods {
-        index.apply_pod(pod);
+        index.apply_pod(PodRecord::from(&**pod));
     }
     // The initial load, published once (not counted as a change).
     index.publish();
@@ -270,7 +277,157 @@ fn under_churn(
     })
 }
 
+/// How a `--rss-child` holds the objects it reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Holding {
+    /// Reduced on arrival ([`csi_scheduler::record`]): what the binary does.
+    Records,
+    /// Also kept whole (LogicalVolumes, claims, pods), as the previous index held them.
+    Whole,
+}
+
+/// Writes the fixture cluster as one JSON object per line, prefixed by its kind's letter.
+fn write_objects(path: &std::path::Path) {
+    use std::io::Write;
+    let objects = cluster(NODES);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("objects file"));
+    let mut line = |tag: &str, json: Vec<u8>| {
+        out.write_all(tag.as_bytes()).expect("write");
+        out.write_all(&json).expect("write");
+        out.write_all(b"\n").expect("write");
+    };
+    for o in &objects.classes {
+        line("C", serde_json::to_vec(&**o).expect("json"));
+    }
+    for o in &objects.nodes {
+        line("N", serde_json::to_vec(&**o).expect("json"));
+    }
+    for o in &objects.volumes {
+        line("V", serde_json::to_vec(&**o).expect("json"));
+    }
+    for o in &objects.claims {
+        line("P", serde_json::to_vec(&**o).expect("json"));
+    }
+    for o in &objects.pods {
+        line("O", serde_json::to_vec(&**o).expect("json"));
+    }
+    out.flush().expect("flush");
+}
+
+/// A `kB` field of `/proc/self/status` in bytes.
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The child: reads the objects file into an index, publishes, prints `VmRSS VmHWM` in bytes.
+fn rss_child(holding: Holding, path: &std::path::Path) {
+    use std::io::BufRead;
+    fn parse<K: serde::de::DeserializeOwned>(json: &str) -> K {
+        serde_json::from_str(json).expect("object")
+    }
+    let mut index = ViewIndex::new(Placement::Binpack);
+    let mut classes = Vec::new();
+    let mut volumes: Vec<Arc<LogicalVolume>> = Vec::new();
+    let mut claims: Vec<Arc<PersistentVolumeClaim>> = Vec::new();
+    let mut pods: Vec<Arc<Pod>> = Vec::new();
+    let file = std::io::BufReader::new(std::fs::File::open(path).expect("objects file"));
+    for line in file.lines() {
+        let line = line.expect("line");
+        let (tag, json) = line.split_at(1);
+        match tag {
+            "C" => classes.push(Arc::new(parse(json))),
+            "N" => index.apply_node_storage(StorageRecord::from(parse::<NodeStorage>(json))),
+            "V" => {
+                let lv: LogicalVolume = parse(json);
+                index.apply_volume(VolumeRecord::from(&lv));
+                if holding == Holding::Whole {
+                    volumes.push(Arc::new(lv));
+                }
+            }
+            "P" => {
+                let pvc: PersistentVolumeClaim = parse(json);
+                index.apply_claim(ClaimRecord::from(&pvc));
+                if holding == Holding::Whole {
+                    claims.push(Arc::new(pvc));
+                }
+            }
+            _ => {
+                let pod: Pod = parse(json);
+                index.apply_pod(PodRecord::from(&pod));
+                if holding == Holding::Whole {
+                    pods.push(Arc::new(pod));
+                }
+            }
+        }
+        if tag == "N" && !classes.is_empty() {
+            index.set_storage_classes(std::mem::take(&mut classes));
+        }
+    }
+    let view = index.publish();
+    assert_eq!(view.node_count(), NODES);
+    println!("{} {}", status_bytes("VmRSS"), status_bytes("VmHWM"));
+    black_box((&index, &view, &volumes, &claims, &pods));
+}
+
+/// Runs both holdings in child processes and prints their memory side by side.
+fn rss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("objects.jsonl");
+    write_objects(&path);
+    let run = |holding: &str| -> (u64, u64) {
+        let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .args(["--rss-child", holding])
+            .arg(&path)
+            .output()
+            .expect("child");
+        assert!(
+            out.status.success(),
+            "child: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let mut fields = text
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().expect("bytes"));
+        (fields.next().expect("VmRSS"), fields.next().expect("VmHWM"))
+    };
+    let (whole, whole_hwm) = run("whole");
+    let (records, records_hwm) = run("records");
+    println!(
+        "index memory at {NODES} nodes (own process, objects read one by one as JSON), VmRSS / VmHWM:"
+    );
+    println!(
+        "  LogicalVolumes, claims and pods kept whole (before): {} / {} MiB",
+        whole >> 20,
+        whole_hwm >> 20
+    );
+    println!(
+        "  reduced on arrival to placement fields (after):     {} / {} MiB; ratio after/before {:.2}",
+        records >> 20,
+        records_hwm >> 20,
+        records as f64 / whole as f64
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--rss-child") {
+        let holding = match args.get(at + 1).map(String::as_str) {
+            Some("whole") => Holding::Whole,
+            _ => Holding::Records,
+        };
+        rss_child(holding, std::path::Path::new(&args[at + 2]));
+        return;
+    }
+    if args.iter().any(|a| a == "--rss") {
+        rss();
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let count = if quick { 600 } else { 3000 };
     let mut objects = cluster(NODES);
@@ -394,4 +551,6 @@ fn main() {
         v2.p99 / v1.p99
     );
     println!("goals: filter and prioritize p99 < 5 ms under churn; visible < 50 ms");
+    drop((objects, index, handle, stream));
+    rss();
 }

@@ -2,15 +2,18 @@
 //! (`csi_api::http::serve` with the binary's default limits) over loopback, a view of 5,000
 //! nodes / 40,000 LogicalVolumes, and a names-only /filter body of 5,000 names. Measures the
 //! legitimate p50/p99 (one keep-alive client, back to back) alone, then while 200 slow clients
-//! hold connections with stalled bodies (reconnecting when cut off) and four clients send
-//! 64 MiB bodies (declared, and chunked); prints the process's resident memory (VmRSS) before and
-//! its peak under the load. The process includes the bench's own clients and view.
+//! hold connections stalled in the head or the body and 300 more sit idle (together over the
+//! connection cap; all reconnect when cut off) and four clients send 64 MiB bodies (declared,
+//! and chunked); prints the process's resident memory (VmRSS) before and its peak under the
+//! load. The process includes the bench's own clients and view.
 //!
 //! Second part, the binary alone: the real `csi-scheduler` process (`--listen` on loopback)
 //! reading a fake API server process (`fake-apiserver` of strata-tests) seeded with the same
 //! 5,000 nodes / 40,000 LogicalVolumes / 45,003 claims / 5,000 pods; this bench only drives the
 //! requests, and reads the scheduler's own VmRSS/VmHWM from `/proc/PID/status`: after the
-//! caches synced (idle), sampled under the same hostile load, and idle after it.
+//! caches synced (idle), sampled under the same hostile load, and idle after it. With
+//! `STRATA_SCHEDULER_BASELINE=<path of another csi-scheduler build>` that binary runs first
+//! against the same API server, and both are printed side by side.
 //!
 //! Run: `cargo build --release -p strata-tests --bin fake-apiserver && cargo bench -p
 //! csi-scheduler --bench hostile` (add `-- --quick` for a shorter run, `-- --binary` for the
@@ -34,7 +37,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 const NODES: usize = 5000;
+/// Clients stalling mid-request: half in the head, half in the body.
 const SLOW_CLIENTS: usize = 200;
+/// Clients opening connections and sending nothing, so that together with the slow ones they
+/// exceed the connection cap (256).
+const IDLE_CLIENTS: usize = 300;
 const BIG_BODY: usize = 64 << 20;
 
 fn rss_bytes() -> u64 {
@@ -74,13 +81,14 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> 
     }
 }
 
-async fn legit(addr: SocketAddr, request: Arc<Vec<u8>>, count: usize) -> Vec<Duration> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+/// `count` requests back to back on `stream`, a keep-alive connection (kube-scheduler's is
+/// opened once: a new connection while the cap is taken by hostile ones is closed at once).
+async fn legit(stream: &mut TcpStream, request: Arc<Vec<u8>>, count: usize) -> Vec<Duration> {
     let mut buf = Vec::new();
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
-        let status = exchange(&mut stream, &request, &mut buf).await;
+        let status = exchange(stream, &request, &mut buf).await;
         samples.push(started.elapsed());
         assert_eq!(status, 200);
     }
@@ -93,14 +101,31 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     (at(0.5).as_secs_f64() * 1e3, at(0.99).as_secs_f64() * 1e3)
 }
 
-/// A client that sends headers and a little of a 1 MiB body, then stalls; reconnects when cut.
-async fn slow_client(addr: SocketAddr, stop: Arc<AtomicBool>, cut: Arc<AtomicU64>) {
+/// What a slow client sends before it stalls.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Part of the request head (the blank line never comes).
+    InHead,
+    /// The head and a little of a declared 1 MiB body.
+    InBody,
+    /// Nothing at all: an idle connection taking a slot.
+    Idle,
+}
+
+/// A client that sends what `stall` says, then stalls; reconnects 50 ms after it is cut.
+async fn slow_client(addr: SocketAddr, stall: Stall, stop: Arc<AtomicBool>, cut: Arc<AtomicU64>) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut s) = TcpStream::connect(addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let head = "POST /filter HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n{\"Pod\":";
+        let head = match stall {
+            Stall::InHead => "POST /filter HTTP/1.1\r\nhost: x\r\ncontent-len",
+            Stall::InBody => {
+                "POST /filter HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n{\"Pod\":"
+            }
+            Stall::Idle => "",
+        };
         if s.write_all(head.as_bytes()).await.is_err() {
             continue;
         }
@@ -118,6 +143,7 @@ async fn slow_client(addr: SocketAddr, stop: Arc<AtomicBool>, cut: Arc<AtomicU64
                 Err(_) => {}
             }
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -247,16 +273,28 @@ fn filter_request() -> Vec<u8> {
     request
 }
 
-/// Legitimate latency alone, then under 200 slow clients and four 64 MiB senders, with the
-/// server's memory sampled by `rss` every 10 ms.
+/// What [`drive`] measured: legitimate p50/p99 alone and under the load, in ms; RSS in bytes.
+#[derive(Clone, Copy)]
+struct Load {
+    p50: f64,
+    p99: f64,
+    p50_hostile: f64,
+    p99_hostile: f64,
+    rss_peak: u64,
+}
+
+/// Legitimate latency alone, then under 200 slow clients (100 stalled in the head, 100 in the
+/// body), 300 idle connections (over the connection cap together) and four 64 MiB senders, with
+/// the server's memory sampled by `rss` every 10 ms.
 async fn drive(
     addr: SocketAddr,
     request: Arc<Vec<u8>>,
     count: usize,
     quick: bool,
     rss: impl Fn() -> u64 + Send + 'static,
-) {
-    let (p50, p99) = percentiles(legit(addr, request.clone(), count).await);
+) -> Load {
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let (p50, p99) = percentiles(legit(&mut conn, request.clone(), count).await);
     let rss_before = rss();
     println!(
         "{NODES} nodes, names-only /filter body {} KiB; limits: body {} MiB, {} connections",
@@ -273,8 +311,18 @@ async fn drive(
     let cut = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut hostile = Vec::new();
-    for _ in 0..SLOW_CLIENTS {
-        hostile.push(tokio::spawn(slow_client(addr, stop.clone(), cut.clone())));
+    for i in 0..SLOW_CLIENTS + IDLE_CLIENTS {
+        let stall = match i {
+            i if i >= SLOW_CLIENTS => Stall::Idle,
+            i if i % 2 == 0 => Stall::InHead,
+            _ => Stall::InBody,
+        };
+        hostile.push(tokio::spawn(slow_client(
+            addr,
+            stall,
+            stop.clone(),
+            cut.clone(),
+        )));
     }
     for _ in 0..4 {
         hostile.push(tokio::spawn(big_client(
@@ -295,30 +343,37 @@ async fn drive(
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let (p50h, p99h) = percentiles(legit(addr, request.clone(), count).await);
+    let (p50h, p99h) = percentiles(legit(&mut conn, request.clone(), count).await);
     // Keep the pressure on past the request deadline, so that slow clients are cut.
     let window = Duration::from_secs(if quick { 6 } else { 12 });
     if started.elapsed() < window {
         tokio::time::sleep(window - started.elapsed()).await;
     }
-    let (p50l, p99l) = percentiles(legit(addr, request.clone(), count / 2).await);
+    let (p50l, p99l) = percentiles(legit(&mut conn, request.clone(), count / 2).await);
     stop.store(true, Ordering::Relaxed);
     for task in hostile {
         task.abort();
     }
     let _ = sampler.await;
     println!(
-        "legit + {SLOW_CLIENTS} slow clients + 4 x 64 MiB senders: p50 {p50h:.3} ms  p99 {p99h:.3} ms (ratio p50 {:.2}, p99 {:.2}); after {} s: p50 {p50l:.3} ms  p99 {p99l:.3} ms",
+        "legit + {SLOW_CLIENTS} slow clients (head/body) + {IDLE_CLIENTS} idle connections + 4 x 64 MiB senders: p50 {p50h:.3} ms  p99 {p99h:.3} ms (ratio p50 {:.2}, p99 {:.2}); after {} s: p50 {p50l:.3} ms  p99 {p99l:.3} ms",
         p50h / p50,
         p99h / p99,
         window.as_secs()
     );
     println!(
-        "peak RSS under the hostile load: {} MiB (goal < 128 MiB, half the 256Mi pod limit); slow connections cut: {}; 64 MiB bodies refused with 413: {}",
+        "peak RSS under the hostile load: {} MiB (goal < 128 MiB, half the 256Mi pod limit); slow and idle connections cut or refused: {}; 64 MiB bodies refused with 413: {}",
         peak.load(Ordering::Relaxed) >> 20,
         cut.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed)
     );
+    Load {
+        p50,
+        p99,
+        p50_hostile: p50h,
+        p99_hostile: p99h,
+        rss_peak: peak.load(Ordering::Relaxed),
+    }
 }
 
 /// A child process killed (by its own pid) when dropped.
@@ -384,6 +439,15 @@ fn write_seed(path: &std::path::Path) -> usize {
     n
 }
 
+/// What one scheduler binary did against the fake API server.
+struct Alone {
+    ready: Duration,
+    idle_rss: u64,
+    idle_hwm: u64,
+    load: Load,
+    after_rss: u64,
+}
+
 fn binary_alone(quick: bool) {
     println!("-- the csi-scheduler binary alone, against a fake API server process");
     let Some(apiserver) = fake_apiserver() else {
@@ -392,7 +456,6 @@ fn binary_alone(quick: bool) {
         );
         return;
     };
-    let count = if quick { 200 } else { 1000 };
     let dir = tempfile::tempdir().expect("tempdir");
     let seed = dir.path().join("seed.yaml");
     let kubeconfig = dir.path().join("kubeconfig");
@@ -413,6 +476,66 @@ fn binary_alone(quick: bool) {
         .expect("fake-apiserver output");
     assert!(line.starts_with("listening on"), "fake-apiserver: {line}");
 
+    // The baseline binary first (e.g. a build of the previous commit), then this build, against
+    // the same API server process.
+    let mut binaries = Vec::new();
+    if let Some(baseline) = std::env::var_os("STRATA_SCHEDULER_BASELINE") {
+        binaries.push(("baseline", std::path::PathBuf::from(baseline)));
+    }
+    binaries.push(("this build", env!("CARGO_BIN_EXE_csi-scheduler").into()));
+    let mut results = Vec::new();
+    for (label, binary) in &binaries {
+        println!("- {label}: {}", binary.display());
+        let alone = scheduler_alone(binary, &kubeconfig, objects, quick);
+        results.push((label, alone));
+    }
+    drop(apiserver);
+    println!(
+        "{:<12} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "binary",
+        "ready s",
+        "idle RSS",
+        "idle HWM",
+        "peak RSS",
+        "after RSS",
+        "p50 ms",
+        "p99 ms",
+        "p50 load",
+        "p99 load"
+    );
+    for (label, a) in &results {
+        println!(
+            "{label:<12} {:>8.1} {:>10} {:>10} {:>10} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            a.ready.as_secs_f64(),
+            format!("{} MiB", a.idle_rss >> 20),
+            format!("{} MiB", a.idle_hwm >> 20),
+            format!("{} MiB", a.load.rss_peak >> 20),
+            format!("{} MiB", a.after_rss >> 20),
+            a.load.p50,
+            a.load.p99,
+            a.load.p50_hostile,
+            a.load.p99_hostile
+        );
+    }
+    if let [(_, before), (_, after)] = &results[..] {
+        println!(
+            "ratio this build / baseline: idle RSS {:.2}, peak RSS {:.2}",
+            after.idle_rss as f64 / before.idle_rss as f64,
+            after.load.rss_peak as f64 / before.load.rss_peak as f64
+        );
+    }
+    println!("goal: RSS < 128 MiB (half the 256Mi pod limit), idle and under the hostile load");
+}
+
+/// Starts `binary` against the API server of `kubeconfig`, waits until it is ready, and drives
+/// the legitimate and hostile requests at it, reading its `/proc/PID/status`.
+fn scheduler_alone(
+    binary: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    objects: usize,
+    quick: bool,
+) -> Alone {
+    let count = if quick { 200 } else { 1000 };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -420,9 +543,9 @@ fn binary_alone(quick: bool) {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let started = Instant::now();
     let scheduler = Reaped(
-        std::process::Command::new(env!("CARGO_BIN_EXE_csi-scheduler"))
+        std::process::Command::new(binary)
             .args(["--listen", &addr.to_string()])
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .spawn()
             .expect("starting csi-scheduler"),
@@ -445,25 +568,32 @@ fn binary_alone(quick: bool) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let synced = started.elapsed();
+        let ready = started.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mib = |field: &str| status_bytes(&pid, field) >> 20;
+        let (idle_rss, idle_hwm) = (status_bytes(&pid, "VmRSS"), status_bytes(&pid, "VmHWM"));
         println!(
             "{objects} objects seeded; ready after {:.1} s; idle after sync: VmRSS {} MiB, VmHWM {} MiB",
-            synced.as_secs_f64(),
-            mib("VmRSS"),
-            mib("VmHWM")
+            ready.as_secs_f64(),
+            idle_rss >> 20,
+            idle_hwm >> 20
         );
         let request = Arc::new(filter_request());
         let sampled = pid.clone();
-        drive(addr, request, count, quick, move || status_bytes(&sampled, "VmRSS")).await;
+        let load = drive(addr, request, count, quick, move || status_bytes(&sampled, "VmRSS")).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let after_rss = status_bytes(&pid, "VmRSS");
         println!(
             "idle after the load: VmRSS {} MiB, VmHWM {} MiB (VmHWM includes the initial list)",
             mib("VmRSS"),
             mib("VmHWM")
         );
-    });
-    drop(scheduler);
-    drop(apiserver);
+        Alone {
+            ready,
+            idle_rss,
+            idle_hwm,
+            load,
+            after_rss,
+        }
+    })
 }

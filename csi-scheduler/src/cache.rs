@@ -1,6 +1,6 @@
 //! The kube-facing side: one watch per kind the extender reads (NodeStorage, LogicalVolume,
-//! PersistentVolumeClaim, StorageClass, and Pod trimmed to its volumes and node; it never writes).
-//! Each watch event goes to one task that applies it to the [`ViewIndex`] (work proportional to
+//! PersistentVolumeClaim, StorageClass and Pod; it never writes), each object reduced on arrival
+//! to what placement reads ([`crate::record`]). Each watch event goes to one task that applies it to the [`ViewIndex`] (work proportional to
 //! the object's node or pod, not the cluster) and publishes a new snapshot after every burst, so
 //! that requests only read a finished snapshot and a change is visible to the next request
 //! within milliseconds.
@@ -26,22 +26,25 @@ use tokio_util::sync::CancellationToken;
 use crate::http::ViewHandle;
 use crate::index::ViewIndex;
 use crate::metrics::Metrics;
+use crate::record::{ClaimRecord, Keyed, PodRecord, StorageRecord, VolumeRecord};
+use crate::view::ObjectKey;
 
 /// Most events applied before a snapshot is published, so that a flood (a re-list of 40,000
 /// volumes) still publishes now and then instead of holding the previous snapshot for long.
 const MAX_BURST: usize = 4096;
 
-/// A watch event of one of the five kinds.
+/// A watch event of one of the five kinds, the object already reduced to what the index keeps
+/// ([`crate::record`]; StorageClasses whole).
 #[allow(
     clippy::large_enum_variant,
     reason = "each event is moved once through the channel; boxing would add an allocation"
 )]
 pub enum Change {
-    NodeStorage(Event<NodeStorage>),
-    Volume(Event<LogicalVolume>),
-    Claim(Event<PersistentVolumeClaim>),
+    NodeStorage(Event<StorageRecord>),
+    Volume(Event<VolumeRecord>),
+    Claim(Event<ClaimRecord>),
     Class(Event<StorageClass>),
-    Pod(Event<Pod>),
+    Pod(Event<PodRecord>),
 }
 
 /// The five kinds, for bookkeeping of (re-)lists.
@@ -66,11 +69,13 @@ pub struct Applier {
     synced: HashSet<Kind>,
 }
 
-fn key<K: Resource>(o: &K) -> (String, String) {
-    (
-        o.meta().namespace.clone().unwrap_or_default(),
-        o.meta().name.clone().unwrap_or_default(),
-    )
+impl Keyed for StorageClass {
+    fn key(&self) -> ObjectKey {
+        (
+            String::new(),
+            self.metadata.name.clone().unwrap_or_default(),
+        )
+    }
 }
 
 impl Applier {
@@ -97,37 +102,32 @@ impl Applier {
             Change::NodeStorage(e) => self.event(
                 Kind::NodeStorage,
                 e,
-                |i, o| i.apply_node_storage(&o),
+                ViewIndex::apply_node_storage,
                 |i, (_, name)| i.delete_node_storage(&name),
             ),
-            Change::Volume(e) => self.event(
-                Kind::Volume,
-                e,
-                |i, o| i.apply_volume(Arc::new(o)),
-                |i, (_, name)| i.delete_volume(&name),
-            ),
-            Change::Claim(e) => self.event(
-                Kind::Claim,
-                e,
-                |i, o| i.apply_claim(Arc::new(o)),
-                |i, (ns, name)| i.delete_claim(&ns, &name),
-            ),
+            Change::Volume(e) => {
+                self.event(Kind::Volume, e, ViewIndex::apply_volume, |i, (_, name)| {
+                    i.delete_volume(&name)
+                })
+            }
+            Change::Claim(e) => {
+                self.event(Kind::Claim, e, ViewIndex::apply_claim, |i, (ns, name)| {
+                    i.delete_claim(&ns, &name)
+                })
+            }
             Change::Class(e) => self.event(
                 Kind::Class,
                 e,
                 |i, o| i.apply_storage_class(Arc::new(o)),
                 |i, (_, name)| i.delete_storage_class(&name),
             ),
-            Change::Pod(e) => self.event(
-                Kind::Pod,
-                e,
-                |i, o| i.apply_pod(&o),
-                |i, (ns, name)| i.delete_pod(&ns, &name),
-            ),
+            Change::Pod(e) => self.event(Kind::Pod, e, ViewIndex::apply_pod, |i, (ns, name)| {
+                i.delete_pod(&ns, &name)
+            }),
         }
     }
 
-    fn event<K: Resource>(
+    fn event<K: Keyed>(
         &mut self,
         kind: Kind,
         event: Event<K>,
@@ -136,14 +136,14 @@ impl Applier {
     ) {
         match event {
             Event::Apply(o) => apply(&mut self.index, o),
-            Event::Delete(o) => delete(&mut self.index, key(&o)),
+            Event::Delete(o) => delete(&mut self.index, o.key()),
             Event::Init => {
                 self.listing.retain(|(k, _)| *k != kind);
                 self.listing.push((kind, HashSet::new()));
             }
             Event::InitApply(o) => {
                 if let Some((_, seen)) = self.listing.iter_mut().find(|(k, _)| *k == kind) {
-                    seen.insert(key(&o));
+                    seen.insert(o.key());
                 }
                 apply(&mut self.index, o);
             }
@@ -182,16 +182,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    spawn_watch::<NodeStorage>(
+    spawn_watch::<NodeStorage, _>(
         Api::all(client.clone()),
         &tx,
         Change::NodeStorage,
         &shutdown,
     );
-    spawn_watch::<LogicalVolume>(Api::all(client.clone()), &tx, Change::Volume, &shutdown);
-    spawn_watch::<PersistentVolumeClaim>(Api::all(client.clone()), &tx, Change::Claim, &shutdown);
-    spawn_watch::<StorageClass>(Api::all(client.clone()), &tx, Change::Class, &shutdown);
-    spawn_watch::<Pod>(Api::all(client), &tx, Change::Pod, &shutdown);
+    spawn_watch::<LogicalVolume, _>(Api::all(client.clone()), &tx, Change::Volume, &shutdown);
+    spawn_watch::<PersistentVolumeClaim, _>(
+        Api::all(client.clone()),
+        &tx,
+        Change::Claim,
+        &shutdown,
+    );
+    spawn_watch::<StorageClass, _>(Api::all(client.clone()), &tx, Change::Class, &shutdown);
+    spawn_watch::<Pod, _>(Api::all(client), &tx, Change::Pod, &shutdown);
     drop(tx);
 
     let mut applier = Applier::new(default_placement);
@@ -237,63 +242,30 @@ pub async fn run(
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What each kind keeps in the cache beyond its metadata. Pods keep only what placement reads
-/// (namespace, name, volumes, `spec.nodeName`, `status.nominatedNodeName`), so that the pod
-/// cache costs little at thousands of pods.
-trait Trim {
-    fn trim(&mut self) {}
-}
-impl Trim for NodeStorage {}
-impl Trim for LogicalVolume {}
-impl Trim for PersistentVolumeClaim {}
-impl Trim for StorageClass {}
-impl Trim for Pod {
-    fn trim(&mut self) {
-        self.metadata.labels = None;
-        self.metadata.annotations = None;
-        self.metadata.owner_references = None;
-        if let Some(spec) = &mut self.spec {
-            let node_name = spec.node_name.take();
-            let volumes = spec.volumes.take();
-            *spec = Default::default();
-            spec.node_name = node_name;
-            spec.volumes = volumes.map(|volumes| {
-                volumes
-                    .into_iter()
-                    .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
-                    .map(|v| k8s_openapi::api::core::v1::Volume {
-                        name: v.name,
-                        persistent_volume_claim: v.persistent_volume_claim,
-                        // The template itself is not needed, only that the volume is one.
-                        ephemeral: v.ephemeral.map(|_| Default::default()),
-                        ..Default::default()
-                    })
-                    .collect()
-            });
-        }
-        if let Some(status) = &mut self.status {
-            let nominated = status.nominated_node_name.take();
-            *status = Default::default();
-            status.nominated_node_name = nominated;
-        }
+/// The event with its object reduced by `keep` (what the index keeps of it).
+fn reduce<K, R>(event: Event<K>, keep: impl FnOnce(K) -> R) -> Event<R> {
+    match event {
+        Event::Apply(o) => Event::Apply(keep(o)),
+        Event::Delete(o) => Event::Delete(keep(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(keep(o)),
+        Event::InitDone => Event::InitDone,
     }
 }
 
-fn trim<K: Trim>(o: &mut K) {
-    o.trim();
-}
-
-/// Starts a watch on `K` (managed fields and the last-applied annotation dropped, the object
-/// trimmed to what placement reads) that sends every event to `tx`; watch errors are logged and
-/// retried with backoff (the watcher re-lists, and [`Applier`] drops what went meanwhile).
-fn spawn_watch<K>(
+/// Starts a watch on `K` that sends every event to `tx` with the object reduced to what the
+/// index keeps (`R`, [`crate::record`]) as it arrives, so that the whole object is dropped at
+/// once, in the watch task; watch errors are logged and retried with backoff (the watcher
+/// re-lists, and [`Applier`] drops what went meanwhile).
+fn spawn_watch<K, R>(
     api: Api<K>,
     tx: &mpsc::UnboundedSender<Change>,
-    wrap: fn(Event<K>) -> Change,
+    wrap: fn(Event<R>) -> Change,
     shutdown: &CancellationToken,
 ) where
-    K: Resource + Trim + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    R: From<K> + Send + 'static,
 {
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let tx = tx.clone();
@@ -301,15 +273,15 @@ fn spawn_watch<K>(
     let events = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(|o: &mut K| {
+            // Only StorageClasses are kept whole; the others are reduced below anyway.
             o.managed_fields_mut().clear();
             o.annotations_mut().remove(LAST_APPLIED);
-            trim(o);
         })
         .for_each(move |event| {
             match event {
                 Ok(event) => {
                     // The receiver is gone only at shutdown.
-                    let _ = tx.send(wrap(event));
+                    let _ = tx.send(wrap(reduce(event, R::from)));
                 }
                 Err(e) => tracing::warn!(kind = %kind, error = %e, "watch failed; retrying"),
             }
@@ -330,9 +302,13 @@ mod tests {
     use super::*;
     use crate::fixtures::*;
 
-    fn list<K>(wrap: fn(Event<K>) -> Change, objects: Vec<K>) -> Vec<Change> {
+    fn list<K, R: From<K>>(wrap: fn(Event<R>) -> Change, objects: Vec<K>) -> Vec<Change> {
         let mut out = vec![wrap(Event::Init)];
-        out.extend(objects.into_iter().map(|o| wrap(Event::InitApply(o))));
+        out.extend(
+            objects
+                .into_iter()
+                .map(|o| wrap(Event::InitApply(R::from(o)))),
+        );
         out.push(wrap(Event::InitDone));
         out
     }
@@ -346,11 +322,11 @@ mod tests {
         }
         assert!(!applier.synced(), "four kinds not listed yet");
         let classes = standard_classes().iter().map(|c| (**c).clone()).collect();
-        for change in list(Change::Class, classes)
+        for change in list::<StorageClass, _>(Change::Class, classes)
             .into_iter()
-            .chain(list(Change::Volume, vec![]))
-            .chain(list(Change::Claim, vec![]))
-            .chain(list(Change::Pod, vec![]))
+            .chain(list::<LogicalVolume, _>(Change::Volume, vec![]))
+            .chain(list::<PersistentVolumeClaim, _>(Change::Claim, vec![]))
+            .chain(list::<Pod, _>(Change::Pod, vec![]))
         {
             applier.apply(change);
         }
@@ -364,7 +340,7 @@ mod tests {
         assert!(view.node("a").is_none());
         assert!(view.node("b").is_some() && view.node("c").is_some());
         // A plain delete event.
-        applier.apply(Change::NodeStorage(Event::Delete(storage("b"))));
+        applier.apply(Change::NodeStorage(Event::Delete(storage("b").into())));
         assert_eq!(applier.index().publish().node_count(), 1);
     }
 }

@@ -19,32 +19,24 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use csi_api::capacity::{self, ClassBytes, NodeCapacity};
-use csi_api::crd::{LogicalVolume, NodeStorage};
+use csi_api::capacity::{self, ClassBytes};
 use csi_api::names::{DeviceClass, Placement};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
-use crate::view::{ClassParams, ClusterView, ObjectKey, pod_claims_on_nodes};
-
-/// What the index keeps of a NodeStorage.
-#[derive(Debug)]
-struct Storage {
-    /// `status.capacitySequence`: which volume changes the published capacity reflects.
-    sequence: Option<u64>,
-    /// The reported capacity; `None` while the object is being deleted (the node takes nothing).
-    reported: Option<NodeCapacity>,
-}
+use crate::record::{
+    ClaimFields, ClaimRecord, PodRecord, StorageFields, StorageRecord, VolumeFields, VolumeRecord,
+};
+use crate::view::{ClassParams, ClusterView, ObjectKey};
 
 /// The incrementally maintained view. Owned by one task; readers get [`ClusterView`] snapshots.
 #[derive(Debug, Default)]
 pub struct ViewIndex {
     /// The working copy, published by cloning.
     view: ClusterView,
-    storages: HashMap<String, Storage>,
-    volumes: HashMap<String, Arc<LogicalVolume>>,
+    storages: HashMap<String, StorageFields>,
+    volumes: HashMap<String, VolumeFields>,
     volumes_by_node: HashMap<String, HashSet<String>>,
-    claims: HashMap<ObjectKey, Arc<PersistentVolumeClaim>>,
+    claims: HashMap<ObjectKey, ClaimFields>,
     claim_by_uid: HashMap<String, ObjectKey>,
     /// node → claims whose `selected-node` names it (their credibility depends on the node).
     selected_on: HashMap<String, HashSet<ObjectKey>>,
@@ -57,13 +49,6 @@ pub struct ViewIndex {
     storage_classes: HashMap<String, Arc<StorageClass>>,
     dirty_claims: HashSet<ObjectKey>,
     dirty_nodes: HashSet<String>,
-}
-
-fn key_of(namespace: Option<&str>, name: Option<&str>) -> ObjectKey {
-    (
-        namespace.unwrap_or_default().to_owned(),
-        name.unwrap_or_default().to_owned(),
-    )
 }
 
 impl ViewIndex {
@@ -93,21 +78,12 @@ impl ViewIndex {
 
     // ---- NodeStorage ----
 
-    pub fn apply_node_storage(&mut self, ns: &NodeStorage) {
-        let Some(name) = ns.metadata.name.clone() else {
+    pub fn apply_node_storage(&mut self, ns: StorageRecord) {
+        if ns.name.is_empty() {
             return;
-        };
-        let status = ns.status.as_ref();
-        let storage = Storage {
-            sequence: status.and_then(|s| s.capacity_sequence),
-            // Being deleted, or marked stale by the controller (its agent stopped reporting):
-            // trust nothing it says.
-            reported: (ns.metadata.deletion_timestamp.is_none()
-                && !status.is_some_and(|s| s.marked_stale()))
-            .then(|| status.map(NodeCapacity::from_status).unwrap_or_default()),
-        };
-        self.storages.insert(name.clone(), storage);
-        self.node_changed(name);
+        }
+        self.storages.insert(ns.name.clone(), ns.fields);
+        self.node_changed(ns.name);
     }
 
     pub fn delete_node_storage(&mut self, name: &str) {
@@ -127,19 +103,20 @@ impl ViewIndex {
 
     // ---- LogicalVolume ----
 
-    pub fn apply_volume(&mut self, lv: Arc<LogicalVolume>) {
-        let Some(name) = lv.metadata.name.clone() else {
+    pub fn apply_volume(&mut self, lv: VolumeRecord) {
+        let VolumeRecord { name, fields } = lv;
+        if name.is_empty() {
             return;
-        };
-        let node = lv.spec.node_name.clone();
-        let old = self.volumes.insert(name.clone(), lv);
+        }
+        let node = fields.node.clone();
+        let old = self.volumes.insert(name.clone(), fields);
         match old {
             // Its phase, size or sequence changed: its node's pending bytes may have.
-            Some(old) if old.spec.node_name == node => {
+            Some(old) if old.node == node => {
                 self.dirty_nodes.insert(node);
             }
             Some(old) => {
-                self.unlink_volume(&old.spec.node_name, &name);
+                self.unlink_volume(&old.node, &name);
                 self.link_volume(node, name);
             }
             None => {
@@ -151,7 +128,7 @@ impl ViewIndex {
 
     pub fn delete_volume(&mut self, name: &str) {
         if let Some(old) = self.volumes.remove(name) {
-            self.unlink_volume(&old.spec.node_name, name);
+            self.unlink_volume(&old.node, name);
             self.volume_existence_changed(name);
         }
     }
@@ -186,15 +163,12 @@ impl ViewIndex {
 
     // ---- PersistentVolumeClaim ----
 
-    pub fn apply_claim(&mut self, pvc: Arc<PersistentVolumeClaim>) {
-        let key = key_of(
-            pvc.metadata.namespace.as_deref(),
-            pvc.metadata.name.as_deref(),
-        );
-        let uid = pvc.metadata.uid.clone();
-        if let Some(old) = self.claims.insert(key.clone(), pvc)
-            && old.metadata.uid != uid
-            && let Some(old_uid) = &old.metadata.uid
+    pub fn apply_claim(&mut self, pvc: ClaimRecord) {
+        let ClaimRecord { key, fields } = pvc;
+        let uid = fields.uid.clone();
+        if let Some(old) = self.claims.insert(key.clone(), fields)
+            && old.uid != uid
+            && let Some(old_uid) = &old.uid
         {
             self.claim_by_uid.remove(old_uid);
         }
@@ -207,7 +181,7 @@ impl ViewIndex {
     pub fn delete_claim(&mut self, namespace: &str, name: &str) {
         let key = (namespace.to_owned(), name.to_owned());
         if let Some(old) = self.claims.remove(&key) {
-            if let Some(uid) = &old.metadata.uid
+            if let Some(uid) = &old.uid
                 && self.claim_by_uid.get(uid) == Some(&key)
             {
                 self.claim_by_uid.remove(uid);
@@ -218,12 +192,8 @@ impl ViewIndex {
 
     // ---- Pod ----
 
-    pub fn apply_pod(&mut self, pod: &Pod) {
-        let key = key_of(
-            pod.metadata.namespace.as_deref(),
-            pod.metadata.name.as_deref(),
-        );
-        let uses = pod_claims_on_nodes(pod);
+    pub fn apply_pod(&mut self, pod: PodRecord) {
+        let PodRecord { key, uses } = pod;
         if self.pods.get(&key) == Some(&uses) {
             // Most pod updates (status, conditions) change nothing placement reads.
             return;
@@ -396,7 +366,7 @@ impl ViewIndex {
     }
 
     fn recompute_node(&mut self, name: String) {
-        let Some(Storage {
+        let Some(StorageFields {
             sequence,
             reported: Some(reported),
         }) = self.storages.get(&name)
@@ -412,7 +382,7 @@ impl ViewIndex {
             .flatten()
             .filter_map(|v| self.volumes.get(v))
         {
-            if let Some((class, bytes)) = capacity::volume_pending_bytes(lv, *sequence) {
+            if let Some((class, bytes)) = lv.pending_bytes(*sequence) {
                 capacity::add_class_bytes(&mut pending, class, bytes);
             }
         }
@@ -435,7 +405,8 @@ impl ViewIndex {
 mod tests {
     use std::collections::BTreeMap;
 
-    use csi_api::crd::LogicalVolumePhase;
+    use csi_api::crd::{LogicalVolume, LogicalVolumePhase, NodeStorage};
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -515,7 +486,7 @@ mod tests {
                         Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
                 }
                 let ns = Arc::new(ns);
-                index.apply_node_storage(&ns);
+                index.apply_node_storage(StorageRecord::from(&*ns));
                 world.storages.insert(node.to_owned(), ns);
             }
             2 | 3 => {
@@ -546,7 +517,7 @@ mod tests {
                 status.capacity_sequence = rng.random_bool(0.7).then(|| rng.random_range(1..4));
                 status.current_size_bytes = rng.random_bool(0.5).then_some(GIB);
                 let lv = Arc::new(lv);
-                index.apply_volume(lv.clone());
+                index.apply_volume(VolumeRecord::from(&*lv));
                 world.volumes.insert(name, lv);
             }
             4..=6 => {
@@ -573,7 +544,7 @@ mod tests {
                     pvc = bound(pvc);
                 }
                 let pvc = Arc::new(pvc);
-                index.apply_claim(pvc.clone());
+                index.apply_claim(ClaimRecord::from(&*pvc));
                 world.claims.insert(name, pvc);
             }
             7 => {
@@ -590,7 +561,7 @@ mod tests {
                 let uses: Vec<&str> = uses.iter().map(String::as_str).collect();
                 let node = *pick(rng, &["n0", "n1", "n2", ""]);
                 let pod = pod_on("apps", &name, node, rng.random_bool(0.5), &uses);
-                index.apply_pod(&pod);
+                index.apply_pod(PodRecord::from(&*pod));
                 world.pods.insert(name, pod);
             }
             _ => {
@@ -661,16 +632,16 @@ mod tests {
         let mut index = ViewIndex::new(Placement::Binpack);
         index.set_storage_classes(classes.iter().cloned());
         for ns in &nodes {
-            index.apply_node_storage(ns);
+            index.apply_node_storage(StorageRecord::from(&**ns));
         }
         for lv in &volumes {
-            index.apply_volume(lv.clone());
+            index.apply_volume(VolumeRecord::from(&**lv));
         }
         for pvc in &claims {
-            index.apply_claim(pvc.clone());
+            index.apply_claim(ClaimRecord::from(&**pvc));
         }
         for pod in &pods {
-            index.apply_pod(pod);
+            index.apply_pod(PodRecord::from(&**pod));
         }
         let before = index.publish();
         let node = node_name(7);
@@ -681,7 +652,7 @@ mod tests {
             40 * GIB,
             LogicalVolumePhase::Pending,
         );
-        index.apply_volume(new_volume);
+        index.apply_volume(VolumeRecord::from(&*new_volume));
         assert_eq!(index.pending_changes(), 1, "one node to recompute");
         let after = index.publish();
         let pending = |v: &ClusterView| v.node(&node).unwrap().classes[&DeviceClass::Nvme].pending;
@@ -692,7 +663,7 @@ mod tests {
             assert!(Arc::ptr_eq(&before.nodes[&name], &after.nodes[&name]));
         }
         // A pod status update that changes nothing placement reads recomputes nothing.
-        index.apply_pod(&pods[0]);
+        index.apply_pod(PodRecord::from(&*pods[0]));
         assert_eq!(index.pending_changes(), 0);
     }
 }

@@ -1,6 +1,7 @@
 //! Strata's kube-scheduler extender (docs/architecture.md, csi-scheduler). The kube layer is thin:
-//! - [`cache`]: watches on NodeStorage, LogicalVolume, PVC, StorageClass and Pod, feeding each
-//!   change into [`index::ViewIndex`], which publishes a new [`view::ClusterView`] snapshot;
+//! - [`cache`]: watches on NodeStorage, LogicalVolume, PVC, StorageClass and Pod, each object
+//!   reduced on arrival to the fields placement reads ([`record`]) and fed into
+//!   [`index::ViewIndex`], which publishes a new [`view::ClusterView`] snapshot;
 //! - [`view`]: the snapshot and a pod's demand (pure);
 //! - [`extender`]: filter and prioritize (pure, over `csi_api::capacity` and `placement`);
 //! - [`wire`]: the extender v1 JSON types; [`http`]: the axum routes; [`metrics`]: Prometheus;
@@ -13,6 +14,7 @@ pub mod fixtures;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod record;
 pub mod view;
 pub mod wire;
 

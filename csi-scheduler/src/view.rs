@@ -1,5 +1,5 @@
-//! `ClusterView`: a plain, immutable snapshot of what placement needs, built from the reflector
-//! stores (NodeStorage, LogicalVolume, PersistentVolumeClaim, StorageClass) by a pure function:
+//! `ClusterView`: a plain, immutable snapshot of what placement needs, built from the watched
+//! objects (NodeStorage, LogicalVolume, PersistentVolumeClaim, StorageClass, Pod) by [`ViewIndex`]:
 //! each node's capacity per class with pending demand already subtracted, the Strata claims, and
 //! the Strata StorageClasses. It also turns a pod into its [`PodDemand`].
 //!
@@ -20,7 +20,7 @@ use csi_api::csi::CapacityRange;
 use csi_api::csi::VolumeCapability;
 use csi_api::csi::volume_capability::access_mode::Mode;
 use csi_api::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use csi_api::names::{ANNOTATION_SELECTED_NODE, DRIVER_NAME, DeviceClass, Placement};
+use csi_api::names::{DRIVER_NAME, DeviceClass, Placement};
 use csi_api::placement::Demand;
 use csi_api::request::check_capability;
 use csi_api::request::{VolumeParameters, size_within};
@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::index::ViewIndex;
+use crate::record::{ClaimFields, ClaimRecord, PodRecord, StorageRecord, VolumeRecord};
 use crate::wire;
 
 /// Annotations marking the default StorageClass (GA and legacy beta).
@@ -35,8 +36,6 @@ const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
     "storageclass.kubernetes.io/is-default-class",
     "storageclass.beta.kubernetes.io/is-default-class",
 ];
-/// Legacy annotation naming a claim's StorageClass before `spec.storageClassName` existed.
-const LEGACY_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
 
 /// A Strata StorageClass as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,24 +126,24 @@ impl ClusterView {
     ) -> Self
     where
         N: Deref<Target = NodeStorage>,
-        V: Clone + Into<Arc<LogicalVolume>>,
-        C: Clone + Into<Arc<PersistentVolumeClaim>>,
+        V: Deref<Target = LogicalVolume>,
+        C: Deref<Target = PersistentVolumeClaim>,
         S: Clone + Into<Arc<StorageClass>>,
         P: Deref<Target = Pod>,
     {
         let mut index = ViewIndex::new(default_placement);
         index.set_storage_classes(storage_classes.iter().map(|s| s.clone().into()));
         for ns in node_storages {
-            index.apply_node_storage(ns);
+            index.apply_node_storage(StorageRecord::from(&**ns));
         }
         for lv in volumes {
-            index.apply_volume(lv.clone().into());
+            index.apply_volume(VolumeRecord::from(&**lv));
         }
         for pvc in claims {
-            index.apply_claim(pvc.clone().into());
+            index.apply_claim(ClaimRecord::from(&**pvc));
         }
         for pod in pods {
-            index.apply_pod(pod);
+            index.apply_pod(PodRecord::from(&**pod));
         }
         index.publish()
     }
@@ -233,43 +232,25 @@ impl ClusterView {
     /// `has_volume` tells whether a LogicalVolume named after a claim's UID exists.
     pub(crate) fn claim_info(
         &self,
-        pvc: &PersistentVolumeClaim,
+        claim: &ClaimFields,
         has_volume: impl Fn(&str) -> bool,
     ) -> Option<ClaimInfo> {
-        let spec = pvc.spec.as_ref()?;
-        let annotations = pvc.metadata.annotations.as_ref();
-        let storage_class = spec
-            .storage_class_name
-            .clone()
-            .or_else(|| annotations.and_then(|a| a.get(LEGACY_CLASS_ANNOTATION).cloned()))?;
-        if !self.classes.contains_key(&storage_class) {
+        let storage_class = claim.storage_class.as_ref()?;
+        if !self.classes.contains_key(storage_class) {
             return None;
         }
-        let quantity = |map: &Option<std::collections::BTreeMap<String, _>>| {
-            map.as_ref()
-                .and_then(|m| m.get("storage"))
-                .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
-        };
-        let resources = spec.resources.as_ref();
-        let requests = resources.and_then(|r| quantity(&r.requests));
-        let limits = resources.and_then(|r| quantity(&r.limits));
-        let bound = spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
-            || pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-        let has_volume = pvc
-            .metadata
+        let has_volume = claim
             .uid
             .as_deref()
             .is_some_and(|uid| has_volume(&volume_name_for_claim(uid)));
-        let min = self.min_bytes(&storage_class, spec.volume_mode.as_deref());
-        let bytes = volume_bytes(requests.as_deref(), limits.as_deref(), min).and_then(|bytes| {
-            check_access(spec)?;
-            Ok(bytes)
-        });
+        let min = self.min_bytes(storage_class, claim.block.then_some("Block"));
+        let bytes = volume_bytes(claim.request.as_deref(), claim.limit.as_deref(), min)
+            .and_then(|bytes| claim.access.clone().map(|()| bytes));
         Some(ClaimInfo {
-            storage_class,
+            storage_class: storage_class.clone(),
             bytes,
-            bound,
-            selected_node: annotations.and_then(|a| a.get(ANNOTATION_SELECTED_NODE).cloned()),
+            bound: claim.bound,
+            selected_node: claim.selected_node.clone(),
             has_volume,
             counted_on: None,
         })
@@ -460,7 +441,7 @@ pub(crate) fn pod_claims_on_nodes(pod: &Pod) -> Vec<(ObjectKey, Vec<String>)> {
 
 /// Whether the claim's access modes and volume mode are ones CreateVolume accepts, by the
 /// shared request validator.
-fn check_access(
+pub(crate) fn check_access(
     spec: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
 ) -> Result<(), String> {
     let access_type = if spec.volume_mode.as_deref() == Some("Block") {
