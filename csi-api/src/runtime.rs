@@ -26,14 +26,26 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "STRATA_LOG_FORMAT", global = true)]
     pub log_format: LogFormat,
-    /// Log filter in `tracing` EnvFilter syntax (e.g. `info,csi_agent=debug`).
-    #[arg(long, default_value = "info", env = "STRATA_LOG", global = true)]
-    pub log_level: String,
+    /// Log filter in `tracing` EnvFilter syntax (e.g. `info,csi_agent=debug`); without it,
+    /// `RUST_LOG`, else `info`.
+    #[arg(long, env = "STRATA_LOG", global = true)]
+    pub log_level: Option<String>,
 }
 
-/// Installs the global tracing subscriber; logs go to stderr.
+/// The log filter: `--log-level` or `STRATA_LOG` when given, else `RUST_LOG` when set and not
+/// empty, else `info`.
+pub fn log_filter(flag: Option<&str>, rust_log: Option<&str>) -> String {
+    flag.or(rust_log.filter(|f| !f.trim().is_empty()))
+        .unwrap_or("info")
+        .to_owned()
+}
+
+/// Installs the global tracing subscriber; logs go to stderr. The filter is [`log_filter`]'s; an
+/// invalid one falls back to `info`.
 pub fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let wanted = log_filter(args.log_level.as_deref(), rust_log.as_deref());
+    let filter = EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr);
@@ -126,6 +138,33 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListenerStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_filter_is_the_flag_or_strata_log_then_rust_log_then_info() {
+        // Neither `--log-level` nor STRATA_LOG: RUST_LOG decides.
+        assert_eq!(log_filter(None, Some("warn")), "warn");
+        assert_eq!(log_filter(None, None), "info");
+        assert_eq!(log_filter(None, Some(" ")), "info");
+        // Either given: it wins over RUST_LOG.
+        assert_eq!(log_filter(Some("debug"), Some("warn")), "debug");
+        assert_eq!(log_filter(Some("error"), None), "error");
+    }
+
+    #[test]
+    fn the_flag_and_strata_log_count_as_given_and_nothing_else_does() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            log: LogArgs,
+        }
+        use clap::Parser;
+        let level = |args: &[&str]| Cli::try_parse_from(args).unwrap().log.log_level;
+        assert_eq!(level(&["x", "--log-level", "debug"]), Some("debug".into()));
+        // STRATA_LOG is read by clap (`env`): not set in the test environment
+        if std::env::var_os("STRATA_LOG").is_none() {
+            assert_eq!(level(&["x"]), None);
+        }
+    }
 
     #[test]
     fn endpoints_parse_unix_and_tcp_only() {
