@@ -84,12 +84,16 @@ pub async fn run<R: LvmRunner>(
     }
 }
 
-/// The names in `/sys/block`: a cheap signal that a disk appeared or vanished.
+/// The names in `/sys/block` of the kinds of disk discovery considers: a cheap signal that a
+/// disk appeared or vanished. Device-mapper nodes are left out: every LV activated or removed
+/// adds or drops a `dm-N`, and that change is the VG-only pass's (a full pass for each would
+/// cost the claim pass per LV change).
 fn block_devices<R: LvmRunner>(ctx: &Context<R>) -> BTreeSet<String> {
     std::fs::read_dir(ctx.roots.sysfs.join("block"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| crate::discovery::is_candidate(name))
                 .collect()
         })
         .unwrap_or_default()
