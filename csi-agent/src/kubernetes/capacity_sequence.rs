@@ -14,7 +14,16 @@
 //!
 //! A pass whose status did not change is still published while some ticket is beyond the last
 //! published sequence, so that every ticket is reached by the next publish.
+//!
+//! **VG-only passes.** After an LV change the publisher re-reads only the changed VGs (one `vgs`
+//! each) and keeps the rest of the last status. That keeps the guarantee because the changed VG
+//! is recorded *with* the ticket ([`Sequencer::ticket_for`], one critical section) and drained
+//! *with* the pass number ([`Sequencer::begin_vg_pass`], one critical section): a pass whose
+//! number is `>= N` drained every VG whose ticket is `<= N`, or a pass before it did and re-read
+//! that VG after its change. A VG-only pass that fails asks for a full pass
+//! ([`Sequencer::want_full_pass`]), which re-reads everything.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 #[derive(Debug)]
@@ -25,6 +34,10 @@ struct State {
     highest_ticket: u64,
     /// The largest sequence actually published.
     published: u64,
+    /// VGs changed since the last pass began (re-read by the next VG-only pass).
+    changed_vgs: BTreeSet<String>,
+    /// Some change needs the whole claim pass (not only a VG re-read).
+    full_wanted: bool,
 }
 
 /// See the module documentation.
@@ -46,6 +59,8 @@ impl Sequencer {
                 next: first,
                 highest_ticket: 0,
                 published: previous.unwrap_or(0),
+                changed_vgs: BTreeSet::new(),
+                full_wanted: false,
             }),
         }
     }
@@ -56,11 +71,52 @@ impl Sequencer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The sequence of a publish pass about to read LVM.
+    /// The sequence of a full publish pass about to read LVM (every VG: the recorded changes
+    /// are covered and forgotten).
     pub fn begin_pass(&self) -> u64 {
         let mut s = self.lock();
+        s.changed_vgs.clear();
+        s.full_wanted = false;
         let n = s.next;
         s.next = n.saturating_add(1);
+        n
+    }
+
+    /// The sequence of a VG-only pass and the VGs it must re-read, or `None` when no VG changed
+    /// or a full pass is wanted (then [`Sequencer::begin_pass`]).
+    pub fn begin_vg_pass(&self) -> Option<(u64, BTreeSet<String>)> {
+        let mut s = self.lock();
+        if s.full_wanted || s.changed_vgs.is_empty() {
+            return None;
+        }
+        let vgs = std::mem::take(&mut s.changed_vgs);
+        let n = s.next;
+        s.next = n.saturating_add(1);
+        Some((n, vgs))
+    }
+
+    /// Records that LVs of `vg` changed with no ticket (a removal: readers need none).
+    pub fn vg_changed(&self, vg: &str) {
+        self.lock().changed_vgs.insert(vg.to_owned());
+    }
+
+    /// Asks for a full pass (a change a VG re-read does not cover, or a VG-only pass failed).
+    pub fn want_full_pass(&self) {
+        self.lock().full_wanted = true;
+    }
+
+    /// Whether a full pass is wanted.
+    pub fn full_pass_wanted(&self) -> bool {
+        self.lock().full_wanted
+    }
+
+    /// [`Sequencer::ticket`] for a change of `vg`, recorded in the same critical section so
+    /// that the pass that reaches the ticket re-reads `vg`.
+    pub fn ticket_for(&self, vg: &str) -> u64 {
+        let mut s = self.lock();
+        s.changed_vgs.insert(vg.to_owned());
+        let n = s.next;
+        s.highest_ticket = s.highest_ticket.max(n);
         n
     }
 
@@ -187,5 +243,94 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 84); // 9 choose 3
+    }
+
+    /// The same invariant with VG-only passes: the publisher re-reads only the VGs it drained
+    /// and keeps the last published figures of the others; a pass that drained nothing
+    /// publishes nothing.
+    #[test]
+    fn vg_only_passes_never_show_a_ready_volume_counted_twice() {
+        let rec = 3usize;
+        let publ = 6usize;
+        let total = rec + publ;
+        let mut checked = 0;
+        for mask in 0u32..(1 << total) {
+            if mask.count_ones() as usize != rec {
+                continue;
+            }
+            const TOTAL: u64 = 100;
+            const SIZE: u64 = 10;
+            let seq = Sequencer::starting_after(None, 1);
+            let mut lvm_free = TOTAL;
+            let mut ticket = None;
+            let mut lv_ready: Option<u64> = None;
+            let (mut r, mut p) = (0, 0);
+            let mut pass: Option<(u64, BTreeSet<String>)> = None;
+            let mut pass_free = 0;
+            // Published before the change by a full pass: (sequence, free of strata-ssd).
+            let first = seq.begin_pass();
+            let mut node_storage = (first, TOTAL);
+            seq.published(first);
+            for i in 0..total {
+                if mask & (1 << i) != 0 {
+                    match r {
+                        0 => lvm_free -= SIZE,
+                        1 => ticket = Some(seq.ticket_for("strata-ssd")),
+                        _ => lv_ready = ticket,
+                    }
+                    r += 1;
+                } else {
+                    match p % 3 {
+                        0 => pass = seq.begin_vg_pass(),
+                        1 => {
+                            pass_free = match &pass {
+                                Some((_, vgs)) if vgs.contains("strata-ssd") => lvm_free,
+                                _ => node_storage.1,
+                            }
+                        }
+                        _ => {
+                            if let Some((n, _)) = pass.take() {
+                                node_storage = (n, pass_free);
+                                seq.published(n);
+                            }
+                        }
+                    }
+                    p += 1;
+                }
+                if let Some(n) = lv_ready
+                    && node_storage.0 >= n
+                {
+                    assert_eq!(node_storage.1, TOTAL - SIZE, "mask {mask:b} step {i}");
+                }
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 84);
+    }
+
+    #[test]
+    fn a_full_pass_covers_the_changed_vgs_and_a_wanted_one_comes_first() {
+        let s = Sequencer::starting_after(None, 100);
+        assert!(s.begin_vg_pass().is_none(), "nothing changed");
+        let t = s.ticket_for("strata-nvme");
+        s.vg_changed("strata-hdd");
+        let (n, vgs) = s.begin_vg_pass().unwrap();
+        assert!(n >= t);
+        assert_eq!(
+            vgs.into_iter().collect::<Vec<_>>(),
+            ["strata-hdd", "strata-nvme"]
+        );
+        assert!(s.begin_vg_pass().is_none(), "drained");
+        s.vg_changed("strata-ssd");
+        s.want_full_pass();
+        assert!(s.full_pass_wanted());
+        assert!(s.begin_vg_pass().is_none(), "a full pass is wanted");
+        let full = s.begin_pass();
+        assert!(full > n);
+        assert!(!s.full_pass_wanted());
+        assert!(
+            s.begin_vg_pass().is_none(),
+            "the full pass re-read every VG"
+        );
     }
 }

@@ -33,7 +33,8 @@ pub struct Context<R: LvmRunner> {
     pub node: String,
     pub lvm: Lvm<R>,
     pub roots: Roots,
-    /// Wakes the NodeStorage publisher after a change.
+    /// Wakes the NodeStorage publisher after a change (recorded in `sequencer`: use
+    /// [`Context::lv_changed`], [`Context::lv_removed`] or [`Context::everything_changed`]).
     pub changed: Arc<Notify>,
     /// Wipes LVs before their removal.
     pub wiper: crate::wiper::Wiper<R>,
@@ -49,6 +50,28 @@ pub struct Context<R: LvmRunner> {
     pub heartbeat: Duration,
     /// Node gauges and claim counters, when metrics are on.
     pub metrics: Option<crate::metrics::Metrics>,
+}
+
+impl<R: LvmRunner> Context<R> {
+    /// An LV of `vg` was made or grown (or found made): the ticket its LogicalVolume status
+    /// carries. Wakes the publisher for a VG-only pass of `vg`.
+    pub fn lv_changed(&self, vg: &str) -> u64 {
+        let ticket = self.sequencer.ticket_for(vg);
+        self.changed.notify_one();
+        ticket
+    }
+
+    /// An LV of `vg` was removed: wakes the publisher for a VG-only pass of `vg`.
+    pub fn lv_removed(&self, vg: &str) {
+        self.sequencer.vg_changed(vg);
+        self.changed.notify_one();
+    }
+
+    /// Something a VG re-read may not cover changed: wakes the publisher for a full pass.
+    pub fn everything_changed(&self) {
+        self.sequencer.want_full_pass();
+        self.changed.notify_one();
+    }
 }
 
 /// Runs the reconciler and the publisher until `shutdown`.
@@ -157,13 +180,13 @@ pub async fn serve(
         metrics: config.metrics.clone(),
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
-    let resumed_changed = ctx.changed.clone();
+    let resumed = ctx.clone();
     tokio::spawn(async move {
         match wiper.resume().await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(finished = n, "interrupted wipes finished");
-                resumed_changed.notify_one();
+                resumed.everything_changed();
             }
             Err(e) => tracing::warn!(error = %e, "cannot list interrupted wipes"),
         }

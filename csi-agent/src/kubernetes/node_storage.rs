@@ -1,8 +1,11 @@
-//! The claim pass and the NodeStorage status of this node. Runs when told that something changed
-//! (an LV made or removed), when the set of block devices in sysfs changes (checked every second:
-//! one directory read), and at the resync period as a safety net. Reads the operator's policy
-//! from `spec`, claims eligible disks through `claim`, and publishes `status` by server-side apply
-//! (field manager `csi-agent`) only when it differs from the last one published.
+//! The claim pass and the NodeStorage status of this node. The full pass runs when the set of
+//! block devices in sysfs changes (checked every second: one directory read), when a change asks
+//! for it, and at the resync period as a safety net: it reads the operator's policy from `spec`,
+//! claims eligible disks through `claim` and reads every VG. An LV made, grown or removed asks
+//! only for a *VG-only pass*: one `vgs` per changed VG (beside a GET of the policy), spliced into
+//! the last status, no disk discovery (see `capacity_sequence` for why that keeps the sequence
+//! guarantee). Either publishes `status` by server-side apply (field manager `csi-agent`) only
+//! when it differs from the last one published.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -46,28 +49,51 @@ pub async fn run<R: LvmRunner>(
     loop {
         let now = tokio::time::Instant::now();
         let seen = block_devices(&ctx);
-        if now >= next_resync || seen != devices {
+        if now >= next_resync || seen != devices || ctx.sequencer.full_pass_wanted() {
             devices = seen;
             next_resync = now + resync;
             match pass(&ctx, &api, &recorder, &mut last, &shutdown).await {
                 Ok(()) => {}
                 Err(e) => warn!(error = %e, "NodeStorage pass failed; retrying"),
             }
+        } else if let Some((sequence, vgs)) = ctx.sequencer.begin_vg_pass() {
+            let started = tokio::time::Instant::now();
+            match vg_pass(&ctx, &api, &recorder, &mut last, &shutdown, sequence, &vgs).await {
+                Ok(true) => {
+                    info!(
+                        ?vgs,
+                        sequence,
+                        took_ms = started.elapsed().as_millis(),
+                        "NodeStorage VG-only pass"
+                    );
+                    continue;
+                }
+                Ok(false) => debug!(?vgs, "VG-only pass not possible; full pass"),
+                Err(e) => warn!(error = %e, ?vgs, "VG-only pass failed; full pass"),
+            }
+            // Its VGs were drained: the full pass re-reads them (and everything else).
+            ctx.sequencer.want_full_pass();
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ctx.changed.notified() => next_resync = tokio::time::Instant::now(),
+            // What changed is recorded in the sequencer (a VG, or a full pass wanted).
+            _ = ctx.changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
 
-/// The names in `/sys/block`: a cheap signal that a disk appeared or vanished.
+/// The names in `/sys/block` of the kinds of disk discovery considers: a cheap signal that a
+/// disk appeared or vanished. Device-mapper nodes are left out: every LV activated or removed
+/// adds or drops a `dm-N`, and that change is the VG-only pass's (a full pass for each would
+/// cost the claim pass per LV change).
 fn block_devices<R: LvmRunner>(ctx: &Context<R>) -> BTreeSet<String> {
     std::fs::read_dir(ctx.roots.sysfs.join("block"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| crate::discovery::is_candidate(name))
                 .collect()
         })
         .unwrap_or_default()
@@ -154,6 +180,96 @@ async fn pass<R: LvmRunner>(
             }
         }
     };
+    publish(
+        ctx, api, recorder, last, shutdown, &object, status, sequence,
+    )
+    .await
+}
+
+/// Re-reads only `vgs` (one `vgs` each, beside a GET of the object for the current reserve) and
+/// publishes the last status with their classes replaced, numbered `sequence` (taken with the
+/// VGs, before the reads). `Ok(false)` when that cannot stand for a full pass: nothing published
+/// yet, the spec changed since, a VG that is not a class of the last status, or a VG whose PVs
+/// changed (a disk event: the full pass names the disks).
+async fn vg_pass<R: LvmRunner>(
+    ctx: &Context<R>,
+    api: &Api<NodeStorage>,
+    recorder: &Recorder,
+    last: &mut Option<Written>,
+    shutdown: &CancellationToken,
+    sequence: u64,
+    vgs: &BTreeSet<String>,
+) -> Result<bool, PassError> {
+    let Some(previous) = last.as_ref().map(|w| w.status.clone()) else {
+        return Ok(false);
+    };
+    let reads = futures::future::join_all(vgs.iter().map(|vg| ctx.lvm.vg(vg)));
+    let (object, reads) = tokio::join!(api.get_opt(&ctx.node), reads);
+    let Some(object) = object? else {
+        return Ok(false);
+    };
+    if object.metadata.generation != previous.observed_generation {
+        return Ok(false);
+    }
+    let Ok(policy) = Policy::new(&object.spec) else {
+        return Ok(false);
+    };
+    let mut read = Vec::with_capacity(reads.len());
+    for vg in reads {
+        match vg {
+            Ok(Some(vg)) => read.push(vg),
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(PassError::Claim(e.to_string())),
+        }
+    }
+    match splice_classes(&previous, &claim::class_summary(&read, &policy), read.len()) {
+        Some(classes) => {
+            let status = build_status(previous.disks, classes);
+            publish(
+                ctx, api, recorder, last, shutdown, &object, status, sequence,
+            )
+            .await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The classes of `previous` with `fresh` put in place of the entries of the same VG; `None`
+/// when a fresh VG is not a class of `previous` (`expected` VGs were read, all must be classes)
+/// or its PV counts changed.
+fn splice_classes(
+    previous: &NodeStorageStatus,
+    fresh: &[csi_api::crd::DeviceClassStatus],
+    expected: usize,
+) -> Option<Vec<csi_api::crd::DeviceClassStatus>> {
+    if fresh.len() != expected {
+        return None;
+    }
+    let mut classes = previous.device_classes.clone();
+    for class in fresh {
+        let slot = classes.iter_mut().find(|c| c.vg_name == class.vg_name)?;
+        if slot.pv_count != class.pv_count || slot.missing_pv_count != class.missing_pv_count {
+            return None;
+        }
+        *slot = class.clone();
+    }
+    Some(classes)
+}
+
+/// Publishes `status` numbered `sequence` unless it equals the last one (and no ticket or
+/// heartbeat needs it), then records it as the last.
+#[allow(clippy::too_many_arguments)]
+async fn publish<R: LvmRunner>(
+    ctx: &Context<R>,
+    api: &Api<NodeStorage>,
+    recorder: &Recorder,
+    last: &mut Option<Written>,
+    shutdown: &CancellationToken,
+    object: &NodeStorage,
+    status: NodeStorageStatus,
+    sequence: u64,
+) -> Result<(), PassError> {
     let status = NodeStorageStatus {
         observed_generation: object.metadata.generation,
         capacity_sequence: Some(sequence),
@@ -581,5 +697,37 @@ mod tests {
         );
         assert_eq!(degraded_news(Some(&status), &status), None, "no news twice");
         assert_eq!(degraded_news(Some(&status), &healthy), None);
+    }
+
+    #[test]
+    fn a_vg_only_pass_replaces_its_class_and_keeps_the_others() {
+        let ssd = DeviceClassStatus {
+            name: DeviceClass::Ssd,
+            vg_name: "strata-ssd".into(),
+            ..class(0)
+        };
+        let previous = build_status(vec![], vec![class(0), ssd.clone()]);
+        let grown = DeviceClassStatus {
+            free_bytes: 7 << 30,
+            allocatable_bytes: 7 << 30,
+            lv_count: 2,
+            ..class(0)
+        };
+        let classes = splice_classes(&previous, std::slice::from_ref(&grown), 1).unwrap();
+        let status = build_status(vec![], classes);
+        assert_eq!(status.device_classes[0].free_bytes, 7 << 30);
+        assert_eq!(status.device_classes[0].allocatable.as_deref(), Some("7Gi"));
+        assert_eq!(status.device_classes[0].lv_count, 2);
+        assert_eq!(status.device_classes[1], ssd.with_quantities());
+        // A disk event (PV counts), a VG the last status does not know, a VG that is no class:
+        // the full pass decides.
+        assert!(splice_classes(&previous, &[class(1)], 1).is_none());
+        let hdd = DeviceClassStatus {
+            name: DeviceClass::Hdd,
+            vg_name: "strata-hdd".into(),
+            ..class(0)
+        };
+        assert!(splice_classes(&previous, &[hdd], 1).is_none());
+        assert!(splice_classes(&previous, &[], 1).is_none());
     }
 }

@@ -269,7 +269,7 @@ async fn reconcile<R: LvmRunner>(
             }
             r.forget_in_use(&name);
             csi_api::fault::point("agent.remove.after-lv");
-            ctx.changed.notify_one();
+            ctx.lv_removed(vg);
             release_finalizer(&api, &lv).await?;
         }
         Step::ReleaseFinalizer => release_finalizer(&api, &lv).await?,
@@ -292,8 +292,7 @@ async fn reconcile<R: LvmRunner>(
                     csi_api::fault::point("agent.create.after-lv");
                     info!(volume = %name, %vg, size = made.size_bytes, "LV created");
                     // After the change, before the status that says so (see capacity_sequence).
-                    let ticket = ctx.sequencer.ticket();
-                    ctx.changed.notify_one();
+                    let ticket = ctx.lv_changed(vg);
                     write_status(&api, &name, ready_status(&made, None, Some(ticket))).await?;
                 }
                 Err(e) => return fail(&r, &api, &lv, &e, true).await,
@@ -306,8 +305,7 @@ async fn reconcile<R: LvmRunner>(
                 Ok(grown) => {
                     csi_api::fault::point("agent.extend.after-lv");
                     info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
-                    let ticket = ctx.sequencer.ticket();
-                    ctx.changed.notify_one();
+                    let ticket = ctx.lv_changed(vg);
                     write_status(&api, &name, ready_status(&grown, None, Some(ticket))).await?;
                 }
                 Err(e) => return fail(&r, &api, &lv, &e, false).await,
@@ -334,8 +332,7 @@ async fn reconcile<R: LvmRunner>(
                 if !unchanged {
                     // The LV may have been made by a previous run that never said so: readers
                     // count it pending until a publish that began after now.
-                    let ticket = ctx.sequencer.ticket();
-                    ctx.changed.notify_one();
+                    let ticket = ctx.lv_changed(vg);
                     let mut status = ready_status(have, None, Some(ticket));
                     status.conditions = fresh.conditions.clone();
                     write_status(&api, &name, status).await?;

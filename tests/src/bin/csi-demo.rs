@@ -375,6 +375,33 @@ fn mean(xs: &[Duration]) -> Duration {
     xs.iter().sum::<Duration>() / u32::try_from(xs.len().max(1)).unwrap_or(1)
 }
 
+/// The median (the mean of the middle two for an even count); robust to a round that a
+/// background job on the shared host slowed down.
+fn median(xs: &[Duration]) -> Duration {
+    let mut v = xs.to_vec();
+    v.sort();
+    match v.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2,
+    }
+}
+
+/// `mean a / b / c` and `median a / b / c` of three phases over the rounds.
+fn phases(rows: &[[Duration; 3]]) -> String {
+    let col = |i: usize| rows.iter().map(|r| r[i]).collect::<Vec<_>>();
+    let (a, b, c) = (col(0), col(1), col(2));
+    format!(
+        "mean {} / {} / {}, median {} / {} / {}",
+        secs(mean(&a)),
+        secs(mean(&b)),
+        secs(mean(&c)),
+        secs(median(&a)),
+        secs(median(&b)),
+        secs(median(&c))
+    )
+}
+
 async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     let agent = start(dir).await?;
     let pid = agent.child.id().context("the agent has no pid")?;
@@ -386,6 +413,8 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     let cap = mount_cap("xfs", &[]);
     let vg = "strata-nvme";
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    // Per phase: create / stage / publish, and lvcreate / mkfs.xfs / mount.
+    let (mut ours_phases, mut bare_phases) = (Vec::new(), Vec::new());
     // Interleaved rounds, so that drift affects both sequences alike.
     for round in 0..rounds {
         let name = format!("bench-{round}");
@@ -402,6 +431,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         )?
         .volume
         .context("no volume")?;
+        let created = t.elapsed();
         ok(
             "stage",
             csi.node
@@ -409,6 +439,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
                 .node_stage_volume(stage_request(&v.volume_id, &staging, cap.clone()))
                 .await,
         )?;
+        let staged = t.elapsed();
         ok(
             "publish",
             csi.node
@@ -423,6 +454,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
                 .await,
         )?;
         ours.push(t.elapsed());
+        ours_phases.push([created, staged - created, t.elapsed() - staged]);
 
         let bare_name = format!("bare-{round}");
         let mnt = dir.join(&bare_name);
@@ -434,10 +466,13 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
                 "-n", &bare_name, "-L", "1g", "-ay", "-Zy", "-Wy", "--yes", vg,
             ],
         )?;
+        let created = t.elapsed();
         run("mkfs.xfs", &["-q", &dev])?;
+        let formatted = t.elapsed();
         std::fs::create_dir_all(&mnt)?;
         run("mount", &[&dev, &mnt.to_string_lossy()])?;
         bare.push(t.elapsed());
+        bare_phases.push([created, formatted - created, t.elapsed() - formatted]);
 
         ok(
             "unpublish",
@@ -465,10 +500,18 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         )?;
         run("umount", &[&mnt.to_string_lossy()])?;
         run("lvremove", &["-y", &format!("{vg}/{bare_name}")])?;
+        let [c, s, p] = ours_phases[round];
+        let [l, m, n] = bare_phases[round];
         println!(
-            "round {round}: strata {} bare {}",
+            "round {round}: strata {} (create {} stage {} publish {}) bare {} (lvcreate {} mkfs.xfs {} mount {})",
             secs(ours[round]),
-            secs(bare[round])
+            secs(c),
+            secs(s),
+            secs(p),
+            secs(bare[round]),
+            secs(l),
+            secs(m),
+            secs(n)
         );
     }
     let ratio = mean(&ours).as_secs_f64() / mean(&bare).as_secs_f64().max(1e-9);
@@ -481,6 +524,14 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         secs(mean(&bare))
     );
     println!("ratio strata/bare: {ratio:.3} (goal <= 1.10)");
+    println!(
+        "medians: strata {} bare {}, ratio {:.3}",
+        secs(median(&ours)),
+        secs(median(&bare)),
+        median(&ours).as_secs_f64() / median(&bare).as_secs_f64().max(1e-9)
+    );
+    println!("create / stage / publish:    {}", phases(&ours_phases));
+    println!("lvcreate / mkfs.xfs / mount: {}", phases(&bare_phases));
 
     // Baseline: N bare lvcreates in sequence on the same VG, with the agent's flags.
     let t = Instant::now();
