@@ -8,11 +8,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::lvm::blkid::{self, ProbeError, Probed};
-use crate::lvm::{CommandRunner, Invocation, LvmError, LvmRunner, Output, Tool};
+use crate::lvm::{Invocation, LvmError, LvmRunner, Output, Tool};
 
 /// A filesystem Strata can create and grow.
 pub trait Filesystem: Send + Sync + fmt::Debug {
@@ -130,23 +129,6 @@ fn arg(path: &Path) -> Result<&str, FsError> {
         .ok_or_else(|| FsError::NotUtf8(path.to_path_buf()))
 }
 
-/// The real runner with its default settings ([`CommandRunner::default`]), not a second runner:
-/// for a mode that does not hand [`FsTools`] the runner it configured (Kubernetes mode, until it
-/// passes its `CommandRunner` as standalone mode does).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessRunner;
-
-#[async_trait]
-impl LvmRunner for ProcessRunner {
-    async fn run(
-        &self,
-        inv: &Invocation,
-        cancel: &CancellationToken,
-    ) -> crate::lvm::Result<Output> {
-        CommandRunner::default().run(inv, cancel).await
-    }
-}
-
 /// The filesystem programs the node service runs.
 #[derive(Clone)]
 pub struct FsTools {
@@ -198,7 +180,7 @@ impl FsTools {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lvm::{FakeRunner, Reply};
+    use crate::lvm::{CommandRunner, FakeRunner, Reply};
 
     #[test]
     fn filesystems_by_name_with_xfs_default() {
@@ -268,12 +250,12 @@ mod tests {
     #[tokio::test]
     async fn the_process_runner_checks_the_device_before_blkid() {
         assert!(
-            ProcessRunner
+            CommandRunner::default()
                 .check_readable(Path::new("/nonexistent-strata"))
                 .await
                 .is_err()
         );
-        let err = FsTools::new(Arc::new(ProcessRunner))
+        let err = FsTools::new(Arc::new(CommandRunner::default()))
             .probe(Path::new("/nonexistent-strata"))
             .await
             .unwrap_err();

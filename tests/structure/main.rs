@@ -15,20 +15,12 @@ use std::path::{Path, PathBuf};
 use syn::visit::Visit;
 
 /// Names another crate may define beside csi-api's (crate, name), and why.
-const SAME_NAME_ALLOWED: &[(&str, &str, &str)] = &[
-    (
-        "csi-agent",
-        "serve",
-        "a module's entry point (csi::server::serve runs the gRPC server, kubernetes::serve the \
+const SAME_NAME_ALLOWED: &[(&str, &str, &str)] = &[(
+    "csi-agent",
+    "serve",
+    "a module's entry point (csi::server::serve runs the gRPC server, kubernetes::serve the \
          mode); csi_api::http::serve is the HTTP server: one verb, three different things",
-    ),
-    (
-        "csi-agent",
-        "REASON_PV_PROTECTED",
-        "an alias of csi_api::names::REASON_PV_PROTECTED (the same value) in \
-         kubernetes/volumes.rs, under the deletion work: to be replaced by the csi-api name",
-    ),
-];
+)];
 
 /// The one module that spawns processes.
 const RUNNER: &str = "csi-agent/src/lvm/runner.rs";

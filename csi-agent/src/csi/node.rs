@@ -634,7 +634,7 @@ mod tests {
 
     use super::*;
     use crate::csi::volumes::memory::MemVolumes;
-    use crate::fs::ProcessRunner;
+    use crate::lvm::CommandRunner;
     use crate::lvm::{FakeRunner, Reply};
     use crate::mount::{MountError, MountOptions};
 
@@ -694,7 +694,7 @@ mod tests {
             "node-a",
             mem,
             mounter.clone(),
-            FsTools::new(Arc::new(ProcessRunner)),
+            FsTools::new(Arc::new(CommandRunner::default())),
             VolumeLocks::new(),
         )
         .with_kubelet_dir(root);
@@ -878,7 +878,7 @@ mod tests {
             "n1",
             mem.clone(),
             Arc::new(crate::mount::SyscallMounter::default()),
-            FsTools::new(Arc::new(ProcessRunner)),
+            FsTools::new(Arc::new(CommandRunner::default())),
             VolumeLocks::new(),
         )
         .with_kubelet_dir(root);

@@ -21,7 +21,7 @@ use crate::csi::lvm_volumes::LvmVolumes;
 use crate::csi::node::NodeService;
 use crate::csi::server::{ServeError, Services, serve as serve_csi};
 use crate::discovery::Roots;
-use crate::fs::{FsTools, ProcessRunner};
+use crate::fs::FsTools;
 use crate::lvm::{CommandRunner, Lvm, LvmOptions, LvmRunner, RunnerConfig};
 use crate::mount::SyscallMounter;
 use csi_api::identity::{IdentityService, Readiness};
@@ -140,7 +140,7 @@ pub async fn serve(
             config.node.clone(),
             Arc::new(LvmVolumes::new(lvm.clone(), Default::default()).with_health(health.clone())),
             Arc::new(SyscallMounter::default()),
-            FsTools::new(Arc::new(ProcessRunner)),
+            FsTools::new(Arc::new(CommandRunner::new(config.lvm_runner.clone()))),
             VolumeLocks::new(),
         )
         .with_kubelet_dir(config.kubelet_dir.clone()),

@@ -38,8 +38,6 @@ pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 pub const REASON_LVM_ERROR: &str = "LvmError";
 /// `status.reason` when the LV could not be wiped before removal (it is kept, and retried).
 pub const REASON_WIPE_FAILED: &str = "WipeFailed";
-/// `status.reason` of a deleted LogicalVolume whose PersistentVolume still exists.
-pub const REASON_PV_PROTECTED: &str = names::REASON_PV_PROTECTED;
 /// `status.reason` of a deleted LogicalVolume whose LV was made in a VG that lvm2 no longer sees
 /// at all (every disk of the class absent): the deletion waits for the disks.
 pub const REASON_VG_MISSING: &str = "VolumeGroupMissing";
@@ -247,7 +245,7 @@ async fn reconcile<R: LvmRunner>(
                  leave the object as it is",
                 names::FINALIZER_PV_PROTECTION
             );
-            hold(&r, &api, &lv, REASON_PV_PROTECTED, &note, "KeepLV").await?;
+            hold(&r, &api, &lv, names::REASON_PV_PROTECTED, &note, "KeepLV").await?;
             return Ok(Action::await_change());
         }
         Step::Remove => {
@@ -938,7 +936,11 @@ mod tests {
             names::REASON_VOLUME_IN_USE,
             &elsewhere
         ));
-        assert!(hold_is_news(Some(&said), REASON_PV_PROTECTED, "kept"));
+        assert!(hold_is_news(
+            Some(&said),
+            names::REASON_PV_PROTECTED,
+            "kept"
+        ));
     }
 
     #[test]
