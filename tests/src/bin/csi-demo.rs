@@ -421,13 +421,17 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         let staging = dir.join(&name).join("staging");
         let target = dir.join(&name).join("target");
         std::fs::create_dir_all(&staging)?;
+        // `strata.io/wipe: none`: the bare half removes its LVs without a wipe, and a wipe of
+        // the previous round's volume in the background would land on this round's Strata half
+        let mut request = create_request(&name, "nvme", GI, cap.clone());
+        request.parameters.insert(
+            csi_api::names::PARAM_WIPE.to_owned(),
+            csi_api::names::WipePolicy::None.as_str().to_owned(),
+        );
         let t = Instant::now();
         let v = ok(
             "create",
-            csi.controller
-                .clone()
-                .create_volume(create_request(&name, "nvme", GI, cap.clone()))
-                .await,
+            csi.controller.clone().create_volume(request).await,
         )?
         .volume
         .context("no volume")?;
