@@ -421,17 +421,13 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         let staging = dir.join(&name).join("staging");
         let target = dir.join(&name).join("target");
         std::fs::create_dir_all(&staging)?;
-        // `strata.io/wipe: none`: the bare half removes its LVs without a wipe, and a wipe of
-        // the previous round's volume in the background would land on this round's Strata half
-        let mut request = create_request(&name, "nvme", GI, cap.clone());
-        request.parameters.insert(
-            csi_api::names::PARAM_WIPE.to_owned(),
-            csi_api::names::WipePolicy::None.as_str().to_owned(),
-        );
         let t = Instant::now();
         let v = ok(
             "create",
-            csi.controller.clone().create_volume(request).await,
+            csi.controller
+                .clone()
+                .create_volume(create_request(&name, "nvme", GI, cap.clone()))
+                .await,
         )?
         .volume
         .context("no volume")?;
@@ -504,6 +500,20 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         )?;
         run("umount", &[&mnt.to_string_lossy()])?;
         run("lvremove", &["-y", &format!("{vg}/{bare_name}")])?;
+        // DeleteVolume answers once the LV is marked and the agent wipes it in the background:
+        // untimed, wait until it is gone, so that no wipe lands on the next round's halves.
+        let waited = Instant::now();
+        while !run("lvs", &["--noheadings", "-o", "lv_name", vg])?
+            .trim()
+            .is_empty()
+        {
+            ensure!(
+                waited.elapsed() < Duration::from_secs(300),
+                "the wipe of {} did not finish in 300 s",
+                v.volume_id
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let [c, s, p] = ours_phases[round];
         let [l, m, n] = bare_phases[round];
         println!(
