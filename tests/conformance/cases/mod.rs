@@ -115,17 +115,10 @@ async fn create_wiped(
     bytes: i64,
     cap: csi::VolumeCapability,
 ) -> Result<csi::Volume> {
-    let resp = ok(
-        "CreateVolume",
-        ctx.csi
-            .controller
-            .clone()
-            .create_volume(csi_client::create_request(name, class, bytes, cap))
-            .await,
-    )?;
-    resp.volume.context("CreateVolume returned no volume")
+    create_with(ctx, csi_client::create_request(name, class, bytes, cap)).await
 }
 
+/// CreateVolume of the suite's StorageClass ([`create_request`]).
 async fn create(
     ctx: &Ctx,
     name: &str,
@@ -133,13 +126,13 @@ async fn create(
     bytes: i64,
     cap: csi::VolumeCapability,
 ) -> Result<csi::Volume> {
+    create_with(ctx, create_request(name, class, bytes, cap)).await
+}
+
+async fn create_with(ctx: &Ctx, req: csi::CreateVolumeRequest) -> Result<csi::Volume> {
     let resp = ok(
         "CreateVolume",
-        ctx.csi
-            .controller
-            .clone()
-            .create_volume(create_request(name, class, bytes, cap))
-            .await,
+        ctx.csi.controller.clone().create_volume(req).await,
     )?;
     resp.volume.context("CreateVolume returned no volume")
 }
