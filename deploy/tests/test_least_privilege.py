@@ -156,16 +156,16 @@ CALLS = [
      ("sidecar", "csi-resizer")),
     # csi-scheduler: five watches (cache.rs)
     ("csi-scheduler", "strata.io", "nodestorages", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_watch::<NodeStorage>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<NodeStorage\b")),
     ("csi-scheduler", "strata.io", "logicalvolumes", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_watch::<LogicalVolume>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<LogicalVolume\b")),
     ("csi-scheduler", "", "persistentvolumeclaims", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_watch::<PersistentVolumeClaim>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<PersistentVolumeClaim\b")),
     ("csi-scheduler", "storage.k8s.io", "storageclasses", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_watch::<StorageClass>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<StorageClass\b")),
     # which node a claim's pod is bound or nominated to
     ("csi-scheduler", "", "pods", ["list", "watch"],
-     ("code", SCHED_CACHE, r"spawn_watch::<Pod>")),
+     ("code", SCHED_CACHE, r"spawn_watch::<Pod\b")),
 ]
 
 # Only with --node-loss-policy=delete-pvc: the claim is re-read (get, granted by the base for
