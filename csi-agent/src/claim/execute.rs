@@ -162,7 +162,7 @@ mod tests {
     use csi_api::names::DeviceClass;
 
     use super::*;
-    use crate::discovery::{ProbeError, Probed, parse_export};
+    use crate::lvm::blkid::{ProbeError, Probed, parse_export};
     use crate::lvm::{FakeRunner, LvmOptions, Reply};
 
     /// Answers every probe with the same result.

@@ -204,8 +204,8 @@ mod tests {
         async fn probe(
             &self,
             _: &std::path::Path,
-        ) -> Result<discovery::Probed, discovery::ProbeError> {
-            Ok(discovery::Probed::Blank)
+        ) -> Result<crate::lvm::blkid::Probed, crate::lvm::blkid::ProbeError> {
+            Ok(crate::lvm::blkid::Probed::Blank)
         }
     }
 

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use csi_api::names::{DeviceClass, MIN_DISK_BYTES};
 use futures::StreamExt;
 
-pub use probe::{BlkidProbe, ProbeError, Probed, Signature, SignatureProbe, parse_export};
+pub use probe::{BlkidProbe, SignatureProbe};
+
+use crate::lvm::blkid::{Probed, Signature};
 pub use report::{DiskReport, render_json, render_table};
 pub use slot::{Location, Transport};
 pub use sysfs::{SysDisk, is_candidate};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::lvm::blkid::{ProbeError, Probed, Signature, parse_export};
+use crate::lvm::blkid::{ProbeError, Probed};
 use crate::lvm::{CommandRunner, LvmRunner, RunnerConfig};
 
 /// Looks at the first and last sectors of a device for anything that lives there.

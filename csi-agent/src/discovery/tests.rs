@@ -9,6 +9,8 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+
+use crate::lvm::blkid::{ProbeError, Probed, parse_export};
 use csi_api::crd::DiskState;
 use csi_api::names::DeviceClass;
 

@@ -8,8 +8,9 @@ use csi_api::names::DeviceClass;
 
 use super::*;
 use crate::claim::tags::identity_tags;
-use crate::discovery::{Disk, Found, Inventory, Refusal, Signature, Verdict};
+use crate::discovery::{Disk, Found, Inventory, Refusal, Verdict};
 use crate::lvm::OWNER_TAG;
+use crate::lvm::blkid::Signature;
 
 const NVME_A: &str = "pci-0000:00:04.0-nvme-1";
 const NVME_B: &str = "pci-0000:00:05.0-nvme-1";
