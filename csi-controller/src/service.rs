@@ -25,6 +25,14 @@ use crate::error::Error;
 use crate::gate::NodeGate;
 use crate::object_name::{ANNOTATION_CSI_NAME, object_name};
 
+/// What `admit_and_create` did on the node it admitted the volume on.
+enum Admitted {
+    Created(LogicalVolume),
+    /// The create conflicted: an object of that name exists (made by another replica or an
+    /// earlier call the cache has not seen yet).
+    Exists,
+}
+
 /// `status.reason` the agent sets when the LV does not fit in the VG.
 pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 
@@ -111,20 +119,50 @@ impl<C: Cluster> ControllerService<C> {
         let _guard = self.enter(&req.object)?;
         let wait = wait.min(self.settings.max_wait);
 
-        if let Some(existing) = self.cluster.logical_volume(&req.object).await? {
+        // The watched cache answers a repeat without a request. A miss is not confirmed with a
+        // GET: the create below conflicts if another replica made the object moments ago, and
+        // only then (or when admission refuses) is the API server asked.
+        if let Some(existing) = self.cluster.cached_logical_volume(&req.object).await? {
             check_same_volume(&existing, &req)?;
             return self.await_ready(existing, wait, &req.access).await;
         }
-        let lv = self.admit_and_create(&req).await?;
-        csi_api::fault::point("controller.create.after-object");
-        info!(volume = %req.name, object = %req.object, node = %lv.spec.node_name, size = req.size, class = %req.params.device_class, "LogicalVolume created");
+        let lv = match self.admit_and_create(&req).await {
+            Ok(Admitted::Created(lv)) => {
+                csi_api::fault::point("controller.create.after-object");
+                info!(volume = %req.name, object = %req.object, node = %lv.spec.node_name, size = req.size, class = %req.params.device_class, "LogicalVolume created");
+                lv
+            }
+            Ok(Admitted::Exists) => self.existing_after_miss(&req).await?.ok_or_else(|| {
+                Error::Aborted(format!(
+                    "LogicalVolume {} was created and deleted concurrently; retry",
+                    req.object
+                ))
+            })?,
+            Err(refused) => match self.existing_after_miss(&req).await? {
+                Some(existing) => existing,
+                None => return Err(refused),
+            },
+        };
         self.await_ready(lv, wait, &req.access).await
+    }
+
+    /// The object of a request the cache did not know, read from the API server and compared
+    /// with the request (AlreadyExists on a mismatch); `None` if it does not exist.
+    async fn existing_after_miss(
+        &self,
+        req: &CreateRequest,
+    ) -> Result<Option<LogicalVolume>, Error> {
+        let Some(existing) = self.cluster.logical_volume(&req.object).await? else {
+            return Ok(None);
+        };
+        check_same_volume(&existing, req)?;
+        Ok(Some(existing))
     }
 
     /// Picks the node (the first candidate that fits; with no candidates, the best by placement),
     /// admits under that node's gate and creates the object. Capacity and pending demand are read
     /// only once the node's turn is held, so that no create admitted before ours is missed.
-    async fn admit_and_create(&self, req: &CreateRequest) -> Result<LogicalVolume, Error> {
+    async fn admit_and_create(&self, req: &CreateRequest) -> Result<Admitted, Error> {
         let demand = ClassBytes::from([(req.params.device_class, req.size)]);
         let candidates = if req.nodes.is_empty() {
             self.rank_nodes(req).await?
@@ -151,13 +189,10 @@ impl<C: Cluster> ControllerService<C> {
             }
             let lv = new_volume(req, &node);
             csi_api::fault::point("controller.create.before-object");
-            let Some(created) = self.cluster.create_logical_volume(&lv).await? else {
-                return Err(Error::Aborted(format!(
-                    "LogicalVolume {} was created concurrently; retry",
-                    req.object
-                )));
-            };
-            return Ok(created);
+            return Ok(match self.cluster.create_logical_volume(&lv).await? {
+                Some(created) => Admitted::Created(created),
+                None => Admitted::Exists,
+            });
         }
         if refusals.is_empty() {
             refusals.push("no node has a NodeStorage".into());

@@ -325,6 +325,13 @@ impl Cluster for KubeCluster {
         self.api().get_opt(name).await.map_err(api_error)
     }
 
+    async fn cached_logical_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<LogicalVolume>, ClusterError> {
+        Ok(self.cached(name))
+    }
+
     async fn logical_volumes(&self) -> Result<Vec<LogicalVolume>, ClusterError> {
         Ok(self
             .volumes

@@ -29,6 +29,8 @@ pub struct MemoryCluster {
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     agent: Arc<Mutex<Option<Arc<AgentHook>>>>,
+    /// Plays a watch that has not seen any object yet (`cached_logical_volume` finds nothing).
+    cache_blind: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemoryCluster {
@@ -48,6 +50,13 @@ impl MemoryCluster {
         let name = lv.metadata.name.clone().unwrap_or_default();
         self.state().volumes.insert(name, lv);
         self.changed.notify_waiters();
+    }
+
+    /// From now on `cached_logical_volume` finds nothing (or, with `false`, what exists), as a
+    /// watched cache that lags another replica's creates.
+    pub fn blind_cache(&self, blind: bool) {
+        self.cache_blind
+            .store(blind, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn volume(&self, name: &str) -> Option<LogicalVolume> {
@@ -82,6 +91,16 @@ impl MemoryCluster {
 #[async_trait]
 impl Cluster for MemoryCluster {
     async fn logical_volume(&self, name: &str) -> Result<Option<LogicalVolume>, ClusterError> {
+        Ok(self.volume(name))
+    }
+
+    async fn cached_logical_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<LogicalVolume>, ClusterError> {
+        if self.cache_blind.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
         Ok(self.volume(name))
     }
 

@@ -67,7 +67,18 @@ pub type VolumeCondition = dyn Fn(Option<&LogicalVolume>) -> bool + Send + Sync;
 /// What the controller reads from and writes to the cluster.
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
+    /// The object as the API server has it: from a watched cache where there is one, confirmed
+    /// with a GET when the cache has not seen it (it may lag a create by another replica).
     async fn logical_volume(&self, name: &str) -> Result<Option<LogicalVolume>, ClusterError>;
+    /// What a watched cache has seen of `name`, without a request (it may lag a create by another
+    /// replica; a miss is confirmed by the create's conflict, not by a GET). Where there is no
+    /// cache this is [`Cluster::logical_volume`].
+    async fn cached_logical_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<LogicalVolume>, ClusterError> {
+        self.logical_volume(name).await
+    }
     /// Every LogicalVolume (from a watched cache where there is one).
     async fn logical_volumes(&self) -> Result<Vec<LogicalVolume>, ClusterError>;
     /// The LogicalVolumes of one node (from a watched cache where there is one).

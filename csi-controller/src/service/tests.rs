@@ -94,6 +94,47 @@ fn create(name: &str, class: &str, bytes: u64, node: Option<&str>) -> csi::Creat
 }
 
 #[tokio::test]
+async fn a_repeat_the_cache_has_not_seen_is_answered_from_the_api_server() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    let vol = svc
+        .create_volume(create("pvc-1", "nvme", 4 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+
+    // Another replica made it moments ago: the create conflicts, the object is read and
+    // compared, and the same volume is answered.
+    cluster.blind_cache(true);
+    let again = svc
+        .create_volume(create("pvc-1", "nvme", 4 * GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(again, vol);
+    let conflict = svc
+        .create_volume(create("pvc-1", "nvme", 5 * GIB, Some("a")), WAIT)
+        .await;
+    assert!(
+        matches!(conflict, Err(Error::AlreadyExists(_))),
+        "{conflict:?}"
+    );
+    // Admission refuses a repeat that no longer fits (the node counts the volume itself as
+    // pending while the cache lags): the API server still answers it as the existing volume.
+    cluster.add_node(node("b", DeviceClass::Nvme, GIB, true));
+    let mut on_full = create("pvc-1", "nvme", 4 * GIB, Some("a"));
+    on_full.accessibility_requirements =
+        create("x", "nvme", GIB, Some("b")).accessibility_requirements;
+    let refused_then_found = svc.create_volume(on_full, WAIT).await;
+    assert!(
+        matches!(refused_then_found, Err(Error::AlreadyExists(_))),
+        "a repeat on another node is not the same volume: {refused_then_found:?}"
+    );
+    assert_eq!(cluster.volume_count(), 1);
+    assert_eq!(cluster.volume("pvc-1").unwrap().spec.size_bytes, 4 * GIB);
+}
+
+#[tokio::test]
 async fn creates_on_the_selected_node_and_repeats_are_idempotent() {
     let cluster = MemoryCluster::default();
     cluster.add_node(node("a", DeviceClass::Nvme, 10 * GIB, true));
