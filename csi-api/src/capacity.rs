@@ -390,6 +390,7 @@ mod tests {
             } else {
                 ClassHealth::Healthy
             },
+            thin_pool: None,
         }
     }
 
@@ -408,6 +409,7 @@ mod tests {
                 pvc: None,
                 source: None,
                 wipe: None,
+                provisioning: None,
             },
         );
         lv.status = Some(LogicalVolumeStatus {

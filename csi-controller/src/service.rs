@@ -619,6 +619,7 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
             pvc,
             source: None,
             wipe: req.params.wipe.clone(),
+            provisioning: None,
         },
         status: None,
     }

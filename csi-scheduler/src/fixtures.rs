@@ -44,6 +44,7 @@ pub fn node_storage(name: &str, classes: &[(DeviceClass, u64, bool)]) -> Arc<Nod
                 } else {
                     ClassHealth::Degraded
                 },
+                thin_pool: None,
             })
             .collect(),
         ..Default::default()
@@ -120,6 +121,7 @@ pub fn volume(
             pvc: None,
             source: None,
             wipe: None,
+            provisioning: None,
         },
     );
     lv.status = Some(LogicalVolumeStatus {
@@ -232,6 +234,7 @@ pub fn cluster(n: usize) -> Objects {
             missing_pv_count: 0,
             lv_count: 3,
             health: ClassHealth::Healthy,
+            thin_pool: None,
         };
         let mut device_classes = vec![
             class(

@@ -105,6 +105,7 @@ impl VolumeFields {
                 pvc: None,
                 source: None,
                 wipe: None,
+                provisioning: None,
             },
             status: Some(LogicalVolumeStatus {
                 phase: self.phase,

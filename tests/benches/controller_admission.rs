@@ -188,6 +188,7 @@ fn node_storage(name: &str) -> NodeStorage {
             missing_pv_count: 0,
             lv_count: 8,
             health: ClassHealth::Healthy,
+            thin_pool: None,
         }],
         capacity_sequence: Some(100),
         ..Default::default()
@@ -205,6 +206,7 @@ fn ready_volume(name: &str, node: &str) -> LogicalVolume {
             pvc: None,
             source: None,
             wipe: None,
+            provisioning: None,
         },
     );
     lv.metadata.labels = Some(BTreeMap::from([(names::LABEL_NODE.into(), node.into())]));

@@ -66,6 +66,7 @@ fn node_storage(ssd_bytes: u64) -> NodeStorage {
             health: ClassHealth::Healthy,
             capacity: None,
             allocatable: None,
+            thin_pool: None,
         }],
         capacity_sequence: Some(PUBLISHED),
         ..Default::default()

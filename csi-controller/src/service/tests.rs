@@ -38,6 +38,7 @@ fn node(name: &str, class: DeviceClass, free: u64, healthy: bool) -> NodeStorage
             } else {
                 ClassHealth::Degraded
             },
+            thin_pool: None,
         }],
         ..Default::default()
     });
@@ -701,6 +702,7 @@ fn ready_volume(
             pvc: None,
             source: None,
             wipe: None,
+            provisioning: None,
         },
     );
     lv.status = Some(LogicalVolumeStatus {
