@@ -374,6 +374,14 @@ impl ClassCapacity {
         }
     }
 
+    /// The pending count of `provisioning`'s pool; `None` for thin without a pool.
+    pub fn pending_mut(&mut self, provisioning: Provisioning) -> Option<&mut u64> {
+        match provisioning {
+            Provisioning::Linear => Some(&mut self.pending),
+            Provisioning::Thin => self.thin.as_mut().map(|t| &mut t.pending),
+        }
+    }
+
     /// Allocatable minus linear pending, never below zero.
     pub fn available(&self) -> u64 {
         self.allocatable.saturating_sub(self.pending)
@@ -497,17 +505,13 @@ impl NodeCapacity {
     /// Adds demand that is promised but not yet reflected in the status.
     pub fn with_pending(mut self, pending: &ClassBytes) -> Self {
         for (pool, bytes) in pending {
-            let Some(cap) = self.classes.get_mut(&pool.class) else {
-                continue;
-            };
-            match pool.provisioning {
-                Provisioning::Linear => cap.pending = cap.pending.saturating_add(*bytes),
-                // Without a pool the class promises nothing thin: nothing to subtract from.
-                Provisioning::Thin => {
-                    if let Some(thin) = cap.thin.as_mut() {
-                        thin.pending = thin.pending.saturating_add(*bytes);
-                    }
-                }
+            // Without a thin pool the class promises nothing thin: nothing to subtract from.
+            if let Some(pending) = self
+                .classes
+                .get_mut(&pool.class)
+                .and_then(|cap| cap.pending_mut(pool.provisioning))
+            {
+                *pending = pending.saturating_add(*bytes);
             }
         }
         self
