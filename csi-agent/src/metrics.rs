@@ -312,6 +312,7 @@ mod tests {
             missing_pv_count: 1,
             lv_count: 1,
             health: ClassHealth::Degraded,
+            thin_pool: None,
         };
         let mut status = NodeStorageStatus {
             disks: vec![

@@ -2,18 +2,93 @@
 //! both answer "does this fit on that node" the same way, to the byte: a claim's size (Kubernetes
 //! quantity, rounded up to whole extents), the demand pending on each node (unfinished
 //! LogicalVolumes, claims with a selected node but no volume yet), and the per-class fit check.
+//!
+//! Every byte count is kept per [`Pool`]: a device class and its provisioning. Linear volumes
+//! take the class VG's extents and are admitted against `allocatableBytes` minus the linear
+//! demand pending there; thin volumes take a promise on the class's thin pool and are admitted
+//! against `thinPool.promisableBytes` (which the agent computes: never more than pool size ×
+//! ratio − virtual bytes promised, never more than the pool can physically take, 0 when `Full`)
+//! minus the thin demand pending there, and nothing else. The pool's own extents are an LV of the
+//! VG, so linear and thin share the VG's extents without double counting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::crd::{ClassHealth, LogicalVolume, LogicalVolumePhase, NodeStorageStatus};
-use crate::names::DeviceClass;
+use crate::crd::{
+    ClassHealth, DeviceClassStatus, LogicalVolume, LogicalVolumePhase, NodeStorageStatus,
+    ThinPoolHealth,
+};
+use crate::names::{DeviceClass, Provisioning};
 
 /// LVM's default physical extent, the granularity of every allocation.
 pub const DEFAULT_EXTENT_BYTES: u64 = 4 << 20;
 
-/// Bytes per device class.
-pub type ClassBytes = BTreeMap<DeviceClass, u64>;
+/// Where a volume's bytes are taken from: a device class, and within it the VG's extents
+/// (linear) or the class's thin pool (thin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pool {
+    pub class: DeviceClass,
+    pub provisioning: Provisioning,
+}
+
+impl Pool {
+    pub fn new(class: DeviceClass, provisioning: Provisioning) -> Self {
+        Pool {
+            class,
+            provisioning,
+        }
+    }
+
+    /// The class VG's extents.
+    pub fn linear(class: DeviceClass) -> Self {
+        Pool::new(class, Provisioning::Linear)
+    }
+
+    /// The class's thin pool.
+    pub fn thin(class: DeviceClass) -> Self {
+        Pool::new(class, Provisioning::Thin)
+    }
+
+    pub fn is_thin(&self) -> bool {
+        self.provisioning == Provisioning::Thin
+    }
+
+    fn order_key(&self) -> (DeviceClass, bool) {
+        (self.class, self.is_thin())
+    }
+}
+
+/// A bare class is linear.
+impl From<DeviceClass> for Pool {
+    fn from(class: DeviceClass) -> Self {
+        Pool::linear(class)
+    }
+}
+
+impl PartialOrd for Pool {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Class order, linear before thin.
+impl Ord for Pool {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order_key().cmp(&other.order_key())
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.provisioning {
+            Provisioning::Linear => write!(f, "{}", self.class),
+            Provisioning::Thin => write!(f, "{} thin", self.class),
+        }
+    }
+}
+
+/// Bytes per pool (device class and provisioning).
+pub type ClassBytes = BTreeMap<Pool, u64>;
 
 /// `bytes` rounded up to whole extents; `None` on overflow or a zero extent.
 pub fn round_up_to_extent(bytes: u64, extent: u64) -> Option<u64> {
@@ -23,14 +98,16 @@ pub fn round_up_to_extent(bytes: u64, extent: u64) -> Option<u64> {
     bytes.div_ceil(extent).checked_mul(extent)
 }
 
-/// Adds `bytes` of `class` to a per-class sum, saturating.
-pub fn add_class_bytes(sum: &mut ClassBytes, class: DeviceClass, bytes: u64) {
-    let entry = sum.entry(class).or_insert(0);
+/// Adds `bytes` of `pool` to a per-pool sum, saturating.
+pub fn add_class_bytes(sum: &mut ClassBytes, pool: Pool, bytes: u64) {
+    let entry = sum.entry(pool).or_insert(0);
     *entry = entry.saturating_add(bytes);
 }
 
-/// The class and extent-rounded bytes a LogicalVolume adds on top of what its node's NodeStorage,
-/// published at `published_sequence` (its `status.capacitySequence`), already reflects:
+/// The pool and extent-rounded bytes a LogicalVolume adds on top of what its node's NodeStorage,
+/// published at `published_sequence` (its `status.capacitySequence`), already reflects (the same
+/// rules for a thin volume, whose bytes are virtual and count against the class's thin pool —
+/// `spec.provisioning: thin` — and for a linear one, against the VG):
 /// - not made yet (no phase, `Pending`): the whole volume;
 /// - `Ready` with an allocation the published capacity does not reflect yet (the volume's
 ///   `status.capacitySequence` is beyond `published_sequence`): the whole volume, so the window
@@ -44,7 +121,7 @@ pub fn add_class_bytes(sum: &mut ClassBytes, class: DeviceClass, bytes: u64) {
 pub fn volume_pending_bytes(
     lv: &LogicalVolume,
     published_sequence: Option<u64>,
-) -> Option<(DeviceClass, u64)> {
+) -> Option<(Pool, u64)> {
     if lv.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -69,7 +146,11 @@ pub fn volume_pending_bytes(
             }
         }
     };
-    (pending > 0).then_some((lv.spec.device_class, pending))
+    let pool = Pool::new(
+        lv.spec.device_class,
+        lv.spec.provisioning.unwrap_or_default(),
+    );
+    (pending > 0).then_some((pool, pending))
 }
 
 /// Demand already promised to `node` but not yet visible in its NodeStorage published at
@@ -84,8 +165,8 @@ pub fn pending_from_volumes<'a>(
         if lv.spec.node_name != node {
             continue;
         }
-        if let Some((class, bytes)) = volume_pending_bytes(lv, published_sequence) {
-            add_class_bytes(&mut pending, class, bytes);
+        if let Some((pool, bytes)) = volume_pending_bytes(lv, published_sequence) {
+            add_class_bytes(&mut pending, pool, bytes);
         }
     }
     pending
@@ -100,9 +181,9 @@ pub fn pending_by_node<'a>(
     let mut by_node: HashMap<String, ClassBytes> = HashMap::new();
     for lv in volumes {
         let node = lv.spec.node_name.as_str();
-        if let Some((class, bytes)) = volume_pending_bytes(lv, published_sequence(node)) {
+        if let Some((pool, bytes)) = volume_pending_bytes(lv, published_sequence(node)) {
             let pending = by_node.entry(node.to_owned()).or_default();
-            add_class_bytes(pending, class, bytes);
+            add_class_bytes(pending, pool, bytes);
         }
     }
     by_node
@@ -112,8 +193,9 @@ pub fn pending_by_node<'a>(
 /// as demand pending on that node. Anyone who may create a claim can set the annotation, so it
 /// counts only where it is credible: the claim is valid for its class (the one request validator
 /// accepts its size and access modes), a pod that uses it is bound or nominated to that node,
-/// and it could ever fit there (`bytes` within the class's total on the node; `None` when the node
-/// has no such class). Everything else is left to CreateVolume to refuse.
+/// and it could ever fit there (`bytes` within the pool's total on the node, [`pool_total`];
+/// `None` when the node has no such class or, for thin, no thin pool). Everything else is left
+/// to CreateVolume to refuse.
 pub fn selected_claim_counts(
     valid_for_class: bool,
     pod_on_node: bool,
@@ -234,15 +316,103 @@ pub fn display_quantity(bytes: u64) -> String {
 pub struct ClassCapacity {
     pub total: u64,
     pub allocatable: u64,
+    /// Linear demand pending on the class (thin demand is in `thin.pending`).
     pub pending: u64,
     pub healthy: bool,
+    /// The class's thin pool; `None` when the node's agent serves no thin volumes for the class.
+    pub thin: Option<ThinCapacity>,
+}
+
+/// What the thin pool of one class of one node can still promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinCapacity {
+    /// Virtual bytes the pool may hold in all: pool size × overprovision ratio.
+    pub total: u64,
+    /// `thinPool.promisableBytes` as the agent published it (0 when the pool is `Full`).
+    pub promisable: u64,
+    /// Thin demand pending on the class.
+    pub pending: u64,
+    pub full: bool,
+}
+
+impl ThinCapacity {
+    /// From the agent's report: promisable is taken as published (the agent's rule), and 0 when
+    /// the pool is `Full` whatever the number says.
+    pub fn from_status(pool: &crate::crd::ThinPoolStatus) -> Self {
+        let full = pool.health == ThinPoolHealth::Full;
+        let ratio = if pool.overprovision_ratio.is_finite() && pool.overprovision_ratio > 0.0 {
+            pool.overprovision_ratio
+        } else {
+            0.0
+        };
+        // `as` saturates at u64::MAX for a product beyond it.
+        let total = (pool.size_bytes as f64 * ratio) as u64;
+        ThinCapacity {
+            total,
+            promisable: if full { 0 } else { pool.promisable_bytes },
+            pending: 0,
+            full,
+        }
+    }
+
+    /// Promisable minus pending thin demand, never below zero.
+    pub fn available(&self) -> u64 {
+        self.promisable.saturating_sub(self.pending)
+    }
 }
 
 impl ClassCapacity {
-    /// Allocatable minus pending, never below zero.
+    /// The class's linear capacity from its report (allocatable never above free), nothing
+    /// pending.
+    pub fn from_status(c: &DeviceClassStatus) -> Self {
+        ClassCapacity {
+            total: c.total_bytes,
+            allocatable: c.allocatable_bytes.min(c.free_bytes),
+            pending: 0,
+            healthy: c.health == ClassHealth::Healthy && c.missing_pv_count == 0,
+            thin: c.thin_pool.as_ref().map(ThinCapacity::from_status),
+        }
+    }
+
+    /// The pending count of `provisioning`'s pool; `None` for thin without a pool.
+    pub fn pending_mut(&mut self, provisioning: Provisioning) -> Option<&mut u64> {
+        match provisioning {
+            Provisioning::Linear => Some(&mut self.pending),
+            Provisioning::Thin => self.thin.as_mut().map(|t| &mut t.pending),
+        }
+    }
+
+    /// Allocatable minus linear pending, never below zero.
     pub fn available(&self) -> u64 {
         self.allocatable.saturating_sub(self.pending)
     }
+
+    /// What a new volume of `provisioning` may still take: [`Self::available`] for linear, the
+    /// thin pool's promisable minus pending thin demand for thin (0 without a pool). Health is
+    /// not considered here (see [`NodeCapacity::check`]).
+    pub fn available_for(&self, provisioning: Provisioning) -> u64 {
+        match provisioning {
+            Provisioning::Linear => self.available(),
+            Provisioning::Thin => self.thin.map_or(0, |t| t.available()),
+        }
+    }
+
+    /// The pool's size for new volumes of `provisioning`: the VG's total for linear, pool size ×
+    /// ratio for thin (`None` without a pool).
+    pub fn total_for(&self, provisioning: Provisioning) -> Option<u64> {
+        match provisioning {
+            Provisioning::Linear => Some(self.total),
+            Provisioning::Thin => self.thin.map(|t| t.total),
+        }
+    }
+}
+
+/// The total of `pool` on a node as [`selected_claim_counts`] wants it: `None` when the node has
+/// no such class, or (thin) the class has no thin pool there.
+pub fn pool_total(node: &NodeCapacity, pool: Pool) -> Option<u64> {
+    node.classes
+        .get(&pool.class)
+        .and_then(|c| c.total_for(pool.provisioning))
 }
 
 /// The capacity of one node for new volumes, per class.
@@ -258,9 +428,13 @@ pub enum Shortfall {
     NoSuchClass(DeviceClass),
     /// The class lost a PV or holds a failing disk; it takes no new allocations until repaired.
     Degraded(DeviceClass),
+    /// The node's agent serves no thin pool for the class: waiting does not help.
+    NoThinPool(DeviceClass),
+    /// The class's thin pool is `Full`: no new thin volume until it is grown or emptied.
+    ThinPoolFull(DeviceClass),
     /// Not enough bytes now; deletions may free some.
     Insufficient {
-        class: DeviceClass,
+        pool: Pool,
         needed: u64,
         available: u64,
     },
@@ -270,8 +444,8 @@ impl Shortfall {
     /// Whether no amount of waiting makes the node fit (the scheduler's "unresolvable").
     pub fn is_unresolvable(&self) -> bool {
         match self {
-            Shortfall::NoSuchClass(_) => true,
-            Shortfall::Degraded(_) => false,
+            Shortfall::NoSuchClass(_) | Shortfall::NoThinPool(_) => true,
+            Shortfall::Degraded(_) | Shortfall::ThinPoolFull(_) => false,
             Shortfall::Insufficient { .. } => false,
         }
     }
@@ -287,13 +461,31 @@ impl fmt::Display for Shortfall {
                     "{c} device class is degraded (a disk is missing or failing)"
                 )
             }
+            Shortfall::NoThinPool(c) => write!(
+                f,
+                "the node's agent serves no thin pool for class {c} (a thin StorageClass needs one)"
+            ),
+            Shortfall::ThinPoolFull(c) => write!(
+                f,
+                "the {c} thin pool is Full: no new thin volumes until it is grown or data is freed"
+            ),
             Shortfall::Insufficient {
-                class,
+                pool,
+                needed,
+                available,
+            } if pool.is_thin() => write!(
+                f,
+                "not enough {} thin pool capacity: {needed} bytes requested, {available} promisable",
+                pool.class
+            ),
+            Shortfall::Insufficient {
+                pool,
                 needed,
                 available,
             } => write!(
                 f,
-                "not enough {class} capacity: {needed} bytes requested, {available} available"
+                "not enough {} capacity: {needed} bytes requested, {available} available",
+                pool.class
             ),
         }
     }
@@ -305,43 +497,52 @@ impl NodeCapacity {
         let classes = status
             .device_classes
             .iter()
-            .map(|c| {
-                let cap = ClassCapacity {
-                    total: c.total_bytes,
-                    allocatable: c.allocatable_bytes.min(c.free_bytes),
-                    pending: 0,
-                    healthy: c.health == ClassHealth::Healthy && c.missing_pv_count == 0,
-                };
-                (c.name, cap)
-            })
+            .map(|c| (c.name, ClassCapacity::from_status(c)))
             .collect();
         NodeCapacity { classes }
     }
 
     /// Adds demand that is promised but not yet reflected in the status.
     pub fn with_pending(mut self, pending: &ClassBytes) -> Self {
-        for (class, bytes) in pending {
-            if let Some(cap) = self.classes.get_mut(class) {
-                cap.pending = cap.pending.saturating_add(*bytes);
+        for (pool, bytes) in pending {
+            // Without a thin pool the class promises nothing thin: nothing to subtract from.
+            if let Some(pending) = self
+                .classes
+                .get_mut(&pool.class)
+                .and_then(|cap| cap.pending_mut(pool.provisioning))
+            {
+                *pending = pending.saturating_add(*bytes);
             }
         }
         self
     }
 
-    /// Whether every class of `demand` fits; the first shortfall (in class order) otherwise.
+    /// Whether every pool of `demand` fits; the first shortfall (in pool order) otherwise. The
+    /// class must exist and be healthy (a degraded VG takes nothing, linear or thin); linear
+    /// demand fits within allocatable minus linear pending, thin demand within the thin pool's
+    /// promisable minus thin pending (no pool, or a `Full` one, takes nothing).
     pub fn check(&self, demand: &ClassBytes) -> Result<(), Shortfall> {
-        for (&class, &needed) in demand {
+        for (&pool, &needed) in demand {
+            let class = pool.class;
             let Some(cap) = self.classes.get(&class) else {
                 return Err(Shortfall::NoSuchClass(class));
             };
             if !cap.healthy {
                 return Err(Shortfall::Degraded(class));
             }
-            if cap.available() < needed {
+            if pool.is_thin() {
+                match cap.thin {
+                    None => return Err(Shortfall::NoThinPool(class)),
+                    Some(thin) if thin.full => return Err(Shortfall::ThinPoolFull(class)),
+                    Some(_) => {}
+                }
+            }
+            let available = cap.available_for(pool.provisioning);
+            if available < needed {
                 return Err(Shortfall::Insufficient {
-                    class,
+                    pool,
                     needed,
-                    available: cap.available(),
+                    available,
                 });
             }
         }
@@ -352,7 +553,7 @@ impl NodeCapacity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DeviceClassStatus, LogicalVolumeSpec, LogicalVolumeStatus};
+    use crate::crd::{LogicalVolumeSpec, LogicalVolumeStatus, ThinPoolStatus};
 
     #[test]
     fn display_quantities_are_readable_and_never_above_the_bytes() {
@@ -390,6 +591,7 @@ mod tests {
             } else {
                 ClassHealth::Healthy
             },
+            thin_pool: None,
         }
     }
 
@@ -408,6 +610,7 @@ mod tests {
                 pvc: None,
                 source: None,
                 wipe: None,
+                provisioning: None,
             },
         );
         lv.status = Some(LogicalVolumeStatus {
@@ -432,17 +635,23 @@ mod tests {
             device_classes: vec![class(DeviceClass::Nvme, 10 << 30, 12 << 30, 0)],
             ..Default::default()
         };
-        let pending = ClassBytes::from([(DeviceClass::Nvme, 4 << 30)]);
+        let pending = ClassBytes::from([(Pool::linear(DeviceClass::Nvme), 4 << 30)]);
         let cap = NodeCapacity::from_status(&status).with_pending(&pending);
         assert_eq!(cap.classes[&DeviceClass::Nvme].available(), 6 << 30);
         assert!(
-            cap.check(&ClassBytes::from([(DeviceClass::Nvme, 6 << 30)]))
-                .is_ok()
+            cap.check(&ClassBytes::from([(
+                Pool::linear(DeviceClass::Nvme),
+                6 << 30
+            )]))
+            .is_ok()
         );
         assert_eq!(
-            cap.check(&ClassBytes::from([(DeviceClass::Nvme, (6 << 30) + 1)])),
+            cap.check(&ClassBytes::from([(
+                Pool::linear(DeviceClass::Nvme),
+                (6 << 30) + 1
+            )])),
             Err(Shortfall::Insufficient {
-                class: DeviceClass::Nvme,
+                pool: Pool::linear(DeviceClass::Nvme),
                 needed: (6 << 30) + 1,
                 available: 6 << 30
             })
@@ -457,11 +666,11 @@ mod tests {
         };
         let cap = NodeCapacity::from_status(&status);
         let ssd = cap
-            .check(&ClassBytes::from([(DeviceClass::Ssd, 1)]))
+            .check(&ClassBytes::from([(Pool::linear(DeviceClass::Ssd), 1)]))
             .unwrap_err();
         assert!(ssd.is_unresolvable());
         let hdd = cap
-            .check(&ClassBytes::from([(DeviceClass::Hdd, 1)]))
+            .check(&ClassBytes::from([(Pool::linear(DeviceClass::Hdd), 1)]))
             .unwrap_err();
         assert_eq!(hdd, Shortfall::Degraded(DeviceClass::Hdd));
         assert!(!hdd.is_unresolvable());
@@ -492,7 +701,10 @@ mod tests {
             lv("b", DeviceClass::Nvme, 1 << 30, None),
         ];
         let pending = pending_from_volumes(&volumes, "a", None);
-        assert_eq!(pending, ClassBytes::from([(DeviceClass::Nvme, 8 << 20)]));
+        assert_eq!(
+            pending,
+            ClassBytes::from([(Pool::linear(DeviceClass::Nvme), 8 << 20)])
+        );
     }
 
     #[test]
@@ -537,11 +749,11 @@ mod tests {
         // The agent wrote Ready; NodeStorage still shows the capacity of sequence 6 (or none).
         assert_eq!(
             volume_pending_bytes(&made, None),
-            Some((DeviceClass::Nvme, gib))
+            Some((Pool::linear(DeviceClass::Nvme), gib))
         );
         assert_eq!(
             volume_pending_bytes(&made, Some(6)),
-            Some((DeviceClass::Nvme, gib))
+            Some((Pool::linear(DeviceClass::Nvme), gib))
         );
         // Published at 7 or later: the allocation is in freeBytes, nothing is pending.
         assert_eq!(volume_pending_bytes(&made, Some(7)), None);
@@ -555,19 +767,19 @@ mod tests {
         let asked = ready(3 * gib, gib, Some(7));
         assert_eq!(
             volume_pending_bytes(&asked, Some(7)),
-            Some((DeviceClass::Nvme, 2 * gib))
+            Some((Pool::linear(DeviceClass::Nvme), 2 * gib))
         );
         // Grown (sequence 8) but not yet published: the whole volume, conservatively.
         let grown = ready(3 * gib, 3 * gib, Some(8));
         assert_eq!(
             volume_pending_bytes(&grown, Some(7)),
-            Some((DeviceClass::Nvme, 3 * gib))
+            Some((Pool::linear(DeviceClass::Nvme), 3 * gib))
         );
         assert_eq!(volume_pending_bytes(&grown, Some(8)), None);
         // An agent that predates the sequence: Ready is trusted as before, growth still counts.
         assert_eq!(
             volume_pending_bytes(&ready(3 * gib, gib, None), None),
-            Some((DeviceClass::Nvme, 2 * gib))
+            Some((Pool::linear(DeviceClass::Nvme), 2 * gib))
         );
         assert_eq!(volume_pending_bytes(&ready(gib, gib, None), None), None);
     }
@@ -633,10 +845,199 @@ mod tests {
         }
         assert_eq!(
             all["a"],
-            ClassBytes::from([(DeviceClass::Nvme, 4 << 20), (DeviceClass::Hdd, 12 << 20)])
+            ClassBytes::from([
+                (Pool::linear(DeviceClass::Nvme), 4 << 20),
+                (Pool::linear(DeviceClass::Hdd), 12 << 20)
+            ])
         );
         assert!(!all.contains_key("b"));
         assert_eq!(volume_name_for_claim("0b1c"), "pvc-0b1c");
         assert_eq!(claim_bytes(u64::MAX), u64::MAX);
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    fn thin_pool(size: u64, ratio: f64, promisable: u64, health: ThinPoolHealth) -> ThinPoolStatus {
+        ThinPoolStatus {
+            lv_name: "strata-thinpool".into(),
+            size_bytes: size,
+            used_bytes: 0,
+            metadata_size_bytes: 64 << 20,
+            metadata_used_bytes: 0,
+            overprovision_ratio: ratio,
+            virtual_bytes: 0,
+            promisable_bytes: promisable,
+            health,
+        }
+    }
+
+    /// One NVMe class with 10 GiB allocatable and a 20 GiB pool at ratio 2 (promisable 30 GiB).
+    fn thin_status(promisable: u64, health: ThinPoolHealth) -> NodeStorageStatus {
+        let mut nvme = class(DeviceClass::Nvme, 10 * GIB, 10 * GIB, 0);
+        nvme.thin_pool = Some(thin_pool(20 * GIB, 2.0, promisable, health));
+        NodeStorageStatus {
+            device_classes: vec![nvme],
+            ..Default::default()
+        }
+    }
+
+    fn thin_lv(size: u64, phase: Option<LogicalVolumePhase>) -> LogicalVolume {
+        let mut v = lv("a", DeviceClass::Nvme, size, phase);
+        v.spec.provisioning = Some(Provisioning::Thin);
+        v
+    }
+
+    #[test]
+    fn thin_demand_fits_against_promisable_minus_thin_pending_only() {
+        let thin = Pool::thin(DeviceClass::Nvme);
+        let linear = Pool::linear(DeviceClass::Nvme);
+        // 9 GiB linear pending does not touch the pool; 5 GiB thin pending does not touch the VG.
+        let pending = ClassBytes::from([(linear, 9 * GIB), (thin, 5 * GIB)]);
+        let cap = NodeCapacity::from_status(&thin_status(30 * GIB, ThinPoolHealth::Healthy))
+            .with_pending(&pending);
+        let nvme = cap.classes[&DeviceClass::Nvme];
+        assert_eq!(nvme.available(), GIB);
+        assert_eq!(nvme.available_for(Provisioning::Thin), 25 * GIB);
+        // Exactly fits, and one byte over.
+        assert!(cap.check(&ClassBytes::from([(thin, 25 * GIB)])).is_ok());
+        assert_eq!(
+            cap.check(&ClassBytes::from([(thin, 25 * GIB + 1)])),
+            Err(Shortfall::Insufficient {
+                pool: thin,
+                needed: 25 * GIB + 1,
+                available: 25 * GIB
+            })
+        );
+        assert!(cap.check(&ClassBytes::from([(linear, GIB)])).is_ok());
+        assert!(cap.check(&ClassBytes::from([(linear, GIB + 1)])).is_err());
+        // A demand of both: each against its own pool.
+        assert!(
+            cap.check(&ClassBytes::from([(linear, GIB), (thin, 25 * GIB)]))
+                .is_ok()
+        );
+        let message = cap
+            .check(&ClassBytes::from([(thin, 26 * GIB)]))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("thin pool"), "{message}");
+    }
+
+    #[test]
+    fn thin_without_a_pool_a_full_pool_or_a_degraded_class_takes_nothing() {
+        let thin = ClassBytes::from([(Pool::thin(DeviceClass::Nvme), 1)]);
+        // No pool: unresolvable, capacity 0, and its thin pending goes nowhere.
+        let no_pool = NodeStorageStatus {
+            device_classes: vec![class(DeviceClass::Nvme, 10 * GIB, 10 * GIB, 0)],
+            ..Default::default()
+        };
+        let cap = NodeCapacity::from_status(&no_pool).with_pending(&thin);
+        let shortfall = cap.check(&thin).unwrap_err();
+        assert_eq!(shortfall, Shortfall::NoThinPool(DeviceClass::Nvme));
+        assert!(shortfall.is_unresolvable());
+        assert!(
+            shortfall
+                .to_string()
+                .contains("serves no thin pool for class nvme")
+        );
+        assert_eq!(
+            cap.classes[&DeviceClass::Nvme].available_for(Provisioning::Thin),
+            0
+        );
+        assert_eq!(cap.classes[&DeviceClass::Nvme].pending, 0);
+        assert_eq!(pool_total(&cap, Pool::thin(DeviceClass::Nvme)), None);
+        // Full: refused even if the published number were not 0; waiting (deletion, growth) helps.
+        let cap = NodeCapacity::from_status(&thin_status(5 * GIB, ThinPoolHealth::Full));
+        let shortfall = cap.check(&thin).unwrap_err();
+        assert_eq!(shortfall, Shortfall::ThinPoolFull(DeviceClass::Nvme));
+        assert!(!shortfall.is_unresolvable());
+        assert_eq!(
+            cap.classes[&DeviceClass::Nvme].available_for(Provisioning::Thin),
+            0
+        );
+        // Filling still admits within promisable.
+        let cap = NodeCapacity::from_status(&thin_status(5 * GIB, ThinPoolHealth::Filling));
+        assert!(cap.check(&thin).is_ok());
+        // Degraded VG: no thin volume either.
+        let mut degraded = thin_status(30 * GIB, ThinPoolHealth::Healthy);
+        degraded.device_classes[0].missing_pv_count = 1;
+        degraded.device_classes[0].health = ClassHealth::Degraded;
+        assert_eq!(
+            NodeCapacity::from_status(&degraded).check(&thin),
+            Err(Shortfall::Degraded(DeviceClass::Nvme))
+        );
+    }
+
+    #[test]
+    fn thin_totals_are_pool_size_times_ratio() {
+        let cap = NodeCapacity::from_status(&thin_status(30 * GIB, ThinPoolHealth::Healthy));
+        assert_eq!(
+            pool_total(&cap, Pool::thin(DeviceClass::Nvme)),
+            Some(40 * GIB)
+        );
+        assert_eq!(
+            pool_total(&cap, Pool::linear(DeviceClass::Nvme)),
+            Some(100 << 30)
+        );
+        assert_eq!(pool_total(&cap, Pool::thin(DeviceClass::Hdd)), None);
+        let odd =
+            ThinCapacity::from_status(&thin_pool(GIB, f64::NAN, GIB, ThinPoolHealth::Healthy));
+        assert_eq!(odd.total, 0);
+    }
+
+    #[test]
+    fn a_thin_volume_is_pending_against_the_thin_pool() {
+        assert_eq!(
+            volume_pending_bytes(&thin_lv(1, None), None),
+            Some((Pool::thin(DeviceClass::Nvme), 4 << 20))
+        );
+        let volumes = [
+            thin_lv(GIB, Some(LogicalVolumePhase::Pending)),
+            lv("a", DeviceClass::Nvme, GIB, None),
+            thin_lv(GIB, Some(LogicalVolumePhase::Failed)),
+        ];
+        assert_eq!(
+            pending_from_volumes(&volumes, "a", None),
+            ClassBytes::from([
+                (Pool::linear(DeviceClass::Nvme), GIB),
+                (Pool::thin(DeviceClass::Nvme), GIB)
+            ])
+        );
+        // Reflected in a published NodeStorage (sequence): only the growth still asked for.
+        let mut grown = thin_lv(3 * GIB, Some(LogicalVolumePhase::Ready));
+        let status = grown.status.as_mut().expect("status");
+        status.current_size_bytes = Some(GIB);
+        status.capacity_sequence = Some(4);
+        assert_eq!(
+            volume_pending_bytes(&grown, Some(4)),
+            Some((Pool::thin(DeviceClass::Nvme), 2 * GIB))
+        );
+    }
+
+    #[test]
+    fn a_burst_of_thin_creates_never_promises_more_than_promisable() {
+        // 30 GiB promisable; 40 creates of 1 GiB + 1 byte (2 extents over 1 GiB) arrive before the
+        // agent makes any of them: each admitted one is pending for the next.
+        let status = thin_status(30 * GIB, ThinPoolHealth::Healthy);
+        let size = GIB + 1;
+        let mut admitted: Vec<LogicalVolume> = Vec::new();
+        for _ in 0..40 {
+            let cap = NodeCapacity::from_status(&status)
+                .with_pending(&pending_from_volumes(&admitted, "a", None));
+            let demand = ClassBytes::from([(Pool::thin(DeviceClass::Nvme), claim_bytes(size))]);
+            if cap.check(&demand).is_ok() {
+                admitted.push(thin_lv(size, None));
+            }
+        }
+        let promised: u64 = admitted
+            .iter()
+            .map(|v| claim_bytes(v.spec.size_bytes))
+            .sum();
+        assert_eq!(admitted.len() as u64, (30 * GIB) / claim_bytes(size));
+        assert!(promised <= 30 * GIB, "{promised}");
+        assert!(30 * GIB - promised < claim_bytes(size));
+        // None of them took a linear byte.
+        let cap = NodeCapacity::from_status(&status)
+            .with_pending(&pending_from_volumes(&admitted, "a", None));
+        assert_eq!(cap.classes[&DeviceClass::Nvme].available(), 10 * GIB);
     }
 }

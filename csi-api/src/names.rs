@@ -36,6 +36,8 @@ pub const PARAM_DEVICE_CLASS: &str = "strata.io/device-class";
 pub const PARAM_PLACEMENT: &str = "strata.io/placement";
 /// StorageClass parameter: wipe policy on delete, overriding the agent's per-class default.
 pub const PARAM_WIPE: &str = "strata.io/wipe";
+/// StorageClass parameter: `linear` (default) or `thin` ([`Provisioning`]).
+pub const PARAM_PROVISIONING: &str = "strata.io/provisioning";
 /// StorageClass parameter: what the controller does when a volume's disk fails (LogicalVolume
 /// condition `DiskFailed`): `report` (Events only) or `drift` (delete the claim and the pod of a
 /// StatefulSet so that both are recreated elsewhere). Unset: the controller's cluster default.
@@ -218,6 +220,51 @@ impl FromStr for RecoveryPolicy {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| UnknownRecoveryPolicy(s.to_owned()))
+    }
+}
+
+/// How a volume's extents are allocated (StorageClass `strata.io/provisioning`): `linear` takes
+/// its whole size from the class VG at creation; `thin` is a virtual size on the class VG's thin
+/// pool, backed by the pool's chunks as it is written, and promised against the pool's size
+/// times the class's overprovision ratio.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provisioning {
+    #[default]
+    Linear,
+    Thin,
+}
+
+impl Provisioning {
+    pub const ALL: [Provisioning; 2] = [Provisioning::Linear, Provisioning::Thin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provisioning::Linear => "linear",
+            Provisioning::Thin => "thin",
+        }
+    }
+}
+
+impl fmt::Display for Provisioning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provisioning name that is not `linear` or `thin`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown provisioning {0:?}: expected linear or thin")]
+pub struct UnknownProvisioning(pub String);
+
+impl FromStr for Provisioning {
+    type Err = UnknownProvisioning;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Provisioning::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownProvisioning(s.to_owned()))
     }
 }
 

@@ -7,18 +7,20 @@
 //! after placement (never rescaled, so spread is exactly worst-fit), terms are weighted by their
 //! bytes, and the result is
 //! mapped to the extender's 0..=10: the single best node (ties broken by node name) gets 10, the
-//! others 0..=9.
+//! others 0..=9. A thin term is weighed in its own currency: free means promisable minus thin
+//! pending (binpack sums it over the node's thin pools), utilisation is of pool size × ratio.
 
-use crate::capacity::{ClassBytes, ClassCapacity, NodeCapacity, add_class_bytes};
-use crate::names::{DeviceClass, Placement};
+use crate::capacity::{ClassBytes, ClassCapacity, NodeCapacity, Pool, add_class_bytes};
+use crate::names::{DeviceClass, Placement, Provisioning};
 
 /// The highest score (kube-scheduler's `MaxExtenderPriority`).
 pub const MAX_SCORE: i64 = 10;
 
-/// One part of a demand: bytes of a class, placed with a strategy.
+/// One part of a demand: bytes of a class (linear or thin), placed with a strategy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Term {
     pub class: DeviceClass,
+    pub provisioning: Provisioning,
     pub placement: Placement,
     pub bytes: u64,
 }
@@ -36,17 +38,18 @@ impl Demand {
         Self::default()
     }
 
-    /// Adds `bytes` of `class` placed with `placement` (merged with an equal class and placement).
-    pub fn add(&mut self, class: DeviceClass, placement: Placement, bytes: u64) {
-        add_class_bytes(&mut self.by_class, class, bytes);
-        match self
-            .terms
-            .iter_mut()
-            .find(|t| t.class == class && t.placement == placement)
-        {
+    /// Adds `bytes` of `pool` (a bare [`DeviceClass`] is linear) placed with `placement` (merged
+    /// with an equal pool and placement).
+    pub fn add(&mut self, pool: impl Into<Pool>, placement: Placement, bytes: u64) {
+        let pool = pool.into();
+        add_class_bytes(&mut self.by_class, pool, bytes);
+        match self.terms.iter_mut().find(|t| {
+            t.class == pool.class && t.provisioning == pool.provisioning && t.placement == placement
+        }) {
             Some(term) => term.bytes = term.bytes.saturating_add(bytes),
             None => self.terms.push(Term {
-                class,
+                class: pool.class,
+                provisioning: pool.provisioning,
                 placement,
                 bytes,
             }),
@@ -58,7 +61,7 @@ impl Demand {
         self.terms.is_empty()
     }
 
-    /// Bytes per class, what the fit check compares with each node's available bytes.
+    /// Bytes per pool, what the fit check compares with each node's available bytes.
     pub fn by_class(&self) -> &ClassBytes {
         &self.by_class
     }
@@ -69,23 +72,33 @@ impl Demand {
     }
 }
 
-/// How bad a node is for one term, lower is better. Binpack: the node's free bytes over all its
-/// classes once the whole demand is placed. Spread: the class's utilisation once its demand is
-/// placed (a fraction of the class's total).
+/// How bad a node is for one term, lower is better. Binpack: the node's free bytes of the term's
+/// provisioning over all its classes once the whole demand of that provisioning is placed.
+/// Spread: the pool's utilisation once its demand is placed (a fraction of the pool's total).
 fn badness(node: &NodeCapacity, cap: &ClassCapacity, demand: &Demand, term: &Term) -> f64 {
+    let provisioning = term.provisioning;
     match term.placement {
         Placement::Binpack => {
-            let free: u64 = node.classes.values().map(ClassCapacity::available).sum();
-            let placed: u64 = demand.by_class().values().sum();
+            let free: u64 = node
+                .classes
+                .values()
+                .map(|c| c.available_for(provisioning))
+                .sum();
+            let placed: u64 = demand
+                .by_class()
+                .iter()
+                .filter(|(pool, _)| pool.provisioning == provisioning)
+                .map(|(_, bytes)| bytes)
+                .sum();
             free.saturating_sub(placed) as f64
         }
         Placement::Spread => {
-            let needed = demand.by_class().get(&term.class).copied().unwrap_or(0);
-            let left = cap.available().saturating_sub(needed);
-            if cap.total == 0 {
-                1.0
-            } else {
-                1.0 - (left.min(cap.total) as f64 / cap.total as f64)
+            let pool = Pool::new(term.class, provisioning);
+            let needed = demand.by_class().get(&pool).copied().unwrap_or(0);
+            let left = cap.available_for(provisioning).saturating_sub(needed);
+            match cap.total_for(provisioning) {
+                None | Some(0) => 1.0,
+                Some(total) => 1.0 - (left.min(total) as f64 / total as f64),
             }
         }
     }
@@ -214,6 +227,7 @@ mod tests {
                         allocatable: available,
                         pending: 0,
                         healthy: true,
+                        thin: None,
                     };
                     (class, cap)
                 })
@@ -351,7 +365,47 @@ mod tests {
         assert_eq!(d.terms()[0].bytes, 4);
         assert_eq!(
             d.by_class(),
-            &ClassBytes::from([(DeviceClass::Nvme, 6), (DeviceClass::Hdd, u64::MAX)])
+            &ClassBytes::from([
+                (Pool::linear(DeviceClass::Nvme), 6),
+                (Pool::linear(DeviceClass::Hdd), u64::MAX)
+            ])
         );
+    }
+
+    #[test]
+    fn thin_terms_fit_and_rank_by_the_thin_pool_not_the_vg() {
+        use crate::capacity::ThinCapacity;
+        let with_pool = |vg_free: u64, promisable: u64| {
+            let mut n = node(&[(DeviceClass::Nvme, 1000 * GIB, vg_free)]);
+            n.classes.get_mut(&DeviceClass::Nvme).expect("nvme").thin = Some(ThinCapacity {
+                total: 1000 * GIB,
+                promisable,
+                pending: 0,
+                full: false,
+            });
+            n
+        };
+        // a: lots of VG space, little promisable; b: the reverse; c: no pool at all.
+        let a = with_pool(900 * GIB, 100 * GIB);
+        let b = with_pool(10 * GIB, 800 * GIB);
+        let c = node(&[(DeviceClass::Nvme, 1000 * GIB, 900 * GIB)]);
+        let nodes = [("a", &a), ("b", &b), ("c", &c)];
+        let thin = Pool::thin(DeviceClass::Nvme);
+        let spread = demand_of(thin, Placement::Spread, 50 * GIB);
+        assert_eq!(best(&nodes, &spread), Some(1));
+        assert_eq!(score(&nodes, &spread)[2], 0, "no thin pool: does not fit");
+        let pack = demand_of(thin, Placement::Binpack, 50 * GIB);
+        assert_eq!(best(&nodes, &pack), Some(0));
+        // Larger than any promisable: nowhere, although the VGs have room.
+        assert_eq!(
+            best(&nodes, &demand_of(thin, Placement::Binpack, 801 * GIB)),
+            None
+        );
+    }
+
+    fn demand_of(pool: Pool, placement: Placement, bytes: u64) -> Demand {
+        let mut d = Demand::new();
+        d.add(pool, placement, bytes);
+        d
     }
 }

@@ -8,7 +8,7 @@ use crate::capacity::{DEFAULT_EXTENT_BYTES, round_up_to_extent};
 use crate::csi::volume_capability::access_mode::Mode;
 use crate::csi::volume_capability::{AccessType, MountVolume};
 use crate::csi::{CapacityRange, TopologyRequirement, VolumeCapability};
-use crate::names::{self, DeviceClass, Placement};
+use crate::names::{self, DeviceClass, Placement, Provisioning};
 
 /// Size given to a volume whose request names none (CSI leaves the default to the plugin).
 pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
@@ -38,6 +38,7 @@ pub struct VolumeParameters {
     pub placement: Option<Placement>,
     pub fs_type: Option<String>,
     pub wipe: Option<String>,
+    pub provisioning: Provisioning,
     /// PVC reference from external-provisioner's `--extra-create-metadata`.
     pub pvc_namespace: Option<String>,
     pub pvc_name: Option<String>,
@@ -51,6 +52,7 @@ pub struct ParsedParameters {
     pub placement: Option<Placement>,
     pub fs_type: Option<String>,
     pub wipe: Option<String>,
+    pub provisioning: Provisioning,
     pub pvc_namespace: Option<String>,
     pub pvc_name: Option<String>,
 }
@@ -95,6 +97,11 @@ pub fn parse_parameters(
                     .map_err(|e| invalid(format!("parameter {key}: {e}")))?;
                 out.wipe = Some(policy.as_str().to_owned());
             }
+            names::PARAM_PROVISIONING => {
+                out.provisioning = value
+                    .parse::<Provisioning>()
+                    .map_err(|e| invalid(format!("parameter {key}: {e}")))?;
+            }
             // Read by the controller's recovery policy; only checked here.
             names::PARAM_ON_DISK_FAILURE | names::PARAM_ON_NODE_FAILURE => {
                 value
@@ -106,8 +113,9 @@ pub fn parse_parameters(
             k if k.starts_with(SIDECAR_PREFIX) => {}
             other => {
                 return Err(invalid(format!(
-                    "unknown parameter {other:?}: Strata takes {}, {}, {}, {}, {} and {}",
+                    "unknown parameter {other:?}: Strata takes {}, {}, {}, {}, {}, {} and {}",
                     names::PARAM_DEVICE_CLASS,
+                    names::PARAM_PROVISIONING,
                     names::PARAM_PLACEMENT,
                     names::PARAM_FS_TYPE,
                     names::PARAM_WIPE,
@@ -137,6 +145,7 @@ impl TryFrom<&HashMap<String, String>> for VolumeParameters {
             placement: p.placement,
             fs_type: p.fs_type,
             wipe: p.wipe,
+            provisioning: p.provisioning,
             pvc_namespace: p.pvc_namespace,
             pvc_name: p.pvc_name,
         })
@@ -436,6 +445,18 @@ mod tests {
             fs_type: fs.into(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn provisioning_is_linear_unless_the_class_says_thin() {
+        let class = (names::PARAM_DEVICE_CLASS, "nvme");
+        let p = VolumeParameters::try_from(&params(&[class])).unwrap();
+        assert_eq!(p.provisioning, Provisioning::Linear);
+        let p = VolumeParameters::try_from(&params(&[class, (names::PARAM_PROVISIONING, "thin")]))
+            .unwrap();
+        assert_eq!(p.provisioning, Provisioning::Thin);
+        let err = parse_parameters(&params(&[(names::PARAM_PROVISIONING, "thick")])).unwrap_err();
+        assert!(err.to_string().contains("expected linear or thin"), "{err}");
     }
 
     #[test]

@@ -301,6 +301,7 @@ mod tests {
                 }),
                 source: None,
                 wipe: None,
+                provisioning: None,
             },
         );
         lv.metadata.creation_timestamp = Some(Time(

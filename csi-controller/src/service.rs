@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use csi_api::capacity::{
-    ClassBytes, NodeCapacity, pending_from_volumes, selected_claim_counts, volume_name_for_claim,
+    ClassBytes, NodeCapacity, Pool, pending_from_volumes, pool_total, selected_claim_counts,
+    volume_name_for_claim,
 };
 use csi_api::crd::{
     LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, NodeStorage, PvcReference,
 };
 use csi_api::csi;
-use csi_api::names::{self, DeviceClass, Placement};
+use csi_api::names::{self, DeviceClass, Placement, Provisioning};
 use csi_api::placement::{self, Demand};
 use csi_api::request::{self, Access, VolumeParameters};
 use csi_api::volume_lock::{VolumeGuard, VolumeLocks};
@@ -163,7 +164,8 @@ impl<C: Cluster> ControllerService<C> {
     /// admits under that node's gate and creates the object. Capacity and pending demand are read
     /// only once the node's turn is held, so that no create admitted before ours is missed.
     async fn admit_and_create(&self, req: &CreateRequest) -> Result<Admitted, Error> {
-        let demand = ClassBytes::from([(req.params.device_class, req.size)]);
+        let pool = Pool::new(req.params.device_class, req.params.provisioning);
+        let demand = ClassBytes::from([(pool, req.size)]);
         let candidates = if req.nodes.is_empty() {
             self.rank_nodes(req).await?
         } else {
@@ -198,9 +200,8 @@ impl<C: Cluster> ControllerService<C> {
             refusals.push("no node has a NodeStorage".into());
         }
         Err(Error::ResourceExhausted(format!(
-            "no room for {} bytes of {}: {}",
+            "no room for {} bytes of {pool}: {}",
             req.size,
-            req.params.device_class,
             refusals.join("; ")
         )))
     }
@@ -262,7 +263,8 @@ impl<C: Cluster> ControllerService<C> {
             .placement
             .unwrap_or(self.settings.default_placement);
         let mut demand = Demand::new();
-        demand.add(req.params.device_class, placement, req.size);
+        let pool = Pool::new(req.params.device_class, req.params.provisioning);
+        demand.add(pool, placement, req.size);
         let mut ranked = Vec::new();
         while !capacities.is_empty() {
             let view: Vec<(&str, &NodeCapacity)> =
@@ -379,7 +381,12 @@ impl<C: Cluster> ControllerService<C> {
                 )));
             }
             let capacity = self.node_capacity(&storage, &node, &object).await?;
-            let growth = ClassBytes::from([(lv.spec.device_class, new_size - current)]);
+            // A thin volume's growth is a promise on the class's thin pool.
+            let pool = Pool::new(
+                lv.spec.device_class,
+                lv.spec.provisioning.unwrap_or_default(),
+            );
+            let growth = ClassBytes::from([(pool, new_size - current)]);
             capacity.check(&growth).map_err(|s| {
                 Error::ResourceExhausted(format!("cannot grow {} on {node}: {s}", req.volume_id))
             })?;
@@ -436,6 +443,13 @@ impl<C: Cluster> ControllerService<C> {
             ),
             None => None,
         };
+        // Thin parameters ask what a new thin volume may still be promised.
+        let provisioning = match req.parameters.get(names::PARAM_PROVISIONING) {
+            Some(p) => p
+                .parse::<Provisioning>()
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            None => Provisioning::Linear,
+        };
         let node = req
             .accessible_topology
             .as_ref()
@@ -459,8 +473,13 @@ impl<C: Cluster> ControllerService<C> {
                 if class.is_some_and(|want| want != *c) || !cap.healthy {
                     continue;
                 }
-                total = total.saturating_add(cap.available());
-                largest = largest.max(cap.available());
+                // Thin: promisable minus pending thin demand; 0 without a pool or when Full.
+                let available = match provisioning {
+                    Provisioning::Linear => cap.available(),
+                    Provisioning::Thin => cap.thin.filter(|t| !t.full).map_or(0, |t| t.available()),
+                };
+                total = total.saturating_add(available);
+                largest = largest.max(available);
             }
         }
         Ok(csi::GetCapacityResponse {
@@ -507,9 +526,9 @@ impl<C: Cluster> ControllerService<C> {
     }
 }
 
-/// Capacity of `node` for new volumes: reported allocatable minus demand it does not reflect yet
-/// (volumes not made or not yet published, growth asked for, credible claims scheduled there
-/// without a volume, except `creating`'s own).
+/// Capacity of `node` for new volumes: reported allocatable (linear) and thin promisable minus
+/// the demand of each it does not reflect yet (volumes not made or not yet published, growth
+/// asked for, credible claims scheduled there without a volume, except `creating`'s own).
 fn capacity_of(
     storage: &NodeStorage,
     node: &str,
@@ -520,6 +539,7 @@ fn capacity_of(
     let published = storage.status.as_ref().and_then(|s| s.capacity_sequence);
     let mut pending = pending_from_volumes(volumes, node, published);
     let status = storage.status.clone().unwrap_or_default();
+    let reported = NodeCapacity::from_status(&status);
     for claim in claims {
         let volume = volume_name_for_claim(&claim.uid);
         if volume == creating
@@ -529,13 +549,14 @@ fn capacity_of(
         {
             continue;
         }
-        let class_total = status.class(claim.class).map(|c| c.total_bytes);
-        if !selected_claim_counts(claim.valid, claim.pod_on_node, claim.bytes, class_total) {
+        let pool = Pool::new(claim.class, claim.provisioning);
+        let pool_size = pool_total(&reported, pool);
+        if !selected_claim_counts(claim.valid, claim.pod_on_node, claim.bytes, pool_size) {
             continue;
         }
-        csi_api::capacity::add_class_bytes(&mut pending, claim.class, claim.bytes);
+        csi_api::capacity::add_class_bytes(&mut pending, pool, claim.bytes);
     }
-    NodeCapacity::from_status(&status).with_pending(&pending)
+    reported.with_pending(&pending)
 }
 
 fn clamp_i64(v: u64) -> i64 {
@@ -589,6 +610,13 @@ fn check_same_volume(existing: &LogicalVolume, req: &CreateRequest) -> Result<()
         differences.push(format!(
             "device class {} ≠ {}",
             spec.device_class, req.params.device_class
+        ));
+    }
+    let provisioning = spec.provisioning.unwrap_or_default();
+    if provisioning != req.params.provisioning {
+        differences.push(format!(
+            "provisioning {provisioning} ≠ {}",
+            req.params.provisioning
         ));
     }
     if spec.size_bytes < req.required || (req.limit != 0 && spec.size_bytes > req.limit) {
@@ -654,6 +682,9 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
             pvc,
             source: None,
             wipe: req.params.wipe.clone(),
+            // Absent for linear, so that linear objects stay as they were before thin existed.
+            provisioning: (req.params.provisioning == Provisioning::Thin)
+                .then_some(Provisioning::Thin),
         },
         status: None,
     }

@@ -244,6 +244,7 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
                         allocatable: t,
                         pending: 0,
                         healthy: true,
+                        thin: None,
                     },
                 )
             })

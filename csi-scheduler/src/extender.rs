@@ -19,7 +19,11 @@ pub enum RejectKind {
     NoSuchClass,
     /// A class the pod needs lost a disk and takes no new volumes.
     Degraded,
-    /// Not enough bytes of a class right now.
+    /// The node's agent serves no thin pool for the class of a thin claim: unresolvable.
+    NoThinPool,
+    /// The class's thin pool is Full: no new thin volume until it is grown or data is freed.
+    ThinPoolFull,
+    /// Not enough bytes of a class (or promisable bytes of its thin pool) right now.
     Insufficient,
     /// The pod's claims cannot be placed anywhere (invalid StorageClass or size).
     InvalidClaim,
@@ -34,6 +38,8 @@ impl RejectKind {
             RejectKind::NoNodeStorage => "no_node_storage",
             RejectKind::NoSuchClass => "no_such_class",
             RejectKind::Degraded => "degraded",
+            RejectKind::NoThinPool => "no_thin_pool",
+            RejectKind::ThinPoolFull => "thin_pool_full",
             RejectKind::Insufficient => "insufficient",
             RejectKind::InvalidClaim => "invalid_claim",
             RejectKind::ClaimNotSynced => "claim_not_synced",
@@ -43,8 +49,14 @@ impl RejectKind {
     /// Whether waiting (or preemption) cannot make the node fit: `FailedAndUnresolvableNodes`.
     pub fn is_unresolvable(self) -> bool {
         match self {
-            RejectKind::NoNodeStorage | RejectKind::NoSuchClass | RejectKind::InvalidClaim => true,
-            RejectKind::Degraded | RejectKind::Insufficient | RejectKind::ClaimNotSynced => false,
+            RejectKind::NoNodeStorage
+            | RejectKind::NoSuchClass
+            | RejectKind::NoThinPool
+            | RejectKind::InvalidClaim => true,
+            RejectKind::Degraded
+            | RejectKind::ThinPoolFull
+            | RejectKind::Insufficient
+            | RejectKind::ClaimNotSynced => false,
         }
     }
 }
@@ -91,6 +103,8 @@ pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Opt
                 let kind = match shortfall {
                     Shortfall::NoSuchClass(_) => RejectKind::NoSuchClass,
                     Shortfall::Degraded(_) => RejectKind::Degraded,
+                    Shortfall::NoThinPool(_) => RejectKind::NoThinPool,
+                    Shortfall::ThinPoolFull(_) => RejectKind::ThinPoolFull,
                     Shortfall::Insufficient { .. } => RejectKind::Insufficient,
                 };
                 Some(Rejection {
@@ -138,7 +152,7 @@ pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec
 /// selected) taken back out of pending.
 fn node_capacity<'v>(
     view: &'v ClusterView,
-    own_pending: &[(String, csi_api::names::DeviceClass, u64)],
+    own_pending: &[(String, csi_api::capacity::Pool, u64)],
     name: &str,
 ) -> Option<Cow<'v, NodeCapacity>> {
     let cap = view.node(name)?;
@@ -146,9 +160,13 @@ fn node_capacity<'v>(
         return Some(Cow::Borrowed(cap));
     }
     let mut adjusted = cap.clone();
-    for (_, class, bytes) in own_pending.iter().filter(|(node, ..)| node == name) {
-        if let Some(c) = adjusted.classes.get_mut(class) {
-            c.pending = c.pending.saturating_sub(*bytes);
+    for (_, pool, bytes) in own_pending.iter().filter(|(node, ..)| node == name) {
+        if let Some(pending) = adjusted
+            .classes
+            .get_mut(&pool.class)
+            .and_then(|c| c.pending_mut(pool.provisioning))
+        {
+            *pending = pending.saturating_sub(*bytes);
         }
     }
     Some(Cow::Owned(adjusted))
@@ -402,5 +420,144 @@ mod tests {
         assert_eq!(scores, vec![10, 0, 0, 0, 7, 0]);
         // Deterministic.
         assert_eq!(prioritize(&v, &demand, &NODES), scores);
+    }
+
+    /// Nodes with an NVMe thin pool in every state, and a thin StorageClass.
+    fn thin_view(
+        claims: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+        volumes: &[Arc<LogicalVolume>],
+        pods: &[Arc<k8s_openapi::api::core::v1::Pod>],
+    ) -> ClusterView {
+        use csi_api::crd::ThinPoolHealth;
+        let nvme = |name: &str, alloc: u64, healthy: bool| {
+            node_storage(name, &[(DeviceClass::Nvme, alloc, healthy)])
+        };
+        let pool =
+            |ns, promisable, health| with_thin_pool(ns, DeviceClass::Nvme, promisable, health);
+        let nodes = [
+            // Little VG space, 30 GiB promisable: thin is admitted against the pool only.
+            pool(
+                nvme("pool", 10 * GIB, true),
+                30 * GIB,
+                ThinPoolHealth::Healthy,
+            ),
+            pool(nvme("full", 500 * GIB, true), 0, ThinPoolHealth::Full),
+            nvme("nopool", 500 * GIB, true),
+            pool(
+                nvme("sick", 500 * GIB, false),
+                100 * GIB,
+                ThinPoolHealth::Healthy,
+            ),
+        ];
+        let mut classes = standard_classes();
+        classes.push(storage_class(
+            "thin",
+            csi_api::names::DRIVER_NAME,
+            &[
+                ("strata.io/device-class", "nvme"),
+                ("strata.io/provisioning", "thin"),
+            ],
+        ));
+        let claims: Vec<_> = claims.into_iter().map(Arc::new).collect();
+        ClusterView::build(&nodes, volumes, &claims, &classes, pods, Placement::Binpack)
+    }
+
+    const THIN_NODES: [&str; 4] = ["pool", "full", "nopool", "sick"];
+
+    fn thin_pod() -> crate::wire::Pod {
+        pod(
+            "p",
+            serde_json::json!([{"name": "v", "persistentVolumeClaim": {"claimName": "t"}}]),
+        )
+    }
+
+    #[test]
+    fn thin_claims_fit_against_promisable_and_no_pool_or_full_is_refused() {
+        let v = thin_view(vec![claim("apps", "t", "u1", "thin", "20Gi")], &[], &[]);
+        let demand = v.demand_of(&thin_pod());
+        let verdicts = filter(&v, &demand, &THIN_NODES);
+        assert_eq!(
+            kinds(&verdicts),
+            [
+                None,
+                Some(RejectKind::ThinPoolFull),
+                Some(RejectKind::NoThinPool),
+                Some(RejectKind::Degraded),
+            ]
+        );
+        assert!(RejectKind::NoThinPool.is_unresolvable());
+        assert!(!RejectKind::ThinPoolFull.is_unresolvable());
+        let message = &verdicts[2].as_ref().unwrap().message;
+        assert!(
+            message.contains("serves no thin pool for class nvme"),
+            "{message}"
+        );
+        assert_eq!(prioritize(&v, &demand, &THIN_NODES), [10, 0, 0, 0]);
+        // Exactly the promisable fits, one extent more does not.
+        let v = thin_view(vec![claim("apps", "t", "u1", "thin", "30Gi")], &[], &[]);
+        assert_eq!(
+            kinds(&filter(&v, &v.demand_of(&thin_pod()), &["pool"])),
+            [None]
+        );
+        let v = thin_view(vec![claim("apps", "t", "u1", "thin", "30724Mi")], &[], &[]);
+        let verdicts = filter(&v, &v.demand_of(&thin_pod()), &["pool"]);
+        assert_eq!(kinds(&verdicts), [Some(RejectKind::Insufficient)]);
+        let message = &verdicts[0].as_ref().unwrap().message;
+        assert!(message.contains("thin pool"), "{message}");
+    }
+
+    #[test]
+    fn a_burst_of_pending_thin_volumes_uses_up_promisable_and_linear_is_apart() {
+        let lvs = |n: usize| -> Vec<Arc<LogicalVolume>> {
+            let mut v: Vec<_> = (0..n)
+                .map(|i| {
+                    thin_volume(
+                        &format!("pvc-t{i}"),
+                        "pool",
+                        DeviceClass::Nvme,
+                        5 * GIB,
+                        LogicalVolumePhase::Pending,
+                    )
+                })
+                .collect();
+            // A linear volume filling the VG takes nothing from the pool's promise.
+            v.push(volume(
+                "pvc-l",
+                "pool",
+                DeviceClass::Nvme,
+                10 * GIB,
+                LogicalVolumePhase::Pending,
+            ));
+            v
+        };
+        let claims = || vec![claim("apps", "t", "u1", "thin", "5Gi")];
+        // 30 GiB promisable, 5 GiB each: after five pending, the sixth fits exactly; not a seventh.
+        let v = thin_view(claims(), &lvs(5), &[]);
+        assert_eq!(
+            kinds(&filter(&v, &v.demand_of(&thin_pod()), &["pool"])),
+            [None]
+        );
+        let v = thin_view(claims(), &lvs(6), &[]);
+        assert_eq!(
+            kinds(&filter(&v, &v.demand_of(&thin_pod()), &["pool"])),
+            [Some(RejectKind::Insufficient)]
+        );
+        // A thin claim scheduled there (selected node, its pod bound there) counts as thin demand.
+        let mut with_selected = claims();
+        with_selected.push(selected(claim("apps", "o", "u2", "thin", "26Gi"), "pool"));
+        let pods = [pod_on("apps", "o-0", "pool", true, &["o"])];
+        let v = thin_view(with_selected, &[], &pods);
+        assert_eq!(
+            kinds(&filter(&v, &v.demand_of(&thin_pod()), &["pool"])),
+            [Some(RejectKind::Insufficient)]
+        );
+        let thin = v.node("pool").unwrap().classes[&DeviceClass::Nvme]
+            .thin
+            .unwrap();
+        assert_eq!(thin.pending, 26 * GIB);
+        assert_eq!(
+            v.node("pool").unwrap().classes[&DeviceClass::Nvme].pending,
+            0
+        );
     }
 }

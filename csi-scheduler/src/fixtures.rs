@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use csi_api::crd::{
     ClassHealth, DeviceClassStatus, LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec,
-    LogicalVolumeStatus, NodeStorage, NodeStorageSpec, NodeStorageStatus,
+    LogicalVolumeStatus, NodeStorage, NodeStorageSpec, NodeStorageStatus, ThinPoolHealth,
+    ThinPoolStatus,
 };
-use csi_api::names::{ANNOTATION_SELECTED_NODE, DRIVER_NAME, DeviceClass};
+use csi_api::names::{ANNOTATION_SELECTED_NODE, DRIVER_NAME, DeviceClass, Provisioning};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
     PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodStatus, Volume, VolumeResourceRequirements,
@@ -44,11 +45,51 @@ pub fn node_storage(name: &str, classes: &[(DeviceClass, u64, bool)]) -> Arc<Nod
                 } else {
                     ClassHealth::Degraded
                 },
+                thin_pool: None,
             })
             .collect(),
         ..Default::default()
     });
     Arc::new(ns)
+}
+
+/// `ns` with a thin pool on `class`: 100 GiB at ratio 2, `promisable` bytes left, `health`.
+pub fn with_thin_pool(
+    ns: Arc<NodeStorage>,
+    class: DeviceClass,
+    promisable: u64,
+    health: ThinPoolHealth,
+) -> Arc<NodeStorage> {
+    let mut ns = (*ns).clone();
+    for c in &mut ns.status.as_mut().expect("status").device_classes {
+        if c.name == class {
+            c.thin_pool = Some(ThinPoolStatus {
+                lv_name: "strata-thinpool".into(),
+                size_bytes: 100 * GIB,
+                used_bytes: 10 * GIB,
+                metadata_size_bytes: GIB,
+                metadata_used_bytes: 0,
+                overprovision_ratio: 2.0,
+                virtual_bytes: (200 * GIB).saturating_sub(promisable),
+                promisable_bytes: promisable,
+                health,
+            });
+        }
+    }
+    Arc::new(ns)
+}
+
+/// [`volume`], thin (`spec.provisioning: thin`).
+pub fn thin_volume(
+    name: &str,
+    node: &str,
+    class: DeviceClass,
+    size: u64,
+    phase: LogicalVolumePhase,
+) -> Arc<LogicalVolume> {
+    let mut lv = (*volume(name, node, class, size, phase)).clone();
+    lv.spec.provisioning = Some(Provisioning::Thin);
+    Arc::new(lv)
 }
 
 pub fn storage_class(name: &str, provisioner: &str, params: &[(&str, &str)]) -> Arc<StorageClass> {
@@ -120,6 +161,7 @@ pub fn volume(
             pvc: None,
             source: None,
             wipe: None,
+            provisioning: None,
         },
     );
     lv.status = Some(LogicalVolumeStatus {
@@ -232,6 +274,7 @@ pub fn cluster(n: usize) -> Objects {
             missing_pv_count: 0,
             lv_count: 3,
             health: ClassHealth::Healthy,
+            thin_pool: None,
         };
         let mut device_classes = vec![
             class(

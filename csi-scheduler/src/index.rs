@@ -19,8 +19,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use csi_api::capacity::{self, ClassBytes};
-use csi_api::names::{DeviceClass, Placement};
+use csi_api::capacity::{self, ClassBytes, Pool};
+use csi_api::names::Placement;
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::record::{
@@ -40,8 +40,8 @@ pub struct ViewIndex {
     claim_by_uid: HashMap<String, ObjectKey>,
     /// node → claims whose `selected-node` names it (their credibility depends on the node).
     selected_on: HashMap<String, HashSet<ObjectKey>>,
-    /// node → claims counted as pending there, with their class and bytes.
-    counted_on: HashMap<String, HashMap<ObjectKey, (DeviceClass, u64)>>,
+    /// node → claims counted as pending there, with their pool (class, provisioning) and bytes.
+    counted_on: HashMap<String, HashMap<ObjectKey, (Pool, u64)>>,
     /// pod → what it contributes to `claim_nodes`.
     pods: HashMap<ObjectKey, Vec<(ObjectKey, Vec<String>)>>,
     /// claim → the nodes pods using it are bound or nominated to (with repeats, one per pod).
@@ -344,7 +344,15 @@ impl ViewIndex {
                     .or_default()
                     .insert(key.clone());
             }
-            if let (Some(node), Ok(bytes), Some(ClassParams::Strata { class, .. })) = (
+            if let (
+                Some(node),
+                Ok(bytes),
+                Some(ClassParams::Strata {
+                    class,
+                    provisioning,
+                    ..
+                }),
+            ) = (
                 &info.counted_on,
                 &info.bytes,
                 self.view.classes.get(&info.storage_class),
@@ -352,7 +360,7 @@ impl ViewIndex {
                 self.counted_on
                     .entry(node.clone())
                     .or_default()
-                    .insert(key.clone(), (*class, *bytes));
+                    .insert(key.clone(), (Pool::new(*class, *provisioning), *bytes));
                 self.dirty_nodes.insert(node.clone());
             }
         }
@@ -382,17 +390,17 @@ impl ViewIndex {
             .flatten()
             .filter_map(|v| self.volumes.get(v))
         {
-            if let Some((class, bytes)) = lv.pending_bytes(*sequence) {
-                capacity::add_class_bytes(&mut pending, class, bytes);
+            if let Some((pool, bytes)) = lv.pending_bytes(*sequence) {
+                capacity::add_class_bytes(&mut pending, pool, bytes);
             }
         }
-        for &(class, bytes) in self
+        for &(pool, bytes) in self
             .counted_on
             .get(&name)
             .into_iter()
             .flat_map(|m| m.values())
         {
-            capacity::add_class_bytes(&mut pending, class, bytes);
+            capacity::add_class_bytes(&mut pending, pool, bytes);
         }
         let capacity = reported.clone().with_pending(&pending);
         if self.view.nodes.get(&name).map(|c| &**c) != Some(&capacity) {
@@ -406,6 +414,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use csi_api::crd::{LogicalVolume, LogicalVolumePhase, NodeStorage};
+    use csi_api::names::DeviceClass;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use rand::rngs::StdRng;

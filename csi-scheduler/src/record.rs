@@ -7,10 +7,10 @@
 //! `csi_api::capacity::volume_pending_bytes` (on a LogicalVolume rebuilt from the kept fields
 //! without allocating), a claim's bytes and validity by [`crate::view`] from the kept spec fields.
 
-use csi_api::capacity::NodeCapacity;
+use csi_api::capacity::{NodeCapacity, Pool};
 use csi_api::crd::NodeStorage;
 use csi_api::crd::{LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, LogicalVolumeStatus};
-use csi_api::names::{ANNOTATION_SELECTED_NODE, DeviceClass};
+use csi_api::names::{ANNOTATION_SELECTED_NODE, DeviceClass, Provisioning};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -82,6 +82,8 @@ pub struct VolumeRecord {
 pub struct VolumeFields {
     pub node: String,
     pub class: DeviceClass,
+    /// `spec.provisioning` (absent = linear): which pool the pending bytes count against.
+    pub provisioning: Option<Provisioning>,
     pub size_bytes: u64,
     pub deletion_timestamp: Option<Time>,
     pub phase: Option<LogicalVolumePhase>,
@@ -90,9 +92,10 @@ pub struct VolumeFields {
 }
 
 impl VolumeFields {
-    /// Bytes of `class` this volume still takes from its node's published capacity, by the one
-    /// rule in `csi_api::capacity` (the volume rebuilt from the kept fields, no allocation).
-    pub fn pending_bytes(&self, published_sequence: Option<u64>) -> Option<(DeviceClass, u64)> {
+    /// Bytes of its pool (class and provisioning) this volume still takes from its node's
+    /// published capacity, by the one rule in `csi_api::capacity` (the volume rebuilt from the
+    /// kept fields, no allocation).
+    pub fn pending_bytes(&self, published_sequence: Option<u64>) -> Option<(Pool, u64)> {
         let lv = LogicalVolume {
             metadata: ObjectMeta {
                 deletion_timestamp: self.deletion_timestamp.clone(),
@@ -105,6 +108,7 @@ impl VolumeFields {
                 pvc: None,
                 source: None,
                 wipe: None,
+                provisioning: self.provisioning,
             },
             status: Some(LogicalVolumeStatus {
                 phase: self.phase,
@@ -125,6 +129,7 @@ impl From<&LogicalVolume> for VolumeRecord {
             fields: VolumeFields {
                 node: lv.spec.node_name.clone(),
                 class: lv.spec.device_class,
+                provisioning: lv.spec.provisioning,
                 size_bytes: lv.spec.size_bytes,
                 deletion_timestamp: lv.metadata.deletion_timestamp.clone(),
                 phase: status.and_then(|s| s.phase),

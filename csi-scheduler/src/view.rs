@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use csi_api::capacity::{self, NodeCapacity, volume_name_for_claim};
+use csi_api::capacity::{self, NodeCapacity, Pool, volume_name_for_claim};
 use csi_api::crd::{LogicalVolume, NodeStorage};
 use csi_api::csi::CapacityRange;
 use csi_api::csi::VolumeCapability;
 use csi_api::csi::volume_capability::access_mode::Mode;
 use csi_api::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
-use csi_api::names::{DRIVER_NAME, DeviceClass, Placement};
+use csi_api::names::{DRIVER_NAME, DeviceClass, Placement, Provisioning};
 use csi_api::placement::Demand;
 use csi_api::request::check_capability;
 use csi_api::request::{VolumeParameters, size_within};
@@ -40,9 +40,11 @@ const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
 /// A Strata StorageClass as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClassParams {
-    /// Valid parameters: the device class and the placement it asks for, if any.
+    /// Valid parameters: the device class, its provisioning, and the placement it asks for.
     Strata {
         class: DeviceClass,
+        /// `strata.io/provisioning`: thin claims are placed against the class's thin pool.
+        provisioning: Provisioning,
         placement: Option<Placement>,
         /// The smallest filesystem volume of the class (its fstype's minimum, e.g. xfs 300 MiB):
         /// a smaller claim is sized up to it, as the controller does.
@@ -77,7 +79,7 @@ pub enum PodDemand {
     /// as pending on a selected node (a rescheduled pod), which must not be counted twice.
     Needs {
         demand: Demand,
-        own_pending: Vec<(String, DeviceClass, u64)>,
+        own_pending: Vec<(String, Pool, u64)>,
     },
     /// A claim of the pod cannot be placed anywhere (bad StorageClass, bad size).
     Invalid(String),
@@ -160,14 +162,20 @@ impl ClusterView {
         if info.bound || info.has_volume {
             return None;
         }
-        let Some(ClassParams::Strata { class, .. }) = self.classes.get(&info.storage_class) else {
+        let Some(ClassParams::Strata {
+            class,
+            provisioning,
+            ..
+        }) = self.classes.get(&info.storage_class)
+        else {
             return None;
         };
         let (valid, bytes) = match info.bytes {
             Ok(bytes) => (true, bytes),
             Err(_) => (false, 0),
         };
-        let total = reported(node).and_then(|cap| cap.classes.get(class).map(|c| c.total));
+        let pool = Pool::new(*class, *provisioning);
+        let total = reported(node).and_then(|cap| capacity::pool_total(cap, pool));
         capacity::selected_claim_counts(valid, pod_on_node(node), bytes, total)
             .then(|| node.to_owned())
     }
@@ -213,6 +221,7 @@ impl ClusterView {
             let parsed = match VolumeParameters::try_from(&params) {
                 Ok(p) => ClassParams::Strata {
                     class: p.device_class,
+                    provisioning: p.provisioning,
                     placement: p.placement,
                     fs_min_bytes: csi_api::request::fs_min_bytes(
                         p.fs_type
@@ -349,19 +358,19 @@ impl ClusterView {
                     None => None,
                 },
             };
-            let (class, placement, bytes) = match resolved {
+            let (pool, placement, bytes) = match resolved {
                 None => continue,
                 Some(Err(message)) => {
                     return PodDemand::Invalid(format!("volume {:?}: {message}", volume.name));
                 }
                 Some(Ok(found)) => found,
             };
-            demand.add(class, placement, bytes);
+            demand.add(pool, placement, bytes);
             if let Some(node) = self
                 .claim(namespace, &claim_name)
                 .and_then(|c| c.counted_on.clone())
             {
-                own_pending.push((node, class, bytes));
+                own_pending.push((node, pool, bytes));
             }
             seen.push(claim_name);
         }
@@ -389,19 +398,25 @@ impl ClusterView {
         }
     }
 
-    /// Class, placement and bytes of a claim of `storage_class`; `None` if the class is not the
-    /// driver's.
+    /// Pool (class and provisioning), placement and bytes of a claim of `storage_class`; `None`
+    /// if the class is not the driver's.
     fn resolve(
         &self,
         storage_class: &str,
         bytes: Result<u64, String>,
-    ) -> Option<Result<(DeviceClass, Placement, u64), String>> {
+    ) -> Option<Result<(Pool, Placement, u64), String>> {
         Some(match self.classes.get(storage_class)? {
             ClassParams::Invalid(message) => Err(message.clone()),
             ClassParams::Strata {
-                class, placement, ..
+                class,
+                provisioning,
+                placement,
+                ..
             } => bytes
-                .map(|b| (*class, placement.unwrap_or(self.default_placement), b))
+                .map(|b| {
+                    let pool = Pool::new(*class, *provisioning);
+                    (pool, placement.unwrap_or(self.default_placement), b)
+                })
                 .map_err(|e| format!("StorageClass {storage_class}: {e}")),
         })
     }
@@ -602,8 +617,8 @@ mod tests {
         assert_eq!(
             demand.by_class(),
             &capacity::ClassBytes::from([
-                (DeviceClass::Nvme, 11 * GIB),
-                (DeviceClass::Hdd, 100 * GIB + 1536 * (1 << 20)),
+                (Pool::linear(DeviceClass::Nvme), 11 * GIB),
+                (Pool::linear(DeviceClass::Hdd), 100 * GIB + 1536 * (1 << 20)),
             ])
         );
         let placements: Vec<_> = demand
@@ -707,7 +722,7 @@ mod tests {
         };
         assert_eq!(
             own_pending,
-            vec![("n1".to_string(), DeviceClass::Nvme, 10 * GIB)]
+            vec![("n1".to_string(), Pool::linear(DeviceClass::Nvme), 10 * GIB)]
         );
     }
 

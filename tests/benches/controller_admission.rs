@@ -130,16 +130,17 @@ impl Cluster for ListingCluster {
                 let sc = classes
                     .iter()
                     .find(|c| c.metadata.name == spec.storage_class_name)?;
-                let class = sc
-                    .parameters
-                    .as_ref()?
-                    .get(names::PARAM_DEVICE_CLASS)?
-                    .parse()
-                    .ok()?;
+                let parameters = sc.parameters.as_ref()?;
+                let class = parameters.get(names::PARAM_DEVICE_CLASS)?.parse().ok()?;
+                let provisioning = parameters
+                    .get(names::PARAM_PROVISIONING)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_default();
                 let request = spec.resources.as_ref()?.requests.as_ref()?.get("storage")?;
                 (selected == node).then(|| SelectedClaim {
                     uid: pvc.metadata.uid.clone().unwrap_or_default(),
                     class,
+                    provisioning,
                     bytes: claim_bytes(quantity_bytes(&request.0).unwrap_or(u64::MAX)),
                     valid: true,
                     pod_on_node: true,
@@ -188,6 +189,7 @@ fn node_storage(name: &str) -> NodeStorage {
             missing_pv_count: 0,
             lv_count: 8,
             health: ClassHealth::Healthy,
+            thin_pool: None,
         }],
         capacity_sequence: Some(100),
         ..Default::default()
@@ -205,6 +207,7 @@ fn ready_volume(name: &str, node: &str) -> LogicalVolume {
             pvc: None,
             source: None,
             wipe: None,
+            provisioning: None,
         },
     );
     lv.metadata.labels = Some(BTreeMap::from([(names::LABEL_NODE.into(), node.into())]));

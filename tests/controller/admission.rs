@@ -2,8 +2,10 @@
 //! caches (`KubeCluster`) over a unix socket, against the fake API server — a tenant's bogus
 //! `selected-node` claim does not block a node, calls without a deadline answer in bounded time,
 //! CSI names a Kubernetes object cannot carry become valid object names, and a create plus a
-//! delete draw no conflict from the API server. An agent stand-in marks new volumes Ready (and
-//! grown ones grown) unless a test runs without it.
+//! delete draw no conflict from the API server; and thin provisioning (issue 20): a burst of thin
+//! creates never promises more than the node's thin pool allows, a `Full` pool and a class
+//! without a pool are refused in admission. An agent stand-in marks new volumes Ready (and grown
+//! ones grown) unless a test runs without it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use csi_api::crd::{
     ClassHealth, DeviceClassStatus, LogicalVolume, NodeStorage, NodeStorageSpec, NodeStorageStatus,
+    ThinPoolHealth, ThinPoolStatus,
 };
 use csi_api::csi::controller_server::ControllerServer;
 use csi_api::csi::identity_server::IdentityServer;
@@ -66,6 +69,7 @@ fn node_storage(ssd_bytes: u64) -> NodeStorage {
             health: ClassHealth::Healthy,
             capacity: None,
             allocatable: None,
+            thin_pool: None,
         }],
         capacity_sequence: Some(PUBLISHED),
         ..Default::default()
@@ -77,8 +81,27 @@ fn node_storage(ssd_bytes: u64) -> NodeStorage {
 /// starts the controller service with `max_wait`, serves it on a unix socket, and (with
 /// `agent`) the stand-in agent.
 async fn start(objects: &[serde_json::Value], max_wait: Duration, agent: bool) -> Harness {
+    start_with(node_storage(10 * GIB), objects, max_wait, agent).await
+}
+
+/// [`start`] with the node's NodeStorage as given, and the thin StorageClass `strata-thin` too.
+async fn start_with(
+    node: NodeStorage,
+    objects: &[serde_json::Value],
+    max_wait: Duration,
+    agent: bool,
+) -> Harness {
     let server = FakeApiServer::start().await.expect("fake API server");
-    server.seed(&node_storage(10 * GIB)).unwrap();
+    server.seed(&node).unwrap();
+    server
+        .seed(&json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "strata-thin"},
+            "provisioner": names::DRIVER_NAME,
+            "parameters": {(names::PARAM_DEVICE_CLASS): "ssd", (names::PARAM_PROVISIONING): "thin"},
+            "volumeBindingMode": "WaitForFirstConsumer"
+        }))
+        .unwrap();
     server
         .seed(&json!({
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -453,4 +476,136 @@ async fn a_create_and_a_delete_draw_no_conflict() {
     println!(
         "API requests during CreateVolume: {during_create}; create+delete by verb: {by_verb:?}"
     );
+}
+
+/// The node with `linear` bytes of SSD VG space and a thin pool that may still promise
+/// `promisable` bytes (20 GiB at ratio 2), in `health`.
+fn thin_node_storage(linear: u64, promisable: u64, health: ThinPoolHealth) -> NodeStorage {
+    let mut ns = node_storage(linear);
+    ns.status.as_mut().unwrap().device_classes[0].thin_pool = Some(ThinPoolStatus {
+        lv_name: "strata-thinpool".into(),
+        size_bytes: 20 * GIB,
+        used_bytes: 2 * GIB,
+        metadata_size_bytes: GIB,
+        metadata_used_bytes: 0,
+        overprovision_ratio: 2.0,
+        virtual_bytes: (40 * GIB).saturating_sub(promisable),
+        promisable_bytes: promisable,
+        health,
+    });
+    ns
+}
+
+fn thin_ssd(name: &str, bytes: u64) -> csi::CreateVolumeRequest {
+    let mut req = ssd(name, bytes);
+    req.parameters
+        .insert(names::PARAM_PROVISIONING.to_owned(), "thin".to_owned());
+    req
+}
+
+async fn thin_capacity(
+    ctl: &mut csi_api::csi::controller_client::ControllerClient<tonic::transport::Channel>,
+) -> i64 {
+    ctl.get_capacity(csi::GetCapacityRequest {
+        parameters: [
+            (names::PARAM_DEVICE_CLASS.to_owned(), "ssd".to_owned()),
+            (names::PARAM_PROVISIONING.to_owned(), "thin".to_owned()),
+        ]
+        .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .available_capacity
+}
+
+#[tokio::test]
+async fn a_burst_of_thin_creates_never_promises_more_than_the_pool_allows() {
+    // 8 GiB promisable; a credible thin claim scheduled there takes 2 GiB of it.
+    let mut thin_claim = claim("scheduled", "2Gi", &["ReadWriteOnce"]);
+    thin_claim["spec"]["storageClassName"] = json!("strata-thin");
+    let h = start_with(
+        thin_node_storage(4 * GIB, 8 * GIB, ThinPoolHealth::Healthy),
+        &[thin_claim, pod_on_node("uses-scheduled", "scheduled")],
+        Duration::from_secs(30),
+        true,
+    )
+    .await;
+    let mut ctl = h.csi.controller.clone();
+    assert_eq!(thin_capacity(&mut ctl).await, 6 * GIB as i64);
+    // The stand-in agent's volumes stay unpublished (beyond the NodeStorage's sequence), so
+    // every admitted one is pending for the next, as with a real agent between republishes.
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let mut ctl = h.csi.controller.clone();
+            tokio::spawn(
+                async move { ctl.create_volume(thin_ssd(&format!("pvc-t{i}"), GIB)).await },
+            )
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().contains("thin pool"), "{}", s.message());
+                refused += 1;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    assert_eq!((admitted, refused), (6, 4));
+    let api: Api<LogicalVolume> = Api::all(h.client.clone());
+    let objects = api.list(&Default::default()).await.unwrap().items;
+    assert_eq!(objects.len(), 6);
+    assert!(
+        objects
+            .iter()
+            .all(|lv| lv.spec.provisioning == Some(names::Provisioning::Thin))
+    );
+    assert_eq!(thin_capacity(&mut ctl).await, 0);
+    // The pool's promises took nothing from the VG: a 4 GiB linear volume still fits, linear.
+    ctl.create_volume(ssd("pvc-linear", 4 * GIB))
+        .await
+        .expect("linear space was taken by thin promises");
+    let linear = api.get("pvc-linear").await.unwrap();
+    assert_eq!(linear.spec.provisioning, None);
+    // The same name as thin is another volume.
+    let again = ctl
+        .create_volume(thin_ssd("pvc-linear", 4 * GIB))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+}
+
+#[tokio::test]
+async fn a_full_pool_and_a_class_without_a_pool_are_refused_in_admission() {
+    for (node, needle) in [
+        (
+            thin_node_storage(10 * GIB, 8 * GIB, ThinPoolHealth::Full),
+            "thin pool is Full",
+        ),
+        (
+            node_storage(10 * GIB),
+            "the node's agent serves no thin pool for class ssd",
+        ),
+    ] {
+        let h = start_with(node, &[], Duration::from_secs(30), true).await;
+        let mut ctl = h.csi.controller.clone();
+        assert_eq!(thin_capacity(&mut ctl).await, 0);
+        let refused = ctl.create_volume(thin_ssd("pvc-t", GIB)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains(needle), "{}", refused.message());
+        let api: Api<LogicalVolume> = Api::all(h.client.clone());
+        assert!(
+            api.list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        // Linear volumes of the class are unaffected.
+        ctl.create_volume(ssd("pvc-l", GIB)).await.expect("linear");
+    }
 }

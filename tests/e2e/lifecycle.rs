@@ -172,6 +172,7 @@ pub async fn scheduler_filters_on_published_capacity(c: &Cluster) {
             missing_pv_count: 0,
             lv_count: 9,
             health: ClassHealth::Healthy,
+            thin_pool: None,
         }],
         ..Default::default()
     });

@@ -33,6 +33,7 @@ pub fn class_summary(vgs: &[Vg], policy: &Policy) -> Vec<DeviceClassStatus> {
                 } else {
                     ClassHealth::Healthy
                 },
+                thin_pool: None,
             }
         })
         .collect();
@@ -147,6 +148,7 @@ mod tests {
                 missing_pv_count: 0,
                 lv_count: 3,
                 health: ClassHealth::Healthy,
+                thin_pool: None,
             }
         );
         assert_eq!(out[1].name, DeviceClass::Hdd);

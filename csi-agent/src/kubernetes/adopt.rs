@@ -74,6 +74,7 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
                 }),
                 source: None,
                 wipe: None,
+                provisioning: None,
             },
         );
         obj.metadata.labels = Some(BTreeMap::from([

@@ -519,6 +519,7 @@ mod tests {
             } else {
                 ClassHealth::Healthy
             },
+            thin_pool: None,
         }
     }
 

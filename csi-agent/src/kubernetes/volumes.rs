@@ -762,6 +762,7 @@ mod tests {
                 pvc: None,
                 source: None,
                 wipe: None,
+                provisioning: None,
             },
         );
         if finalizer {

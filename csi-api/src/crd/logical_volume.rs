@@ -3,7 +3,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::names::DeviceClass;
+use crate::names::{DeviceClass, Provisioning};
 
 /// One CSI volume (name = CSI volume name, e.g. `pvc-<uid>`). The controller writes `spec`, the
 /// agent of `spec.nodeName` makes the LV and writes `status`.
@@ -18,6 +18,7 @@ use crate::names::DeviceClass;
 #[x_kube(validation = Rule::new("self.sizeBytes >= oldSelf.sizeBytes").message("spec.sizeBytes may only grow"))]
 #[x_kube(validation = Rule::new("has(self.pvc) == has(oldSelf.pvc) && (!has(self.pvc) || self.pvc == oldSelf.pvc)").message("spec.pvc is immutable"))]
 #[x_kube(validation = Rule::new("has(self.source) == has(oldSelf.source) && (!has(self.source) || self.source == oldSelf.source)").message("spec.source is immutable"))]
+#[x_kube(validation = Rule::new("has(self.provisioning) == has(oldSelf.provisioning) && (!has(self.provisioning) || self.provisioning == oldSelf.provisioning)").message("spec.provisioning is immutable"))]
 #[x_kube(validation = Rule::new("has(self.wipe) == has(oldSelf.wipe) && (!has(self.wipe) || self.wipe == oldSelf.wipe)").message("spec.wipe is immutable"))]
 #[kube(
     group = "strata.io",
@@ -45,6 +46,9 @@ pub struct LogicalVolumeSpec {
     pub size_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcReference>,
+    /// `linear` (absent) or `thin` (a virtual size on the class VG's thin pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<Provisioning>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeSource>,
     /// Wipe policy on delete (`discard`, `zero`, `none`); unset = the agent's class default.

@@ -10,7 +10,7 @@ pub use logical_volume::{
 };
 pub use node_storage::{
     ClaimMode, ClassHealth, DeviceClassStatus, DiskState, DiskStatus, NodeStorage, NodeStorageSpec,
-    NodeStorageStatus,
+    NodeStorageStatus, ThinPoolHealth, ThinPoolStatus,
 };
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

@@ -140,7 +140,7 @@ pub enum DiskState {
 }
 
 /// Capacity and health of one device class (one VG) on the node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceClassStatus {
     pub name: DeviceClass,
@@ -161,6 +161,45 @@ pub struct DeviceClassStatus {
     #[serde(default)]
     pub lv_count: u32,
     pub health: ClassHealth,
+    /// The class VG's thin pool, when the class serves `strata.io/provisioning: thin`. Its
+    /// extents are part of `totalBytes` and missing from `freeBytes` like any LV's; thin volumes
+    /// are admitted against `thinPool.promisableBytes`, never against `allocatableBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<ThinPoolStatus>,
+}
+
+/// The thin pool of a class VG: what it holds, what has been promised on it, and what a new thin
+/// volume may still be promised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThinPoolStatus {
+    /// The pool LV's name in the class VG.
+    pub lv_name: String,
+    /// Data size of the pool: what it can physically hold.
+    pub size_bytes: u64,
+    /// Data bytes written (lvm2's `data_percent` of `sizeBytes`).
+    pub used_bytes: u64,
+    pub metadata_size_bytes: u64,
+    pub metadata_used_bytes: u64,
+    /// Virtual bytes the class may promise per byte of pool (the agent's per-class setting).
+    pub overprovision_ratio: f64,
+    /// Sum of the virtual sizes of the thin volumes on the pool (snapshots included).
+    pub virtual_bytes: u64,
+    /// What a new thin volume may still be promised, as the agent computed it from the fields
+    /// above (and 0 when the pool is `Full`). The scheduler and the controller subtract the thin
+    /// demand still pending on the node from this and nothing else.
+    pub promisable_bytes: u64,
+    pub health: ThinPoolHealth,
+}
+
+/// The fill state of a thin pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ThinPoolHealth {
+    Healthy,
+    /// Data or metadata over the warning threshold (and autoextend could not bring it back).
+    Filling,
+    /// Data or metadata over the refusal threshold: no new thin volume is admitted.
+    Full,
 }
 
 impl DeviceClassStatus {

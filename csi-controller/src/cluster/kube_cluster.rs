@@ -255,6 +255,11 @@ impl KubeCluster {
                 let claim = SelectedClaim {
                     uid: pvc.metadata.uid.clone()?,
                     class: *class,
+                    // An unknown value makes the claim invalid (the request validator refuses it).
+                    provisioning: parameters
+                        .get(names::PARAM_PROVISIONING)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or_default(),
                     bytes: requested.map_or(u64::MAX, claim_bytes),
                     valid: requested.is_some_and(|b| claim_valid(pvc, parameters, b)),
                     pod_on_node: used.get(&key).is_some_and(|nodes| nodes.contains(selected)),

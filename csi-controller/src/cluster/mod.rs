@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use csi_api::crd::{LogicalVolume, NodeStorage};
-use csi_api::names::DeviceClass;
+use csi_api::names::{DeviceClass, Provisioning};
 
 pub use kube_cluster::{KubeCluster, release_finalizer};
 
@@ -22,6 +22,8 @@ pub struct SelectedClaim {
     /// The PVC's uid; its volume will be named `pvc-<uid>`.
     pub uid: String,
     pub class: DeviceClass,
+    /// The StorageClass's `strata.io/provisioning`: thin claims are thin demand on the node.
+    pub provisioning: Provisioning,
     pub bytes: u64,
     /// The shared request validator accepts the claim for its class (size, access modes,
     /// StorageClass parameters).

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use csi_api::crd::{
     ClassHealth, DeviceClassStatus, LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus,
-    NodeStorage, NodeStorageSpec, NodeStorageStatus,
+    NodeStorage, NodeStorageSpec, NodeStorageStatus, ThinPoolHealth, ThinPoolStatus,
 };
 use csi_api::csi;
 use csi_api::csi::volume_capability::access_mode::Mode;
 use csi_api::csi::volume_capability::{AccessMode, AccessType, MountVolume};
-use csi_api::names::{DeviceClass, Placement, TOPOLOGY_KEY};
+use csi_api::names::{DeviceClass, Placement, Provisioning, TOPOLOGY_KEY};
 
 use super::{ControllerService, REASON_INSUFFICIENT_SPACE, Settings};
 use crate::cluster::SelectedClaim;
@@ -38,6 +38,7 @@ fn node(name: &str, class: DeviceClass, free: u64, healthy: bool) -> NodeStorage
             } else {
                 ClassHealth::Degraded
             },
+            thin_pool: None,
         }],
         ..Default::default()
     });
@@ -271,6 +272,7 @@ async fn claims_scheduled_on_the_node_count_as_pending() {
         SelectedClaim {
             uid: "other".into(),
             class: DeviceClass::Nvme,
+            provisioning: Provisioning::Linear,
             bytes: 8 * GIB,
             valid: true,
             pod_on_node: true,
@@ -281,6 +283,7 @@ async fn claims_scheduled_on_the_node_count_as_pending() {
         SelectedClaim {
             uid: "self".into(),
             class: DeviceClass::Nvme,
+            provisioning: Provisioning::Linear,
             bytes: 2 * GIB,
             valid: true,
             pod_on_node: true,
@@ -701,6 +704,7 @@ async fn only_credible_selected_node_claims_count() {
     let claim = |uid: &str, bytes: u64, valid: bool, pod_on_node: bool| SelectedClaim {
         uid: uid.into(),
         class: DeviceClass::Nvme,
+        provisioning: Provisioning::Linear,
         bytes,
         valid,
         pod_on_node,
@@ -742,6 +746,7 @@ fn ready_volume(
             pvc: None,
             source: None,
             wipe: None,
+            provisioning: None,
         },
     );
     lv.status = Some(LogicalVolumeStatus {
@@ -796,4 +801,254 @@ async fn growth_not_yet_made_counts_against_the_node() {
     svc.create_volume(create("pvc-fits", "nvme", 4 * GIB, Some("a")), WAIT)
         .await
         .expect("10 - 6 = 4 GiB fit");
+}
+
+/// `node` with a thin pool on its class: 50 GiB at ratio 2, `promisable` left, `health`.
+fn thin_node(
+    name: &str,
+    class: DeviceClass,
+    free: u64,
+    promisable: u64,
+    health: ThinPoolHealth,
+) -> NodeStorage {
+    let mut ns = node(name, class, free, true);
+    ns.status.as_mut().unwrap().device_classes[0].thin_pool = Some(ThinPoolStatus {
+        lv_name: "strata-thinpool".into(),
+        size_bytes: 50 * GIB,
+        used_bytes: 5 * GIB,
+        metadata_size_bytes: GIB,
+        metadata_used_bytes: 0,
+        overprovision_ratio: 2.0,
+        virtual_bytes: (100 * GIB).saturating_sub(promisable),
+        promisable_bytes: promisable,
+        health,
+    });
+    ns
+}
+
+fn thin(mut req: csi::CreateVolumeRequest) -> csi::CreateVolumeRequest {
+    req.parameters
+        .insert("strata.io/provisioning".into(), "thin".into());
+    req
+}
+
+#[tokio::test]
+async fn a_burst_of_thin_creates_never_promises_more_than_promisable() {
+    let cluster = MemoryCluster::default();
+    // 2 GiB of VG space, 30 GiB promisable: thin is admitted against the pool only.
+    cluster.add_node(thin_node(
+        "a",
+        DeviceClass::Nvme,
+        2 * GIB,
+        30 * GIB,
+        ThinPoolHealth::Healthy,
+    ));
+    // A slow agent: admission must count the thin volumes not yet made.
+    let svc = Arc::new(service(&cluster));
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let svc = svc.clone();
+        calls.push(tokio::spawn(async move {
+            svc.create_volume(
+                thin(create(&format!("pvc-{i}"), "nvme", GIB, Some("a"))),
+                Duration::from_millis(200),
+            )
+            .await
+        }));
+    }
+    let (mut admitted, mut exhausted) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Err(Error::DeadlineExceeded(_)) => admitted += 1,
+            Err(Error::ResourceExhausted(m)) => {
+                assert!(m.contains("thin pool"), "{m}");
+                exhausted += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((admitted, exhausted), (30, 10));
+    assert_eq!(cluster.volume_count(), 30);
+    let made = cluster.volume("pvc-0").unwrap();
+    assert_eq!(made.spec.provisioning, Some(Provisioning::Thin));
+    // The pending thin promises took no linear space.
+    let linear = svc
+        .create_volume(
+            create("pvc-linear", "nvme", 2 * GIB, Some("a")),
+            Duration::from_millis(50),
+        )
+        .await;
+    assert!(
+        matches!(linear, Err(Error::DeadlineExceeded(_))),
+        "{linear:?}"
+    );
+    assert_eq!(
+        cluster.volume("pvc-linear").unwrap().spec.provisioning,
+        None
+    );
+}
+
+#[tokio::test]
+async fn thin_is_refused_without_a_pool_on_a_full_pool_and_on_a_degraded_class() {
+    let refused = |ns: NodeStorage, needle: &'static str| async move {
+        let cluster = MemoryCluster::default();
+        cluster.add_node(ns);
+        ready_agent(&cluster);
+        let svc = service(&cluster);
+        let err = svc
+            .create_volume(thin(create("pvc-1", "nvme", GIB, Some("a"))), WAIT)
+            .await
+            .unwrap_err();
+        match err {
+            Error::ResourceExhausted(m) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cluster.volume_count(), 0);
+    };
+    refused(
+        node("a", DeviceClass::Nvme, 50 * GIB, true),
+        "the node's agent serves no thin pool for class nvme",
+    )
+    .await;
+    // Full: refused although the published number says otherwise.
+    refused(
+        thin_node(
+            "a",
+            DeviceClass::Nvme,
+            50 * GIB,
+            20 * GIB,
+            ThinPoolHealth::Full,
+        ),
+        "thin pool is Full",
+    )
+    .await;
+    let mut degraded = thin_node(
+        "a",
+        DeviceClass::Nvme,
+        50 * GIB,
+        20 * GIB,
+        ThinPoolHealth::Healthy,
+    );
+    let class = &mut degraded.status.as_mut().unwrap().device_classes[0];
+    class.missing_pv_count = 1;
+    class.health = ClassHealth::Degraded;
+    refused(degraded, "degraded").await;
+}
+
+#[tokio::test]
+async fn a_repeat_with_another_provisioning_already_exists() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(thin_node(
+        "a",
+        DeviceClass::Nvme,
+        10 * GIB,
+        30 * GIB,
+        ThinPoolHealth::Healthy,
+    ));
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    svc.create_volume(thin(create("pvc-1", "nvme", GIB, Some("a"))), WAIT)
+        .await
+        .unwrap();
+    svc.create_volume(thin(create("pvc-1", "nvme", GIB, Some("a"))), WAIT)
+        .await
+        .unwrap();
+    let linear = svc
+        .create_volume(create("pvc-1", "nvme", GIB, Some("a")), WAIT)
+        .await;
+    match linear {
+        Err(Error::AlreadyExists(m)) => assert!(m.contains("provisioning thin"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    svc.create_volume(create("pvc-2", "nvme", GIB, Some("a")), WAIT)
+        .await
+        .unwrap();
+    let as_thin = svc
+        .create_volume(thin(create("pvc-2", "nvme", GIB, Some("a"))), WAIT)
+        .await;
+    assert!(
+        matches!(as_thin, Err(Error::AlreadyExists(_))),
+        "{as_thin:?}"
+    );
+}
+
+#[tokio::test]
+async fn thin_capacity_and_growth_are_the_pools_promisable_minus_pending_thin() {
+    let cluster = MemoryCluster::default();
+    cluster.add_node(thin_node(
+        "a",
+        DeviceClass::Nvme,
+        3 * GIB,
+        20 * GIB,
+        ThinPoolHealth::Healthy,
+    ));
+    cluster.add_node(node("b", DeviceClass::Nvme, 40 * GIB, true));
+    cluster.add_node(thin_node(
+        "c",
+        DeviceClass::Nvme,
+        40 * GIB,
+        9 * GIB,
+        ThinPoolHealth::Full,
+    ));
+    // A thin claim scheduled on "a" (its pod bound there) is thin demand.
+    cluster.add_claim(
+        "a",
+        SelectedClaim {
+            uid: "other".into(),
+            class: DeviceClass::Nvme,
+            provisioning: Provisioning::Thin,
+            bytes: 4 * GIB,
+            valid: true,
+            pod_on_node: true,
+        },
+    );
+    ready_agent(&cluster);
+    let svc = service(&cluster);
+    let thin_params = HashMap::from([
+        ("strata.io/device-class".to_string(), "nvme".to_string()),
+        ("strata.io/provisioning".to_string(), "thin".to_string()),
+    ]);
+    let capacity = |parameters: HashMap<String, String>| {
+        svc.get_capacity(csi::GetCapacityRequest {
+            parameters,
+            ..Default::default()
+        })
+    };
+    // a: 20 − 4 pending; b: no pool; c: Full.
+    let all = capacity(thin_params.clone()).await.unwrap();
+    assert_eq!(all.available_capacity, 16 * GIB as i64);
+    assert_eq!(all.maximum_volume_size, Some(16 * GIB as i64));
+    let linear = capacity(HashMap::from([(
+        "strata.io/device-class".to_string(),
+        "nvme".to_string(),
+    )]))
+    .await
+    .unwrap();
+    assert_eq!(linear.available_capacity, 83 * GIB as i64);
+    let bad = capacity(HashMap::from([(
+        "strata.io/provisioning".to_string(),
+        "fat".to_string(),
+    )]))
+    .await;
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+
+    // Thin growth is admitted against promisable (16 GiB left), not the VG's 3 GiB.
+    svc.create_volume(thin(create("pvc-t", "nvme", GIB, Some("a"))), WAIT)
+        .await
+        .unwrap();
+    // The fake agent makes volumes at once and never republishes NodeStorage: promisable stays
+    // 20 GiB, 4 GiB of it pending for the claim; a growth of 14 GiB fits, then one of 17 does not.
+    let grown = svc
+        .expand_volume(expand_req("pvc-t", 15 * GIB), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(grown.capacity_bytes, 15 * GIB as i64);
+    let err = svc
+        .expand_volume(expand_req("pvc-t", 32 * GIB), WAIT)
+        .await
+        .unwrap_err();
+    match err {
+        Error::ResourceExhausted(m) => assert!(m.contains("thin pool"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
