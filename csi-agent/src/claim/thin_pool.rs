@@ -173,6 +173,26 @@ pub fn autoextend_bytes(pool: &ThinPool, allocatable: u64, extent: u64) -> Optio
     (more >= extent.max(1)).then_some(more)
 }
 
+/// The problem of every thin volume on `pool` when it is Full (writes to blocks the volume has
+/// not written before fail or wait), else `None`.
+pub fn full_message(pool: &ThinPool) -> Option<String> {
+    (health(pool) == ThinPoolHealth::Full).then(|| {
+        format!(
+            "thin pool {}/{} is full (data {:.1} %, metadata {:.1} %): writes to new blocks fail",
+            pool.vg, pool.name, pool.data_percent, pool.metadata_percent
+        )
+    })
+}
+
+/// [`full_message`] of the pool of `vg`, read now; a pool that cannot be read is a problem too.
+pub async fn pool_problem<R: LvmRunner>(lvm: &Lvm<R>, vg: &str) -> Option<String> {
+    match lvm.thin_state(vg).await {
+        Ok(Some(s)) => full_message(&s.pool),
+        Ok(None) => Some(format!("the thin pool of {vg} is missing")),
+        Err(e) => Some(format!("the thin pool of {vg} cannot be read: {e}")),
+    }
+}
+
 /// What [`tend`] did or found, for Events and logs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PoolNote {
@@ -352,6 +372,14 @@ mod tests {
         assert_eq!(health(&pool(GIB, 80.0, 10.0)), ThinPoolHealth::Filling);
         assert_eq!(health(&pool(GIB, 10.0, 96.0)), ThinPoolHealth::Full);
         assert_eq!(health(&pool(GIB, 100.0, 0.0)), ThinPoolHealth::Full);
+    }
+
+    #[test]
+    fn only_a_full_pool_makes_its_volumes_abnormal() {
+        assert_eq!(full_message(&pool(GIB, 94.0, 10.0)), None);
+        let m = full_message(&pool(GIB, 100.0, 10.0)).unwrap();
+        assert!(m.contains("is full") && m.contains("100.0 %"), "{m}");
+        assert!(full_message(&pool(GIB, 1.0, 97.0)).is_some());
     }
 
     #[test]

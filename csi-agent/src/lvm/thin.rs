@@ -327,15 +327,19 @@ impl<R: LvmRunner> Lvm<R> {
 
     /// Creates the thin LV of `volume` with `virtual_bytes` (rounded up to extents) on the pool
     /// of `vg`, tagged with the owner, the volume, [`THIN_TAG`] and the PVC (if given).
-    /// Idempotent like [`Lvm::create_lv`]. It takes no extents of the VG: admission against the
-    /// pool's promisable bytes is the caller's (under its own serialisation). A new thin LV
-    /// reads zeroes everywhere, so with activation it counts as fresh ([`Lvm::take_fresh`]).
+    /// Idempotent like [`Lvm::create_lv`]. Admission: under the VG's mutex (so two creates on
+    /// one pool never both take the last room) the pool is read and `promisable` says what a new
+    /// thin volume may still be promised on it; a larger (rounded) size, or a VG without a pool,
+    /// is [`LvmError::InsufficientSpace`] and creates nothing — unless the LV already exists (an
+    /// idempotent repeat). A new thin LV reads zeroes everywhere, so with activation it counts as
+    /// fresh ([`Lvm::take_fresh`]).
     pub async fn create_thin_lv(
         &self,
         vg: &str,
         volume: &str,
         virtual_bytes: u64,
         pvc: Option<&PvcRef>,
+        promisable: impl FnOnce(&ThinState) -> u64 + Send,
     ) -> Result<Lv> {
         naming::validate_volume_name(volume)?;
         let vg_arg = name_arg(vg)?;
@@ -357,6 +361,27 @@ impl<R: LvmRunner> Lvm<R> {
         let mut slot = lock.lock().await;
         let facts = self.owned_vg(vg, &mut slot).await?;
         let size = rounded(virtual_bytes, facts.extent_size)?;
+        let state = self.thin_state(vg).await?;
+        let repeat = state
+            .as_ref()
+            .is_some_and(|s| s.volumes.iter().any(|l| l.name == lv_name));
+        if !repeat {
+            let room = state.as_ref().map_or(0, promisable);
+            if size > room {
+                return Err(LvmError::InsufficientSpace {
+                    vg: vg.to_owned(),
+                    requested_bytes: size,
+                    detail: match state {
+                        Some(_) => format!(
+                            "the thin pool {vg}/{THIN_POOL_LV} may still promise {room} bytes"
+                        ),
+                        None => {
+                            format!("{vg} has no thin pool (the class serves no thin volumes here)")
+                        }
+                    },
+                });
+            }
+        }
         let activate = self.shared.options.activate;
         let mut args = self.lvm_args("lvcreate");
         args.extend(["--type".to_owned(), "thin".to_owned()]);
@@ -683,21 +708,17 @@ mod tests {
 
     #[tokio::test]
     async fn creates_a_tagged_thin_lv_idempotently() {
+        let exists = format!(r#"Logical Volume "{VOL}" already exists in volume group "{VG}""#);
+        let pool_only = report(&[pool_row(64 * MIB, "0.00", "1.00")]);
+        let with_vol = report(&[pool_row(64 * MIB, "0.00", "1.00"), thin_row(VOL, 8 * MIB)]);
         let fake = FakeRunner::scripted()
             .expect(&["vgs"], &[VG], Reply::ok(vg_json(true)))
+            .expect(&["lvs"], &[VG], Reply::ok(pool_only))
             .expect(
+                &["lvcreate", "--type", "thin", "-n", VOL, "-V", "8388608b"],
                 &[
-                    "lvcreate",
-                    "--type",
-                    "thin",
-                    "-n",
-                    VOL,
-                    "-V",
-                    "8388608b",
                     "--thinpool",
                     THIN_POOL_LV,
-                ],
-                &[
                     OWNER_TAG,
                     THIN_TAG,
                     &naming::volume_tag(VOL).unwrap(),
@@ -706,40 +727,73 @@ mod tests {
                 ],
                 Reply::ok(""),
             )
+            // repeats: already on the pool, so no admission (the closure would refuse)
+            .expect(&["lvs"], &[VG], Reply::ok(with_vol.clone()))
             .expect(
                 &["lvcreate", "--type", "thin"],
                 &[],
-                Reply::fail(
-                    5,
-                    &format!(r#"Logical Volume "{VOL}" already exists in volume group "{VG}""#),
-                ),
+                Reply::fail(5, exists.clone()),
             )
             .expect(&["lvs"], &[], Reply::ok(report(&[thin_row(VOL, 8 * MIB)])))
-            .expect(
-                &["lvcreate", "--type", "thin"],
-                &[],
-                Reply::fail(
-                    5,
-                    &format!(r#"Logical Volume "{VOL}" already exists in volume group "{VG}""#),
-                ),
-            )
+            .expect(&["lvs"], &[VG], Reply::ok(with_vol))
+            .expect(&["lvcreate", "--type", "thin"], &[], Reply::fail(5, exists))
             .expect(&["lvs"], &[], Reply::ok(report(&[thin_row(VOL, 8 * MIB)])));
         let layer = lvm(fake, true);
-        let lv = layer.create_thin_lv(VG, VOL, 5 * MIB, None).await.unwrap();
+        let lv = layer
+            .create_thin_lv(VG, VOL, 5 * MIB, None, |_| 8 * MIB)
+            .await
+            .unwrap();
         assert!(is_thin(&lv));
         assert_eq!(lv.size_bytes, 8 * MIB);
         assert!(layer.take_fresh(VOL), "a new thin LV reads zeroes");
-        let again = layer.create_thin_lv(VG, VOL, 8 * MIB, None).await.unwrap();
+        let again = layer
+            .create_thin_lv(VG, VOL, 8 * MIB, None, |_| 0)
+            .await
+            .unwrap();
         assert_eq!(again.size_bytes, 8 * MIB);
-        let other = layer.create_thin_lv(VG, VOL, 16 * MIB, None).await;
+        let other = layer.create_thin_lv(VG, VOL, 16 * MIB, None, |_| 0).await;
         assert!(
             matches!(other, Err(LvmError::AlreadyExistsDifferent { .. })),
             "{other:?}"
         );
         layer.runner().assert_done();
         assert!(matches!(
-            layer.create_thin_lv(VG, VOL, 0, None).await,
+            layer.create_thin_lv(VG, VOL, 0, None, |_| u64::MAX).await,
             Err(LvmError::InvalidArgument(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_thin_lv_beyond_what_the_pool_may_promise_is_refused_and_nothing_is_made() {
+        let fake = FakeRunner::scripted()
+            .expect(&["vgs"], &[VG], Reply::ok(vg_json(true)))
+            .expect(
+                &["lvs"],
+                &[VG],
+                Reply::ok(report(&[pool_row(64 * MIB, "0.00", "1.00")])),
+            )
+            .expect(&["lvs"], &[VG], Reply::ok(report(&[])));
+        let layer = lvm(fake, true);
+        let seen = std::sync::Mutex::new(None);
+        let err = layer
+            .create_thin_lv(VG, VOL, 8 * MIB, None, |s| {
+                *seen.lock().unwrap() = Some(s.pool.size_bytes);
+                4 * MIB
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, LvmError::InsufficientSpace { requested_bytes, .. } if *requested_bytes == 8 * MIB),
+            "{err:?}"
+        );
+        assert_eq!(*seen.lock().unwrap(), Some(64 * MIB));
+        // no pool in the VG: refused the same way
+        let err = layer
+            .create_thin_lv(VG, VOL, 8 * MIB, None, |_| u64::MAX)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no thin pool"), "{err}");
+        layer.runner().assert_done();
+        assert!(layer.runner().calls_of("lvcreate").is_empty());
     }
 }
