@@ -474,6 +474,7 @@ mod tests {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn row(
         name: &str,
         size: u64,
