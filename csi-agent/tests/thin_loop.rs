@@ -34,7 +34,10 @@ async fn without_activation_a_pool_is_refused_and_the_vg_is_unchanged() {
         }
         Err(e) => {
             eprintln!("lvm2 without activation: {e}");
-            assert_eq!(after.free_bytes, before.free_bytes, "nothing half-made: {e}");
+            assert_eq!(
+                after.free_bytes, before.free_bytes,
+                "nothing half-made: {e}"
+            );
             assert!(lvm.thin_state(vg).await.unwrap().is_none());
         }
     }
