@@ -875,7 +875,13 @@ mod tests {
             (names::PARAM_DEVICE_CLASS, "ssd"),
             (names::PARAM_PROVISIONING, "thin"),
         ];
-        assert_eq!(svc.capacity(cap(&thin, None)).await.unwrap().available_capacity, 0);
+        assert_eq!(
+            svc.capacity(cap(&thin, None))
+                .await
+                .unwrap()
+                .available_capacity,
+            0
+        );
         let mut thin_req = request("pvc-thin", "ssd", GI as i64);
         thin_req
             .parameters
