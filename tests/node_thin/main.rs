@@ -126,22 +126,31 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
         let ratio = settings(4.0).ratio(DeviceClass::Nvme);
         let admit = |s: &csi_agent::lvm::ThinState| thin_pool::status(s, ratio).promisable_bytes;
 
+        // one volume is never promised more than the pool can physically take (95 % of 128 MiB)
+        let too_big = lvm
+            .create_thin_lv(VG, "pvc-thin-big", 124 * MIB, None, admit)
+            .await;
+        assert!(
+            matches!(too_big, Err(LvmError::InsufficientSpace { .. })),
+            "{too_big:?}"
+        );
+
         // lifecycle with growth
         let a = lvm
-            .create_thin_lv(VG, "pvc-thin-a", 256 * MIB, None, admit)
+            .create_thin_lv(VG, "pvc-thin-a", 120 * MIB, None, admit)
             .await
             .unwrap();
-        assert_eq!(block_size(&a.device_path()), 256 * MIB);
+        assert_eq!(block_size(&a.device_path()), 120 * MIB);
         assert!(lvm.take_fresh("pvc-thin-a"));
         assert!(
             reads_zero(&a.device_path()),
             "a new thin volume reads zeroes"
         );
-        let grown = lvm.extend_lv(VG, "pvc-thin-a", 320 * MIB).await.unwrap();
-        assert_eq!(grown.size_bytes, 320 * MIB);
-        assert_eq!(block_size(&a.device_path()), 320 * MIB);
+        let grown = lvm.extend_lv(VG, "pvc-thin-a", 200 * MIB).await.unwrap();
+        assert_eq!(grown.size_bytes, 200 * MIB);
+        assert_eq!(block_size(&a.device_path()), 200 * MIB);
         let state = lvm.thin_state(VG).await.unwrap().unwrap();
-        assert_eq!(state.virtual_bytes, 320 * MIB);
+        assert_eq!(state.virtual_bytes, 200 * MIB);
         assert_eq!(state.volumes.len(), 1);
 
         // autoextend: 112 MiB written into a 128 MiB pool (87.5 %) → the capacity pass grows it
@@ -169,7 +178,7 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
         let state = lvm.thin_state(VG).await.unwrap().unwrap();
         assert!(state.pool.used_bytes() < 2 * MIB, "{:?}", state.pool);
         let b = lvm
-            .create_thin_lv(VG, "pvc-thin-b", 320 * MIB, None, admit)
+            .create_thin_lv(VG, "pvc-thin-b", 120 * MIB, None, admit)
             .await
             .unwrap();
         assert!(
