@@ -105,8 +105,8 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
         lvm.create_vg(VG, std::slice::from_ref(&disk.dev))
             .await
             .unwrap();
-        let pool = lvm.create_thin_pool(VG, 128 * MIB).await.unwrap();
-        assert_eq!(pool.size_bytes, 128 * MIB);
+        let pool = lvm.create_thin_pool(VG, 64 * MIB).await.unwrap();
+        assert_eq!(pool.size_bytes, 64 * MIB);
         assert!(pool.owned);
         let attrs = vm::run(
             "lvs",
@@ -126,9 +126,9 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
         let ratio = settings(4.0).ratio(DeviceClass::Nvme);
         let admit = |s: &csi_agent::lvm::ThinState| thin_pool::status(s, ratio).promisable_bytes;
 
-        // one volume is never promised more than the pool can physically take (95 % of 128 MiB)
+        // one volume is never promised more than the pool can physically take (95 % of 64 MiB)
         let too_big = lvm
-            .create_thin_lv(VG, "pvc-thin-big", 124 * MIB, None, admit)
+            .create_thin_lv(VG, "pvc-thin-big", 64 * MIB, None, admit)
             .await;
         assert!(
             matches!(too_big, Err(LvmError::InsufficientSpace { .. })),
@@ -137,24 +137,24 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
 
         // lifecycle with growth
         let a = lvm
-            .create_thin_lv(VG, "pvc-thin-a", 120 * MIB, None, admit)
+            .create_thin_lv(VG, "pvc-thin-a", 60 * MIB, None, admit)
             .await
             .unwrap();
-        assert_eq!(block_size(&a.device_path()), 120 * MIB);
+        assert_eq!(block_size(&a.device_path()), 60 * MIB);
         assert!(lvm.take_fresh("pvc-thin-a"));
         assert!(
             reads_zero(&a.device_path()),
             "a new thin volume reads zeroes"
         );
-        let grown = lvm.extend_lv(VG, "pvc-thin-a", 200 * MIB).await.unwrap();
-        assert_eq!(grown.size_bytes, 200 * MIB);
-        assert_eq!(block_size(&a.device_path()), 200 * MIB);
+        let grown = lvm.extend_lv(VG, "pvc-thin-a", 100 * MIB).await.unwrap();
+        assert_eq!(grown.size_bytes, 100 * MIB);
+        assert_eq!(block_size(&a.device_path()), 100 * MIB);
         let state = lvm.thin_state(VG).await.unwrap().unwrap();
-        assert_eq!(state.virtual_bytes, 200 * MIB);
+        assert_eq!(state.virtual_bytes, 100 * MIB);
         assert_eq!(state.volumes.len(), 1);
 
-        // autoextend: 112 MiB written into a 128 MiB pool (87.5 %) → the capacity pass grows it
-        write_pattern(&a.device_path(), 112 * MIB);
+        // autoextend: 56 MiB written into a 64 MiB pool (87.5 %) → the capacity pass grows it
+        write_pattern(&a.device_path(), 56 * MIB);
         let state = lvm.thin_state(VG).await.unwrap().unwrap();
         assert!(state.pool.data_percent >= 85.0, "{:?}", state.pool);
         let policy = Policy::new(&NodeStorageSpec::default()).unwrap();
@@ -166,7 +166,7 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
             "{notes:?}"
         );
         let tp = classes[0].thin_pool.clone().unwrap();
-        assert!(tp.size_bytes > 128 * MIB, "{tp:?}");
+        assert!(tp.size_bytes > 64 * MIB, "{tp:?}");
         assert_eq!(tp.health, ThinPoolHealth::Healthy, "{tp:?}");
         assert!(
             classes[0].free_bytes < free_before,
@@ -178,7 +178,7 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
         let state = lvm.thin_state(VG).await.unwrap().unwrap();
         assert!(state.pool.used_bytes() < 2 * MIB, "{:?}", state.pool);
         let b = lvm
-            .create_thin_lv(VG, "pvc-thin-b", 120 * MIB, None, admit)
+            .create_thin_lv(VG, "pvc-thin-b", 60 * MIB, None, admit)
             .await
             .unwrap();
         assert!(
@@ -211,7 +211,7 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
         );
         assert_eq!(thin_pool::pool_problem(&lvm, VG).await, None);
         let c = lvm
-            .create_thin_lv(VG, "pvc-thin-c", 1024 * MIB, None, |_| u64::MAX)
+            .create_thin_lv(VG, "pvc-thin-c", 256 * MIB, None, |_| u64::MAX)
             .await
             .unwrap();
         let dd = vm::output(
@@ -220,7 +220,7 @@ fn thin_lifecycle_autoextend_remanence_and_a_full_pool() {
                 "if=/dev/zero",
                 &format!("of={}", c.device_path().display()),
                 "bs=1M",
-                "count=1000",
+                "count=250",
                 "oflag=direct",
             ],
         );
@@ -264,12 +264,12 @@ fn thin_burst_never_promises_beyond_the_ratio() {
             .await
             .unwrap();
         lvm.create_thin_pool(VG, 64 * MIB).await.unwrap();
-        // ratio 2: 128 MiB may be promised; 20 concurrent creates of 8 MiB ask for 160
-        let tasks: Vec<_> = (0..20)
+        // ratio 2: 128 MiB may be promised; 10 concurrent creates of 16 MiB ask for 160
+        let tasks: Vec<_> = (0..10)
             .map(|i| {
                 let lvm = Arc::clone(&lvm);
                 tokio::spawn(async move {
-                    lvm.create_thin_lv(VG, &format!("pvc-burst-{i}"), 8 * MIB, None, |s| {
+                    lvm.create_thin_lv(VG, &format!("pvc-burst-{i}"), 16 * MIB, None, |s| {
                         thin_pool::status(s, 2.0).promisable_bytes
                     })
                     .await
@@ -285,7 +285,7 @@ fn thin_burst_never_promises_beyond_the_ratio() {
             }
         }
         let state = lvm.thin_state(VG).await.unwrap().unwrap();
-        assert_eq!(state.virtual_bytes, made * 8 * MIB);
-        assert_eq!(made, 16, "exactly the ratio's 128 MiB is promised");
+        assert_eq!(state.virtual_bytes, made * 16 * MIB);
+        assert_eq!(made, 8, "exactly the ratio's 128 MiB is promised");
     });
 }
