@@ -119,6 +119,18 @@ struct NodeOpsArgs {
     /// `<data_dir>/client/csi`).
     #[arg(long, value_name = "DIR")]
     kubelet_dir: Option<PathBuf>,
+    /// Gives a class a thin pool of PERCENT % of its VG when the class VG has none, e.g.
+    /// `nvme=50` (repeatable; 1-100). A class without it serves no thin volumes.
+    #[arg(long = "thin-pool", value_name = "CLASS=PERCENT", value_parser = parse_thin_pool)]
+    thin_pool: Vec<(DeviceClass, u8)>,
+    /// Virtual bytes a class's thin volumes may be promised per byte of its pool, e.g.
+    /// `nvme=3` (repeatable; default 1, no overprovisioning).
+    #[arg(
+        long = "thin-overprovision-ratio",
+        value_name = "CLASS=RATIO",
+        value_parser = parse_thin_ratio
+    )]
+    thin_overprovision_ratio: Vec<(DeviceClass, f64)>,
 }
 
 impl NodeOpsArgs {
@@ -131,6 +143,11 @@ impl NodeOpsArgs {
             host_proc: self.host_proc_root.clone(),
             ..Default::default()
         }
+    }
+
+    fn thin(&self) -> anyhow::Result<csi_agent::claim::ThinSettings> {
+        csi_agent::claim::ThinSettings::new(&self.thin_pool, &self.thin_overprovision_ratio)
+            .map_err(anyhow::Error::msg)
     }
 
     fn fstrim(&self) -> Option<Duration> {
@@ -151,6 +168,31 @@ impl NodeOpsArgs {
         });
         metrics
     }
+}
+
+fn parse_thin_pool(s: &str) -> Result<(DeviceClass, u8), String> {
+    let (class, percent) = s.split_once('=').ok_or("expected CLASS=PERCENT")?;
+    let class = class.parse().map_err(|e| format!("{e}"))?;
+    let percent: u8 = percent
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{percent:?} is not a percentage (1-100)"))?;
+    if !(1..=100).contains(&percent) {
+        return Err(format!("{percent} is not a percentage (1-100)"));
+    }
+    Ok((class, percent))
+}
+
+fn parse_thin_ratio(s: &str) -> Result<(DeviceClass, f64), String> {
+    let (class, ratio) = s.split_once('=').ok_or("expected CLASS=RATIO")?;
+    let class = class.parse().map_err(|e| format!("{e}"))?;
+    let ratio: f64 = ratio
+        .parse()
+        .map_err(|_| format!("{ratio:?} is not a number"))?;
+    if !ratio.is_finite() || ratio < 0.1 {
+        return Err(format!("{ratio} is not a ratio of at least 0.1"));
+    }
+    Ok((class, ratio))
 }
 
 fn parse_wipe_policy(s: &str) -> Result<(DeviceClass, csi_agent::wipe_policy::Policy), String> {
@@ -301,6 +343,7 @@ async fn run() -> Result<()> {
                 new_node_claim_mode: kubernetes.new_node_claim_mode.into(),
                 heartbeat: kubernetes.heartbeat_interval.max(Duration::from_secs(1)),
                 wipe: node_ops.wipe(&roots.sysfs_root),
+                thin: node_ops.thin()?,
                 fstrim_interval: node_ops.fstrim(),
                 metrics: Some(node_ops.metrics(&shutdown)),
                 node: node_name,
@@ -356,6 +399,22 @@ async fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thin_flags_parse() {
+        assert_eq!(parse_thin_pool("nvme=50").unwrap(), (DeviceClass::Nvme, 50));
+        assert_eq!(parse_thin_pool("ssd=25%").unwrap(), (DeviceClass::Ssd, 25));
+        assert!(parse_thin_pool("ssd=0").is_err());
+        assert!(parse_thin_pool("ssd=101").is_err());
+        assert!(parse_thin_pool("tape=5").is_err());
+        assert_eq!(
+            parse_thin_ratio("hdd=2.5").unwrap(),
+            (DeviceClass::Hdd, 2.5)
+        );
+        assert!(parse_thin_ratio("hdd=0").is_err());
+        assert!(parse_thin_ratio("hdd=inf").is_err());
+        assert!(parse_thin_ratio("hdd").is_err());
+    }
 
     #[test]
     fn wipe_policies_parse() {

@@ -57,6 +57,12 @@ struct NodeGauges {
     vg_free: Family<ClassLabels, Gauge>,
     vg_allocatable: Family<ClassLabels, Gauge>,
     class_degraded: Family<ClassLabels, Gauge>,
+    thin_data_used: Family<ClassLabels, Gauge>,
+    thin_data_size: Family<ClassLabels, Gauge>,
+    thin_metadata_used: Family<ClassLabels, Gauge>,
+    thin_metadata_size: Family<ClassLabels, Gauge>,
+    thin_virtual: Family<ClassLabels, Gauge>,
+    thin_promisable: Family<ClassLabels, Gauge>,
     disks: Family<DiskLabels, Gauge>,
     updated: Gauge,
 }
@@ -131,6 +137,40 @@ impl Metrics {
             "1 when the device class is Degraded (a claimed disk is missing), else 0",
             node.class_degraded.clone(),
         );
+        for (name, help, family) in [
+            (
+                "thin_pool_size_bytes",
+                "Data size of the class's thin pool",
+                &node.thin_data_size,
+            ),
+            (
+                "thin_pool_used_bytes",
+                "Data bytes in use in the class's thin pool",
+                &node.thin_data_used,
+            ),
+            (
+                "thin_pool_metadata_size_bytes",
+                "Metadata size of the class's thin pool",
+                &node.thin_metadata_size,
+            ),
+            (
+                "thin_pool_metadata_used_bytes",
+                "Metadata bytes in use in the class's thin pool",
+                &node.thin_metadata_used,
+            ),
+            (
+                "thin_pool_virtual_bytes",
+                "Virtual bytes promised to the thin volumes on the class's pool",
+                &node.thin_virtual,
+            ),
+            (
+                "thin_pool_promisable_bytes",
+                "Virtual bytes a new thin volume of the class may still be promised (0 when the pool is full)",
+                &node.thin_promisable,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "disks",
             "Disks the agent sees, by state (claimed, available, rejected, missing, failed) and media class",
@@ -199,7 +239,18 @@ impl Metrics {
     /// Sets the node gauges to what `status` says (label sets no longer present are dropped).
     pub fn node_storage(&self, status: &csi_api::crd::NodeStorageStatus) {
         let n = &self.node;
-        for family in [&n.vg_size, &n.vg_free, &n.vg_allocatable, &n.class_degraded] {
+        for family in [
+            &n.vg_size,
+            &n.vg_free,
+            &n.vg_allocatable,
+            &n.class_degraded,
+            &n.thin_data_size,
+            &n.thin_data_used,
+            &n.thin_metadata_size,
+            &n.thin_metadata_used,
+            &n.thin_virtual,
+            &n.thin_promisable,
+        ] {
             family.clear();
         }
         n.disks.clear();
@@ -215,6 +266,20 @@ impl Metrics {
                 .set(gauge(c.allocatable_bytes));
             let degraded = c.health == csi_api::crd::ClassHealth::Degraded;
             n.class_degraded.get_or_create(&l).set(i64::from(degraded));
+            if let Some(p) = &c.thin_pool {
+                n.thin_data_size.get_or_create(&l).set(gauge(p.size_bytes));
+                n.thin_data_used.get_or_create(&l).set(gauge(p.used_bytes));
+                n.thin_metadata_size
+                    .get_or_create(&l)
+                    .set(gauge(p.metadata_size_bytes));
+                n.thin_metadata_used
+                    .get_or_create(&l)
+                    .set(gauge(p.metadata_used_bytes));
+                n.thin_virtual.get_or_create(&l).set(gauge(p.virtual_bytes));
+                n.thin_promisable
+                    .get_or_create(&l)
+                    .set(gauge(p.promisable_bytes));
+            }
         }
         for d in &status.disks {
             let state = serde_json::to_value(d.state)

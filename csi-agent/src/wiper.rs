@@ -139,6 +139,12 @@ impl<R: LvmRunner> Wiper<R> {
     /// The policy of an LV: `asked`, else the recorded tag, else the class default. A policy
     /// that cannot be read is taken as `zero` (never as `none`).
     pub fn policy(&self, vg: &str, asked: Option<&str>, lv: &Lv) -> Policy {
+        if crate::lvm::is_thin(lv) {
+            // The pool zeroes every chunk before a thin LV can read it (`--zero y`), so a deleted
+            // thin volume's blocks never reach another volume; zeroing it would only provision
+            // every chunk and fill the pool. Its removal returns its chunks to the pool.
+            return Policy::None;
+        }
         let named = asked.or_else(|| recorded_policy(lv));
         match named.map(str::parse::<Policy>) {
             Some(Ok(p)) => p,
@@ -709,6 +715,11 @@ mod tests {
             open: false,
         };
         assert_eq!(w.policy("strata-ssd", None, &lv(&[])), Policy::Discard);
+        // a thin LV: never wiped, whatever was asked (the pool zeroes chunks before reuse)
+        assert_eq!(
+            w.policy("strata-hdd", Some("zero"), &lv(&[crate::lvm::THIN_TAG])),
+            Policy::None
+        );
         assert_eq!(w.policy("strata-hdd", None, &lv(&[])), Policy::Zero);
         assert_eq!(
             w.policy("strata-ssd", None, &lv(&["strata.io/wipe=none"])),

@@ -12,6 +12,7 @@ mod execute;
 mod plan;
 mod policy;
 mod tags;
+pub mod thin_pool;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,7 @@ pub use execute::{Outcome, execute};
 pub use plan::{Action, ActionKind, LvmState, Plan, plan};
 pub use policy::{Admission, InvalidPattern, Policy};
 pub use tags::{Recorded, SERIAL_TAG_PREFIX, SLOT_TAG_PREFIX, WWN_TAG_PREFIX, identity_tags};
+pub use thin_pool::{PoolNote, ThinSettings};
 
 use crate::discovery::{
     self, BlkidProbe, DiscoveryError, Inventory, KnownPv, PvView, Roots, SignatureProbe, Usage,

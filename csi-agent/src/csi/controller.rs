@@ -97,6 +97,14 @@ impl ControllerService {
         let caps = validate::capabilities(&req.volume_capabilities)?;
         let params = Params::try_from(&req.parameters)?;
         let class = params.required_class()?;
+        if params.provisioning == names::Provisioning::Thin {
+            // Thin volumes are made by the Kubernetes-mode reconciler; this standalone service
+            // would otherwise make a linear volume the request did not ask for.
+            return Err(Error::InvalidArgument(format!(
+                "{}: thin is served in Kubernetes mode only; standalone mode makes linear volumes",
+                names::PARAM_PROVISIONING
+            )));
+        }
         if req.volume_content_source.is_some() {
             return Err(Error::InvalidArgument(
                 "volume_content_source is not supported (no snapshots or clones)".into(),
@@ -309,7 +317,8 @@ impl ControllerService {
             .accessible_topology
             .as_ref()
             .is_some_and(|t| t.segments.get(names::TOPOLOGY_KEY) != Some(&self.node));
-        if elsewhere {
+        // Standalone mode serves no thin volumes (see `create`): no thin capacity.
+        if elsewhere || params.provisioning == names::Provisioning::Thin {
             return Ok(zero);
         }
         if validate::capabilities(&req.volume_capabilities).is_err()
@@ -861,6 +870,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(elsewhere.available_capacity, 0);
+        // standalone mode makes no thin volumes: no thin capacity, and a thin create is refused
+        let thin = [
+            (names::PARAM_DEVICE_CLASS, "ssd"),
+            (names::PARAM_PROVISIONING, "thin"),
+        ];
+        assert_eq!(
+            svc.capacity(cap(&thin, None))
+                .await
+                .unwrap()
+                .available_capacity,
+            0
+        );
+        let mut thin_req = request("pvc-thin", "ssd", GI as i64);
+        thin_req
+            .parameters
+            .insert(names::PARAM_PROVISIONING.into(), "thin".into());
+        let refused = svc.create(thin_req).await.unwrap_err();
+        assert_eq!(code(refused), tonic::Code::InvalidArgument);
+        assert!(svc.volumes.existing("pvc-thin").await.unwrap().is_none());
         let bad = svc
             .capacity(cap(&[(names::PARAM_DEVICE_CLASS, "tape")], None))
             .await

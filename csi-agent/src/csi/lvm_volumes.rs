@@ -314,7 +314,14 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
         };
         let vg = self.lvm.vg(&lv.vg).await?;
         let disks = self.disk_problems(&vg.iter().collect::<Vec<_>>()).await;
-        Ok(Self::info(&lv, class, vg.as_ref(), &disks))
+        let mut info = Self::info(&lv, class, vg.as_ref(), &disks);
+        if let Some(v) = info.as_mut()
+            && v.problem.is_none()
+            && crate::lvm::is_thin(&lv)
+        {
+            v.problem = crate::claim::thin_pool::pool_problem(&self.lvm, &lv.vg).await;
+        }
+        Ok(info)
     }
 
     async fn locate(&self, id: &str) -> Result<Option<VolumeInfo>> {

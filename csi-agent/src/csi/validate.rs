@@ -198,6 +198,8 @@ pub struct Params {
     pub fs_type: Option<String>,
     /// `strata.io/wipe` (`discard`, `zero`, `none`) if given: the wipe on delete.
     pub wipe: Option<String>,
+    /// `strata.io/provisioning` (linear unless given).
+    pub provisioning: csi_api::names::Provisioning,
 }
 
 impl TryFrom<&HashMap<String, String>> for Params {
@@ -209,6 +211,7 @@ impl TryFrom<&HashMap<String, String>> for Params {
             class: p.device_class,
             fs_type: p.fs_type,
             wipe: p.wipe,
+            provisioning: p.provisioning,
         })
     }
 }

@@ -74,7 +74,8 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
                 }),
                 source: None,
                 wipe: None,
-                provisioning: None,
+                // A thin LV keeps its kind (the tag tells): its size is virtual.
+                provisioning: crate::lvm::is_thin(lv).then_some(csi_api::names::Provisioning::Thin),
             },
         );
         obj.metadata.labels = Some(BTreeMap::from([
@@ -224,6 +225,24 @@ mod tests {
             obj.finalizers(),
             [names::FINALIZER, names::FINALIZER_PV_PROTECTION]
         );
+    }
+
+    #[test]
+    fn an_adopted_thin_lv_stays_thin_and_linear_ones_stay_linear() {
+        let lvs = vec![
+            lv("strata-ssd", "pvc-thin", &[crate::lvm::THIN_TAG]),
+            lv("strata-ssd", "pvc-linear", &[]),
+        ];
+        let out = adoptable("n1", &HashSet::new(), &lvs);
+        let kind = |n: &str| {
+            out.iter()
+                .find(|o| o.metadata.name.as_deref() == Some(n))
+                .unwrap()
+                .spec
+                .provisioning
+        };
+        assert_eq!(kind("pvc-thin"), Some(csi_api::names::Provisioning::Thin));
+        assert_eq!(kind("pvc-linear"), None);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Context<R: LvmRunner> {
     pub heartbeat: Duration,
     /// Node gauges and claim counters, when metrics are on.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Thin pools per class: made, grown and reported by the NodeStorage pass.
+    pub thin: crate::claim::ThinSettings,
 }
 
 impl<R: LvmRunner> Context<R> {
@@ -99,6 +101,8 @@ pub struct KubernetesConfig {
     pub lvm_options: LvmOptions,
     /// Wipe on delete (policies per class, chunk size).
     pub wipe: crate::wiper::WipeConfig,
+    /// Thin pools per class (`--thin-pool`, `--thin-overprovision-ratio`).
+    pub thin: crate::claim::ThinSettings,
     /// Period of the fstrim pass over mounted flash volumes; `None` disables it.
     pub fstrim_interval: Option<Duration>,
     pub metrics: Option<crate::metrics::Metrics>,
@@ -178,6 +182,7 @@ pub async fn serve(
         new_node_claim_mode: config.new_node_claim_mode,
         heartbeat: config.heartbeat,
         metrics: config.metrics.clone(),
+        thin: config.thin.clone(),
     });
     // Wipes a previous run left unfinished (the reconciler also redoes those it still sees).
     let resumed = ctx.clone();

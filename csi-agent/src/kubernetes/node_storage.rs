@@ -174,6 +174,11 @@ async fn pass<R: LvmRunner>(
                             .map(|c| c.vg_name.clone())
                             .collect(),
                     );
+                    let known = last
+                        .as_ref()
+                        .map(|w| w.status.device_classes.clone())
+                        .unwrap_or_default();
+                    tend_thin(ctx, recorder, &object, &mut survey.classes, &known, true).await;
                     build_status(survey.plan.disks, survey.classes)
                 }
                 Err(e) => failed_status(e.to_string(), "ClaimFailed"),
@@ -222,7 +227,17 @@ async fn vg_pass<R: LvmRunner>(
             Err(e) => return Err(PassError::Claim(e.to_string())),
         }
     }
-    match splice_classes(&previous, &claim::class_summary(&read, &policy), read.len()) {
+    let mut fresh = claim::class_summary(&read, &policy);
+    tend_thin(
+        ctx,
+        recorder,
+        &object,
+        &mut fresh,
+        &previous.device_classes,
+        false,
+    )
+    .await;
+    match splice_classes(&previous, &fresh, read.len()) {
         Some(classes) => {
             let status = build_status(previous.disks, classes);
             publish(
@@ -332,6 +347,87 @@ fn action_name(kind: &ActionKind) -> &'static str {
 
 /// The Event on the NodeStorage for one claim action: Normal when a disk was claimed into a new
 /// or existing volume group (or retagged), Warning when the action failed.
+/// Thin pools of the classes (`claim::thin_pool::tend`): made and grown when `change`, reported
+/// in `classes`. Events: a pool made or grown (Normal), a failure (Warning), and a pool turning
+/// Filling or Full (Warning; once per change of its health against `known`).
+async fn tend_thin<R: LvmRunner>(
+    ctx: &Context<R>,
+    recorder: &Recorder,
+    object: &NodeStorage,
+    classes: &mut [csi_api::crd::DeviceClassStatus],
+    known: &[csi_api::crd::DeviceClassStatus],
+    change: bool,
+) {
+    let notes = claim::thin_pool::tend(&ctx.lvm, &ctx.thin, classes, known, change).await;
+    for note in notes {
+        let was = |vg: &str| {
+            known
+                .iter()
+                .find(|k| k.vg_name == vg)
+                .and_then(|k| k.thin_pool.as_ref())
+                .map(|p| p.health)
+        };
+        let (type_, reason, text) = match &note {
+            claim::PoolNote::Created { vg, bytes } => (
+                EventType::Normal,
+                "ThinPoolCreated",
+                format!("thin pool of {vg} created with {bytes} bytes"),
+            ),
+            claim::PoolNote::Extended { vg, bytes } => (
+                EventType::Normal,
+                "ThinPoolExtended",
+                format!(
+                    "thin pool of {vg} grown by {bytes} bytes from the volume group's free space"
+                ),
+            ),
+            claim::PoolNote::Failed { vg, what } => {
+                warn!(vg, %what, "thin pool");
+                (
+                    EventType::Warning,
+                    "ThinPoolFailed",
+                    format!("{vg}: {what}"),
+                )
+            }
+            claim::PoolNote::Filling {
+                vg,
+                health,
+                fill_percent,
+            } => {
+                if was(vg) == Some(*health) {
+                    continue;
+                }
+                (
+                    EventType::Warning,
+                    if *health == csi_api::crd::ThinPoolHealth::Full {
+                        "ThinPoolFull"
+                    } else {
+                        "ThinPoolFilling"
+                    },
+                    format!(
+                        "thin pool of {vg} is {fill_percent:.1} % full{}",
+                        if *health == csi_api::crd::ThinPoolHealth::Full {
+                            ": new thin volumes are refused and its volumes report abnormal"
+                        } else {
+                            " and cannot grow: add disks to the class or free space in it"
+                        }
+                    ),
+                )
+            }
+        };
+        info!(reason, %text, "thin pool");
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(text),
+            action: "ThinPool".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(error = %e, "cannot publish Event");
+        }
+    }
+}
+
 fn claim_event(outcome: &Outcome, vg: Option<&str>) -> Event {
     let vg = vg.unwrap_or("its class's volume group");
     let (type_, reason, note) = match (&outcome.kind, &outcome.result) {
@@ -478,6 +574,33 @@ pub fn build_status(
             condition("Degraded", true, "DiskProblem", problems.join("; "))
         },
     ];
+    let mut conditions = conditions;
+    let pools: Vec<(&str, csi_api::crd::ThinPoolHealth)> = classes
+        .iter()
+        .filter_map(|c| c.thin_pool.as_ref().map(|p| (c.vg_name.as_str(), p.health)))
+        .collect();
+    if !pools.is_empty() {
+        let filling: Vec<String> = pools
+            .iter()
+            .filter(|(_, h)| *h != csi_api::crd::ThinPoolHealth::Healthy)
+            .map(|(vg, h)| format!("thin pool of {vg} is {h:?}"))
+            .collect();
+        conditions.push(if filling.is_empty() {
+            condition(
+                "ThinPoolFilling",
+                false,
+                "ThinPoolsHealthy",
+                "every thin pool is below its warning threshold".into(),
+            )
+        } else {
+            condition(
+                "ThinPoolFilling",
+                true,
+                "ThinPoolFilling",
+                filling.join("; "),
+            )
+        });
+    }
     NodeStorageStatus {
         disks,
         device_classes: classes.into_iter().map(|c| c.with_quantities()).collect(),

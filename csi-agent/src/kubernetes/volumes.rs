@@ -279,12 +279,25 @@ async fn reconcile<R: LvmRunner>(
                 name: p.name.clone(),
                 uid: p.uid.clone(),
             });
-            let reserve = reserve_of(ctx, class).await?;
+            let thin = lv.spec.provisioning == Some(csi_api::names::Provisioning::Thin);
+            let reserve = if thin {
+                0
+            } else {
+                reserve_of(ctx, class).await?
+            };
             csi_api::fault::point("agent.create.before-lv");
-            let made = ctx
-                .lvm
-                .create_lv_within(vg, &name, size, pvc.as_ref(), reserve)
-                .await;
+            let made = if thin {
+                let ratio = ctx.thin.ratio(class);
+                ctx.lvm
+                    .create_thin_lv(vg, &name, size, pvc.as_ref(), |s| {
+                        crate::claim::thin_pool::status(s, ratio).promisable_bytes
+                    })
+                    .await
+            } else {
+                ctx.lvm
+                    .create_lv_within(vg, &name, size, pvc.as_ref(), reserve)
+                    .await
+            };
             match made {
                 Ok(made) => {
                     csi_api::fault::point("agent.create.after-lv");
@@ -297,9 +310,24 @@ async fn reconcile<R: LvmRunner>(
             }
         }
         Step::Extend { size } => {
-            let reserve = reserve_of(ctx, class).await?;
+            let thin = existing.as_ref().is_some_and(crate::lvm::is_thin);
+            let reserve = if thin {
+                0
+            } else {
+                reserve_of(ctx, class).await?
+            };
             csi_api::fault::point("agent.extend.before-lv");
-            match ctx.lvm.extend_lv_within(vg, &name, size, reserve).await {
+            let grown = if thin {
+                let current = existing.as_ref().map_or(0, |l| l.size_bytes);
+                thin_room(ctx, vg, class, size.saturating_sub(current)).await
+            } else {
+                Ok(())
+            };
+            let grown = match grown {
+                Ok(()) => ctx.lvm.extend_lv_within(vg, &name, size, reserve).await,
+                Err(e) => Err(e),
+            };
+            match grown {
                 Ok(grown) => {
                     csi_api::fault::point("agent.extend.after-lv");
                     info!(volume = %name, %vg, size = grown.size_bytes, "LV extended");
@@ -377,6 +405,27 @@ async fn delete_without_vg<R: LvmRunner>(
 
 /// The bytes of `class` this node keeps free (NodeStorage `spec.reservedBytes`), read afresh
 /// for every create and extend so that the LVM layer enforces the operator's current policy.
+/// `Ok` when the thin pool of `vg` may still promise `more` bytes to a growing thin volume,
+/// else [`LvmError::InsufficientSpace`].
+async fn thin_room<R: LvmRunner>(
+    ctx: &Context<R>,
+    vg: &str,
+    class: DeviceClass,
+    more: u64,
+) -> Result<(), LvmError> {
+    let room = ctx.lvm.thin_state(vg).await?.map_or(0, |s| {
+        crate::claim::thin_pool::status(&s, ctx.thin.ratio(class)).promisable_bytes
+    });
+    if more > room {
+        return Err(LvmError::InsufficientSpace {
+            vg: vg.to_owned(),
+            requested_bytes: more,
+            detail: format!("the thin pool of {vg} may still promise {room} bytes"),
+        });
+    }
+    Ok(())
+}
+
 async fn reserve_of<R: LvmRunner>(
     ctx: &Context<R>,
     class: DeviceClass,

@@ -267,7 +267,7 @@ impl<R: LvmRunner> Lvm<R> {
         self.activate_locked(vg, lv).await
     }
 
-    async fn activate_locked(&self, vg: &str, mut lv: Lv) -> Result<Lv> {
+    pub(super) async fn activate_locked(&self, vg: &str, mut lv: Lv) -> Result<Lv> {
         let mut args = self.lvm_args("lvchange");
         args.extend(["-ay".to_owned(), format!("{vg}/{}", lv.name)]);
         self.run_ok(args, Subject::Lv(vg, &lv.name), 0).await?;
@@ -276,7 +276,7 @@ impl<R: LvmRunner> Lvm<R> {
     }
 
     /// The VG's facts if it exists and is Strata's (caller holds the VG lock).
-    async fn owned_vg(&self, vg: &str, slot: &mut VgSlot) -> Result<super::VgFacts> {
+    pub(super) async fn owned_vg(&self, vg: &str, slot: &mut VgSlot) -> Result<super::VgFacts> {
         let facts = self.vg_facts(vg, slot).await?;
         if !facts.owned {
             return Err(LvmError::NotOwned {
@@ -288,7 +288,7 @@ impl<R: LvmRunner> Lvm<R> {
 }
 
 /// `lv` if it is Strata's LV of `volume`; otherwise the refusal that fits.
-fn check_ours(vg: &str, volume: &str, lv: Lv) -> Result<Lv> {
+pub(super) fn check_ours(vg: &str, volume: &str, lv: Lv) -> Result<Lv> {
     if !lv.owned {
         return Err(LvmError::NotOwned {
             what: format!("logical volume {vg}/{}", lv.name),
@@ -308,7 +308,7 @@ fn check_ours(vg: &str, volume: &str, lv: Lv) -> Result<Lv> {
 }
 
 /// `bytes` in whole extents (the one rounding, `csi_api::capacity::round_up_to_extent`).
-fn rounded(bytes: u64, extent: u64) -> Result<u64> {
+pub(super) fn rounded(bytes: u64, extent: u64) -> Result<u64> {
     csi_api::capacity::round_up_to_extent(bytes, extent.max(1)).ok_or_else(|| {
         LvmError::InvalidArgument(format!("{bytes} bytes is beyond any volume size"))
     })

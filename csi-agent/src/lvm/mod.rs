@@ -25,6 +25,7 @@ pub mod naming;
 mod pv_vg;
 pub mod report;
 mod runner;
+pub mod thin;
 pub mod wipe;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,7 @@ pub use fake::{FakeRunner, Reply};
 pub use naming::{OWNER_TAG, PvcRef, lv_name_for};
 pub use report::{Activation, Lv, Pv, PvSegment, Vg, device_path};
 pub use runner::{CommandRunner, Invocation, LvmRunner, Output, RunnerConfig, Tool};
+pub use thin::{THIN_POOL_LV, THIN_POOL_TAG, THIN_TAG, ThinPool, ThinState, is_thin};
 pub use wipe::{WIPING_TAG, WipeMethod, is_wiping};
 
 use error::{Subject, classify};
