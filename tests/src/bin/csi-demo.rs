@@ -367,6 +367,22 @@ fn proc_status(pid: u32) -> Result<(u64, u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?, field("Threads:")?))
 }
 
+/// CPU time process `pid` has used itself (user + system, not its children), from
+/// `/proc/<pid>/stat` (in USER_HZ ticks, 100 per second on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces): state is field 3, utime 14,
+    // stime 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |n: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((field(14) + field(15)) * 10)
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -402,7 +418,7 @@ fn phases(rows: &[[Duration; 3]]) -> String {
     )
 }
 
-/// One command the agent ran, from its runner's debug line (JSON log).
+/// One command the agent ran, from its runner's debug line (JSON log), or one mount syscall.
 struct Ran {
     /// `lvm lvcreate`, `mkfs.xfs`...
     command: String,
@@ -432,11 +448,16 @@ impl Trace {
         String::from_utf8_lossy(&bytes[start..end])
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == "command" || v["message"] == "command stopped")
+            .filter(|v| {
+                ["command", "command stopped", "syscall"]
+                    .contains(&v["message"].as_str().unwrap_or(""))
+            })
             .map(|v| {
                 let program = v["program"].as_str().unwrap_or("?");
                 let args = v["args"].as_str().unwrap_or("");
-                let command = if program == "lvm" {
+                let command = if let Some(op) = v["op"].as_str() {
+                    format!("{op}(2)")
+                } else if program == "lvm" {
                     format!("lvm {}", args.split_whitespace().next().unwrap_or(""))
                 } else {
                     program.to_owned()
@@ -462,30 +483,40 @@ fn listed(ran: &[&Ran]) -> String {
         .join(", ")
 }
 
-/// Where one phase of strata's sequence went: its own commands, the rest (gRPC, the agent's
-/// code, mount syscalls), and background commands of the agent that finished meanwhile.
+/// Where one phase of strata's sequence went: its own commands and mount syscalls, the rest
+/// (gRPC, the agent's code, waiting), background commands of the agent that finished meanwhile,
+/// and the CPU time the agent process itself used (not its commands').
 #[derive(Default, Clone, Copy)]
 struct Spent {
     commands: Duration,
     rest: Duration,
     background: Duration,
+    cpu: Duration,
 }
 
-fn spent(trace: &Trace, from: u64, to: u64, took: Duration, detail: &mut Vec<String>) -> Spent {
+fn spent(
+    trace: &Trace,
+    (from, to): (u64, u64),
+    took: Duration,
+    cpu: Duration,
+    detail: &mut Vec<String>,
+) -> Spent {
     let ran = trace.between(from, to);
     let own: Vec<&Ran> = ran.iter().filter(|r| r.call.is_some()).collect();
     let other: Vec<&Ran> = ran.iter().filter(|r| r.call.is_none()).collect();
     let ms = |rs: &[&Ran]| Duration::from_secs_f64(rs.iter().map(|r| r.ms).sum::<f64>() / 1000.0);
     let commands = ms(&own);
     detail.push(format!(
-        "{}; background: {}",
+        "{}; agent CPU {:.0}ms; background: {}",
         listed(&own),
+        cpu.as_secs_f64() * 1000.0,
         listed(&other)
     ));
     Spent {
         commands,
         rest: took.saturating_sub(commands),
         background: ms(&other),
+        cpu,
     }
 }
 
@@ -498,7 +529,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
             "--log-format",
             "json",
             "--log-level",
-            "info,csi_agent::lvm::runner=debug",
+            "info,csi_agent::lvm::runner=debug,csi_agent::mount=debug",
         ],
     )
     .await?;
@@ -552,6 +583,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         let target = dir.join(&name).join("target");
         std::fs::create_dir_all(&staging)?;
         let m0 = trace.mark();
+        let c0 = cpu_time(pid);
         let t = Instant::now();
         let v = ok(
             "create",
@@ -564,6 +596,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         .context("no volume")?;
         let created = t.elapsed();
         let m1 = trace.mark();
+        let c1 = cpu_time(pid);
         ok(
             "stage",
             csi.node
@@ -573,6 +606,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         )?;
         let staged = t.elapsed();
         let m2 = trace.mark();
+        let c2 = cpu_time(pid);
         ok(
             "publish",
             csi.node
@@ -589,11 +623,12 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         ours.push(t.elapsed());
         ours_phases.push([created, staged - created, t.elapsed() - staged]);
         let m3 = trace.mark();
+        let c3 = cpu_time(pid);
         let mut detail = Vec::new();
         spent_phases.push([
-            spent(&trace, m0, m1, created, &mut detail),
-            spent(&trace, m1, m2, staged - created, &mut detail),
-            spent(&trace, m2, m3, t.elapsed() - staged, &mut detail),
+            spent(&trace, (m0, m1), created, c1 - c0, &mut detail),
+            spent(&trace, (m1, m2), staged - created, c2 - c1, &mut detail),
+            spent(&trace, (m2, m3), t.elapsed() - staged, c3 - c2, &mut detail),
         ]);
 
         let bare_name = format!("bare-{round}");
@@ -690,16 +725,21 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     println!("create / stage / publish:    {}", phases(&ours_phases));
     println!("lvcreate / mkfs.xfs / mount: {}", phases(&bare_phases));
     for (i, phase) in ["create", "stage", "publish"].iter().enumerate() {
-        let col = |f: fn(&Spent) -> Duration| {
-            spent_phases.iter().map(|r| f(&r[i])).collect::<Vec<_>>()
-        };
-        let (cmds, rest, bg) = (col(|s| s.commands), col(|s| s.rest), col(|s| s.background));
+        let col =
+            |f: fn(&Spent) -> Duration| spent_phases.iter().map(|r| f(&r[i])).collect::<Vec<_>>();
+        let (cmds, rest, bg, cpu) = (
+            col(|s| s.commands),
+            col(|s| s.rest),
+            col(|s| s.background),
+            col(|s| s.cpu),
+        );
         println!(
-            "strata {phase:<7} = its commands mean {} (median {}) + rest (gRPC, agent code, syscalls) mean {} (median {}); background commands finished meanwhile: mean {}",
+            "strata {phase:<7} = its commands mean {} (median {}) + rest (gRPC, agent code, waiting) mean {} (median {}); agent CPU mean {}; background commands finished meanwhile: mean {}",
             secs(mean(&cmds)),
             secs(median(&cmds)),
             secs(mean(&rest)),
             secs(median(&rest)),
+            secs(mean(&cpu)),
             secs(mean(&bg))
         );
     }
