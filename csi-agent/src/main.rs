@@ -219,7 +219,8 @@ struct StandaloneArgs {
     /// Media class forced for a slot, e.g. `pci-0000:00:05.0-ata-1=hdd` (repeatable).
     #[arg(long = "media-override", value_name = "SLOT=CLASS", value_parser = parse_override)]
     media_override: Vec<(String, DeviceClass)>,
-    /// Seconds between discovery passes (new disks are claimed on the next pass).
+    /// Seconds between rescans (new disks are claimed on the next one): a discovery and claim
+    /// pass when the disks changed in sysfs or the last pass is a minute old, else a health check.
     #[arg(long, default_value_t = 10)]
     rescan_seconds: u64,
 }

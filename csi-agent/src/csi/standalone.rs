@@ -2,6 +2,9 @@
 //! Kubernetes. At start and then every `rescan` interval it discovers the node's disks and claims
 //! the eligible ones into the class VGs (policy from flags, `auto` by default), so a fresh node
 //! with raw disks serves volumes with no setup. Probe turns ready after the first successful pass.
+//! A rescan that finds the disks as the last full pass left them in sysfs (names, sizes,
+//! partitions), less than a minute after it, only checks their health: discovery and claim
+//! (a `blkid` per disk, `pvs`, `vgs`) would compete with the CSI calls for nothing.
 //! DeleteVolume marks the LV (unless it is in use) and returns; one background worker wipes and
 //! removes it (see `crate::wiper`); wipes a previous run left marked are
 //! finished at start, and mounted flash volumes get a periodic fstrim.
@@ -9,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::NodeStorageSpec;
+use csi_api::crd::{DiskStatus, NodeStorageSpec};
 use csi_api::runtime::Endpoint;
 use tokio_util::sync::CancellationToken;
 
@@ -133,23 +136,20 @@ pub async fn run(
 }
 
 /// One discovery + claim pass, then the disks' health check (failing disks go on `health`, so
-/// the volumes on them report abnormal); returns how many disks were claimed.
+/// the volumes on them report abnormal); returns how many disks were claimed, and the disks as
+/// the pass found them before the health check (what [`check_health`] checks again between
+/// passes).
 pub async fn claim_pass<R: LvmRunner>(
     roots: &Roots,
     policy: &Policy,
     lvm: &Lvm<R>,
     health: &crate::health::Board,
-) -> Result<usize, ClaimError> {
+) -> Result<(usize, Vec<DiskStatus>), ClaimError> {
     let usage = Usage::read(&roots.proc).map_err(ClaimError::Usage)?;
     let probe = BlkidProbe::default();
-    let (mut survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
-    let before = health.failing();
-    crate::health::check_disks(&roots.sysfs, &roots.dev, health, &mut survey.plan.disks).await;
-    for (slot, evidence) in health.failing() {
-        if before.get(&slot) != Some(&evidence) {
-            tracing::warn!(%slot, %evidence, "disk is failing");
-        }
-    }
+    let (survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
+    let disks = survey.plan.disks;
+    check_health(roots, health, disks.clone()).await;
     let mut claimed = 0;
     for outcome in &outcomes {
         match &outcome.result {
@@ -170,7 +170,68 @@ pub async fn claim_pass<R: LvmRunner>(
             "device class"
         );
     }
-    Ok(claimed)
+    Ok((claimed, disks))
+}
+
+/// The disks' health check (sysfs and the disks' own counters; no lvm2, no blkid): failing
+/// disks go on `health`.
+async fn check_health(roots: &Roots, health: &crate::health::Board, mut disks: Vec<DiskStatus>) {
+    let before = health.failing();
+    crate::health::check_disks(&roots.sysfs, &roots.dev, health, &mut disks).await;
+    for (slot, evidence) in health.failing() {
+        if before.get(&slot) != Some(&evidence) {
+            tracing::warn!(%slot, %evidence, "disk is failing");
+        }
+    }
+}
+
+/// A rescan this long after the last full pass is a full pass, even when the disks look the
+/// same (as the Kubernetes mode's net, docs/architecture.md).
+const FULL_PASS_AFTER: Duration = Duration::from_secs(60);
+
+/// What sysfs shows of the candidate disks: kernel name, device number, size in sectors and
+/// partitions of each; read without running a process. Holders are left out: every LV created
+/// or removed on a claimed disk changes them.
+#[derive(Debug, PartialEq, Eq)]
+struct DiskSet(Vec<(String, String, String, Vec<String>)>);
+
+impl DiskSet {
+    /// `None` when sysfs cannot be read (a full pass then says why).
+    fn read(sysfs: &std::path::Path) -> Option<DiskSet> {
+        let block = sysfs.join("block");
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let mut disks = Vec::new();
+        for entry in std::fs::read_dir(&block).ok()? {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            if !crate::discovery::is_candidate(&name) {
+                continue;
+            }
+            let dir = block.join(&name);
+            let mut parts: Vec<String> = std::fs::read_dir(&dir)
+                .ok()?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(name.as_str()))
+                .map(|n| format!("{n}:{}", read(dir.join(&n).join("size"))))
+                .collect();
+            parts.sort();
+            disks.push((name, read(dir.join("dev")), read(dir.join("size")), parts));
+        }
+        disks.sort();
+        Some(DiskSet(disks))
+    }
+}
+
+/// Whether a rescan may skip discovery and claim: the last full pass succeeded and claimed
+/// nothing, the disks look the same in sysfs, and that pass is less than [`FULL_PASS_AFTER`]
+/// old. What sysfs does not show (a signature written to or wiped from an unclaimed disk, a
+/// disk mounted or unmounted) is seen by the next full pass; pvcreate is preceded by its own
+/// probe whatever the pass.
+fn may_skip(last: Option<&DiskSet>, now: Option<&DiskSet>, since_full: Duration) -> bool {
+    matches!((last, now), (Some(a), Some(b)) if a == b) && since_full < FULL_PASS_AFTER
 }
 
 async fn rescan_loop<R: LvmRunner>(
@@ -183,23 +244,108 @@ async fn rescan_loop<R: LvmRunner>(
     shutdown: CancellationToken,
 ) {
     let health = volumes.health().clone();
+    // The disks as of the last full pass that succeeded and claimed nothing, those disks'
+    // statuses (health is checked again on every rescan, skipped or not) and when it ran.
+    let mut last: Option<(DiskSet, Vec<DiskStatus>, std::time::Instant)> = None;
     loop {
-        match claim_pass(&roots, &policy, &lvm, &health).await {
-            Ok(claimed) => {
-                if !ready.is_ready() {
-                    // Read ahead what CreateVolume needs, now that the class VGs exist.
-                    if let Err(e) = volumes.warm_up().await {
-                        tracing::warn!(error = %e, "read-ahead for CreateVolume failed");
+        let now = DiskSet::read(&roots.sysfs);
+        match &last {
+            Some((set, disks, at)) if may_skip(Some(set), now.as_ref(), at.elapsed()) => {
+                // Discovery probes every disk and lists PVs and VGs: a dozen processes that
+                // would compete with the CSI calls for nothing.
+                tracing::debug!("disks unchanged: rescan without discovery");
+                check_health(&roots, &health, disks.clone()).await;
+            }
+            _ => {
+                let started = std::time::Instant::now();
+                last = None;
+                match claim_pass(&roots, &policy, &lvm, &health).await {
+                    Ok((claimed, disks)) => {
+                        if claimed == 0 {
+                            last = now.map(|set| (set, disks, started));
+                        }
+                        if !ready.is_ready() {
+                            // Read ahead what CreateVolume needs, now that the class VGs exist.
+                            if let Err(e) = volumes.warm_up().await {
+                                tracing::warn!(error = %e, "read-ahead for CreateVolume failed");
+                            }
+                            ready.set_ready();
+                            tracing::info!(claimed, "discovery and LVM ready");
+                        }
                     }
-                    ready.set_ready();
-                    tracing::info!(claimed, "discovery and LVM ready");
+                    Err(e) => tracing::warn!(error = %e, "discovery pass failed"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "discovery pass failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(disks: &[(&str, &str)]) -> DiskSet {
+        DiskSet(
+            disks
+                .iter()
+                .map(|(n, size)| (n.to_string(), "259:0".into(), size.to_string(), Vec::new()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_rescan_skips_discovery_only_for_the_same_disks_and_not_for_long() {
+        let a = set(&[("nvme0n1", "2097152"), ("sda", "4194304")]);
+        let same = set(&[("nvme0n1", "2097152"), ("sda", "4194304")]);
+        let soon = Duration::from_secs(10);
+        assert!(may_skip(Some(&a), Some(&same), soon));
+        // A new disk, a disk gone, a disk resized: a full pass.
+        let added = set(&[("nvme0n1", "2097152"), ("sda", "4194304"), ("sdb", "1")]);
+        assert!(!may_skip(Some(&a), Some(&added), soon));
+        assert!(!may_skip(Some(&a), Some(&set(&[("sda", "4194304")])), soon));
+        let grown = set(&[("nvme0n1", "4194304"), ("sda", "4194304")]);
+        assert!(!may_skip(Some(&a), Some(&grown), soon));
+        // No successful pass yet, or sysfs unreadable: a full pass.
+        assert!(!may_skip(None, Some(&same), soon));
+        assert!(!may_skip(Some(&a), None, soon));
+        // FULL_PASS_AFTER the last full pass, a full pass anyway.
+        assert!(!may_skip(Some(&a), Some(&same), FULL_PASS_AFTER));
+    }
+
+    #[test]
+    fn the_disk_set_has_disks_and_partitions_but_not_lvs_or_holders() {
+        let root = tempfile::tempdir().unwrap();
+        let block = root.path().join("block");
+        let write = |p: &str, text: &str| {
+            let p = block.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("sda/dev", "8:0\n");
+        write("sda/size", "4194304\n");
+        write("dm-0/dev", "253:0\n");
+        write("dm-0/size", "8\n");
+        std::fs::create_dir_all(block.join("sda/holders")).unwrap();
+        let before = DiskSet::read(root.path()).unwrap();
+        assert_eq!(
+            before,
+            DiskSet(vec![(
+                "sda".into(),
+                "8:0".into(),
+                "4194304".into(),
+                Vec::new()
+            )])
+        );
+        // An LV appears (dm-1, a holder of sda): the same disks.
+        write("dm-1/dev", "253:1\n");
+        std::fs::create_dir_all(block.join("sda/holders/dm-1")).unwrap();
+        assert_eq!(DiskSet::read(root.path()).unwrap(), before);
+        // A partition appears: not the same.
+        write("sda/sda1/size", "2048\n");
+        assert_ne!(DiskSet::read(root.path()).unwrap(), before);
     }
 }

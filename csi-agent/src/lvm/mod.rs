@@ -187,8 +187,8 @@ impl<R: LvmRunner> Lvm<R> {
     }
 
     async fn run(&self, inv: Invocation) -> Result<(Invocation, Output)> {
+        // The runner logs the command with its exit code and duration.
         let out = self.shared.runner.run(&inv, &self.cancel).await?;
-        tracing::debug!(command = %inv.display(), code = ?out.code, "lvm2");
         Ok((inv, out))
     }
 

@@ -4,12 +4,14 @@
 //! error classification), stdin on `/dev/null` (so every lvm2 prompt is answered "no"), an
 //! optional private `LVM_SYSTEM_DIR` and a cancellation token; the quick tools also have a timeout
 //! ([`Tool::bounded`]). A command that has to be stopped gets SIGTERM, then SIGKILL after a grace
-//! period; dropping the future kills it too. Nothing else in the agent spawns a process.
+//! period; dropping the future kills it too. Nothing else in the agent spawns a process, so the
+//! debug line this runner logs for each command (program, arguments, exit code, milliseconds;
+//! target `csi_agent::lvm::runner`) is the complete record of what the agent ran and what it cost.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
@@ -242,6 +244,7 @@ impl LvmRunner for CommandRunner {
                 command: inv.display(),
             });
         }
+        let started = Instant::now();
         let mut child = cmd.spawn().map_err(|source| LvmError::Spawn {
             program: program.display().to_string(),
             source,
@@ -280,6 +283,13 @@ impl LvmRunner for CommandRunner {
             Ok(done) => done,
             Err(stop) => {
                 terminate(&mut child, self.config.kill_grace).await;
+                tracing::debug!(
+                    program = inv.tool.as_str(),
+                    args = %inv.args.join(" "),
+                    elapsed_ms = millis(started),
+                    stopped = if matches!(stop, Stop::Timeout) { "timeout" } else { "cancelled" },
+                    "command stopped"
+                );
                 return Err(match stop {
                     Stop::Timeout => LvmError::Timeout {
                         command: inv.display(),
@@ -295,12 +305,24 @@ impl LvmRunner for CommandRunner {
             program: program.display().to_string(),
             source,
         })?;
+        tracing::debug!(
+            program = inv.tool.as_str(),
+            args = %inv.args.join(" "),
+            code = ?status.code(),
+            elapsed_ms = millis(started),
+            "command"
+        );
         Ok(Output {
             code: status.code(),
             stdout: String::from_utf8_lossy(&out).into_owned(),
             stderr: String::from_utf8_lossy(&err).trim().to_owned(),
         })
     }
+}
+
+/// Milliseconds since `started`, with microseconds as the fraction.
+fn millis(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
 }
 
 /// SIGTERM (lvm2 finishes or rolls back its metadata commit), then SIGKILL after `grace`.

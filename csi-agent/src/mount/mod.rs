@@ -131,12 +131,23 @@ impl Default for SyscallMounter {
     }
 }
 
+/// Runs the syscalls `f` of `op` on the blocking pool; logs how long they took (debug, with the
+/// wait for a blocking thread) next to the runner's line for each command.
 async fn blocking<T: Send + 'static>(
+    op: &'static str,
     f: impl FnOnce() -> Result<T, MountError> + Send + 'static,
 ) -> Result<T, MountError> {
-    tokio::task::spawn_blocking(f)
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| MountError::Join(e.to_string()))?
+        .map_err(|e| MountError::Join(e.to_string()))?;
+    tracing::debug!(
+        op,
+        ok = done.is_ok(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "syscall"
+    );
+    done
 }
 
 fn syscall(op: &'static str, target: &Path) -> impl FnOnce(nix::Error) -> MountError {
@@ -159,7 +170,7 @@ impl Mounter for SyscallMounter {
             fs_type.to_owned(),
             options.clone(),
         );
-        blocking(move || {
+        blocking("mount", move || {
             let data = (!options.data.is_empty()).then_some(options.data.as_str());
             nix::mount::mount(
                 Some(&device),
@@ -175,7 +186,7 @@ impl Mounter for SyscallMounter {
 
     async fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
         let (source, target) = (source.to_path_buf(), target.to_path_buf());
-        blocking(move || {
+        blocking("bind mount", move || {
             nix::mount::mount(
                 Some(&source),
                 &target,
@@ -201,7 +212,7 @@ impl Mounter for SyscallMounter {
 
     async fn unmount(&self, target: &Path) -> Result<(), MountError> {
         let target = target.to_path_buf();
-        blocking(move || {
+        blocking("unmount", move || {
             nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW)
                 .map_err(syscall("unmount", &target))
         })

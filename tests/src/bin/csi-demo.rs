@@ -79,12 +79,12 @@ fn main() -> Result<()> {
     })
 }
 
-async fn start(dir: &Path) -> Result<Agent> {
+async fn start(dir: &Path, extra_args: &[&str]) -> Result<Agent> {
     let log = dir.join("agent.log");
     match Agent::start(
         &dir.join("csi.sock"),
         "demo-node",
-        &[],
+        extra_args,
         &log,
         Duration::from_secs(240),
     )
@@ -124,7 +124,7 @@ async fn demo(dir: &Path) -> Result<()> {
     println!("== disks before the agent (csi-agent discover)");
     print!("{}", run(&bin, &["discover"])?);
     println!("\n== starting csi-agent serve --mode standalone");
-    let agent = start(dir).await?;
+    let agent = start(dir, &[]).await?;
     println!(
         "  ready after {} (discovery + claim)",
         secs(agent.ready_after)
@@ -367,6 +367,22 @@ fn proc_status(pid: u32) -> Result<(u64, u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?, field("Threads:")?))
 }
 
+/// CPU time process `pid` has used itself (user + system, not its children), from
+/// `/proc/<pid>/stat` (in USER_HZ ticks, 100 per second on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces): state is field 3, utime 14,
+    // stime 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |n: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((field(14) + field(15)) * 10)
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -402,25 +418,172 @@ fn phases(rows: &[[Duration; 3]]) -> String {
     )
 }
 
+/// One command the agent ran, from its runner's debug line (JSON log), or one mount syscall.
+struct Ran {
+    /// `lvm lvcreate`, `mkfs.xfs`...
+    command: String,
+    ms: f64,
+    /// The CSI call it ran for (`create`, `stage`...), or `None` for background work (the
+    /// claim pass, the wiper).
+    call: Option<String>,
+}
+
+/// The agent's log (JSON lines, runner at debug level): what it ran between two marks.
+struct Trace {
+    log: PathBuf,
+}
+
+impl Trace {
+    fn mark(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// The commands that finished between the marks `from` and `to`.
+    fn between(&self, from: u64, to: u64) -> Vec<Ran> {
+        let Ok(bytes) = std::fs::read(&self.log) else {
+            return Vec::new();
+        };
+        let end = usize::try_from(to).unwrap_or(usize::MAX).min(bytes.len());
+        let start = usize::try_from(from).unwrap_or(0).min(end);
+        String::from_utf8_lossy(&bytes[start..end])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                ["command", "command stopped", "syscall"]
+                    .contains(&v["message"].as_str().unwrap_or(""))
+            })
+            .map(|v| {
+                let program = v["program"].as_str().unwrap_or("?");
+                let args = v["args"].as_str().unwrap_or("");
+                let command = if let Some(op) = v["op"].as_str() {
+                    format!("{op}(2)")
+                } else if program == "lvm" {
+                    format!("lvm {}", args.split_whitespace().next().unwrap_or(""))
+                } else {
+                    program.to_owned()
+                };
+                Ran {
+                    command,
+                    ms: v["elapsed_ms"].as_f64().unwrap_or(0.0),
+                    call: v["span"]["name"].as_str().map(str::to_owned),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `lvm lvcreate 812ms, mkfs.xfs 290ms` (or `none`).
+fn listed(ran: &[&Ran]) -> String {
+    if ran.is_empty() {
+        return "none".into();
+    }
+    ran.iter()
+        .map(|r| format!("{} {:.0}ms", r.command, r.ms))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where one phase of strata's sequence went: its own commands and mount syscalls, the rest
+/// (gRPC, the agent's code, waiting), background commands of the agent that finished meanwhile,
+/// and the CPU time the agent process itself used (not its commands').
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    commands: Duration,
+    rest: Duration,
+    background: Duration,
+    cpu: Duration,
+}
+
+fn spent(
+    trace: &Trace,
+    (from, to): (u64, u64),
+    took: Duration,
+    cpu: Duration,
+    detail: &mut Vec<String>,
+) -> Spent {
+    let ran = trace.between(from, to);
+    let own: Vec<&Ran> = ran.iter().filter(|r| r.call.is_some()).collect();
+    let other: Vec<&Ran> = ran.iter().filter(|r| r.call.is_none()).collect();
+    let ms = |rs: &[&Ran]| Duration::from_secs_f64(rs.iter().map(|r| r.ms).sum::<f64>() / 1000.0);
+    let commands = ms(&own);
+    detail.push(format!(
+        "{}; agent CPU {:.0}ms; background: {}",
+        listed(&own),
+        cpu.as_secs_f64() * 1000.0,
+        listed(&other)
+    ));
+    Spent {
+        commands,
+        rest: took.saturating_sub(commands),
+        background: ms(&other),
+        cpu,
+    }
+}
+
 async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
-    let agent = start(dir).await?;
+    // The runner's debug line for each command, as JSON, so that the rounds can say where
+    // strata's time went.
+    let agent = start(
+        dir,
+        &[
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,csi_agent::lvm::runner=debug,csi_agent::mount=debug",
+        ],
+    )
+    .await?;
+    let trace = Trace {
+        log: dir.join("agent.log"),
+    };
     let pid = agent.child.id().context("the agent has no pid")?;
+    println!(
+        "agent binary: {}; this client: {} build",
+        strata_tests::csi_client::agent_bin().display(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     // Idle: after the first claim pass and the read-ahead, before any call.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle_rss, _, idle_threads) = proc_status(pid)?;
     println!("agent RSS idle: {} ({idle_threads} threads)", mib(idle_rss));
     let csi: Csi = agent.csi.clone();
+    // The floor of any call: a gRPC round trip over the unix socket that runs nothing.
+    let mut noop = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        ok(
+            "NodeGetCapabilities",
+            csi.node
+                .clone()
+                .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+                .await,
+        )?;
+        noop.push(t.elapsed());
+    }
+    println!(
+        "gRPC round trip of a no-op call (NodeGetCapabilities, 20 calls): mean {} median {}",
+        secs(mean(&noop)),
+        secs(median(&noop))
+    );
     let cap = mount_cap("xfs", &[]);
     let vg = "strata-nvme";
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     // Per phase: create / stage / publish, and lvcreate / mkfs.xfs / mount.
     let (mut ours_phases, mut bare_phases) = (Vec::new(), Vec::new());
+    // Per phase of strata's sequence: where the time went (from the agent's runner log).
+    let mut spent_phases: Vec<[Spent; 3]> = Vec::new();
     // Interleaved rounds, so that drift affects both sequences alike.
     for round in 0..rounds {
         let name = format!("bench-{round}");
         let staging = dir.join(&name).join("staging");
         let target = dir.join(&name).join("target");
         std::fs::create_dir_all(&staging)?;
+        let m0 = trace.mark();
+        let c0 = cpu_time(pid);
         let t = Instant::now();
         let v = ok(
             "create",
@@ -432,6 +595,8 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         .volume
         .context("no volume")?;
         let created = t.elapsed();
+        let m1 = trace.mark();
+        let c1 = cpu_time(pid);
         ok(
             "stage",
             csi.node
@@ -440,6 +605,8 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
                 .await,
         )?;
         let staged = t.elapsed();
+        let m2 = trace.mark();
+        let c2 = cpu_time(pid);
         ok(
             "publish",
             csi.node
@@ -455,6 +622,14 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         )?;
         ours.push(t.elapsed());
         ours_phases.push([created, staged - created, t.elapsed() - staged]);
+        let m3 = trace.mark();
+        let c3 = cpu_time(pid);
+        let mut detail = Vec::new();
+        spent_phases.push([
+            spent(&trace, (m0, m1), created, c1 - c0, &mut detail),
+            spent(&trace, (m1, m2), staged - created, c2 - c1, &mut detail),
+            spent(&trace, (m2, m3), t.elapsed() - staged, c3 - c2, &mut detail),
+        ]);
 
         let bare_name = format!("bare-{round}");
         let mnt = dir.join(&bare_name);
@@ -527,6 +702,9 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
             secs(m),
             secs(n)
         );
+        for (phase, line) in ["create", "stage", "publish"].iter().zip(&detail) {
+            println!("  {phase}: {line}");
+        }
     }
     let ratio = mean(&ours).as_secs_f64() / mean(&bare).as_secs_f64().max(1e-9);
     println!(
@@ -546,6 +724,25 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     );
     println!("create / stage / publish:    {}", phases(&ours_phases));
     println!("lvcreate / mkfs.xfs / mount: {}", phases(&bare_phases));
+    for (i, phase) in ["create", "stage", "publish"].iter().enumerate() {
+        let col =
+            |f: fn(&Spent) -> Duration| spent_phases.iter().map(|r| f(&r[i])).collect::<Vec<_>>();
+        let (cmds, rest, bg, cpu) = (
+            col(|s| s.commands),
+            col(|s| s.rest),
+            col(|s| s.background),
+            col(|s| s.cpu),
+        );
+        println!(
+            "strata {phase:<7} = its commands mean {} (median {}) + rest (gRPC, agent code, waiting) mean {} (median {}); agent CPU mean {}; background commands finished meanwhile: mean {}",
+            secs(mean(&cmds)),
+            secs(median(&cmds)),
+            secs(mean(&rest)),
+            secs(median(&rest)),
+            secs(mean(&cpu)),
+            secs(mean(&bg))
+        );
+    }
 
     // Baseline: N bare lvcreates in sequence on the same VG, with the agent's flags.
     let t = Instant::now();
