@@ -137,7 +137,7 @@ pub fn answer(verb: Verb, view: &ClusterView, body: &[u8]) -> Result<Answer, Err
     };
     let names: Vec<&str> = match (full_nodes, &args.node_names) {
         (Some(items), _) => items.iter().map(|n| n.name.as_str()).collect(),
-        (None, Some(names)) => names.iter().map(String::as_str).collect(),
+        (None, Some(names)) => names.iter().map(|n| n.as_ref()).collect(),
         (None, None) => Vec::new(),
     };
     let demand = view.demand_of(&pod);

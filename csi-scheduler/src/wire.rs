@@ -3,6 +3,7 @@
 //! `Host`, `Score`, ...). Only what the extender reads is decoded: the pod's identity and volumes,
 //! and node names; full `Node` objects are kept as raw JSON and echoed back unchanged.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::de::{self, Deserializer};
@@ -11,8 +12,10 @@ use serde_json::value::RawValue;
 
 /// `ExtenderArgs`: the pod and its candidate nodes, as names (`nodeCacheCapable: true`) or as
 /// full objects.
+/// The node names borrow from the request body (no allocation per name) unless JSON escapes
+/// force a copy.
 #[derive(Debug, Deserialize)]
-pub struct ExtenderArgs {
+pub struct ExtenderArgs<'a> {
     #[serde(rename = "Pod", alias = "pod")]
     pub pod: Option<Pod>,
     #[serde(rename = "Nodes", alias = "nodes", default)]
@@ -21,9 +24,10 @@ pub struct ExtenderArgs {
         rename = "NodeNames",
         alias = "nodeNames",
         alias = "nodenames",
-        default
+        default,
+        borrow
     )]
-    pub node_names: Option<Vec<String>>,
+    pub node_names: Option<Vec<Cow<'a, str>>>,
 }
 
 /// A `v1.NodeList` whose items are kept verbatim.
