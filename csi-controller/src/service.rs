@@ -28,7 +28,7 @@ use crate::object_name::{ANNOTATION_CSI_NAME, object_name};
 
 /// What `admit_and_create` did on the node it admitted the volume on.
 enum Admitted {
-    Created(LogicalVolume),
+    Created(Box<LogicalVolume>),
     /// The create conflicted: an object of that name exists (made by another replica or an
     /// earlier call the cache has not seen yet).
     Exists,
@@ -131,7 +131,7 @@ impl<C: Cluster> ControllerService<C> {
             Ok(Admitted::Created(lv)) => {
                 csi_api::fault::point("controller.create.after-object");
                 info!(volume = %req.name, object = %req.object, node = %lv.spec.node_name, size = req.size, class = %req.params.device_class, "LogicalVolume created");
-                lv
+                *lv
             }
             Ok(Admitted::Exists) => self.existing_after_miss(&req).await?.ok_or_else(|| {
                 Error::Aborted(format!(
@@ -192,7 +192,7 @@ impl<C: Cluster> ControllerService<C> {
             let lv = new_volume(req, &node);
             csi_api::fault::point("controller.create.before-object");
             return Ok(match self.cluster.create_logical_volume(&lv).await? {
-                Some(created) => Admitted::Created(created),
+                Some(created) => Admitted::Created(Box::new(created)),
                 None => Admitted::Exists,
             });
         }
