@@ -77,6 +77,41 @@ impl<R: LvmRunner> Lvm<R> {
         args.push(vg_arg);
 
         let (inv, out) = self.run(super::Invocation::lvm(args)).await?;
+        let created = Created {
+            vg,
+            volume,
+            lv_name,
+            size,
+            tags,
+            pvc,
+            activate,
+            thin: false,
+        };
+        self.finish_lvcreate(&mut slot, created, &inv, &out).await
+    }
+
+    /// What an `lvcreate` of a volume's LV answered, turned into the LV: the new LV on success;
+    /// on "already exists" the existing LV if it is this volume's, not being removed, and of the
+    /// same size and kind (an idempotent repeat; activated if it must be), else
+    /// [`LvmError::AlreadyExistsDifferent`]; any other failure classified (and the VG's cached
+    /// facts dropped unless it was only short of space). Called with the VG's mutex held.
+    pub(super) async fn finish_lvcreate(
+        &self,
+        slot: &mut VgSlot,
+        created: Created<'_>,
+        inv: &super::Invocation,
+        out: &super::Output,
+    ) -> Result<Lv> {
+        let Created {
+            vg,
+            volume,
+            lv_name,
+            size,
+            tags,
+            pvc,
+            activate,
+            thin,
+        } = created;
         if out.success() {
             let lv = Lv {
                 vg: vg.to_owned(),
@@ -94,28 +129,29 @@ impl<R: LvmRunner> Lvm<R> {
                 owned: true,
                 open: false,
             };
-            // Zeroed and signature-wiped only when activated (`-Zy -Wy`).
+            // A linear LV is zeroed and signature-wiped only when activated (`-Zy -Wy`); a thin
+            // one reads zeroes wherever it was not written (the pool zeroes new chunks).
             self.note_created(&lv, activate);
             return Ok(lv);
         }
         if !out.stderr.contains("already exists") {
-            let err = classify(super::failure(&inv, &out), Subject::Vg(vg), size);
+            let err = classify(super::failure(inv, out), Subject::Vg(vg), size);
             if !matches!(err, LvmError::InsufficientSpace { .. }) {
-                self.forget_vg(&mut slot);
+                self.forget_vg(slot);
             }
             return Err(err);
         }
         let Some(existing) = self.lv_by_name(vg, &lv_name).await? else {
-            return Err(classify(super::failure(&inv, &out), Subject::Vg(vg), size));
+            return Err(classify(super::failure(inv, out), Subject::Vg(vg), size));
         };
         let existing = check_ours(vg, volume, existing)?;
         if super::wipe::is_wiping(&existing) {
             // Being wiped before its removal: never handed out again (retry once it is gone).
-            let mut why = super::failure(&inv, &out);
+            let mut why = super::failure(inv, out);
             why.stderr = format!("logical volume {vg}/{lv_name} is being wiped for removal");
             return Err(LvmError::Busy(why));
         }
-        if existing.size_bytes != size {
+        if existing.size_bytes != size || super::thin::is_thin(&existing) != thin {
             return Err(LvmError::AlreadyExistsDifferent {
                 volume: volume.to_owned(),
                 vg: vg.to_owned(),
@@ -312,4 +348,17 @@ pub(super) fn rounded(bytes: u64, extent: u64) -> Result<u64> {
     csi_api::capacity::round_up_to_extent(bytes, extent.max(1)).ok_or_else(|| {
         LvmError::InvalidArgument(format!("{bytes} bytes is beyond any volume size"))
     })
+}
+
+/// The LV an `lvcreate` was asked to make (see `Lvm::finish_lvcreate`).
+pub(super) struct Created<'a> {
+    pub vg: &'a str,
+    pub volume: &'a str,
+    pub lv_name: String,
+    pub size: u64,
+    pub tags: Vec<String>,
+    pub pvc: Option<&'a PvcRef>,
+    pub activate: bool,
+    /// A thin LV (tagged `strata.io/thin`); a repeat must be of the same kind.
+    pub thin: bool,
 }

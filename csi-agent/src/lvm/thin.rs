@@ -14,7 +14,7 @@
 use serde::Deserialize;
 
 use super::error::{LvmError, Result, Subject, classify};
-use super::lv::{check_ours, rounded};
+use super::lv::rounded;
 use super::naming::{self, OWNER_TAG, PvcRef, lv_name_for};
 use super::report::{self, Activation, LV_FIELDS, Lv, report_args};
 use super::runner::LvmRunner;
@@ -394,56 +394,17 @@ impl<R: LvmRunner> Lvm<R> {
         args.push(if activate { "-ay" } else { "-an" }.to_owned());
         args.push(vg_arg);
         let (inv, out) = self.run(Invocation::lvm(args)).await?;
-        if out.success() {
-            let lv = Lv {
-                vg: vg.to_owned(),
-                name: lv_name,
-                uuid: None,
-                size_bytes: size,
-                tags,
-                active: if activate {
-                    Activation::Active
-                } else {
-                    Activation::Inactive
-                },
-                volume: Some(volume.to_owned()),
-                pvc: pvc.cloned(),
-                owned: true,
-                open: false,
-            };
-            self.note_created(&lv, activate);
-            return Ok(lv);
-        }
-        if !out.stderr.contains("already exists") {
-            let err = classify(super::failure(&inv, &out), Subject::Vg(vg), size);
-            if !matches!(err, LvmError::InsufficientSpace { .. }) {
-                self.forget_vg(&mut slot);
-            }
-            return Err(err);
-        }
-        let Some(existing) = self.lv_by_name(vg, &lv_name).await? else {
-            return Err(classify(super::failure(&inv, &out), Subject::Vg(vg), size));
+        let created = super::lv::Created {
+            vg,
+            volume,
+            lv_name,
+            size,
+            tags,
+            pvc,
+            activate,
+            thin: true,
         };
-        let existing = check_ours(vg, volume, existing)?;
-        if super::wipe::is_wiping(&existing) {
-            let mut why = super::failure(&inv, &out);
-            why.stderr = format!("logical volume {vg}/{lv_name} is being removed");
-            return Err(LvmError::Busy(why));
-        }
-        if existing.size_bytes != size || !is_thin(&existing) {
-            return Err(LvmError::AlreadyExistsDifferent {
-                volume: volume.to_owned(),
-                vg: vg.to_owned(),
-                lv: lv_name,
-                existing_bytes: existing.size_bytes,
-                requested_bytes: size,
-                other_volume: false,
-            });
-        }
-        if activate && existing.active == Activation::Inactive {
-            return self.activate_locked(vg, existing).await;
-        }
-        Ok(existing)
+        self.finish_lvcreate(&mut slot, created, &inv, &out).await
     }
 }
 
