@@ -368,7 +368,7 @@ def changed(**fields):
 
 def test_crd_spec_rules_are_transition_rules_with_messages():
     rules = spec_rules()
-    assert len(rules) == 6
+    assert len(rules) == 7
     for r in rules:
         assert "oldSelf" in r["rule"] and r["message"]
 
@@ -383,12 +383,20 @@ def test_crd_spec_rules_are_transition_rules_with_messages():
     (changed(pvc=None), ["spec.pvc is immutable"]),
     (changed(wipe="none"), ["spec.wipe is immutable"]),
     (changed(source={"kind": "LogicalVolume", "name": "x"}), ["spec.source is immutable"]),
+    (changed(provisioning="thin"), ["spec.provisioning is immutable"]),
     (changed(nodeName="node-b", sizeBytes=2 << 30, wipe="none"),
      ["spec.nodeName is immutable", "spec.wipe is immutable"]),
 ], ids=["same", "grow", "shrink", "node", "class", "pvc", "pvc-removed", "wipe-added", "source",
-        "several"])
+        "provisioning-added", "several"])
 def test_crd_spec_immutability(new, violated):
     assert spec_violations(BASE_SPEC, new) == violated
+
+
+def test_crd_thin_stays_thin():
+    old = changed(provisioning="thin")
+    assert spec_violations(old, changed(provisioning="linear")) == ["spec.provisioning is immutable"]
+    assert spec_violations(old, changed(provisioning=None)) == ["spec.provisioning is immutable"]
+    assert spec_violations(old, changed(provisioning="thin", sizeBytes=2 << 30)) == []
 
 
 def test_crd_wipe_once_set_cannot_be_turned_off():
