@@ -9,7 +9,7 @@
 //! [`Lvm::remove_lv`] unchanged (lvm2 treats both kinds alike there).
 //! lvm2 cannot create a thin pool or a thin LV without device-mapper (the pool's metadata is
 //! formatted through the kernel target), so host tests use the fake runner; the real commands run
-//! in the node VM (`tests/node_lvm`).
+//! in the node VM (`tests/node_thin`); `tests/thin_loop.rs` shows lvm2 refusing a pool on the host.
 
 use serde::Deserialize;
 
