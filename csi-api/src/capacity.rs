@@ -609,6 +609,8 @@ mod tests {
                 size_bytes: size,
                 pvc: None,
                 source: None,
+                role: None,
+                volume_snapshot: None,
                 wipe: None,
                 provisioning: None,
             },

@@ -152,6 +152,118 @@ impl TryFrom<&HashMap<String, String>> for VolumeParameters {
     }
 }
 
+/// What a CreateVolume starts from (`volume_content_source`), its id checked by [`check_id`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContentSource {
+    /// A restore of the snapshot with this id.
+    Snapshot(String),
+    /// A clone of the volume with this id.
+    Volume(String),
+}
+
+impl ContentSource {
+    /// The source's id (a snapshot id or a volume id).
+    pub fn id(&self) -> &str {
+        match self {
+            ContentSource::Snapshot(id) | ContentSource::Volume(id) => id,
+        }
+    }
+}
+
+/// Validates `volume_content_source`: absent is `None`; a source without a type, or with an
+/// empty or malformed id, is `Invalid`.
+pub fn content_source(
+    source: Option<&crate::csi::VolumeContentSource>,
+) -> Result<Option<ContentSource>, RequestError> {
+    use crate::csi::volume_content_source::Type;
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    match &source.r#type {
+        Some(Type::Snapshot(s)) => {
+            check_id("volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
+            Ok(Some(ContentSource::Snapshot(s.snapshot_id.clone())))
+        }
+        Some(Type::Volume(v)) => {
+            check_id("volume_content_source.volume.volume_id", &v.volume_id)?;
+            Ok(Some(ContentSource::Volume(v.volume_id.clone())))
+        }
+        None => Err(invalid(
+            "volume_content_source names neither a snapshot nor a volume",
+        )),
+    }
+}
+
+/// The `volume_content_source` a created volume reports (the request's, as given).
+pub fn content_source_message(source: &ContentSource) -> crate::csi::VolumeContentSource {
+    use crate::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    crate::csi::VolumeContentSource {
+        r#type: Some(match source {
+            ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.clone(),
+            }),
+            ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            }),
+        }),
+    }
+}
+
+/// A restore or clone is at least as large as its source: a smaller requested size (the
+/// range's limit, or its required bytes when no limit is set) is `OutOfRange`; otherwise the
+/// size is the larger of the range's size and the source's.
+pub fn size_from_source(
+    range: Option<&CapacityRange>,
+    source_bytes: u64,
+    source: &ContentSource,
+) -> Result<u64, RequestError> {
+    let limit = range.map_or(0, |r| r.limit_bytes.max(0) as u64);
+    if limit > 0 && limit < source_bytes {
+        return Err(RequestError::OutOfRange(format!(
+            "limit_bytes {limit} is smaller than the source {} ({source_bytes} bytes): a \
+             restore or clone is at least as large as its source",
+            source.id()
+        )));
+    }
+    let required = range.map_or(0, |r| r.required_bytes.max(0) as u64);
+    Ok(required.max(source_bytes))
+}
+
+/// The parameters of a VolumeSnapshotClass (CreateSnapshot `parameters`), validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotParameters {
+    /// The VolumeSnapshot from csi-snapshotter's `--extra-create-metadata`.
+    pub volume_snapshot_namespace: Option<String>,
+    pub volume_snapshot_name: Option<String>,
+}
+
+const SNAPSHOT_NAME: &str = "csi.storage.k8s.io/volumesnapshot/name";
+const SNAPSHOT_NAMESPACE: &str = "csi.storage.k8s.io/volumesnapshot/namespace";
+
+/// Parses CreateSnapshot parameters: Strata takes none of its own (a snapshot lives where its
+/// volume lives), so any key outside the sidecars' `csi.storage.k8s.io/*` is refused.
+pub fn parse_snapshot_parameters(
+    params: &HashMap<String, String>,
+) -> Result<SnapshotParameters, RequestError> {
+    let mut out = SnapshotParameters::default();
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for key in keys {
+        match key.as_str() {
+            SNAPSHOT_NAME => out.volume_snapshot_name = Some(params[key].clone()),
+            SNAPSHOT_NAMESPACE => out.volume_snapshot_namespace = Some(params[key].clone()),
+            k if k.starts_with(SIDECAR_PREFIX) => {}
+            other => {
+                return Err(invalid(format!(
+                    "unknown snapshot parameter {other:?}: Strata's VolumeSnapshotClass takes \
+                     no parameters (a snapshot stays on its volume's node and thin pool)"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// xfsprogs (5.19 and later) refuses filesystems under 300 MiB.
 pub const XFS_MIN_BYTES: u64 = 300 << 20;
 /// The smallest ext4 Strata formats (mke2fs makes smaller ones, but with no room for a journal
@@ -706,6 +818,74 @@ mod tests {
         assert!(matches!(
             parse_parameters(&params(&[("speed", "fast")])),
             Err(RequestError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn content_sources_are_checked_and_sized_from_the_source() {
+        use crate::csi::VolumeContentSource;
+        use crate::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+        assert_eq!(content_source(None), Ok(None));
+        let snap = VolumeContentSource {
+            r#type: Some(Type::Snapshot(SnapshotSource {
+                snapshot_id: "snapshot-1".into(),
+            })),
+        };
+        let parsed = content_source(Some(&snap)).unwrap().unwrap();
+        assert_eq!(parsed, ContentSource::Snapshot("snapshot-1".into()));
+        assert_eq!(content_source_message(&parsed), snap);
+        let bad = VolumeContentSource {
+            r#type: Some(Type::Volume(VolumeSource {
+                volume_id: "a/b".into(),
+            })),
+        };
+        assert!(matches!(
+            content_source(Some(&bad)),
+            Err(RequestError::Invalid(_))
+        ));
+        let empty = VolumeContentSource { r#type: None };
+        assert!(matches!(
+            content_source(Some(&empty)),
+            Err(RequestError::Invalid(_))
+        ));
+
+        let range = |required: i64, limit: i64| CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        };
+        assert_eq!(size_from_source(None, 5 << 30, &parsed), Ok(5 << 30));
+        assert_eq!(
+            size_from_source(Some(&range(1 << 30, 0)), 5 << 30, &parsed),
+            Ok(5 << 30)
+        );
+        assert_eq!(
+            size_from_source(Some(&range(8 << 30, 0)), 5 << 30, &parsed),
+            Ok(8 << 30)
+        );
+        assert!(matches!(
+            size_from_source(Some(&range(1 << 30, 2 << 30)), 5 << 30, &parsed),
+            Err(RequestError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn snapshot_parameters_take_only_the_sidecars_keys() {
+        let params: HashMap<String, String> = [
+            ("csi.storage.k8s.io/volumesnapshot/name", "snap-1"),
+            ("csi.storage.k8s.io/volumesnapshot/namespace", "db"),
+            ("csi.storage.k8s.io/volumesnapshotcontent/name", "snapcontent-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let parsed = parse_snapshot_parameters(&params).unwrap();
+        assert_eq!(parsed.volume_snapshot_name.as_deref(), Some("snap-1"));
+        assert_eq!(parsed.volume_snapshot_namespace.as_deref(), Some("db"));
+        let mut bad = params.clone();
+        bad.insert("strata.io/device-class".into(), "ssd".into());
+        assert!(matches!(
+            parse_snapshot_parameters(&bad),
+            Err(RequestError::Invalid(m)) if m.contains("strata.io/device-class")
         ));
     }
 }

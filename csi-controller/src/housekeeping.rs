@@ -300,6 +300,8 @@ mod tests {
                     uid: "u".into(),
                 }),
                 source: None,
+                role: None,
+                volume_snapshot: None,
                 wipe: None,
                 provisioning: None,
             },

@@ -681,6 +681,8 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
             size_bytes: req.size,
             pvc,
             source: None,
+            role: None,
+            volume_snapshot: None,
             wipe: req.params.wipe.clone(),
             // Absent for linear, so that linear objects stay as they were before thin existed.
             provisioning: (req.params.provisioning == Provisioning::Thin)

@@ -160,6 +160,8 @@ pub fn volume(
             size_bytes: size,
             pvc: None,
             source: None,
+            role: None,
+            volume_snapshot: None,
             wipe: None,
             provisioning: None,
         },

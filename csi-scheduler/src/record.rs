@@ -107,6 +107,8 @@ impl VolumeFields {
                 size_bytes: self.size_bytes,
                 pvc: None,
                 source: None,
+                role: None,
+                volume_snapshot: None,
                 wipe: None,
                 provisioning: self.provisioning,
             },

@@ -368,7 +368,7 @@ def changed(**fields):
 
 def test_crd_spec_rules_are_transition_rules_with_messages():
     rules = spec_rules()
-    assert len(rules) == 7
+    assert len(rules) == 9
     for r in rules:
         assert "oldSelf" in r["rule"] and r["message"]
 
@@ -382,14 +382,27 @@ def test_crd_spec_rules_are_transition_rules_with_messages():
     (changed(pvc={"namespace": "ns", "name": "other", "uid": "u-2"}), ["spec.pvc is immutable"]),
     (changed(pvc=None), ["spec.pvc is immutable"]),
     (changed(wipe="none"), ["spec.wipe is immutable"]),
-    (changed(source={"kind": "LogicalVolume", "name": "x"}), ["spec.source is immutable"]),
+    (changed(source={"kind": "Volume", "name": "x"}), ["spec.source is immutable"]),
     (changed(provisioning="thin"), ["spec.provisioning is immutable"]),
+    (changed(role="Snapshot"), ["spec.role is immutable"]),
+    (changed(volumeSnapshot={"namespace": "ns", "name": "s"}), ["spec.volumeSnapshot is immutable"]),
     (changed(nodeName="node-b", sizeBytes=2 << 30, wipe="none"),
      ["spec.nodeName is immutable", "spec.wipe is immutable"]),
 ], ids=["same", "grow", "shrink", "node", "class", "pvc", "pvc-removed", "wipe-added", "source",
-        "provisioning-added", "several"])
+        "provisioning-added", "role-added", "volume-snapshot-added", "several"])
 def test_crd_spec_immutability(new, violated):
     assert spec_violations(BASE_SPEC, new) == violated
+
+
+def test_crd_a_snapshot_stays_a_snapshot_of_its_origin():
+    old = changed(pvc=None, provisioning="thin", role="Snapshot",
+                  source={"kind": "Volume", "name": "pvc-1"},
+                  volumeSnapshot={"namespace": "ns", "name": "s"})
+    new = yaml.safe_load(yaml.safe_dump(old))
+    assert spec_violations(old, new) == []
+    new["role"] = "Volume"
+    new["source"] = {"kind": "Volume", "name": "pvc-2"}
+    assert spec_violations(old, new) == ["spec.source is immutable", "spec.role is immutable"]
 
 
 def test_crd_thin_stays_thin():

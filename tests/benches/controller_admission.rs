@@ -206,6 +206,8 @@ fn ready_volume(name: &str, node: &str) -> LogicalVolume {
             size_bytes: GIB,
             pvc: None,
             source: None,
+            role: None,
+            volume_snapshot: None,
             wipe: None,
             provisioning: None,
         },

@@ -73,6 +73,8 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
                     uid: p.uid.clone(),
                 }),
                 source: None,
+                role: None,
+                volume_snapshot: None,
                 wipe: None,
                 // A thin LV keeps its kind (the tag tells): its size is virtual.
                 provisioning: crate::lvm::is_thin(lv).then_some(csi_api::names::Provisioning::Thin),

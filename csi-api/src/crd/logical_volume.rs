@@ -20,6 +20,8 @@ use crate::names::{DeviceClass, Provisioning};
 #[x_kube(validation = Rule::new("has(self.source) == has(oldSelf.source) && (!has(self.source) || self.source == oldSelf.source)").message("spec.source is immutable"))]
 #[x_kube(validation = Rule::new("has(self.provisioning) == has(oldSelf.provisioning) && (!has(self.provisioning) || self.provisioning == oldSelf.provisioning)").message("spec.provisioning is immutable"))]
 #[x_kube(validation = Rule::new("has(self.wipe) == has(oldSelf.wipe) && (!has(self.wipe) || self.wipe == oldSelf.wipe)").message("spec.wipe is immutable"))]
+#[x_kube(validation = Rule::new("has(self.role) == has(oldSelf.role) && (!has(self.role) || self.role == oldSelf.role)").message("spec.role is immutable"))]
+#[x_kube(validation = Rule::new("has(self.volumeSnapshot) == has(oldSelf.volumeSnapshot) && (!has(self.volumeSnapshot) || self.volumeSnapshot == oldSelf.volumeSnapshot)").message("spec.volumeSnapshot is immutable"))]
 #[kube(
     group = "strata.io",
     version = "v1alpha1",
@@ -29,6 +31,8 @@ use crate::names::{DeviceClass, Provisioning};
     status = "LogicalVolumeStatus",
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
     printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.deviceClass"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role","priority":1}"#,
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source.name","priority":1}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#,
@@ -49,8 +53,19 @@ pub struct LogicalVolumeSpec {
     /// `linear` (absent) or `thin` (a virtual size on the class VG's thin pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<Provisioning>,
+    /// What the volume starts from: a snapshot (a restore) or another volume (a clone) for a
+    /// volume; the origin volume for a snapshot. Always on the same node, class and thin pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeSource>,
+    /// `Volume` (absent) or `Snapshot`: a snapshot is a read-only thin snapshot of `source`
+    /// (kind `Volume`), never activated, staged or mounted, with no PVC; its object name is the
+    /// CSI snapshot id. See docs/architecture.md "Snapshots, restores and clones".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<VolumeRole>,
+    /// The VolumeSnapshot a snapshot was made for (csi-snapshotter's `--extra-create-metadata`);
+    /// the scheduler extender finds a restore's node through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_snapshot: Option<VolumeSnapshotReference>,
     /// Wipe policy on delete (`discard`, `zero`, `none`); unset = the agent's class default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wipe: Option<String>,
@@ -66,12 +81,47 @@ pub struct PvcReference {
     pub uid: String,
 }
 
-/// Content a volume starts from.
+impl LogicalVolumeSpec {
+    /// Whether the object is a snapshot (not a volume).
+    pub fn is_snapshot(&self) -> bool {
+        self.role == Some(VolumeRole::Snapshot)
+    }
+
+    /// Whether the volume (or snapshot) lives on its class's thin pool.
+    pub fn is_thin(&self) -> bool {
+        self.provisioning == Some(Provisioning::Thin)
+    }
+}
+
+/// Content a volume starts from (or, for a snapshot, the volume it is a snapshot of).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSource {
-    /// `Volume` (a clone) or `Snapshot`.
-    pub kind: String,
+    /// `Volume` (a clone, or the origin of a snapshot) or `Snapshot` (a restore).
+    pub kind: SourceKind,
+    /// The LogicalVolume name of the source.
+    pub name: String,
+}
+
+/// What kind of object a [`VolumeSource`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SourceKind {
+    Volume,
+    Snapshot,
+}
+
+/// Whether a LogicalVolume is a volume or a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VolumeRole {
+    Volume,
+    Snapshot,
+}
+
+/// The namespaced VolumeSnapshot a snapshot LogicalVolume was made for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotReference {
+    pub namespace: String,
     pub name: String,
 }
 
@@ -98,6 +148,10 @@ pub struct LogicalVolumeStatus {
     /// whenever it creates or extends the LV, before or with the status that says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_sequence: Option<u64>,
+    /// When the LV was made, as lvm2 records it (RFC 3339, UTC, whole seconds). For a snapshot
+    /// this is the snapshot's point in time (CSI `creation_time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<String>,
     /// Machine-readable cause of the phase, e.g. `InsufficientSpace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

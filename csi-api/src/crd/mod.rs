@@ -6,7 +6,7 @@ mod node_storage;
 
 pub use logical_volume::{
     LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, LogicalVolumeStatus, PvcReference,
-    VolumeSource, WipeProgress,
+    SourceKind, VolumeRole, VolumeSnapshotReference, VolumeSource, WipeProgress,
 };
 pub use node_storage::{
     ClaimMode, ClassHealth, DeviceClassStatus, DiskState, DiskStatus, NodeStorage, NodeStorageSpec,

@@ -745,6 +745,8 @@ fn ready_volume(
             size_bytes: spec,
             pvc: None,
             source: None,
+            role: None,
+            volume_snapshot: None,
             wipe: None,
             provisioning: None,
         },
