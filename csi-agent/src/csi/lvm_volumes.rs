@@ -24,11 +24,14 @@ use async_trait::async_trait;
 use csi_api::names::DeviceClass;
 
 use super::error::{Error, Result};
-use super::volumes::{ClassInfo, VolumeInfo, Volumes};
+use super::volumes::{ClassInfo, SnapshotInfo, VolumeInfo, Volumes};
 use crate::claim::Recorded;
+use crate::claim::thin_pool::{self, ThinSettings};
 use crate::health::{self, Board, DiskProblem};
-use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg, is_wiping};
+use crate::lvm::snapshot::lv_source;
+use crate::lvm::{Activation, Lv, LvSource, Lvm, LvmRunner, Snapshot, Vg, is_thin, is_wiping};
 use crate::wiper::{Marked, WipeConfig, Wiper};
+use csi_api::request::ContentSource;
 
 /// The node's volumes in its class VGs.
 pub struct LvmVolumes<R: LvmRunner> {
@@ -45,6 +48,8 @@ pub struct LvmVolumes<R: LvmRunner> {
     wiper: Wiper<R>,
     /// The disks found failing by the last health check.
     health: Board,
+    /// Thin pool settings per class (`--thin-pool`, `--thin-overprovision-ratio`).
+    thin: ThinSettings,
 }
 
 /// How long the class VGs' report is reused (always, to admit into a class with a reserve).
@@ -78,7 +83,14 @@ impl<R: LvmRunner> LvmVolumes<R> {
             listing: tokio::sync::Mutex::new(()),
             wiper,
             health: Board::default(),
+            thin: ThinSettings::default(),
         }
+    }
+
+    /// The same volumes with the agent's thin settings (the ratio each class admits against).
+    pub fn with_thin(mut self, thin: ThinSettings) -> Self {
+        self.thin = thin;
+        self
     }
 
     /// The same volumes, judged against the failing disks on `board`.
@@ -190,13 +202,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
             Some(v) => v,
             None => {
                 let lv = self.lvm.created_lv(id)?;
-                VolumeInfo {
-                    id: id.to_owned(),
-                    class: DeviceClass::from_vg_name(&lv.vg)?,
-                    size_bytes: lv.size_bytes,
-                    device: lv.device_path(),
-                    problem: None,
-                }
+                volume_info(&lv, id, DeviceClass::from_vg_name(&lv.vg)?, None)
             }
         };
         let meta = tokio::fs::metadata(&v.device).await.ok()?;
@@ -295,13 +301,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
             }
             (Some(_), Activation::Active | Activation::Unknown) => None,
         };
-        Some(VolumeInfo {
-            id,
-            class,
-            size_bytes: lv.size_bytes,
-            device: lv.device_path(),
-            problem,
-        })
+        Some(volume_info(lv, &id, class, problem))
     }
 }
 
@@ -332,13 +332,10 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             self.forget(id);
             return Ok(None);
         };
-        let found = lv.volume.clone().map(|id| VolumeInfo {
-            id,
-            class,
-            size_bytes: lv.size_bytes,
-            device: lv.device_path(),
-            problem: None,
-        });
+        let found = lv
+            .volume
+            .as_deref()
+            .map(|id| volume_info(&lv, id, class, None));
         if let Some(v) = &found {
             self.remember(v);
         }
@@ -449,13 +446,7 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             }
         };
         self.adjust(class, i128::from(lv.size_bytes));
-        let created = VolumeInfo {
-            id: id.to_owned(),
-            class,
-            size_bytes: lv.size_bytes,
-            device: lv.device_path(),
-            problem: None,
-        };
+        let created = volume_info(&lv, id, class, None);
         self.remember(&created);
         Ok(created)
     }
@@ -527,9 +518,143 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
         }
         Ok(self.lvm.find_lv(id).await?.map(|lv| lv.device_path()))
     }
+
+    async fn create_thin(
+        &self,
+        id: &str,
+        class: DeviceClass,
+        bytes: u64,
+        source: Option<&ContentSource>,
+    ) -> Result<VolumeInfo> {
+        let ratio = self.thin_ratio(class).await?;
+        let vg = class.vg_name();
+        let lv = match source {
+            None => {
+                self.lvm
+                    .create_thin_lv(vg, id, bytes, None, |s| {
+                        thin_pool::status(s, ratio).promisable_bytes
+                    })
+                    .await?
+            }
+            Some(source) => {
+                let from = match source {
+                    ContentSource::Snapshot(s) => LvSource::Snapshot(s),
+                    ContentSource::Volume(v) => LvSource::Volume(v),
+                };
+                self.lvm
+                    .create_lv_from_source(vg, from, id, bytes, None, |s| {
+                        thin_pool::virtual_room(s, ratio)
+                    })
+                    .await?
+            }
+        };
+        let created = volume_info(&lv, id, class, None);
+        self.remember(&created);
+        Ok(created)
+    }
+
+    async fn thin_room(&self, class: DeviceClass) -> Result<Option<u64>> {
+        let ratio = self.thin.ratio(class);
+        Ok(self
+            .lvm
+            .thin_state(class.vg_name())
+            .await?
+            .map(|s| thin_pool::status(&s, ratio).promisable_bytes))
+    }
+
+    async fn create_snapshot(&self, id: &str, source_volume: &str) -> Result<SnapshotInfo> {
+        if let Some(existing) = self.lvm.find_snapshot(id).await? {
+            if existing.source_volume != source_volume {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {id:?} exists of volume {:?}, not of {source_volume:?}",
+                    existing.source_volume
+                )));
+            }
+            return snapshot_info(existing)
+                .ok_or_else(|| Error::NotFound(format!("snapshot {id:?} is in no class VG")));
+        }
+        let Some((lv, class)) = self.lookup(source_volume).await? else {
+            return Err(Error::NotFound(format!(
+                "source volume {source_volume:?} does not exist"
+            )));
+        };
+        if !is_thin(&lv) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {source_volume:?} is linear: snapshots need a thin volume (use a thin \
+                 StorageClass, strata.io/provisioning: thin)"
+            )));
+        }
+        let ratio = self.thin_ratio(class).await?;
+        let made = self
+            .lvm
+            .create_snapshot(&lv.vg, source_volume, id, |s| {
+                thin_pool::virtual_room(s, ratio)
+            })
+            .await?;
+        snapshot_info(made).ok_or_else(|| Error::NotFound(format!("snapshot {id:?}")))
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        if let Some(s) = self.lvm.find_snapshot(id).await? {
+            self.lvm.remove_snapshot(&s.vg, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let mut out: Vec<SnapshotInfo> = self
+            .lvm
+            .snapshots(None)
+            .await?
+            .into_iter()
+            .filter_map(snapshot_info)
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+/// The [`VolumeInfo`] of Strata volume `id`'s LV: thin and source from its tags.
+fn volume_info(lv: &Lv, id: &str, class: DeviceClass, problem: Option<String>) -> VolumeInfo {
+    let source = lv_source(lv).and_then(|(kind, source)| match kind.as_str() {
+        "snapshot" => Some(ContentSource::Snapshot(source)),
+        "volume" => Some(ContentSource::Volume(source)),
+        _ => None,
+    });
+    VolumeInfo {
+        id: id.to_owned(),
+        class,
+        size_bytes: lv.size_bytes,
+        device: lv.device_path(),
+        problem,
+        thin: is_thin(lv),
+        source,
+    }
+}
+
+fn snapshot_info(s: Snapshot) -> Option<SnapshotInfo> {
+    Some(SnapshotInfo {
+        class: DeviceClass::from_vg_name(&s.vg)?,
+        id: s.snapshot_id,
+        source_volume: s.source_volume,
+        size_bytes: s.size_bytes,
+        creation_time: s.creation_time,
+    })
 }
 
 impl<R: LvmRunner> LvmVolumes<R> {
+    /// The thin pool settings of `class` (ratio), or the refusal naming the flag when the
+    /// class VG has no pool.
+    async fn thin_ratio(&self, class: DeviceClass) -> Result<f64> {
+        if self.lvm.thin_state(class.vg_name()).await?.is_none() {
+            return Err(Error::ResourceExhausted(format!(
+                "the {class} device class of this node has no thin pool: start the agent with \
+                 --thin-pool {class}=PERCENT to serve thin volumes, snapshots and clones"
+            )));
+        }
+        Ok(self.thin.ratio(class))
+    }
+
     /// A volume whose LV is not found is gone only if no class VG misses a disk, and no class
     /// VG that lvm2 no longer sees at all recorded it (its metadata backup, see
     /// [`crate::lvm::backup`]): an LV on an absent disk is not listed, and answering success

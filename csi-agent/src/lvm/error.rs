@@ -60,7 +60,7 @@ pub enum LvmError {
     },
     /// A snapshot, restore or clone was asked of a volume that is not thin (lvm2 snapshots of
     /// linear LVs are not offered: they copy on write into a fixed reserve).
-    #[error("{what} is not a thin volume; snapshots and clones need a thin StorageClass")]
+    #[error("{what} is not a thin volume: snapshots and clones need one; use a thin StorageClass")]
     NotThin { what: String },
     /// The VG has not enough free extents for the request.
     #[error("volume group {vg} has not enough free space for {requested_bytes} bytes: {detail}")]
