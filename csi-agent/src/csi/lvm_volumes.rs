@@ -763,6 +763,103 @@ mod tests {
         }
     }
 
+    /// lvm2 with one nvme VG holding a thin volume `pvc-t`, a snapshot of it and (`pool`) the
+    /// thin pool.
+    fn thin_lvm(pool: bool) -> Lvm<FakeRunner> {
+        use crate::lvm::snapshot::{snapshot_lv_name, snapshot_of_tag, snapshot_tag};
+        use crate::lvm::{THIN_POOL_LV, THIN_POOL_TAG, THIN_TAG};
+        let row = |name: &str, tags: String, segtype: &str, pool_lv: &str| {
+            format!(
+                r#"{{"lv_name":"{name}","vg_name":"strata-nvme","lv_uuid":"L","lv_size":"{GIB}","lv_tags":"{tags}","lv_active":"active","lv_attr":"Vwi-a-tz--","lv_time":"2026-12-03 00:00:00 +0000","segtype":"{segtype}","pool_lv":"{pool_lv}","data_percent":"1.00","metadata_percent":"1.00","lv_metadata_size":"8388608"}}"#
+            )
+        };
+        let mut rows = vec![
+            row(
+                "pvc-t",
+                format!("{OWNER_TAG},{},{THIN_TAG}", volume_tag("pvc-t").unwrap()),
+                "thin",
+                THIN_POOL_LV,
+            ),
+            row(
+                &snapshot_lv_name("snap-1"),
+                format!(
+                    "{OWNER_TAG},{THIN_TAG},{},{}",
+                    snapshot_tag("snap-1"),
+                    snapshot_of_tag("pvc-t")
+                ),
+                "thin",
+                THIN_POOL_LV,
+            ),
+        ];
+        if pool {
+            rows.push(row(
+                THIN_POOL_LV,
+                format!("{OWNER_TAG},{THIN_POOL_TAG}"),
+                "thin-pool",
+                "",
+            ));
+        }
+        let lvs = format!(r#"{{"report":[{{"lv":[{}]}}]}}"#, rows.join(","));
+        Lvm::new(
+            FakeRunner::from_fn(move |inv: &Invocation| match inv.subcommand() {
+                "vgs" => Reply::ok(format!(
+                    r#"{{"report":[{{"vg":[{{"vg_name":"strata-nvme","vg_uuid":"U","vg_size":"{}","vg_free":"{}","vg_extent_size":"4194304","vg_extent_count":"2048","vg_free_count":"0","pv_count":"1","lv_count":"3","vg_missing_pv_count":"0","vg_tags":"{OWNER_TAG}"}}]}}]}}"#,
+                    8 * GIB,
+                    4 * GIB
+                )),
+                "lvs" => Reply::ok(lvs.clone()),
+                other => Reply::fail(5, format!("unexpected lvm2 command {other}")),
+            }),
+            LvmOptions::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_listed_as_snapshots_and_never_as_volumes() {
+        let volumes = LvmVolumes::new(thin_lvm(true), BTreeMap::new());
+        let listed = volumes.list().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            ["pvc-t"]
+        );
+        assert!(listed[0].thin && listed[0].source.is_none());
+        let snaps = volumes.snapshots().await.unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(
+            (snaps[0].id.as_str(), snaps[0].source_volume.as_str()),
+            ("snap-1", "pvc-t")
+        );
+        assert_eq!(snaps[0].class, DeviceClass::Nvme);
+        assert_eq!(
+            snaps[0].creation_time.as_deref(),
+            Some("2026-12-03T00:00:00Z")
+        );
+        assert_eq!(volumes.thin_room(DeviceClass::Nvme).await.unwrap(), Some(0));
+        // a snapshot id is no volume id
+        assert!(volumes.find("snap-1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn without_a_pool_thin_volumes_and_snapshots_name_the_flag_and_make_nothing() {
+        let lvm = thin_lvm(false);
+        let volumes = LvmVolumes::new(lvm.clone(), BTreeMap::new());
+        let err = volumes
+            .create_thin("pvc-n", DeviceClass::Nvme, GIB, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("--thin-pool nvme=PERCENT")),
+            "{err:?}"
+        );
+        let err = volumes
+            .create_snapshot("snap-2", "pvc-t")
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::ResourceExhausted(_)), "{err:?}");
+        assert_eq!(volumes.thin_room(DeviceClass::Nvme).await.unwrap(), None);
+        assert!(lvm.runner().calls_of("lvcreate").is_empty());
+    }
+
     #[tokio::test]
     async fn create_volume_becomes_one_tagged_lvcreate_and_repeats_read_the_tags() {
         let state = Arc::new(Mutex::new(Vec::new()));
