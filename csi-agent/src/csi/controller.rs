@@ -272,6 +272,11 @@ impl ControllerService {
         source: Option<&ContentSource>,
     ) -> Result<Volume> {
         let range = req.capacity_range.as_ref();
+        // A cloned volume is not deleted, expanded or staged while it is read.
+        let _source = match source {
+            Some(ContentSource::Volume(id)) => Some(self.locks.try_lock(id)?),
+            _ => None,
+        };
         let bytes = match source {
             None => {
                 let info = self.class(class).await?.ok_or_else(|| {
@@ -1557,5 +1562,17 @@ mod tests {
         }
         assert_eq!(mem.calls(), before, "refusals make nothing");
         assert!(mem.volumes.lock().unwrap().get("pvc-x").is_none());
+        // a source volume busy with another call: Aborted (the CO retries), nothing made
+        let busy = svc.locks.try_lock("pvc-t").unwrap();
+        let err = svc
+            .create(from_volume(
+                thin(request("pvc-y", "nvme", GI as i64)),
+                "pvc-t",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), tonic::Code::Aborted);
+        drop(busy);
+        assert_eq!(mem.calls(), before);
     }
 }
