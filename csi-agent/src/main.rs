@@ -387,6 +387,7 @@ async fn run() -> Result<()> {
                     proc: proc_root,
                 },
                 spec: standalone.spec(),
+                thin: node_ops.thin()?,
                 rescan: Duration::from_secs(standalone.rescan_seconds.max(1)),
                 lvm_runner: RunnerConfig::default(),
                 lvm_options: LvmOptions::default(),

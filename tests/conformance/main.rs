@@ -65,6 +65,15 @@ type CaseFn = for<'a> fn(
     Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
 >;
 
+/// The standalone agent's flags: a thin pool on the hdd class (10 % of its 16 GiB; ratio 4) for
+/// the snapshot cases; the linear cases keep the nvme and ssd classes whole.
+pub const STANDALONE_FLAGS: &[&str] = &[
+    "--thin-pool",
+    "hdd=10",
+    "--thin-overprovision-ratio",
+    "hdd=4",
+];
+
 const VM_MARKER: &str = "strata.nodevm=1";
 
 fn inside_vm() -> bool {
@@ -167,7 +176,15 @@ async fn run_standalone(dir: &std::path::Path, filters: &[String], tally: &mut T
     let socket = dir.join("csi.sock");
     let log = dir.join("agent.log");
     let node = "conformance-node".to_owned();
-    let agent = match Agent::start(&socket, &node, &[], &log, Duration::from_secs(180)).await {
+    let agent = match Agent::start(
+        &socket,
+        &node,
+        STANDALONE_FLAGS,
+        &log,
+        Duration::from_secs(180),
+    )
+    .await
+    {
         Ok(a) => a,
         Err(e) => {
             println!("FAIL  standalone agent start: {e}");

@@ -120,6 +120,18 @@ pub fn promisable(
         .min(physical_limit.saturating_sub(used_bytes))
 }
 
+/// What a snapshot, restore or clone may still add in virtual bytes on the pool:
+/// `floor(S × R) − V` (floored at 0), and 0 when the pool is Full. Unlike [`promisable`] the
+/// physical term is not applied: a thin snapshot takes no data chunks when it is made.
+pub fn virtual_room(state: &ThinState, ratio: f64) -> u64 {
+    if health(&state.pool) == ThinPoolHealth::Full {
+        return 0;
+    }
+    // f64 → u64 `as` saturates; u64 → f64 is exact below 8 PiB.
+    let limit = (state.pool.size_bytes as f64 * ratio.max(0.0)).floor() as u64;
+    limit.saturating_sub(state.virtual_bytes)
+}
+
 /// The `thinPool` entry of a class from the pool's state and the class's ratio.
 pub fn status(state: &ThinState, ratio: f64) -> ThinPoolStatus {
     let pool = &state.pool;
@@ -364,6 +376,29 @@ mod tests {
         assert_eq!(promisable(10 * GIB, 0, 10.0, 0, Full), 0);
         // ratio 1, empty pool: the physical room (95 %) bounds it
         assert_eq!(promisable(100 * GIB, 0, 1.0, 0, Healthy), 95 * GIB);
+    }
+
+    #[test]
+    fn virtual_room_is_the_ratio_room_only_and_zero_when_full() {
+        let state = |data: f64, virtual_bytes: u64| ThinState {
+            pool: pool(10 * GIB, data, 5.0),
+            virtual_bytes,
+            volumes: Vec::new(),
+        };
+        // 10 GiB at ratio 2: 20 GiB may be promised, 15 are: 5 left, whatever the fill (90 %)
+        assert_eq!(virtual_room(&state(90.0, 15 * GIB), 2.0), 5 * GIB);
+        // ratio 1.5 floors: 15 GiB exactly, 1 byte over-promised: 0, never negative
+        assert_eq!(virtual_room(&state(0.0, 15 * GIB), 1.5), 0);
+        assert_eq!(virtual_room(&state(0.0, 15 * GIB + 1), 1.5), 0);
+        assert_eq!(virtual_room(&state(0.0, 0), 0.25), 10 * GIB / 4);
+        // Full (data or metadata at 95 %): 0
+        assert_eq!(virtual_room(&state(95.0, 0), 10.0), 0);
+        let meta_full = ThinState {
+            pool: pool(10 * GIB, 1.0, 99.0),
+            virtual_bytes: 0,
+            volumes: Vec::new(),
+        };
+        assert_eq!(virtual_room(&meta_full, 10.0), 0);
     }
 
     #[test]

@@ -20,8 +20,9 @@ use tracing::instrument;
 
 use super::error::{Error, Result};
 use super::validate::{self, Params, ResolvedAccess};
-use super::volumes::{ClassInfo, VolumeInfo, Volumes};
+use super::volumes::{ClassInfo, SnapshotInfo, VolumeInfo, Volumes};
 use crate::lvm::LvmError;
+use csi_api::request::{self, ContentSource};
 use csi_api::volume_lock::VolumeLocks;
 
 /// The Controller service of one standalone node.
@@ -32,13 +33,43 @@ pub struct ControllerService {
     locks: VolumeLocks,
 }
 
-/// The capabilities this service implements.
-pub const CAPABILITIES: [RpcType; 4] = [
+/// The capabilities this service implements (GetSnapshot, alpha in the spec, is not).
+pub const CAPABILITIES: [RpcType; 7] = [
     RpcType::CreateDeleteVolume,
     RpcType::ListVolumes,
     RpcType::GetCapacity,
     RpcType::ExpandVolume,
+    RpcType::CreateDeleteSnapshot,
+    RpcType::ListSnapshots,
+    RpcType::CloneVolume,
 ];
+
+fn source_kind(source: &ContentSource) -> &'static str {
+    match source {
+        ContentSource::Snapshot(_) => "snapshot",
+        ContentSource::Volume(_) => "volume",
+    }
+}
+
+/// A snapshot as CSI reports it (always ready: a thin snapshot is complete when made).
+fn snapshot_to_csi(s: &SnapshotInfo) -> csi::Snapshot {
+    let creation_time = s
+        .creation_time
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: 0,
+        });
+    csi::Snapshot {
+        size_bytes: i64::try_from(s.size_bytes).unwrap_or(i64::MAX),
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.source_volume.clone(),
+        creation_time,
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
 
 /// Topology of every volume and of the node: `topology.strata.io/node = <node>`.
 pub fn node_topology(node: &str) -> Topology {
@@ -65,7 +96,7 @@ impl ControllerService {
                 names::PARAM_DEVICE_CLASS.to_owned(),
                 v.class.to_string(),
             )]),
-            content_source: None,
+            content_source: v.source.as_ref().map(request::content_source_message),
             accessible_topology: vec![node_topology(&self.node)],
         }
     }
@@ -97,18 +128,14 @@ impl ControllerService {
         let caps = validate::capabilities(&req.volume_capabilities)?;
         let params = Params::try_from(&req.parameters)?;
         let class = params.required_class()?;
-        if params.provisioning == names::Provisioning::Thin {
-            // Thin volumes are made by the Kubernetes-mode reconciler; this standalone service
-            // would otherwise make a linear volume the request did not ask for.
+        let thin = params.provisioning == names::Provisioning::Thin;
+        let source = request::content_source(req.volume_content_source.as_ref())?;
+        if source.is_some() && !thin {
             return Err(Error::InvalidArgument(format!(
-                "{}: thin is served in Kubernetes mode only; standalone mode makes linear volumes",
+                "volume_content_source needs a thin class ({}: thin, in the source's device \
+                 class): a copy into a linear volume or across classes is not supported",
                 names::PARAM_PROVISIONING
             )));
-        }
-        if req.volume_content_source.is_some() {
-            return Err(Error::InvalidArgument(
-                "volume_content_source is not supported (no snapshots or clones)".into(),
-            ));
         }
         if !req.mutable_parameters.is_empty() {
             return Err(Error::InvalidArgument(
@@ -127,7 +154,9 @@ impl ControllerService {
         let _guard = self.locks.try_lock(name)?;
 
         if let Some(existing) = self.volumes.existing(name).await? {
-            return self.reuse(&existing, class, &req, min_bytes, &params).await;
+            return self
+                .reuse(&existing, class, &req, min_bytes, &params, source.as_ref())
+                .await;
         }
 
         if !self.topology_allows(req.accessibility_requirements.as_ref()) {
@@ -135,6 +164,11 @@ impl ControllerService {
                 "accessibility_requirements exclude node {:?}, the only node this plugin serves",
                 self.node
             )));
+        }
+        if thin {
+            return self
+                .create_thin(name, class, &req, min_bytes, &params, source.as_ref())
+                .await;
         }
         let bytes = self
             .admit(class, req.capacity_range.as_ref(), min_bytes)
@@ -144,7 +178,10 @@ impl ControllerService {
             Err(e) if e.code() == tonic::Code::AlreadyExists => {
                 // An LV of the name that the look-up did not know: compare it like any other.
                 return match self.volumes.locate(name).await? {
-                    Some(existing) => self.reuse(&existing, class, &req, min_bytes, &params).await,
+                    Some(existing) => {
+                        self.reuse(&existing, class, &req, min_bytes, &params, None)
+                            .await
+                    }
                     None => Err(e),
                 };
             }
@@ -177,12 +214,33 @@ impl ControllerService {
         req: &csi::CreateVolumeRequest,
         min_bytes: u64,
         params: &Params,
+        source: Option<&ContentSource>,
     ) -> Result<Volume> {
         let name = existing.id.as_str();
         if existing.class != class {
             return Err(Error::AlreadyExists(format!(
                 "volume {name:?} exists in class {} (requested {class})",
                 existing.class
+            )));
+        }
+        let thin = params.provisioning == names::Provisioning::Thin;
+        if existing.thin != thin {
+            return Err(Error::AlreadyExists(format!(
+                "volume {name:?} exists {} (requested {})",
+                if existing.thin { "thin" } else { "linear" },
+                if thin { "thin" } else { "linear" }
+            )));
+        }
+        if existing.source.as_ref() != source {
+            let text = |s: Option<&ContentSource>| match s {
+                None => "empty".to_owned(),
+                Some(ContentSource::Snapshot(id)) => format!("from snapshot {id:?}"),
+                Some(ContentSource::Volume(id)) => format!("from volume {id:?}"),
+            };
+            return Err(Error::AlreadyExists(format!(
+                "volume {name:?} exists {} (requested {})",
+                text(existing.source.as_ref()),
+                text(source)
             )));
         }
         if !validate::size_fits(existing.size_bytes, req.capacity_range.as_ref())
@@ -198,6 +256,94 @@ impl ControllerService {
             self.volumes.set_wipe_policy(name, wipe).await?;
         }
         Ok(self.to_csi(existing))
+    }
+
+    /// CreateVolume of a thin volume (the name is locked and has no volume): empty, sized and
+    /// admitted by the LVM layer against the pool; or restored/cloned from `source`, which must
+    /// exist (NotFound) in the same class (InvalidArgument: no copy across classes), be thin
+    /// (FailedPrecondition) and fit the range (OutOfRange).
+    async fn create_thin(
+        &self,
+        name: &str,
+        class: DeviceClass,
+        req: &csi::CreateVolumeRequest,
+        min_bytes: u64,
+        params: &Params,
+        source: Option<&ContentSource>,
+    ) -> Result<Volume> {
+        let range = req.capacity_range.as_ref();
+        // A cloned volume is not deleted, expanded or staged while it is read.
+        let _source = match source {
+            Some(ContentSource::Volume(id)) => Some(self.locks.try_lock(id)?),
+            _ => None,
+        };
+        let bytes = match source {
+            None => {
+                let info = self.class(class).await?.ok_or_else(|| {
+                    Error::ResourceExhausted(format!(
+                        "node {} has no {class} device class",
+                        self.node
+                    ))
+                })?;
+                validate::capacity(range, min_bytes, info.extent_bytes)?
+            }
+            Some(source) => {
+                let (source_class, source_bytes) = self.source_of(source).await?;
+                if source_class != class {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} {:?} is in the {source_class} device class, the request asks for \
+                         {class}: a copy across classes is not supported",
+                        source_kind(source),
+                        source.id()
+                    )));
+                }
+                let bytes = request::size_from_source(range, source_bytes, source)?;
+                if bytes < min_bytes {
+                    return Err(Error::OutOfRange(format!(
+                        "{bytes} bytes is below the filesystem's minimum of {min_bytes}"
+                    )));
+                }
+                bytes
+            }
+        };
+        let created = self.volumes.create_thin(name, class, bytes, source).await?;
+        if let Some(wipe) = &params.wipe {
+            self.volumes.set_wipe_policy(name, wipe).await?;
+        }
+        tracing::info!(class = %class, bytes = created.size_bytes, source = ?source, "thin volume created");
+        Ok(self.to_csi(&created))
+    }
+
+    /// The class and size of a restore's or clone's source; NotFound when it does not exist,
+    /// FailedPrecondition when a volume source is linear.
+    async fn source_of(&self, source: &ContentSource) -> Result<(DeviceClass, u64)> {
+        match source {
+            ContentSource::Snapshot(id) => {
+                let snapshot = self
+                    .volumes
+                    .snapshots()
+                    .await?
+                    .into_iter()
+                    .find(|s| &s.id == id)
+                    .ok_or_else(|| Error::NotFound(format!("snapshot {id:?} does not exist")))?;
+                Ok((snapshot.class, snapshot.size_bytes))
+            }
+            ContentSource::Volume(id) => {
+                let volume = self
+                    .volumes
+                    .locate(id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("volume {id:?} does not exist")))?;
+                if !volume.thin {
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {id:?} is linear and cannot be cloned: use a thin StorageClass \
+                         ({}: thin)",
+                        names::PARAM_PROVISIONING
+                    )));
+                }
+                Ok((volume.class, volume.size_bytes))
+            }
+        }
     }
 
     /// The size to create in `class`. The cached class report admits when it shows a healthy
@@ -317,14 +463,32 @@ impl ControllerService {
             .accessible_topology
             .as_ref()
             .is_some_and(|t| t.segments.get(names::TOPOLOGY_KEY) != Some(&self.node));
-        // Standalone mode serves no thin volumes (see `create`): no thin capacity.
-        if elsewhere || params.provisioning == names::Provisioning::Thin {
+        if elsewhere {
             return Ok(zero);
         }
         if validate::capabilities(&req.volume_capabilities).is_err()
             && !req.volume_capabilities.is_empty()
         {
             return Ok(zero);
+        }
+        let to_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        if params.provisioning == names::Provisioning::Thin {
+            // What the pools may still promise a new thin volume (0 without a pool).
+            let mut available = 0u64;
+            let mut largest = 0u64;
+            for class in self.volumes.classes().await? {
+                if params.class.is_some_and(|want| want != class.class) || !class.healthy() {
+                    continue;
+                }
+                let room = self.volumes.thin_room(class.class).await?.unwrap_or(0);
+                available = available.saturating_add(room);
+                largest = largest.max(room);
+            }
+            return Ok(csi::GetCapacityResponse {
+                available_capacity: to_i64(available),
+                maximum_volume_size: Some(to_i64(largest)),
+                minimum_volume_size: None,
+            });
         }
         let classes: Vec<ClassInfo> = self
             .volumes
@@ -340,7 +504,6 @@ impl ControllerService {
             .map(|c| c.allocatable_bytes / c.extent_bytes.max(1) * c.extent_bytes.max(1))
             .max()
             .unwrap_or(0);
-        let to_i64 = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         Ok(csi::GetCapacityResponse {
             available_capacity: to_i64(available),
             maximum_volume_size: Some(to_i64(largest)),
@@ -403,6 +566,69 @@ impl ControllerService {
             node_expansion_required: !block,
         })
     }
+}
+
+impl ControllerService {
+    /// CreateSnapshot: the name is the snapshot id; the source must be a thin volume of this
+    /// node (NotFound, FailedPrecondition for a linear one); a name taken by a snapshot of
+    /// another volume is AlreadyExists; a repeat answers the same snapshot.
+    #[instrument(skip_all, fields(snapshot_id = %req.name), err)]
+    pub async fn create_snapshot(&self, req: csi::CreateSnapshotRequest) -> Result<csi::Snapshot> {
+        let name = validate::id("name", &req.name)?;
+        let source = validate::id("source_volume_id", &req.source_volume_id)?;
+        request::parse_snapshot_parameters(&req.parameters)?;
+        // The snapshot's name and its source volume: no DeleteVolume or second create meanwhile.
+        let _snapshot = self.locks.try_lock(&snapshot_lock(name))?;
+        let _source = self.locks.try_lock(source)?;
+        let made = self.volumes.create_snapshot(name, source).await?;
+        tracing::info!(source, bytes = made.size_bytes, "snapshot created");
+        Ok(snapshot_to_csi(&made))
+    }
+
+    /// DeleteSnapshot: success when the snapshot is already gone.
+    #[instrument(skip_all, fields(snapshot_id = %req.snapshot_id), err)]
+    pub async fn delete_snapshot(&self, req: csi::DeleteSnapshotRequest) -> Result<()> {
+        let id = validate::id("snapshot_id", &req.snapshot_id)?;
+        let _guard = self.locks.try_lock(&snapshot_lock(id))?;
+        self.volumes.delete_snapshot(id).await?;
+        tracing::info!("snapshot deleted");
+        Ok(())
+    }
+
+    /// ListSnapshots: sorted by id, filtered by snapshot id or source volume (an unknown one
+    /// gives an empty list), paged like ListVolumes (a bad token is Aborted).
+    #[instrument(skip_all, err)]
+    pub async fn list_snapshots(
+        &self,
+        req: csi::ListSnapshotsRequest,
+    ) -> Result<csi::ListSnapshotsResponse> {
+        let snapshots: Vec<SnapshotInfo> = self
+            .volumes
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| req.snapshot_id.is_empty() || s.id == req.snapshot_id)
+            .filter(|s| req.source_volume_id.is_empty() || s.source_volume == req.source_volume_id)
+            .collect();
+        let ids: Vec<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
+        let (range, next_token) = validate::page(&ids, req.max_entries, &req.starting_token)?;
+        let entries = snapshots[range]
+            .iter()
+            .map(|s| csi::list_snapshots_response::Entry {
+                snapshot: Some(snapshot_to_csi(s)),
+            })
+            .collect();
+        Ok(csi::ListSnapshotsResponse {
+            entries,
+            next_token,
+        })
+    }
+}
+
+/// The lock key of a snapshot id (snapshot and volume ids share the lock table; CSI ids never
+/// contain `/`).
+fn snapshot_lock(id: &str) -> String {
+    format!("snapshot/{id}")
 }
 
 fn not_confirmed(message: String) -> csi::ValidateVolumeCapabilitiesResponse {
@@ -490,23 +716,29 @@ impl csi::controller_server::Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _request: Request<csi::CreateSnapshotRequest>,
+        request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        Err(unimplemented("CreateSnapshot"))
+        let snapshot = ControllerService::create_snapshot(self, request.into_inner()).await?;
+        Ok(Response::new(csi::CreateSnapshotResponse {
+            snapshot: Some(snapshot),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<csi::DeleteSnapshotRequest>,
+        request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        Err(unimplemented("DeleteSnapshot"))
+        ControllerService::delete_snapshot(self, request.into_inner()).await?;
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
 
     async fn list_snapshots(
         &self,
-        _request: Request<csi::ListSnapshotsRequest>,
+        request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        Err(unimplemented("ListSnapshots"))
+        Ok(Response::new(
+            ControllerService::list_snapshots(self, request.into_inner()).await?,
+        ))
     }
 
     async fn get_snapshot(
@@ -870,7 +1102,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(elsewhere.available_capacity, 0);
-        // standalone mode makes no thin volumes: no thin capacity, and a thin create is refused
+        // no thin pool in the class: no thin capacity, and a thin create is refused naming the flag
         let thin = [
             (names::PARAM_DEVICE_CLASS, "ssd"),
             (names::PARAM_PROVISIONING, "thin"),
@@ -887,7 +1119,8 @@ mod tests {
             .parameters
             .insert(names::PARAM_PROVISIONING.into(), "thin".into());
         let refused = svc.create(thin_req).await.unwrap_err();
-        assert_eq!(code(refused), tonic::Code::InvalidArgument);
+        assert!(refused.to_string().contains("--thin-pool"), "{refused}");
+        assert_eq!(code(refused), tonic::Code::ResourceExhausted);
         assert!(svc.volumes.existing("pvc-thin").await.unwrap().is_none());
         let bad = svc
             .capacity(cap(&[(names::PARAM_DEVICE_CLASS, "tape")], None))
@@ -1020,5 +1253,326 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(code(empty), tonic::Code::InvalidArgument);
+    }
+
+    fn thin(mut req: csi::CreateVolumeRequest) -> csi::CreateVolumeRequest {
+        req.parameters
+            .insert(names::PARAM_PROVISIONING.into(), "thin".into());
+        req
+    }
+
+    fn from_snapshot(mut req: csi::CreateVolumeRequest, id: &str) -> csi::CreateVolumeRequest {
+        req.volume_content_source = Some(request::content_source_message(
+            &ContentSource::Snapshot(id.into()),
+        ));
+        req
+    }
+
+    fn from_volume(mut req: csi::CreateVolumeRequest, id: &str) -> csi::CreateVolumeRequest {
+        req.volume_content_source = Some(request::content_source_message(&ContentSource::Volume(
+            id.into(),
+        )));
+        req
+    }
+
+    fn snap(name: &str, source: &str) -> csi::CreateSnapshotRequest {
+        csi::CreateSnapshotRequest {
+            name: name.into(),
+            source_volume_id: source.into(),
+            ..Default::default()
+        }
+    }
+
+    /// nvme and ssd with a pool each, a thin nvme volume `pvc-t`, a linear nvme one `pvc-l`.
+    async fn thin_lab() -> (ControllerService, Arc<MemVolumes>) {
+        let (svc, mem) = service(
+            lab()
+                .with_pool(DeviceClass::Nvme, 8 * GI)
+                .with_pool(DeviceClass::Ssd, 8 * GI),
+        );
+        svc.create(thin(request("pvc-t", "nvme", GI as i64)))
+            .await
+            .unwrap();
+        svc.create(request("pvc-l", "nvme", GI as i64))
+            .await
+            .unwrap();
+        (svc, mem)
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_and_clone_capabilities_are_advertised_but_not_get_snapshot() {
+        for t in [
+            RpcType::CreateDeleteSnapshot,
+            RpcType::ListSnapshots,
+            RpcType::CloneVolume,
+        ] {
+            assert!(CAPABILITIES.contains(&t), "{t:?}");
+        }
+        assert!(!CAPABILITIES.contains(&RpcType::GetSnapshot));
+    }
+
+    #[tokio::test]
+    async fn thin_volumes_are_made_on_the_pool_and_capacity_is_what_it_may_promise() {
+        let (svc, mem) = thin_lab().await;
+        let t = svc.volumes.existing("pvc-t").await.unwrap().unwrap();
+        assert!(t.thin && t.source.is_none());
+        let cap = csi::GetCapacityRequest {
+            parameters: HashMap::from([
+                (names::PARAM_DEVICE_CLASS.into(), "nvme".into()),
+                (names::PARAM_PROVISIONING.into(), "thin".into()),
+            ]),
+            ..Default::default()
+        };
+        let room = svc.capacity(cap).await.unwrap();
+        assert_eq!(room.available_capacity, 7 * GI as i64);
+        // beyond the room: ResourceExhausted, nothing made
+        let big = svc
+            .create(thin(request("pvc-big", "nvme", 8 * GI as i64)))
+            .await
+            .unwrap_err();
+        assert_eq!(code(big), tonic::Code::ResourceExhausted);
+        assert!(mem.volumes.lock().unwrap().get("pvc-big").is_none());
+        // a repeat as linear of a thin volume: AlreadyExists
+        let linear = svc
+            .create(request("pvc-t", "nvme", GI as i64))
+            .await
+            .unwrap_err();
+        assert_eq!(code(linear), tonic::Code::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn create_snapshot_follows_the_spec_and_refusals_change_nothing() {
+        let (svc, mem) = thin_lab().await;
+        let made = svc.create_snapshot(snap("snap-1", "pvc-t")).await.unwrap();
+        assert_eq!(made.snapshot_id, "snap-1");
+        assert_eq!(made.source_volume_id, "pvc-t");
+        assert_eq!(made.size_bytes, GI as i64);
+        assert!(made.ready_to_use);
+        let t = made.creation_time.unwrap();
+        assert_eq!((t.seconds, t.nanos), (1_796_256_123, 0));
+        // a repeat is the same snapshot
+        let again = svc.create_snapshot(snap("snap-1", "pvc-t")).await.unwrap();
+        assert_eq!(again.snapshot_id, "snap-1");
+        let before = mem.calls();
+        for (what, req, want) in [
+            ("no name", snap("", "pvc-t"), tonic::Code::InvalidArgument),
+            (
+                "bad name",
+                snap("a/b", "pvc-t"),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                "no source",
+                snap("snap-2", ""),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                "unknown source",
+                snap("snap-2", "pvc-nope"),
+                tonic::Code::NotFound,
+            ),
+            (
+                "linear source",
+                snap("snap-2", "pvc-l"),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                "other source",
+                snap("snap-1", "pvc-l"),
+                tonic::Code::AlreadyExists,
+            ),
+        ] {
+            let err = svc.create_snapshot(req).await.unwrap_err();
+            assert_eq!(code(err), want, "{what}");
+        }
+        let mut param = snap("snap-2", "pvc-t");
+        param.parameters.insert("speed".into(), "fast".into());
+        let err = svc.create_snapshot(param).await.unwrap_err();
+        assert_eq!(code(err), tonic::Code::InvalidArgument);
+        assert_eq!(mem.calls(), before, "refusals make nothing");
+        assert_eq!(mem.snapshots.lock().unwrap().len(), 1);
+        // DeleteSnapshot: gone, then gone again (OK), unknown OK, bad id InvalidArgument
+        for id in ["snap-1", "snap-1", "never"] {
+            svc.delete_snapshot(csi::DeleteSnapshotRequest {
+                snapshot_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        assert!(mem.snapshots.lock().unwrap().is_empty());
+        let err = svc
+            .delete_snapshot(csi::DeleteSnapshotRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn list_snapshots_filters_and_pages_in_id_order() {
+        let (svc, _) = thin_lab().await;
+        svc.create(thin(request("pvc-u", "nvme", GI as i64)))
+            .await
+            .unwrap();
+        for (id, src) in [("s-c", "pvc-t"), ("s-a", "pvc-u"), ("s-b", "pvc-t")] {
+            svc.create_snapshot(snap(id, src)).await.unwrap();
+        }
+        let list = |req: csi::ListSnapshotsRequest| {
+            let svc = svc.clone();
+            async move {
+                let r = svc.list_snapshots(req).await?;
+                Ok::<_, Error>((
+                    r.entries
+                        .iter()
+                        .map(|e| e.snapshot.as_ref().unwrap().snapshot_id.clone())
+                        .collect::<Vec<_>>(),
+                    r.next_token,
+                ))
+            }
+        };
+        let (all, next) = list(Default::default()).await.unwrap();
+        assert_eq!(
+            (all, next.as_str()),
+            (vec!["s-a".into(), "s-b".into(), "s-c".into()], "")
+        );
+        let (of_t, _) = list(csi::ListSnapshotsRequest {
+            source_volume_id: "pvc-t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(of_t, vec!["s-b".to_owned(), "s-c".into()]);
+        let (one, _) = list(csi::ListSnapshotsRequest {
+            snapshot_id: "s-c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(one, vec!["s-c".to_owned()]);
+        for unknown in [
+            csi::ListSnapshotsRequest {
+                snapshot_id: "nope".into(),
+                ..Default::default()
+            },
+            csi::ListSnapshotsRequest {
+                source_volume_id: "nope".into(),
+                ..Default::default()
+            },
+        ] {
+            assert!(list(unknown).await.unwrap().0.is_empty());
+        }
+        let (first, token) = list(csi::ListSnapshotsRequest {
+            max_entries: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(first, vec!["s-a".to_owned(), "s-b".into()]);
+        let (rest, end) = list(csi::ListSnapshotsRequest {
+            max_entries: 2,
+            starting_token: token,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!((rest, end.as_str()), (vec!["s-c".to_owned()], ""));
+        let bad = list(csi::ListSnapshotsRequest {
+            starting_token: "bogus".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(code(bad), tonic::Code::Aborted);
+    }
+
+    #[tokio::test]
+    async fn restores_and_clones_check_the_source_and_report_it() {
+        let (svc, mem) = thin_lab().await;
+        svc.create_snapshot(snap("snap-1", "pvc-t")).await.unwrap();
+        let restored = svc
+            .create(from_snapshot(
+                thin(request("pvc-r", "nvme", 2 * GI as i64)),
+                "snap-1",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(restored.capacity_bytes, 2 * GI as i64);
+        assert_eq!(
+            restored.content_source,
+            Some(request::content_source_message(&ContentSource::Snapshot(
+                "snap-1".into()
+            )))
+        );
+        // no size asked: the source's
+        let mut unsized_clone = from_volume(thin(request("pvc-c", "nvme", 0)), "pvc-t");
+        unsized_clone.capacity_range = None;
+        let clone = svc.create(unsized_clone.clone()).await.unwrap();
+        assert_eq!(clone.capacity_bytes, GI as i64);
+        // repeats: the same source is the volume; another source (or none) AlreadyExists
+        svc.create(unsized_clone).await.unwrap();
+        let other = svc
+            .create(from_snapshot(
+                thin(request("pvc-c", "nvme", GI as i64)),
+                "snap-1",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(other), tonic::Code::AlreadyExists);
+        let empty = svc
+            .create(thin(request("pvc-c", "nvme", GI as i64)))
+            .await
+            .unwrap_err();
+        assert_eq!(code(empty), tonic::Code::AlreadyExists);
+        let before = mem.calls();
+        let mut too_small = from_snapshot(thin(request("pvc-x", "nvme", 0)), "snap-1");
+        too_small.capacity_range = Some(CapacityRange {
+            required_bytes: 0,
+            limit_bytes: 512 * MI,
+        });
+        for (what, req, want) in [
+            (
+                "into linear",
+                from_snapshot(request("pvc-x", "nvme", GI as i64), "snap-1"),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                "across classes",
+                from_snapshot(thin(request("pvc-x", "ssd", GI as i64)), "snap-1"),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                "unknown snapshot",
+                from_snapshot(thin(request("pvc-x", "nvme", GI as i64)), "nope"),
+                tonic::Code::NotFound,
+            ),
+            (
+                "unknown volume",
+                from_volume(thin(request("pvc-x", "nvme", GI as i64)), "nope"),
+                tonic::Code::NotFound,
+            ),
+            (
+                "linear volume",
+                from_volume(thin(request("pvc-x", "nvme", GI as i64)), "pvc-l"),
+                tonic::Code::FailedPrecondition,
+            ),
+            ("too small", too_small, tonic::Code::OutOfRange),
+        ] {
+            let err = svc.create(req).await.unwrap_err();
+            assert_eq!(code(err), want, "{what}");
+        }
+        assert_eq!(mem.calls(), before, "refusals make nothing");
+        assert!(mem.volumes.lock().unwrap().get("pvc-x").is_none());
+        // a source volume busy with another call: Aborted (the CO retries), nothing made
+        let busy = svc.locks.try_lock("pvc-t").unwrap();
+        let err = svc
+            .create(from_volume(
+                thin(request("pvc-y", "nvme", GI as i64)),
+                "pvc-t",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), tonic::Code::Aborted);
+        drop(busy);
+        assert_eq!(mem.calls(), before);
     }
 }

@@ -105,7 +105,11 @@ impl From<crate::wiper::WipeError> for Error {
 fn lvm_code(e: &LvmError) -> Code {
     match e {
         LvmError::NotFound { .. } => Code::NotFound,
-        LvmError::AlreadyExistsDifferent { .. } => Code::AlreadyExists,
+        LvmError::AlreadyExistsDifferent { .. } | LvmError::OtherSource { .. } => {
+            Code::AlreadyExists
+        }
+        // Only a thin volume can be snapshotted or cloned: the caller picks a thin class.
+        LvmError::NotThin { .. } => Code::FailedPrecondition,
         LvmError::InsufficientSpace { .. } => Code::ResourceExhausted,
         // Someone else holds the LV or the VG lock: the CO retries an aborted call.
         LvmError::Busy(_) => Code::Aborted,

@@ -24,11 +24,14 @@ use async_trait::async_trait;
 use csi_api::names::DeviceClass;
 
 use super::error::{Error, Result};
-use super::volumes::{ClassInfo, VolumeInfo, Volumes};
+use super::volumes::{ClassInfo, SnapshotInfo, VolumeInfo, Volumes};
 use crate::claim::Recorded;
+use crate::claim::thin_pool::{self, ThinSettings};
 use crate::health::{self, Board, DiskProblem};
-use crate::lvm::{Activation, Lv, Lvm, LvmRunner, Vg, is_wiping};
+use crate::lvm::snapshot::lv_source;
+use crate::lvm::{Activation, Lv, LvSource, Lvm, LvmRunner, Snapshot, Vg, is_thin, is_wiping};
 use crate::wiper::{Marked, WipeConfig, Wiper};
+use csi_api::request::ContentSource;
 
 /// The node's volumes in its class VGs.
 pub struct LvmVolumes<R: LvmRunner> {
@@ -45,6 +48,8 @@ pub struct LvmVolumes<R: LvmRunner> {
     wiper: Wiper<R>,
     /// The disks found failing by the last health check.
     health: Board,
+    /// Thin pool settings per class (`--thin-pool`, `--thin-overprovision-ratio`).
+    thin: ThinSettings,
 }
 
 /// How long the class VGs' report is reused (always, to admit into a class with a reserve).
@@ -78,7 +83,14 @@ impl<R: LvmRunner> LvmVolumes<R> {
             listing: tokio::sync::Mutex::new(()),
             wiper,
             health: Board::default(),
+            thin: ThinSettings::default(),
         }
+    }
+
+    /// The same volumes with the agent's thin settings (the ratio each class admits against).
+    pub fn with_thin(mut self, thin: ThinSettings) -> Self {
+        self.thin = thin;
+        self
     }
 
     /// The same volumes, judged against the failing disks on `board`.
@@ -190,13 +202,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
             Some(v) => v,
             None => {
                 let lv = self.lvm.created_lv(id)?;
-                VolumeInfo {
-                    id: id.to_owned(),
-                    class: DeviceClass::from_vg_name(&lv.vg)?,
-                    size_bytes: lv.size_bytes,
-                    device: lv.device_path(),
-                    problem: None,
-                }
+                volume_info(&lv, id, DeviceClass::from_vg_name(&lv.vg)?, None)
             }
         };
         let meta = tokio::fs::metadata(&v.device).await.ok()?;
@@ -295,13 +301,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
             }
             (Some(_), Activation::Active | Activation::Unknown) => None,
         };
-        Some(VolumeInfo {
-            id,
-            class,
-            size_bytes: lv.size_bytes,
-            device: lv.device_path(),
-            problem,
-        })
+        Some(volume_info(lv, &id, class, problem))
     }
 }
 
@@ -332,13 +332,10 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             self.forget(id);
             return Ok(None);
         };
-        let found = lv.volume.clone().map(|id| VolumeInfo {
-            id,
-            class,
-            size_bytes: lv.size_bytes,
-            device: lv.device_path(),
-            problem: None,
-        });
+        let found = lv
+            .volume
+            .as_deref()
+            .map(|id| volume_info(&lv, id, class, None));
         if let Some(v) = &found {
             self.remember(v);
         }
@@ -449,13 +446,7 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
             }
         };
         self.adjust(class, i128::from(lv.size_bytes));
-        let created = VolumeInfo {
-            id: id.to_owned(),
-            class,
-            size_bytes: lv.size_bytes,
-            device: lv.device_path(),
-            problem: None,
-        };
+        let created = volume_info(&lv, id, class, None);
         self.remember(&created);
         Ok(created)
     }
@@ -527,9 +518,143 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
         }
         Ok(self.lvm.find_lv(id).await?.map(|lv| lv.device_path()))
     }
+
+    async fn create_thin(
+        &self,
+        id: &str,
+        class: DeviceClass,
+        bytes: u64,
+        source: Option<&ContentSource>,
+    ) -> Result<VolumeInfo> {
+        let ratio = self.thin_ratio(class).await?;
+        let vg = class.vg_name();
+        let lv = match source {
+            None => {
+                self.lvm
+                    .create_thin_lv(vg, id, bytes, None, |s| {
+                        thin_pool::status(s, ratio).promisable_bytes
+                    })
+                    .await?
+            }
+            Some(source) => {
+                let from = match source {
+                    ContentSource::Snapshot(s) => LvSource::Snapshot(s),
+                    ContentSource::Volume(v) => LvSource::Volume(v),
+                };
+                self.lvm
+                    .create_lv_from_source(vg, from, id, bytes, None, |s| {
+                        thin_pool::virtual_room(s, ratio)
+                    })
+                    .await?
+            }
+        };
+        let created = volume_info(&lv, id, class, None);
+        self.remember(&created);
+        Ok(created)
+    }
+
+    async fn thin_room(&self, class: DeviceClass) -> Result<Option<u64>> {
+        let ratio = self.thin.ratio(class);
+        Ok(self
+            .lvm
+            .thin_state(class.vg_name())
+            .await?
+            .map(|s| thin_pool::status(&s, ratio).promisable_bytes))
+    }
+
+    async fn create_snapshot(&self, id: &str, source_volume: &str) -> Result<SnapshotInfo> {
+        if let Some(existing) = self.lvm.find_snapshot(id).await? {
+            if existing.source_volume != source_volume {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {id:?} exists of volume {:?}, not of {source_volume:?}",
+                    existing.source_volume
+                )));
+            }
+            return snapshot_info(existing)
+                .ok_or_else(|| Error::NotFound(format!("snapshot {id:?} is in no class VG")));
+        }
+        let Some((lv, class)) = self.lookup(source_volume).await? else {
+            return Err(Error::NotFound(format!(
+                "source volume {source_volume:?} does not exist"
+            )));
+        };
+        if !is_thin(&lv) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {source_volume:?} is linear: snapshots need a thin volume (use a thin \
+                 StorageClass, strata.io/provisioning: thin)"
+            )));
+        }
+        let ratio = self.thin_ratio(class).await?;
+        let made = self
+            .lvm
+            .create_snapshot(&lv.vg, source_volume, id, |s| {
+                thin_pool::virtual_room(s, ratio)
+            })
+            .await?;
+        snapshot_info(made).ok_or_else(|| Error::NotFound(format!("snapshot {id:?}")))
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        if let Some(s) = self.lvm.find_snapshot(id).await? {
+            self.lvm.remove_snapshot(&s.vg, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let mut out: Vec<SnapshotInfo> = self
+            .lvm
+            .snapshots(None)
+            .await?
+            .into_iter()
+            .filter_map(snapshot_info)
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+/// The [`VolumeInfo`] of Strata volume `id`'s LV: thin and source from its tags.
+fn volume_info(lv: &Lv, id: &str, class: DeviceClass, problem: Option<String>) -> VolumeInfo {
+    let source = lv_source(lv).and_then(|(kind, source)| match kind.as_str() {
+        "snapshot" => Some(ContentSource::Snapshot(source)),
+        "volume" => Some(ContentSource::Volume(source)),
+        _ => None,
+    });
+    VolumeInfo {
+        id: id.to_owned(),
+        class,
+        size_bytes: lv.size_bytes,
+        device: lv.device_path(),
+        problem,
+        thin: is_thin(lv),
+        source,
+    }
+}
+
+fn snapshot_info(s: Snapshot) -> Option<SnapshotInfo> {
+    Some(SnapshotInfo {
+        class: DeviceClass::from_vg_name(&s.vg)?,
+        id: s.snapshot_id,
+        source_volume: s.source_volume,
+        size_bytes: s.size_bytes,
+        creation_time: s.creation_time,
+    })
 }
 
 impl<R: LvmRunner> LvmVolumes<R> {
+    /// The thin pool settings of `class` (ratio), or the refusal naming the flag when the
+    /// class VG has no pool.
+    async fn thin_ratio(&self, class: DeviceClass) -> Result<f64> {
+        if self.lvm.thin_state(class.vg_name()).await?.is_none() {
+            return Err(Error::ResourceExhausted(format!(
+                "the {class} device class of this node has no thin pool: start the agent with \
+                 --thin-pool {class}=PERCENT to serve thin volumes, snapshots and clones"
+            )));
+        }
+        Ok(self.thin.ratio(class))
+    }
+
     /// A volume whose LV is not found is gone only if no class VG misses a disk, and no class
     /// VG that lvm2 no longer sees at all recorded it (its metadata backup, see
     /// [`crate::lvm::backup`]): an LV on an absent disk is not listed, and answering success
@@ -636,6 +761,103 @@ mod tests {
             parameters: HashMap::from([("strata.io/device-class".into(), "nvme".into())]),
             ..Default::default()
         }
+    }
+
+    /// lvm2 with one nvme VG holding a thin volume `pvc-t`, a snapshot of it and (`pool`) the
+    /// thin pool.
+    fn thin_lvm(pool: bool) -> Lvm<FakeRunner> {
+        use crate::lvm::snapshot::{snapshot_lv_name, snapshot_of_tag, snapshot_tag};
+        use crate::lvm::{THIN_POOL_LV, THIN_POOL_TAG, THIN_TAG};
+        let row = |name: &str, tags: String, segtype: &str, pool_lv: &str| {
+            format!(
+                r#"{{"lv_name":"{name}","vg_name":"strata-nvme","lv_uuid":"L","lv_size":"{GIB}","lv_tags":"{tags}","lv_active":"active","lv_attr":"Vwi-a-tz--","lv_time":"2026-12-03 00:00:00 +0000","segtype":"{segtype}","pool_lv":"{pool_lv}","data_percent":"1.00","metadata_percent":"1.00","lv_metadata_size":"8388608"}}"#
+            )
+        };
+        let mut rows = vec![
+            row(
+                "pvc-t",
+                format!("{OWNER_TAG},{},{THIN_TAG}", volume_tag("pvc-t").unwrap()),
+                "thin",
+                THIN_POOL_LV,
+            ),
+            row(
+                &snapshot_lv_name("snap-1"),
+                format!(
+                    "{OWNER_TAG},{THIN_TAG},{},{}",
+                    snapshot_tag("snap-1"),
+                    snapshot_of_tag("pvc-t")
+                ),
+                "thin",
+                THIN_POOL_LV,
+            ),
+        ];
+        if pool {
+            rows.push(row(
+                THIN_POOL_LV,
+                format!("{OWNER_TAG},{THIN_POOL_TAG}"),
+                "thin-pool",
+                "",
+            ));
+        }
+        let lvs = format!(r#"{{"report":[{{"lv":[{}]}}]}}"#, rows.join(","));
+        Lvm::new(
+            FakeRunner::from_fn(move |inv: &Invocation| match inv.subcommand() {
+                "vgs" => Reply::ok(format!(
+                    r#"{{"report":[{{"vg":[{{"vg_name":"strata-nvme","vg_uuid":"U","vg_size":"{}","vg_free":"{}","vg_extent_size":"4194304","vg_extent_count":"2048","vg_free_count":"0","pv_count":"1","lv_count":"3","vg_missing_pv_count":"0","vg_tags":"{OWNER_TAG}"}}]}}]}}"#,
+                    8 * GIB,
+                    4 * GIB
+                )),
+                "lvs" => Reply::ok(lvs.clone()),
+                other => Reply::fail(5, format!("unexpected lvm2 command {other}")),
+            }),
+            LvmOptions::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_listed_as_snapshots_and_never_as_volumes() {
+        let volumes = LvmVolumes::new(thin_lvm(true), BTreeMap::new());
+        let listed = volumes.list().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            ["pvc-t"]
+        );
+        assert!(listed[0].thin && listed[0].source.is_none());
+        let snaps = volumes.snapshots().await.unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(
+            (snaps[0].id.as_str(), snaps[0].source_volume.as_str()),
+            ("snap-1", "pvc-t")
+        );
+        assert_eq!(snaps[0].class, DeviceClass::Nvme);
+        assert_eq!(
+            snaps[0].creation_time.as_deref(),
+            Some("2026-12-03T00:00:00Z")
+        );
+        assert_eq!(volumes.thin_room(DeviceClass::Nvme).await.unwrap(), Some(0));
+        // a snapshot id is no volume id
+        assert!(volumes.find("snap-1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn without_a_pool_thin_volumes_and_snapshots_name_the_flag_and_make_nothing() {
+        let lvm = thin_lvm(false);
+        let volumes = LvmVolumes::new(lvm.clone(), BTreeMap::new());
+        let err = volumes
+            .create_thin("pvc-n", DeviceClass::Nvme, GIB, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("--thin-pool nvme=PERCENT")),
+            "{err:?}"
+        );
+        let err = volumes
+            .create_snapshot("snap-2", "pvc-t")
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::ResourceExhausted(_)), "{err:?}");
+        assert_eq!(volumes.thin_room(DeviceClass::Nvme).await.unwrap(), None);
+        assert!(lvm.runner().calls_of("lvcreate").is_empty());
     }
 
     #[tokio::test]

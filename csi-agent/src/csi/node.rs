@@ -3,7 +3,10 @@
 //! (idempotent), online expansion, stats and volume condition. A volume's device always comes
 //! from the LVM layer (the LV tagged with the volume's name), never from a path in the request;
 //! and a path is only unmounted when what is mounted there is this volume (or, with the LV gone,
-//! some Strata LV), so a bad request cannot unmount anything else.
+//! some Strata LV), so a bad request cannot unmount anything else. A restored or cloned volume
+//! already holds its source's filesystem: it is never reformatted, xfs mounts it with `nouuid`
+//! (its UUID is its source's, maybe mounted on this node too), and after the mount the
+//! filesystem is grown to the device (a restore may be larger than its snapshot).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -22,9 +25,10 @@ use super::validate::{self, ResolvedAccess};
 use super::volumes::{VolumeInfo, Volumes};
 use crate::fs::{self, FsTools};
 use crate::lvm::blkid::Probed;
-use crate::mount::Mounter;
 use crate::mount::mountinfo::{self, MountEntry};
+use crate::mount::{MountOptions, Mounter};
 use csi_api::volume_lock::VolumeLocks;
+use nix::mount::MsFlags;
 
 /// The capabilities this service implements.
 pub const CAPABILITIES: [RpcType; 4] = [
@@ -218,23 +222,57 @@ impl NodeService {
         tokio::fs::create_dir_all(&staging)
             .await
             .map_err(Error::io(format!("create {}", staging.display())))?;
-        match self.signature(id, &volume.device).await? {
+        let existing = match self.signature(id, &volume.device).await? {
             Probed::Blank => {
                 tracing::info!(fs = fs.name(), "formatting empty volume");
                 self.fs.format(*fs, &volume.device).await?;
+                false
             }
-            Probed::Signature(sig) if sig.fs_type() == Some(fs.name()) => {}
+            Probed::Signature(sig) if sig.fs_type() == Some(fs.name()) => true,
             other => {
                 return Err(Error::FailedPrecondition(format!(
                     "volume holds {other}, not {}; it is never reformatted",
                     fs.name()
                 )));
             }
-        }
+        };
+        let options = stage_options(options, *fs, &volume);
         self.mounter
-            .mount(&volume.device, &staging, fs.name(), options)
+            .mount(&volume.device, &staging, fs.name(), &options)
             .await?;
+        if existing {
+            self.grow_copied(&volume, *fs, &staging, &options).await?;
+        }
         tracing::info!(path = %staging.display(), "volume staged");
+        Ok(())
+    }
+
+    /// After a restored or cloned volume's filesystem is mounted at `staging`: grows it to the
+    /// device (xfs_growfs / resize2fs; a no-op when it already fills it), unless mounted
+    /// read-only. A failed growth unmounts it again, so that the retried stage grows it.
+    /// Volumes made empty are grown by NodeExpandVolume only (no process here).
+    async fn grow_copied(
+        &self,
+        volume: &VolumeInfo,
+        fs: &'static dyn fs::Filesystem,
+        staging: &Path,
+        options: &MountOptions,
+    ) -> Result<()> {
+        if volume.source.is_none() || options.flags.contains(MsFlags::MS_RDONLY) {
+            return Ok(());
+        }
+        if let Err(e) = self.fs.grow(fs, &volume.device, staging).await {
+            if let Err(u) = self.mounter.unmount(staging).await {
+                tracing::warn!(error = %u, "unmount after a failed growth failed");
+            }
+            return Err(e.into());
+        }
+        tracing::info!(
+            fs = fs.name(),
+            bytes = volume.size_bytes,
+            source = ?volume.source,
+            "filesystem of a restored or cloned volume grown to its device"
+        );
         Ok(())
     }
 
@@ -532,6 +570,24 @@ impl NodeService {
         );
         Ok(size)
     }
+}
+
+/// The mount options of a stage: the request's, plus `nouuid` for the xfs of a restored or
+/// cloned volume (it carries its source's UUID, which xfs refuses to mount twice).
+fn stage_options(
+    options: &MountOptions,
+    fs: &'static dyn fs::Filesystem,
+    volume: &VolumeInfo,
+) -> MountOptions {
+    let mut out = options.clone();
+    let has = out.data.split(',').any(|o| o == "nouuid");
+    if volume.source.is_some() && fs.name() == "xfs" && !has {
+        if !out.data.is_empty() {
+            out.data.push(',');
+        }
+        out.data.push_str("nouuid");
+    }
+    out
 }
 
 fn abnormal(message: String) -> VolumeCondition {
@@ -930,5 +986,103 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    fn copied(id: &str, source: Option<&str>) -> VolumeInfo {
+        VolumeInfo {
+            id: id.into(),
+            class: DeviceClass::Nvme,
+            size_bytes: 2 * GI,
+            device: PathBuf::from(format!("/dev/strata-nvme/{id}")),
+            problem: None,
+            thin: true,
+            source: source.map(|s| csi_api::request::ContentSource::Snapshot(s.into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restored_filesystem_is_grown_after_its_mount_and_unmounted_if_that_fails() {
+        let runs = Arc::new(FakeRunner::from_fn(|inv| {
+            if inv.display().contains("broken") {
+                Reply::fail(1, "xfs_growfs: cannot grow")
+            } else {
+                Reply::ok("data blocks changed")
+            }
+        }));
+        let mounter = Arc::new(NoMounts::default());
+        let svc = NodeService::new(
+            "node-a",
+            Arc::new(MemVolumes::default()),
+            mounter.clone(),
+            FsTools::new(runs.clone()),
+            VolumeLocks::new(),
+        );
+        let xfs = fs::by_name("xfs").unwrap();
+        let ext4 = fs::by_name("ext4").unwrap();
+        let rw = MountOptions::default();
+        let staging = Path::new("/var/lib/kubelet/staging/r");
+        svc.grow_copied(&copied("pvc-r", Some("snap-1")), xfs, staging, &rw)
+            .await
+            .unwrap();
+        svc.grow_copied(&copied("pvc-r", Some("snap-1")), ext4, staging, &rw)
+            .await
+            .unwrap();
+        let ran: Vec<String> = runs.calls().iter().map(|c| c.display()).collect();
+        assert_eq!(
+            ran,
+            vec![
+                "xfs_growfs -d /var/lib/kubelet/staging/r".to_owned(),
+                "resize2fs /dev/strata-nvme/pvc-r".into()
+            ]
+        );
+        // a volume made empty, or mounted read-only: no process
+        svc.grow_copied(&copied("pvc-e", None), xfs, staging, &rw)
+            .await
+            .unwrap();
+        let ro = MountOptions {
+            flags: MsFlags::MS_RDONLY,
+            ..Default::default()
+        };
+        svc.grow_copied(&copied("pvc-r", Some("snap-1")), xfs, staging, &ro)
+            .await
+            .unwrap();
+        assert_eq!(runs.calls().len(), 2);
+        assert!(mounter.asked.lock().unwrap().is_empty());
+        // a failed growth: the error, and the mount is undone for the retry
+        let broken = Path::new("/var/lib/kubelet/staging/broken");
+        let err = svc
+            .grow_copied(&copied("pvc-r", Some("snap-1")), xfs, broken, &rw)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot grow"), "{err}");
+        assert_eq!(
+            *mounter.asked.lock().unwrap(),
+            vec!["unmount /var/lib/kubelet/staging/broken".to_owned()]
+        );
+    }
+
+    #[test]
+    fn the_xfs_of_a_restored_volume_is_mounted_nouuid() {
+        let xfs = fs::by_name("xfs").unwrap();
+        let ext4 = fs::by_name("ext4").unwrap();
+        let with = |data: &str| MountOptions {
+            data: data.into(),
+            ..Default::default()
+        };
+        let restored = copied("pvc-r", Some("snap-1"));
+        assert_eq!(stage_options(&with(""), xfs, &restored).data, "nouuid");
+        assert_eq!(
+            stage_options(&with("discard"), xfs, &restored).data,
+            "discard,nouuid"
+        );
+        assert_eq!(
+            stage_options(&with("nouuid"), xfs, &restored).data,
+            "nouuid"
+        );
+        assert_eq!(stage_options(&with(""), ext4, &restored).data, "");
+        assert_eq!(
+            stage_options(&with(""), xfs, &copied("pvc-e", None)).data,
+            ""
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! (a `blkid` per disk, `pvs`, `vgs`) would compete with the CSI calls for nothing.
 //! DeleteVolume marks the LV (unless it is in use) and returns; one background worker wipes and
 //! removes it (see `crate::wiper`); wipes a previous run left marked are
-//! finished at start, and mounted flash volumes get a periodic fstrim.
+//! finished at start, and mounted flash volumes get a periodic fstrim. Every full pass also
+//! tends the thin pools of the classes given `--thin-pool` (made when missing, grown at the
+//! threshold: `claim::thin_pool::tend`, as the Kubernetes mode's capacity pass does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,8 @@ pub struct StandaloneConfig {
     pub metrics: Option<crate::metrics::Metrics>,
     /// Target and staging paths must lie under it (`--kubelet-dir`).
     pub kubelet_dir: std::path::PathBuf,
+    /// Thin pools per class (`--thin-pool`, `--thin-overprovision-ratio`).
+    pub thin: crate::claim::ThinSettings,
 }
 
 /// Why standalone mode stopped.
@@ -81,6 +85,7 @@ pub async fn run(
     wiper.spawn_worker(shutdown.child_token());
     let volumes = Arc::new(
         LvmVolumes::new(lvm.clone(), config.spec.reserved_bytes.clone())
+            .with_thin(config.thin.clone())
             .with_wiper(wiper.clone())
             .with_health(crate::health::Board::default()),
     );
@@ -118,6 +123,7 @@ pub async fn run(
     let rescans = tokio::spawn(rescan_loop(
         config.roots.clone(),
         policy,
+        config.thin.clone(),
         rescan_lvm,
         ready,
         warm,
@@ -135,19 +141,22 @@ pub async fn run(
     Ok(served?)
 }
 
-/// One discovery + claim pass, then the disks' health check (failing disks go on `health`, so
+/// One discovery + claim pass, then the thin pools of the classes (`thin`: made, grown, see
+/// [`tend_pools`]), then the disks' health check (failing disks go on `health`, so
 /// the volumes on them report abnormal); returns how many disks were claimed, and the disks as
 /// the pass found them before the health check (what [`check_health`] checks again between
 /// passes).
 pub async fn claim_pass<R: LvmRunner>(
     roots: &Roots,
     policy: &Policy,
+    thin: &claim::ThinSettings,
     lvm: &Lvm<R>,
     health: &crate::health::Board,
 ) -> Result<(usize, Vec<DiskStatus>), ClaimError> {
     let usage = Usage::read(&roots.proc).map_err(ClaimError::Usage)?;
     let probe = BlkidProbe::default();
-    let (survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
+    let (mut survey, outcomes) = claim::reconcile(roots, &usage, &probe, lvm, policy).await?;
+    tend_pools(lvm, thin, &mut survey.classes).await;
     let disks = survey.plan.disks;
     check_health(roots, health, disks.clone()).await;
     let mut claimed = 0;
@@ -171,6 +180,37 @@ pub async fn claim_pass<R: LvmRunner>(
         );
     }
     Ok((claimed, disks))
+}
+
+/// Makes the pools of the classes configured with `--thin-pool` that lack one and grows pools
+/// at the threshold (`claim::thin_pool::tend`); what it did or found is logged (standalone mode
+/// has no Events).
+async fn tend_pools<R: LvmRunner>(
+    lvm: &Lvm<R>,
+    thin: &claim::ThinSettings,
+    classes: &mut [csi_api::crd::DeviceClassStatus],
+) {
+    if thin.classes.is_empty() {
+        return;
+    }
+    for note in claim::thin_pool::tend(lvm, thin, classes, &[], true).await {
+        match note {
+            claim::PoolNote::Created { vg, bytes } => {
+                tracing::info!(%vg, bytes, "thin pool created");
+            }
+            claim::PoolNote::Extended { vg, bytes } => {
+                tracing::info!(%vg, bytes, "thin pool extended");
+            }
+            claim::PoolNote::Filling {
+                vg,
+                health,
+                fill_percent,
+            } => tracing::warn!(%vg, ?health, fill_percent, "thin pool filling"),
+            claim::PoolNote::Failed { vg, what } => {
+                tracing::warn!(%vg, error = %what, "thin pool not tended");
+            }
+        }
+    }
 }
 
 /// The disks' health check (sysfs and the disks' own counters; no lvm2, no blkid): failing
@@ -234,9 +274,11 @@ fn may_skip(last: Option<&DiskSet>, now: Option<&DiskSet>, since_full: Duration)
     matches!((last, now), (Some(a), Some(b)) if a == b) && since_full < FULL_PASS_AFTER
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn rescan_loop<R: LvmRunner>(
     roots: Roots,
     policy: Policy,
+    thin: claim::ThinSettings,
     lvm: Lvm<R>,
     ready: Readiness,
     volumes: Arc<LvmVolumes<R>>,
@@ -259,7 +301,7 @@ async fn rescan_loop<R: LvmRunner>(
             _ => {
                 let started = std::time::Instant::now();
                 last = None;
-                match claim_pass(&roots, &policy, &lvm, &health).await {
+                match claim_pass(&roots, &policy, &thin, &lvm, &health).await {
                     Ok((claimed, disks)) => {
                         if claimed == 0 {
                             last = now.map(|set| (set, disks, started));

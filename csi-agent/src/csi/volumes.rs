@@ -1,5 +1,6 @@
 //! What the CSI services need from the node's storage, as one trait: find, list, create, extend
-//! and remove volumes by CSI volume name, and the capacity of each device class. The real
+//! and remove volumes by CSI volume name, thin volumes (empty, restored from a snapshot or
+//! cloned from a volume) and thin snapshots, and the capacity of each device class. The real
 //! implementation (`super::lvm_volumes`) sits on the LVM layer and keeps all state in LVM tags;
 //! [`memory::MemVolumes`] (tests only) keeps it in a map, so the controller and node logic can be
 //! tested without LVM.
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use csi_api::names::DeviceClass;
+use csi_api::request::ContentSource;
 
 use super::error::Result;
 
@@ -22,6 +24,24 @@ pub struct VolumeInfo {
     pub device: PathBuf,
     /// Why the volume is not healthy (its VG lost a PV, the LV is not active), if it is not.
     pub problem: Option<String>,
+    /// A thin volume (on the class's thin pool).
+    pub thin: bool,
+    /// What it was restored or cloned from (`None`: made empty).
+    pub source: Option<ContentSource>,
+}
+
+/// One thin snapshot as the CSI services see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The CSI snapshot id (= the CreateSnapshot name).
+    pub id: String,
+    /// The volume it was taken of (which may be deleted since).
+    pub source_volume: String,
+    pub class: DeviceClass,
+    /// The origin's size when it was taken.
+    pub size_bytes: u64,
+    /// RFC 3339 UTC.
+    pub creation_time: Option<String>,
 }
 
 /// One device class of the node.
@@ -106,6 +126,23 @@ pub trait Volumes: Send + Sync {
     async fn device_for_release(&self, id: &str) -> Result<Option<std::path::PathBuf>>;
     /// Removes volume `id` (wiped first, as its policy says); success when it is already gone.
     async fn remove(&self, id: &str) -> Result<()>;
+    /// Creates thin volume `id` of `bytes` in `class`, empty or from `source` (restore, clone;
+    /// the caller checked the source is in `class`). A class without a pool is ResourceExhausted.
+    async fn create_thin(
+        &self,
+        id: &str,
+        class: DeviceClass,
+        bytes: u64,
+        source: Option<&ContentSource>,
+    ) -> Result<VolumeInfo>;
+    /// What a new thin volume of `class` may still be promised (`None`: the class has no pool).
+    async fn thin_room(&self, class: DeviceClass) -> Result<Option<u64>>;
+    /// Takes snapshot `id` of thin volume `source_volume` (idempotent for the same source).
+    async fn create_snapshot(&self, id: &str, source_volume: &str) -> Result<SnapshotInfo>;
+    /// Removes snapshot `id`; success when it is already gone.
+    async fn delete_snapshot(&self, id: &str) -> Result<()>;
+    /// Every Strata snapshot of the node, sorted by id.
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>>;
 }
 
 #[cfg(test)]
@@ -131,6 +168,9 @@ pub mod memory {
         pub calls: Mutex<Vec<String>>,
         /// How long `create` takes (to hold the volume lock in concurrency tests).
         pub create_delay: Duration,
+        /// Virtual bytes each class's thin pool may still take (no entry: no pool).
+        pub thin_room: Mutex<BTreeMap<DeviceClass, u64>>,
+        pub snapshots: Mutex<BTreeMap<String, SnapshotInfo>>,
     }
 
     impl MemVolumes {
@@ -155,6 +195,12 @@ pub mod memory {
             if let Some(info) = self.classes.lock().unwrap().get_mut(&class) {
                 info.allocatable_bytes = info.free_bytes.saturating_sub(reserve);
             }
+            self
+        }
+
+        /// Gives `class` a thin pool that may still take `room` virtual bytes.
+        pub fn with_pool(self, class: DeviceClass, room: u64) -> Self {
+            self.thin_room.lock().unwrap().insert(class, room);
             self
         }
 
@@ -200,6 +246,8 @@ pub mod memory {
                 size_bytes: bytes,
                 device: PathBuf::from(format!("/dev/{}/{id}", class.vg_name())),
                 problem: None,
+                thin: false,
+                source: None,
             };
             self.volumes
                 .lock()
@@ -255,6 +303,108 @@ pub mod memory {
                 .unwrap()
                 .get(id)
                 .map(|v| v.device.clone()))
+        }
+
+        async fn create_thin(
+            &self,
+            id: &str,
+            class: DeviceClass,
+            bytes: u64,
+            source: Option<&ContentSource>,
+        ) -> Result<VolumeInfo> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("create_thin {id} {class} {bytes} {source:?}"));
+            match source {
+                Some(ContentSource::Snapshot(s))
+                    if !self.snapshots.lock().unwrap().contains_key(s) =>
+                {
+                    return Err(Error::NotFound(format!("snapshot {s:?}")));
+                }
+                Some(ContentSource::Volume(v)) => match self.volumes.lock().unwrap().get(v) {
+                    None => return Err(Error::NotFound(format!("volume {v:?}"))),
+                    Some(v) if !v.thin => return Err(Error::FailedPrecondition("linear".into())),
+                    Some(_) => {}
+                },
+                _ => {}
+            }
+            let mut rooms = self.thin_room.lock().unwrap();
+            let room = rooms
+                .get_mut(&class)
+                .ok_or_else(|| Error::ResourceExhausted(format!("--thin-pool {class}=PERCENT")))?;
+            if bytes > *room {
+                return Err(Error::ResourceExhausted(format!("{class} pool is full")));
+            }
+            *room -= bytes;
+            let volume = VolumeInfo {
+                id: id.to_owned(),
+                class,
+                size_bytes: bytes,
+                device: PathBuf::from(format!("/dev/{}/{id}", class.vg_name())),
+                problem: None,
+                thin: true,
+                source: source.cloned(),
+            };
+            self.volumes
+                .lock()
+                .unwrap()
+                .insert(id.to_owned(), volume.clone());
+            Ok(volume)
+        }
+
+        async fn thin_room(&self, class: DeviceClass) -> Result<Option<u64>> {
+            Ok(self.thin_room.lock().unwrap().get(&class).copied())
+        }
+
+        async fn create_snapshot(&self, id: &str, source_volume: &str) -> Result<SnapshotInfo> {
+            if let Some(s) = self.snapshots.lock().unwrap().get(id) {
+                if s.source_volume != source_volume {
+                    return Err(Error::AlreadyExists(format!("snapshot {id:?}")));
+                }
+                return Ok(s.clone());
+            }
+            let volume = self
+                .volumes
+                .lock()
+                .unwrap()
+                .get(source_volume)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("volume {source_volume:?}")))?;
+            if !volume.thin {
+                return Err(Error::FailedPrecondition(
+                    "linear: use a thin StorageClass".into(),
+                ));
+            }
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("snapshot {id} {source_volume}"));
+            let snapshot = SnapshotInfo {
+                id: id.to_owned(),
+                source_volume: source_volume.to_owned(),
+                class: volume.class,
+                size_bytes: volume.size_bytes,
+                creation_time: Some("2026-12-03T00:02:03Z".into()),
+            };
+            self.snapshots
+                .lock()
+                .unwrap()
+                .insert(id.to_owned(), snapshot.clone());
+            Ok(snapshot)
+        }
+
+        async fn delete_snapshot(&self, id: &str) -> Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("delete_snapshot {id}"));
+            self.snapshots.lock().unwrap().remove(id);
+            Ok(())
+        }
+
+        async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+            Ok(self.snapshots.lock().unwrap().values().cloned().collect())
         }
 
         async fn remove(&self, id: &str) -> Result<()> {

@@ -50,6 +50,18 @@ pub enum LvmError {
         /// The LV name is taken by another volume (its volume tag differs).
         other_volume: bool,
     },
+    /// The named object exists but was made from another source (a snapshot of another volume,
+    /// a restore or clone of another snapshot or volume).
+    #[error("{what} already exists from {existing}, not from {requested}")]
+    OtherSource {
+        what: String,
+        existing: String,
+        requested: String,
+    },
+    /// A snapshot, restore or clone was asked of a volume that is not thin (lvm2 snapshots of
+    /// linear LVs are not offered: they copy on write into a fixed reserve).
+    #[error("{what} is not a thin volume: snapshots and clones need one; use a thin StorageClass")]
+    NotThin { what: String },
     /// The VG has not enough free extents for the request.
     #[error("volume group {vg} has not enough free space for {requested_bytes} bytes: {detail}")]
     InsufficientSpace {

@@ -253,17 +253,36 @@ impl<R: LvmRunner> Lvm<R> {
     /// [`LvmError::NotFound`] (the LV cannot be proven gone while its disks are away).
     pub async fn remove_lv(&self, vg: &str, volume: &str) -> Result<bool> {
         naming::validate_volume_name(volume)?;
-        let vg_arg = name_arg(vg)?;
         let lv_name = lv_name_for(volume);
         let volume_tag = naming::volume_tag(volume)?;
+        self.remove_tagged(vg, &lv_name, &volume_tag, Some(volume))
+            .await
+    }
+
+    /// The one `lvremove` of the layer: removes `vg/lv_name` only if it carries both the owner
+    /// tag and `name_tag` (lvm2's `--select`), under the VG's mutex. `true` if removed, `false` if
+    /// already gone; an LV of that name without both tags is [`LvmError::NotOwned`]; an open LV is
+    /// [`LvmError::Busy`]. Volumes ([`Lvm::remove_lv`]) and snapshots
+    /// ([`Lvm::remove_snapshot`]) are removed only through here. `created_volume`: the volume
+    /// whose memory of creation by this process is forgotten under the lock.
+    pub(super) async fn remove_tagged(
+        &self,
+        vg: &str,
+        lv_name: &str,
+        name_tag: &str,
+        created_volume: Option<&str>,
+    ) -> Result<bool> {
+        let vg_arg = name_arg(vg)?;
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
-        self.forget_created(volume);
+        if let Some(volume) = created_volume {
+            self.forget_created(volume);
+        }
         let mut args = self.lvm_args("lvremove");
         args.extend([
             "-f".to_owned(),
             "-S".to_owned(),
-            format!("lv_tags={{{OWNER_TAG},{volume_tag}}}"),
+            format!("lv_tags={{{OWNER_TAG},{name_tag}}}"),
             format!("{vg_arg}/{lv_name}"),
         ]);
         let (inv, out) = self.run(super::Invocation::lvm(args)).await?;
@@ -272,7 +291,7 @@ impl<R: LvmRunner> Lvm<R> {
                 return Ok(true);
             }
             // Nothing matched the selection: either gone meanwhile, or not ours.
-            return match self.lv_by_name(vg, &lv_name).await? {
+            return match self.lv_by_name(vg, lv_name).await? {
                 None => Ok(false),
                 Some(_) => Err(LvmError::NotOwned {
                     what: format!("logical volume {vg}/{lv_name}"),
@@ -282,7 +301,7 @@ impl<R: LvmRunner> Lvm<R> {
         if out.stderr.contains("Failed to find logical volume") {
             return Ok(false);
         }
-        let err = classify(super::failure(&inv, &out), Subject::Lv(vg, &lv_name), 0);
+        let err = classify(super::failure(&inv, &out), Subject::Lv(vg, lv_name), 0);
         self.forget_vg(&mut slot);
         Err(err)
     }

@@ -25,6 +25,7 @@ pub mod naming;
 mod pv_vg;
 pub mod report;
 mod runner;
+pub mod snapshot;
 pub mod thin;
 pub mod wipe;
 
@@ -39,6 +40,9 @@ pub use fake::{FakeRunner, Reply};
 pub use naming::{OWNER_TAG, PvcRef, lv_name_for};
 pub use report::{Activation, Lv, Pv, PvSegment, Vg, device_path};
 pub use runner::{CommandRunner, Invocation, LvmRunner, Output, RunnerConfig, Tool};
+pub use snapshot::{
+    LvSource, SNAPSHOT_OF_TAG_PREFIX, SNAPSHOT_TAG_PREFIX, Snapshot, is_snapshot, snapshot_lv_name,
+};
 pub use thin::{THIN_POOL_LV, THIN_POOL_TAG, THIN_TAG, ThinPool, ThinState, is_thin};
 pub use wipe::{WIPING_TAG, WipeMethod, is_wiping};
 

@@ -2,18 +2,21 @@
 //! mountinfo). Sizes are small (the lab has 16 GiB of NVMe, 4 GiB SSD, 16 GiB HDD). One file per
 //! service: [`identity`] (plugin info and capabilities), [`controller`] (volumes and capacity),
 //! [`node`] (stage, publish, stats, expansion, the agent's restarts), [`kubernetes`] (what only
-//! Kubernetes mode has: admission against NodeStorage, the reserve, the API server's answers);
+//! Kubernetes mode has: admission against NodeStorage, the reserve, the API server's answers),
+//! [`snapshots`] (standalone snapshots, restores and clones on a thin pool);
 //! the helpers live here. Each case is marked with the modes it applies to.
 
 mod controller;
 mod identity;
 mod kubernetes;
 mod node;
+mod snapshots;
 
 use controller::*;
 use identity::*;
 use kubernetes::*;
 use node::*;
+use snapshots::*;
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -75,6 +78,9 @@ cases!(
     Both small_xfs_volume_is_raised_and_mountable,
     Both stats_condition_when_mount_is_lost,
     Both unpublish_refuses_foreign_mounts,
+    Standalone thin_snapshot_restore_clone_bytes,
+    Standalone thin_list_snapshots_and_refusals,
+    Standalone thin_restore_of_mounted_xfs_is_grown,
     Kubernetes odd_csi_names_become_valid_object_names,
     Kubernetes deletion_answers_no_conflict,
     Kubernetes admission_never_books_a_volume_twice,

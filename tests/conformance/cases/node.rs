@@ -527,7 +527,7 @@ pub(super) async fn restart_keeps_volumes(ctx: &mut Ctx, agent: &mut Option<Agen
     let restarted = Agent::start(
         &ctx.socket,
         &ctx.node,
-        &[],
+        crate::STANDALONE_FLAGS,
         &ctx.log,
         Duration::from_secs(60),
     )
