@@ -159,7 +159,11 @@ async fn a_snapshot_is_read_only_skipped_at_activation_tagged_and_admitted() {
             &[&format!("{VG}/{snap_lv}")],
             Reply::fail(5, NOT_FOUND),
         )
-        .expect(&["lvs"], &[], Reply::ok(report(std::slice::from_ref(&origin))))
+        .expect(
+            &["lvs"],
+            &[],
+            Reply::ok(report(std::slice::from_ref(&origin))),
+        )
         .expect(&["lvs"], &[VG], Reply::ok(pool_state(&[origin])))
         .expect(&["lvcreate", "-s"], &[], Reply::ok(""))
         .expect(
@@ -241,7 +245,11 @@ async fn snapshot_refusals_make_nothing() {
         .expect(&["lvs"], &[], Reply::ok(report(&[linear])))
         // no room on the pool
         .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
-        .expect(&["lvs"], &[], Reply::ok(report(std::slice::from_ref(&thin))))
+        .expect(
+            &["lvs"],
+            &[],
+            Reply::ok(report(std::slice::from_ref(&thin))),
+        )
         .expect(&["lvs"], &[VG], Reply::ok(pool_state(&[thin])));
     let layer = lvm(fake);
     let gone = layer.create_snapshot(VG, VOL, SNAP, |_| u64::MAX).await;
@@ -397,7 +405,11 @@ async fn a_clone_repeat_completes_or_compares_and_refusals_make_nothing() {
     let fake = FakeRunner::scripted()
         .expect(&["vgs"], &[VG], Reply::ok(vg_json()))
         // a repeat after the lvextend failed: completed, no admission, no lvcreate
-        .expect(&["lvs"], &[], Reply::ok(report(std::slice::from_ref(&half_done))))
+        .expect(
+            &["lvs"],
+            &[],
+            Reply::ok(report(std::slice::from_ref(&half_done))),
+        )
         .expect(
             &["lvextend", "-L", &format!("{}b", 128 * MIB)],
             &[],
