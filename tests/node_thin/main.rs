@@ -6,7 +6,11 @@
 //!
 //!     NODE_TEST_TARGET=node_thin tests/nodevm/cargo-node-test
 //!
-//! On the host they only say why they skip (see `vm::enter`).
+//! On the host they only say why they skip (see `vm::enter`). Snapshots, restores and clones:
+//! [`snapshots`].
+
+mod bench;
+mod snapshots;
 
 use strata_tests::vm;
 
