@@ -106,6 +106,21 @@ fn bench_snapshots_restores_and_thin_against_linear() {
             );
             removed.push(t.elapsed());
         }
+        // the bare lvm2 commands on the same origin, same run
+        let origin_lv = format!("{VG}/{}", origin.name);
+        let (mut bare_made, mut bare_removed) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            let name = format!("bare_snap{i}");
+            let t = Instant::now();
+            vm::run(
+                "lvcreate",
+                &["-qq", "-s", "-n", &name, "-ky", "-p", "r", &origin_lv],
+            );
+            bare_made.push(t.elapsed());
+            let t = Instant::now();
+            vm::run("lvremove", &["-qq", "-y", &format!("{VG}/{name}")]);
+            bare_removed.push(t.elapsed());
+        }
         println!(
             "BENCH snapshot create (64 MiB origin, 16 MiB written), n=20: p50 {} p99 {} mean {}; \
              remove: p50 {} p99 {}",
@@ -114,6 +129,15 @@ fn bench_snapshots_restores_and_thin_against_linear() {
             secs(mean(&made)),
             secs(quantile(&removed, 0.5)),
             secs(quantile(&removed, 0.99)),
+        );
+        println!(
+            "BENCH bare lvcreate -s, n=20: p50 {} p99 {} (layer/bare p50 {:.2}); bare lvremove: \
+             p50 {} p99 {}",
+            secs(quantile(&bare_made, 0.5)),
+            secs(quantile(&bare_made, 0.99)),
+            quantile(&made, 0.5).as_secs_f64() / quantile(&bare_made, 0.5).as_secs_f64(),
+            secs(quantile(&bare_removed, 0.5)),
+            secs(quantile(&bare_removed, 0.99)),
         );
         assert!(lvm.remove_lv(VG, "pvc-bench-origin").await.unwrap());
 
@@ -169,6 +193,7 @@ fn bench_snapshots_restores_and_thin_against_linear() {
         // thin against linear: create + mkfs.xfs + mount + bind mount, alternating, same run
         let rounds = 5;
         let (mut thin, mut linear) = (Vec::new(), Vec::new());
+        let (mut thin_create, mut linear_create) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             for kind in ["thin", "linear"] {
                 let name = format!("pvc-bench-{kind}-{round}");
@@ -179,12 +204,15 @@ fn bench_snapshots_restores_and_thin_against_linear() {
                     lvm.create_lv(VG, &name, GIB, None).await
                 }
                 .unwrap();
+                let created = t.elapsed();
                 stage_and_publish(&lv.device_path(), &stage, &publish);
                 let took = t.elapsed();
                 if kind == "thin" {
                     thin.push(took);
+                    thin_create.push(created);
                 } else {
                     linear.push(took);
+                    linear_create.push(created);
                 }
                 unpublish_and_unstage(&stage, &publish);
                 assert!(lvm.remove_lv(VG, &name).await.unwrap());
@@ -199,6 +227,11 @@ fn bench_snapshots_restores_and_thin_against_linear() {
             secs(quantile(&linear, 0.5)),
             mean(&thin).as_secs_f64() / mean(&linear).as_secs_f64(),
             quantile(&thin, 0.5).as_secs_f64() / quantile(&linear, 0.5).as_secs_f64(),
+        );
+        println!(
+            "BENCH of which the layer's create: thin median {}, linear median {}",
+            secs(quantile(&thin_create, 0.5)),
+            secs(quantile(&linear_create, 0.5)),
         );
     });
 }
