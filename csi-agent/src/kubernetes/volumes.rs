@@ -41,6 +41,7 @@ use super::Context;
 use crate::claim::thin_pool::virtual_room;
 #[cfg(doc)]
 use crate::lvm::Lvm;
+use crate::lvm::snapshot::snapshot_of_tag;
 use crate::lvm::{Lv, LvSource, LvmError, LvmRunner, PvcRef, Snapshot, is_wiping};
 use crate::wiper::{Progress, WipeError};
 
@@ -124,12 +125,20 @@ pub fn decide(lv: &LogicalVolume, node: &str, existing: Option<&Lv>) -> Step {
         return Step::AddFinalizer;
     }
     if lv.spec.is_snapshot() {
+        let origin = match snapshot_origin(&lv.spec) {
+            Ok(origin) => origin,
+            Err(message) => return Step::Invalid { message },
+        };
+        let of_origin = snapshot_of_tag(&origin);
         // A snapshot's size is its origin's at the time: never grown.
         return match existing {
-            Some(_) => Step::Report,
-            None => match snapshot_origin(&lv.spec) {
-                Ok(origin) => Step::CreateSnapshot { origin },
-                Err(message) => Step::Invalid { message },
+            None => Step::CreateSnapshot { origin },
+            Some(have) if have.tags.contains(&of_origin) => Step::Report,
+            Some(_) => Step::Invalid {
+                message: format!(
+                    "the snapshot LV of {} on this node was taken of another volume than {origin}",
+                    lv.name_any()
+                ),
             },
         };
     }
@@ -1325,7 +1334,16 @@ mod tests {
             }
         );
         // The LV is there (even smaller than the spec says): reported, never extended.
-        assert_eq!(decide(&snap, "a", Some(&lvm_lv(4))), Step::Report);
+        let mut made = lvm_lv(4);
+        made.tags.push(snapshot_of_tag("pvc-origin"));
+        assert_eq!(decide(&snap, "a", Some(&made)), Step::Report);
+        // A snapshot LV of another origin under this id is not this snapshot.
+        let mut other = lvm_lv(4);
+        other.tags.push(snapshot_of_tag("pvc-other"));
+        assert!(matches!(
+            decide(&snap, "a", Some(&other)),
+            Step::Invalid { message } if message.contains("another volume")
+        ));
         // The finalizer still comes first.
         let mut bare = snap.clone();
         bare.metadata.finalizers = None;
