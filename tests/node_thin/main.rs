@@ -7,9 +7,10 @@
 //!     NODE_TEST_TARGET=node_thin tests/nodevm/cargo-node-test
 //!
 //! On the host they only say why they skip (see `vm::enter`). Snapshots, restores and clones:
-//! [`snapshots`].
+//! [`snapshots`] (the LVM layer), [`reconciler`] (the Kubernetes-mode reconciler).
 
 mod bench;
+mod reconciler;
 mod snapshots;
 
 use strata_tests::vm;
