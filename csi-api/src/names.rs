@@ -30,6 +30,17 @@ pub const FINALIZER_PV_PROTECTION: &str = "strata.io/pv-protection";
 pub const REASON_PV_PROTECTED: &str = "PvProtected";
 /// LogicalVolume `status.reason` while a deletion is held because the LV is open or mounted.
 pub const REASON_VOLUME_IN_USE: &str = "VolumeInUse";
+/// LogicalVolume `status.reason` (agent, phase `Failed`) when the source of a snapshot, restore or
+/// clone (`spec.source`) has no LV on the node (CSI: `NotFound`).
+pub const REASON_SOURCE_NOT_FOUND: &str = "SourceNotFound";
+/// LogicalVolume `status.reason` (agent, phase `Failed`) when the source of a snapshot or clone is
+/// a linear volume (CSI: `FailedPrecondition`, use a thin StorageClass).
+pub const REASON_SOURCE_NOT_THIN: &str = "SourceNotThin";
+/// LogicalVolume `status.reason` (agent, phase `Failed`) when the spec cannot be made as written
+/// (a snapshot without a volume source, a restore or clone that is not thin; CSI: `InvalidArgument`).
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// Event reason (Normal) on a snapshot LogicalVolume when the agent made its snapshot LV.
+pub const EVENT_SNAPSHOT_CREATED: &str = "SnapshotCreated";
 /// StorageClass parameter: the device class (required).
 pub const PARAM_DEVICE_CLASS: &str = "strata.io/device-class";
 /// StorageClass parameter: placement strategy, `binpack` or `spread`.

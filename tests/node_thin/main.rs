@@ -6,7 +6,12 @@
 //!
 //!     NODE_TEST_TARGET=node_thin tests/nodevm/cargo-node-test
 //!
-//! On the host they only say why they skip (see `vm::enter`).
+//! On the host they only say why they skip (see `vm::enter`). Snapshots, restores and clones:
+//! [`snapshots`] (the LVM layer), [`reconciler`] (the Kubernetes-mode reconciler).
+
+mod bench;
+mod reconciler;
+mod snapshots;
 
 use strata_tests::vm;
 

@@ -14,12 +14,19 @@
 //! no Kubernetes object name (LVs of standalone mode). A pass lists this node's objects first
 //! and LVM second, so an LV removed with its object in between is never seen without it; an
 //! object made meanwhile makes the create answer 409, which is ignored.
+//!
+//! Snapshot LVs (tagged `strata.io/snapshot=`, no volume tag) are never taken for volumes: they
+//! are adopted as snapshot objects (`spec.role: Snapshot`, source = the `snapshot-of` tag, our
+//! finalizer only: a snapshot has no PersistentVolume), so that DeleteSnapshot can still remove
+//! them. A restored or cloned LV is adopted as the thin volume it is, its source from its tag.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csi_api::crd::{LogicalVolume, LogicalVolumeSpec, PvcReference};
+use csi_api::crd::{
+    LogicalVolume, LogicalVolumeSpec, PvcReference, SourceKind, VolumeRole, VolumeSource,
+};
 use csi_api::names::{self, DeviceClass};
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -29,7 +36,7 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::volumes::ReconcileError;
-use crate::lvm::{Lv, LvmRunner, is_wiping};
+use crate::lvm::{Lv, LvmRunner, Snapshot, is_snapshot, is_wiping};
 
 /// Annotation on an object the agent made for an LV that had none (value: why).
 pub const ANNOTATION_ADOPTED: &str = "strata.io/adopted";
@@ -53,7 +60,10 @@ fn is_object_name(name: &str) -> bool {
 /// The objects to make for the Strata LVs of `node` that no object of `existing` names. Pure.
 pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<LogicalVolume> {
     let mut out = Vec::new();
-    for lv in lvs.iter().filter(|l| l.owned && !is_wiping(l)) {
+    for lv in lvs
+        .iter()
+        .filter(|l| l.owned && !is_wiping(l) && !is_snapshot(l))
+    {
         let (Some(volume), Some(class)) = (lv.volume.as_deref(), DeviceClass::from_vg_name(&lv.vg))
         else {
             continue;
@@ -72,7 +82,14 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
                     name: p.name.clone(),
                     uid: p.uid.clone(),
                 }),
-                source: None,
+                source: crate::lvm::snapshot::lv_source(lv).and_then(|(kind, name)| {
+                    let kind = match kind.as_str() {
+                        "snapshot" => SourceKind::Snapshot,
+                        "volume" => SourceKind::Volume,
+                        _ => return None,
+                    };
+                    Some(VolumeSource { kind, name })
+                }),
                 role: None,
                 volume_snapshot: None,
                 wipe: None,
@@ -80,17 +97,7 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
                 provisioning: crate::lvm::is_thin(lv).then_some(csi_api::names::Provisioning::Thin),
             },
         );
-        obj.metadata.labels = Some(BTreeMap::from([
-            (names::LABEL_NODE.to_owned(), node.to_owned()),
-            (
-                names::LABEL_DEVICE_CLASS.to_owned(),
-                class.as_str().to_owned(),
-            ),
-        ]));
-        obj.metadata.annotations = Some(BTreeMap::from([(
-            ANNOTATION_ADOPTED.to_owned(),
-            format!("LV {}/{} had no LogicalVolume", lv.vg, lv.name),
-        )]));
+        label(&mut obj, node, class, lv);
         obj.metadata.finalizers = Some(vec![
             names::FINALIZER.to_owned(),
             names::FINALIZER_PV_PROTECTION.to_owned(),
@@ -98,6 +105,61 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
         out.push(obj);
     }
     out
+}
+
+/// The snapshot objects to make for the Strata snapshot LVs of `node` that no object of
+/// `existing` names. Pure.
+pub fn adoptable_snapshots(
+    node: &str,
+    existing: &HashSet<String>,
+    snapshots: &[Snapshot],
+) -> Vec<LogicalVolume> {
+    let mut out = Vec::new();
+    for snap in snapshots.iter().filter(|s| s.lv.owned) {
+        let Some(class) = DeviceClass::from_vg_name(&snap.vg) else {
+            continue;
+        };
+        if existing.contains(&snap.snapshot_id) || !is_object_name(&snap.snapshot_id) {
+            continue;
+        }
+        let mut obj = LogicalVolume::new(
+            &snap.snapshot_id,
+            LogicalVolumeSpec {
+                node_name: node.to_owned(),
+                device_class: class,
+                size_bytes: snap.size_bytes,
+                pvc: None,
+                source: Some(VolumeSource {
+                    kind: SourceKind::Volume,
+                    name: snap.source_volume.clone(),
+                }),
+                role: Some(VolumeRole::Snapshot),
+                volume_snapshot: None,
+                wipe: None,
+                provisioning: Some(csi_api::names::Provisioning::Thin),
+            },
+        );
+        label(&mut obj, node, class, &snap.lv);
+        // No PV-protection: a snapshot has no PersistentVolume.
+        obj.metadata.finalizers = Some(vec![names::FINALIZER.to_owned()]);
+        out.push(obj);
+    }
+    out
+}
+
+/// The labels the agent watches by and the adoption annotation.
+fn label(obj: &mut LogicalVolume, node: &str, class: DeviceClass, lv: &Lv) {
+    obj.metadata.labels = Some(BTreeMap::from([
+        (names::LABEL_NODE.to_owned(), node.to_owned()),
+        (
+            names::LABEL_DEVICE_CLASS.to_owned(),
+            class.as_str().to_owned(),
+        ),
+    ]));
+    obj.metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_ADOPTED.to_owned(),
+        format!("LV {}/{} had no LogicalVolume", lv.vg, lv.name),
+    )]));
 }
 
 /// Runs an adoption pass at start and then every [`PERIOD`] until `shutdown`.
@@ -141,8 +203,11 @@ pub async fn pass<R: LvmRunner>(
         .map(ResourceExt::name_any)
         .collect();
     let lvs = ctx.lvm.strata_lvs(None).await?;
+    let snapshots = ctx.lvm.snapshots(None).await?;
+    let mut objects = adoptable(&ctx.node, &existing, &lvs);
+    objects.extend(adoptable_snapshots(&ctx.node, &existing, &snapshots));
     let mut made = 0;
-    for obj in adoptable(&ctx.node, &existing, &lvs) {
+    for obj in objects {
         let name = obj.name_any();
         match api.create(&PostParams::default(), &obj).await {
             Ok(created) => {
@@ -151,13 +216,23 @@ pub async fn pass<R: LvmRunner>(
                 let event = Event {
                     type_: EventType::Normal,
                     reason: "Adopted".into(),
-                    note: Some(format!(
-                        "Node {} holds the LV of volume {name} but no LogicalVolume named it \
-                         (e.g. after the CRDs were deleted and reinstalled): the object was made \
-                         again from the LV's tags. Its PersistentVolume's deletion wipes it as usual; \
-                         without a PersistentVolume it is an orphan",
-                        ctx.node
-                    )),
+                    note: Some(if created.spec.is_snapshot() {
+                        format!(
+                            "Node {} holds the LV of snapshot {name} but no LogicalVolume named \
+                             it: the object was made again from the LV's tags. Its \
+                             VolumeSnapshotContent's deletion removes it; without one, delete \
+                             this object to free the pool",
+                            ctx.node
+                        )
+                    } else {
+                        format!(
+                            "Node {} holds the LV of volume {name} but no LogicalVolume named it \
+                             (e.g. after the CRDs were deleted and reinstalled): the object was made \
+                             again from the LV's tags. Its PersistentVolume's deletion wipes it as usual; \
+                             without a PersistentVolume it is an orphan",
+                            ctx.node
+                        )
+                    }),
                     action: "AdoptLV".into(),
                     secondary: None,
                 };
@@ -245,6 +320,73 @@ mod tests {
         };
         assert_eq!(kind("pvc-thin"), Some(csi_api::names::Provisioning::Thin));
         assert_eq!(kind("pvc-linear"), None);
+    }
+
+    #[test]
+    fn snapshot_lvs_are_adopted_as_snapshots_never_as_volumes() {
+        let tags = [
+            crate::lvm::THIN_TAG,
+            "strata.io/snapshot=snapshot-1",
+            "strata.io/snapshot-of=pvc-origin",
+        ];
+        let snap_lv = Lv {
+            volume: None,
+            pvc: None,
+            ..lv("strata-ssd", "h0123456789abcdef", &tags)
+        };
+        // The volume pass never takes it for a volume, even with a stray volume field.
+        let stray = Lv {
+            volume: Some("snapshot-1".into()),
+            ..snap_lv.clone()
+        };
+        assert!(adoptable("n1", &HashSet::new(), &[snap_lv.clone(), stray]).is_empty());
+        let snap = Snapshot {
+            vg: "strata-ssd".into(),
+            snapshot_id: "snapshot-1".into(),
+            source_volume: "pvc-origin".into(),
+            size_bytes: 64 << 20,
+            creation_time: None,
+            lv: snap_lv,
+        };
+        let made = adoptable_snapshots("n1", &HashSet::new(), std::slice::from_ref(&snap));
+        assert_eq!(made.len(), 1);
+        let obj = &made[0];
+        assert_eq!(obj.name_any(), "snapshot-1");
+        assert!(obj.spec.is_snapshot() && obj.spec.is_thin());
+        assert_eq!(
+            obj.spec.source,
+            Some(VolumeSource {
+                kind: SourceKind::Volume,
+                name: "pvc-origin".into()
+            })
+        );
+        assert_eq!(obj.spec.pvc, None);
+        assert_eq!(obj.finalizers(), [names::FINALIZER]);
+        assert_eq!(obj.labels()[names::LABEL_NODE], "n1");
+        // An object already names it: nothing made.
+        let existing = HashSet::from(["snapshot-1".to_owned()]);
+        assert!(adoptable_snapshots("n1", &existing, &[snap]).is_empty());
+    }
+
+    #[test]
+    fn a_restored_lv_is_adopted_with_its_source() {
+        let restored = lv(
+            "strata-ssd",
+            "pvc-restored",
+            &[
+                crate::lvm::THIN_TAG,
+                "strata.io/source=snapshot_2Fsnapshot-1",
+            ],
+        );
+        let made = adoptable("n1", &HashSet::new(), &[restored]);
+        assert_eq!(
+            made[0].spec.source,
+            Some(VolumeSource {
+                kind: SourceKind::Snapshot,
+                name: "snapshot-1".into()
+            })
+        );
+        assert!(!made[0].spec.is_snapshot());
     }
 
     #[test]

@@ -10,13 +10,22 @@
 //! retried with backoff). Each is said once in an Event. The finalizer is released by a JSON
 //! patch that tests and removes exactly our entry of the fresh object (never a stale
 //! resourceVersion, so the status writes of the wipe cannot make it fail with 409).
+//!
+//! Snapshots, restores and clones (docs/architecture.md "Snapshots, restores and clones"): an
+//! object with `spec.role: Snapshot` is made with [`Lvm::create_snapshot`] of its `spec.source`
+//! volume (admitted against the pool's overprovisioning room, [`virtual_room`]), reported Ready
+//! with lvm2's creation time and no device path (a snapshot LV is never activated), and removed
+//! with [`Lvm::remove_snapshot`] (no wipe; the PV-protection rule still holds). A volume with
+//! `spec.source` is made with [`Lvm::create_lv_from_source`] and is a thin volume from then on.
+//! A source that is missing or linear fails the object (`SourceNotFound`, `SourceNotThin`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use csi_api::crd::{
-    Condition, LogicalVolume, LogicalVolumePhase, LogicalVolumeStatus, NodeStorage, WipeProgress,
+    Condition, LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, LogicalVolumeStatus,
+    NodeStorage, SourceKind, VolumeSource, WipeProgress,
 };
 use csi_api::names::{self, DeviceClass};
 use futures::StreamExt;
@@ -29,7 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::lvm::{Lv, LvmError, LvmRunner, PvcRef, is_wiping};
+use crate::claim::thin_pool::virtual_room;
+#[cfg(doc)]
+use crate::lvm::Lvm;
+use crate::lvm::snapshot::snapshot_of_tag;
+use crate::lvm::{Lv, LvSource, LvmError, LvmRunner, PvcRef, Snapshot, is_wiping};
 use crate::wiper::{Progress, WipeError};
 
 /// `status.reason` when the VG has no room; the controller turns it into ResourceExhausted.
@@ -66,6 +79,19 @@ pub enum Step {
     Create {
         size: u64,
     },
+    /// A volume that starts from `source` (a restore or a clone): a thin LV made from it.
+    CreateFromSource {
+        size: u64,
+        source: VolumeSource,
+    },
+    /// A snapshot object without its LV: a thin snapshot of the volume `origin`.
+    CreateSnapshot {
+        origin: String,
+    },
+    /// The spec cannot be made as written (the controller never writes it): `Failed`.
+    Invalid {
+        message: String,
+    },
     Extend {
         size: u64,
     },
@@ -98,14 +124,73 @@ pub fn decide(lv: &LogicalVolume, node: &str, existing: Option<&Lv>) -> Step {
     if !ours {
         return Step::AddFinalizer;
     }
+    if lv.spec.is_snapshot() {
+        let origin = match snapshot_origin(&lv.spec) {
+            Ok(origin) => origin,
+            Err(message) => return Step::Invalid { message },
+        };
+        let of_origin = snapshot_of_tag(&origin);
+        // A snapshot's size is its origin's at the time: never grown.
+        return match existing {
+            None => Step::CreateSnapshot { origin },
+            Some(have) if have.tags.contains(&of_origin) => Step::Report,
+            Some(_) => Step::Invalid {
+                message: format!(
+                    "the snapshot LV of {} on this node was taken of another volume than {origin}",
+                    lv.name_any()
+                ),
+            },
+        };
+    }
     match existing {
-        None => Step::Create {
-            size: lv.spec.size_bytes,
+        None => match &lv.spec.source {
+            None => Step::Create {
+                size: lv.spec.size_bytes,
+            },
+            Some(source) if !lv.spec.is_thin() => Step::Invalid {
+                message: format!(
+                    "a volume made from {} {} must be thin (spec.provisioning: thin): \
+                     restores and clones are thin snapshots in the source's pool",
+                    kind_word(source.kind),
+                    source.name
+                ),
+            },
+            Some(source) => Step::CreateFromSource {
+                size: lv.spec.size_bytes,
+                source: source.clone(),
+            },
         },
         Some(have) if have.size_bytes < lv.spec.size_bytes => Step::Extend {
             size: lv.spec.size_bytes,
         },
         Some(_) => Step::Report,
+    }
+}
+
+/// The origin volume of a snapshot object, or why the spec is no snapshot the agent can make.
+fn snapshot_origin(spec: &LogicalVolumeSpec) -> Result<String, String> {
+    match &spec.source {
+        Some(VolumeSource {
+            kind: SourceKind::Volume,
+            name,
+        }) if spec.is_thin() => Ok(name.clone()),
+        Some(VolumeSource {
+            kind: SourceKind::Volume,
+            ..
+        }) => Err("a snapshot must be thin (spec.provisioning: thin)".to_owned()),
+        Some(other) => Err(format!(
+            "a snapshot's source must be a volume, not {} {}",
+            kind_word(other.kind),
+            other.name
+        )),
+        None => Err("a snapshot needs spec.source (the volume it is a snapshot of)".to_owned()),
+    }
+}
+
+fn kind_word(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Volume => "volume",
+        SourceKind::Snapshot => "snapshot",
     }
 }
 
@@ -216,7 +301,17 @@ async fn reconcile<R: LvmRunner>(
     let class: DeviceClass = lv.spec.device_class;
     let vg = class.vg_name();
     let api: Api<LogicalVolume> = Api::all(ctx.client.clone());
-    let existing = match ctx.lvm.lv(vg, &name).await {
+    // A snapshot object names its snapshot LV by the snapshot tag, a volume its LV by the volume
+    // tag: neither lookup ever returns the other kind.
+    let looked_up = if lv.spec.is_snapshot() {
+        ctx.lvm.snapshots(Some(vg)).await.map(|all| {
+            let held = all.into_iter().find(|s| s.snapshot_id == name);
+            (held.as_ref().map(|s| s.lv.clone()), held)
+        })
+    } else {
+        ctx.lvm.lv(vg, &name).await.map(|found| (found, None))
+    };
+    let (existing, snapshot) = match looked_up {
         Ok(found) => found,
         // lvm2 sees no VG of the class at all: an LV there can be neither removed nor proven gone.
         Err(LvmError::NotFound { .. })
@@ -248,6 +343,14 @@ async fn reconcile<R: LvmRunner>(
             hold(&r, &api, &lv, names::REASON_PV_PROTECTED, &note, "KeepLV").await?;
             return Ok(Action::await_change());
         }
+        Step::Remove if lv.spec.is_snapshot() => {
+            // Never open (never activated) and never wiped: its chunks go back to the pool,
+            // which zeroes them before another thin LV can read them.
+            info!(snapshot = %name, %vg, "removing snapshot LV");
+            ctx.lvm.remove_snapshot(vg, &name).await?;
+            ctx.lv_removed(vg);
+            release_finalizer(&api, &lv).await?;
+        }
         Step::Remove => {
             info!(volume = %name, %vg, "removing LV");
             csi_api::fault::point("agent.remove.before-lv");
@@ -273,12 +376,75 @@ async fn reconcile<R: LvmRunner>(
         Step::ReleaseFinalizer => release_finalizer(&api, &lv).await?,
         // Only from `decide_without_vg`.
         Step::VgMissing => {}
+        Step::Invalid { message } => {
+            let op = if lv.spec.is_snapshot() {
+                Operation::Snapshot
+            } else {
+                Operation::FromSource
+            };
+            let failure = Failure {
+                reason: names::REASON_INVALID_SPEC,
+                terminal: true,
+            };
+            return record_failure(&r, &api, &lv, op, failure, message).await;
+        }
+        Step::CreateSnapshot { origin } => {
+            let ratio = ctx.thin.ratio(class);
+            let made = ctx
+                .lvm
+                .create_snapshot(vg, &origin, &name, move |s| virtual_room(s, ratio))
+                .await;
+            match made {
+                Ok(snap) => {
+                    info!(snapshot = %name, %origin, %vg, size = snap.size_bytes, "snapshot created");
+                    let ticket = ctx.lv_changed(vg);
+                    write_status(&api, &name, snapshot_status(&snap, Some(ticket))).await?;
+                    let event = Event {
+                        type_: EventType::Normal,
+                        reason: names::EVENT_SNAPSHOT_CREATED.into(),
+                        note: Some(format!(
+                            "Thin snapshot of volume {origin} made on node {} ({}/{}, {} bytes, \
+                             at {})",
+                            ctx.node,
+                            snap.vg,
+                            snap.lv.name,
+                            snap.size_bytes,
+                            snap.creation_time.as_deref().unwrap_or("unknown time")
+                        )),
+                        action: "CreateSnapshot".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = r.recorder.publish(&event, &lv.object_ref(&())).await {
+                        warn!(error = %e, "cannot publish Event");
+                    }
+                }
+                Err(e) => return fail(&r, &api, &lv, &e, Operation::Snapshot).await,
+            }
+        }
+        Step::CreateFromSource { size, source } => {
+            let pvc = pvc_of(&lv);
+            let ratio = ctx.thin.ratio(class);
+            let from = match source.kind {
+                SourceKind::Snapshot => LvSource::Snapshot(&source.name),
+                SourceKind::Volume => LvSource::Volume(&source.name),
+            };
+            let made = ctx
+                .lvm
+                .create_lv_from_source(vg, from, &name, size, pvc.as_ref(), move |s| {
+                    virtual_room(s, ratio)
+                })
+                .await;
+            match made {
+                Ok(made) => {
+                    info!(volume = %name, source = %source.name, %vg, size = made.size_bytes, "LV created from its source");
+                    let ticket = ctx.lv_changed(vg);
+                    write_status(&api, &name, ready_status(&made, None, Some(ticket))).await?;
+                }
+                Err(e) => return fail(&r, &api, &lv, &e, Operation::FromSource).await,
+            }
+        }
         Step::Create { size } => {
-            let pvc = lv.spec.pvc.as_ref().map(|p| PvcRef {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                uid: p.uid.clone(),
-            });
+            let pvc = pvc_of(&lv);
             let thin = lv.spec.provisioning == Some(csi_api::names::Provisioning::Thin);
             let reserve = if thin {
                 0
@@ -306,7 +472,7 @@ async fn reconcile<R: LvmRunner>(
                     let ticket = ctx.lv_changed(vg);
                     write_status(&api, &name, ready_status(&made, None, Some(ticket))).await?;
                 }
-                Err(e) => return fail(&r, &api, &lv, &e, true).await,
+                Err(e) => return fail(&r, &api, &lv, &e, Operation::Create).await,
             }
         }
         Step::Extend { size } => {
@@ -334,7 +500,23 @@ async fn reconcile<R: LvmRunner>(
                     let ticket = ctx.lv_changed(vg);
                     write_status(&api, &name, ready_status(&grown, None, Some(ticket))).await?;
                 }
-                Err(e) => return fail(&r, &api, &lv, &e, false).await,
+                Err(e) => return fail(&r, &api, &lv, &e, Operation::Extend).await,
+            }
+        }
+        Step::Report if lv.spec.is_snapshot() => {
+            if let Some(snap) = snapshot.as_ref() {
+                let fresh = snapshot_status(snap, None);
+                let unchanged = lv.status.as_ref().is_some_and(|s| {
+                    s.phase == fresh.phase
+                        && s.lv_name == fresh.lv_name
+                        && s.current_size_bytes == fresh.current_size_bytes
+                        && s.creation_time == fresh.creation_time
+                        && s.reason.is_none()
+                });
+                if !unchanged {
+                    let ticket = ctx.lv_changed(vg);
+                    write_status(&api, &name, snapshot_status(snap, Some(ticket))).await?;
+                }
             }
         }
         Step::Report => {
@@ -669,27 +851,126 @@ fn ready_status(
     }
 }
 
-/// Records a failure: a create that cannot fit fails the volume (`Failed`, nothing half-made);
-/// an extend that cannot fit keeps it `Ready` at its size with the reason; others are retried.
+/// The LVM operation a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Create,
+    Extend,
+    Snapshot,
+    /// A restore or a clone.
+    FromSource,
+}
+
+impl Operation {
+    fn action(self) -> &'static str {
+        match self {
+            Operation::Create | Operation::FromSource => "CreateLV",
+            Operation::Extend => "ExtendLV",
+            Operation::Snapshot => "CreateSnapshot",
+        }
+    }
+}
+
+/// How a failure is recorded: `status.reason`, and whether the object is `Failed` (the request
+/// cannot succeed as written and nothing was made) rather than retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Failure {
+    reason: &'static str,
+    terminal: bool,
+}
+
+/// The [`Failure`] of `error` in `op`. Pure.
+fn failure_of(op: Operation, error: &LvmError) -> Failure {
+    let sourced = matches!(op, Operation::Snapshot | Operation::FromSource);
+    let (reason, terminal) = match error {
+        LvmError::InsufficientSpace { .. } => (REASON_INSUFFICIENT_SPACE, true),
+        LvmError::NotFound { .. } if sourced => (names::REASON_SOURCE_NOT_FOUND, true),
+        LvmError::NotThin { .. } if sourced => (names::REASON_SOURCE_NOT_THIN, true),
+        // The LV name is held by a snapshot, restore or clone of another source (left by an
+        // earlier object of the same name): the spec cannot be made as written.
+        // Likewise a restore smaller than its source (the controller refuses it with OutOfRange).
+        LvmError::OtherSource { .. } | LvmError::InvalidArgument(_) if sourced => {
+            (names::REASON_INVALID_SPEC, true)
+        }
+        _ => (REASON_LVM_ERROR, false),
+    };
+    Failure {
+        reason,
+        // A volume that fails to grow stays Ready at its size, with the reason.
+        terminal: terminal && op != Operation::Extend,
+    }
+}
+
+/// What the Event of a failure tells the operator to do. Pure.
+fn failure_note(op: Operation, reason: &str, message: &str, node: &str) -> String {
+    let what = match op {
+        Operation::Snapshot => "the snapshot",
+        Operation::FromSource => "the restore or clone",
+        Operation::Create | Operation::Extend => "the volume",
+    };
+    match reason {
+        REASON_INSUFFICIENT_SPACE if matches!(op, Operation::Snapshot | Operation::FromSource) => {
+            format!(
+                "{message}. The thin pool on node {node} may not promise {what} (its virtual \
+                 size counts against the pool's overprovisioning ratio, and it must stay on \
+                 its source's node): delete unused snapshots or thin volumes there, or raise \
+                 the class's --thin-overprovision-ratio; nothing was made"
+            )
+        }
+        REASON_INSUFFICIENT_SPACE => format!(
+            "{message}. Free space on node {node} (delete unused volumes or add a disk) or let the workload be scheduled elsewhere"
+        ),
+        names::REASON_SOURCE_NOT_FOUND => format!(
+            "{message}. The source of {what} has no LV on node {node} (deleted, or never \
+             made): nothing was made; delete this request and choose an existing source"
+        ),
+        names::REASON_SOURCE_NOT_THIN => format!(
+            "{message}. Snapshots and clones are thin snapshots: the source must be a thin \
+             volume (a StorageClass with strata.io/provisioning: thin); nothing was made"
+        ),
+        names::REASON_INVALID_SPEC => format!(
+            "{message}. Nothing was made: the spec cannot be made as written; delete this \
+             object and make it again through a VolumeSnapshot or PersistentVolumeClaim"
+        ),
+        _ => format!(
+            "{message}. The agent retries; check the node's LVM state (`vgs`, `pvs`) if this persists"
+        ),
+    }
+}
+
+/// Records a failed LVM operation (see [`failure_of`]).
 async fn fail<R: LvmRunner>(
     r: &Reconciler<R>,
     api: &Api<LogicalVolume>,
     lv: &LogicalVolume,
     error: &LvmError,
-    creating: bool,
+    op: Operation,
+) -> Result<Action, ReconcileError> {
+    record_failure(r, api, lv, op, failure_of(op, error), error.to_string()).await
+}
+
+/// Writes a failure to the status and a Warning Event: a create that cannot succeed fails the
+/// object (`Failed`, nothing half-made); an extend that cannot fit keeps it `Ready` at its size
+/// with the reason; others are retried.
+async fn record_failure<R: LvmRunner>(
+    r: &Reconciler<R>,
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    op: Operation,
+    failure: Failure,
+    message: String,
 ) -> Result<Action, ReconcileError> {
     let name = lv.name_any();
-    let space = matches!(error, LvmError::InsufficientSpace { .. });
-    let reason = if space {
-        REASON_INSUFFICIENT_SPACE
-    } else {
-        REASON_LVM_ERROR
-    };
-    let message = error.to_string();
+    let reason = failure.reason;
     warn!(volume = %name, %reason, %message, "LV operation failed");
-    let status = if creating {
+    let status = if op == Operation::Extend {
+        let mut s = lv.status.clone().unwrap_or_default();
+        s.reason = Some(reason.into());
+        s.message = Some(message.clone());
+        s
+    } else {
         LogicalVolumeStatus {
-            phase: Some(if space {
+            phase: Some(if failure.terminal {
                 LogicalVolumePhase::Failed
             } else {
                 LogicalVolumePhase::Pending
@@ -698,37 +979,42 @@ async fn fail<R: LvmRunner>(
             message: Some(message.clone()),
             ..Default::default()
         }
-    } else {
-        let mut s = lv.status.clone().unwrap_or_default();
-        s.reason = Some(reason.into());
-        s.message = Some(message.clone());
-        s
     };
     write_status(api, &name, status).await?;
-    let note = if space {
-        format!(
-            "{message}. Free space on node {} (delete unused volumes or add a disk) or let the workload be scheduled elsewhere",
-            r.ctx.node
-        )
-    } else {
-        format!(
-            "{message}. The agent retries; check the node's LVM state (`vgs`, `pvs`) if this persists"
-        )
-    };
     let event = Event {
         type_: EventType::Warning,
         reason: reason.into(),
-        note: Some(note),
-        action: if creating { "CreateLV" } else { "ExtendLV" }.into(),
+        note: Some(failure_note(op, reason, &message, &r.ctx.node)),
+        action: op.action().into(),
         secondary: None,
     };
     if let Err(e) = r.recorder.publish(&event, &lv.object_ref(&())).await {
         warn!(error = %e, "cannot publish Event");
     }
-    if space {
+    if failure.terminal || reason == REASON_INSUFFICIENT_SPACE {
         Ok(Action::await_change())
     } else {
         Ok(Action::requeue(Duration::from_secs(10)))
+    }
+}
+
+fn pvc_of(lv: &LogicalVolume) -> Option<PvcRef> {
+    lv.spec.pvc.as_ref().map(|p| PvcRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    })
+}
+
+/// The Ready status of a snapshot: its LV, size and point in time; no device path (a snapshot LV
+/// is never activated, so it has no device node).
+fn snapshot_status(snap: &Snapshot, capacity_sequence: Option<u64>) -> LogicalVolumeStatus {
+    LogicalVolumeStatus {
+        device_path: None,
+        creation_time: snap.creation_time.clone(),
+        current_size_bytes: Some(snap.size_bytes),
+        size: Some(csi_api::crd::quantity(snap.size_bytes)),
+        ..ready_status(&snap.lv, None, capacity_sequence)
     }
 }
 
@@ -1021,6 +1307,209 @@ mod tests {
             decide_without_vg(&volume("a", 8, false, true), "a", true),
             Step::Done
         );
+    }
+
+    fn snapshot_object(source: Option<VolumeSource>, thin: bool) -> LogicalVolume {
+        let mut lv = volume("a", 8, true, false);
+        lv.spec.role = Some(csi_api::crd::VolumeRole::Snapshot);
+        lv.spec.source = source;
+        lv.spec.provisioning = thin.then_some(csi_api::names::Provisioning::Thin);
+        lv
+    }
+
+    fn source(kind: SourceKind, name: &str) -> Option<VolumeSource> {
+        Some(VolumeSource {
+            kind,
+            name: name.into(),
+        })
+    }
+
+    #[test]
+    fn a_snapshot_object_is_made_from_its_origin_and_never_grown() {
+        let snap = snapshot_object(source(SourceKind::Volume, "pvc-origin"), true);
+        assert_eq!(
+            decide(&snap, "a", None),
+            Step::CreateSnapshot {
+                origin: "pvc-origin".into()
+            }
+        );
+        // The LV is there (even smaller than the spec says): reported, never extended.
+        let mut made = lvm_lv(4);
+        made.tags.push(snapshot_of_tag("pvc-origin"));
+        assert_eq!(decide(&snap, "a", Some(&made)), Step::Report);
+        // A snapshot LV of another origin under this id is not this snapshot.
+        let mut other = lvm_lv(4);
+        other.tags.push(snapshot_of_tag("pvc-other"));
+        assert!(matches!(
+            decide(&snap, "a", Some(&other)),
+            Step::Invalid { message } if message.contains("another volume")
+        ));
+        // The finalizer still comes first.
+        let mut bare = snap.clone();
+        bare.metadata.finalizers = None;
+        assert_eq!(decide(&bare, "a", None), Step::AddFinalizer);
+    }
+
+    #[test]
+    fn a_snapshot_spec_the_agent_cannot_make_fails_without_lvm() {
+        for (spec, says) in [
+            (snapshot_object(None, true), "needs spec.source"),
+            (
+                snapshot_object(source(SourceKind::Snapshot, "snap-x"), true),
+                "not snapshot snap-x",
+            ),
+            (
+                snapshot_object(source(SourceKind::Volume, "pvc-o"), false),
+                "must be thin",
+            ),
+        ] {
+            match decide(&spec, "a", None) {
+                Step::Invalid { message } => assert!(message.contains(says), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_deleted_snapshot_is_removed_unless_a_pv_protects_it() {
+        let mut snap = snapshot_object(source(SourceKind::Volume, "pvc-o"), true);
+        snap.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        assert_eq!(decide(&snap, "a", Some(&lvm_lv(8))), Step::Remove);
+        assert_eq!(decide(&snap, "a", None), Step::ReleaseFinalizer);
+        // The one rule: an object with the protection finalizer keeps its LV, snapshot or not.
+        assert_eq!(
+            decide(&protected(snap), "a", Some(&lvm_lv(8))),
+            Step::Protected
+        );
+    }
+
+    #[test]
+    fn restores_and_clones_are_made_from_their_source_and_then_are_volumes() {
+        let mut restore = volume("a", 16, true, false);
+        restore.spec.source = source(SourceKind::Snapshot, "snap-1");
+        restore.spec.provisioning = Some(csi_api::names::Provisioning::Thin);
+        assert_eq!(
+            decide(&restore, "a", None),
+            Step::CreateFromSource {
+                size: 16,
+                source: source(SourceKind::Snapshot, "snap-1").unwrap()
+            }
+        );
+        // Made: it grows and reports like any volume.
+        assert_eq!(
+            decide(&restore, "a", Some(&lvm_lv(8))),
+            Step::Extend { size: 16 }
+        );
+        assert_eq!(decide(&restore, "a", Some(&lvm_lv(16))), Step::Report);
+        let mut clone = restore.clone();
+        clone.spec.source = source(SourceKind::Volume, "pvc-src");
+        assert!(matches!(
+            decide(&clone, "a", None),
+            Step::CreateFromSource { source, .. } if source.kind == SourceKind::Volume
+        ));
+        // A linear restore would be a full copy: refused.
+        clone.spec.provisioning = None;
+        match decide(&clone, "a", None) {
+            Step::Invalid { message } => assert!(message.contains("must be thin"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn failures_of_sourced_operations_name_the_source_problem() {
+        let not_found = LvmError::NotFound {
+            what: "volume pvc-o".into(),
+        };
+        let space = LvmError::InsufficientSpace {
+            vg: "strata-ssd".into(),
+            requested_bytes: 8,
+            detail: "room 0".into(),
+        };
+        let linear = LvmError::NotThin {
+            what: "volume pvc-o".into(),
+        };
+        let other = LvmError::InvalidArgument("smaller than its source".into());
+        let busy = LvmError::Busy(crate::lvm::CommandFailure {
+            command: "lvcreate".into(),
+            code: Some(5),
+            stderr: "locked".into(),
+        });
+        let f = |op, e| failure_of(op, e);
+        for op in [Operation::Snapshot, Operation::FromSource] {
+            assert_eq!(
+                f(op, &not_found),
+                Failure {
+                    reason: names::REASON_SOURCE_NOT_FOUND,
+                    terminal: true
+                }
+            );
+            assert_eq!(
+                f(op, &linear),
+                Failure {
+                    reason: names::REASON_SOURCE_NOT_THIN,
+                    terminal: true
+                }
+            );
+            assert_eq!(
+                f(op, &space),
+                Failure {
+                    reason: REASON_INSUFFICIENT_SPACE,
+                    terminal: true
+                }
+            );
+            assert_eq!(
+                f(op, &other),
+                Failure {
+                    reason: names::REASON_INVALID_SPEC,
+                    terminal: true
+                }
+            );
+            assert_eq!(
+                f(op, &busy),
+                Failure {
+                    reason: REASON_LVM_ERROR,
+                    terminal: false
+                }
+            );
+        }
+        // Plain volumes keep their meaning: not found is an LVM error (retried), and an
+        // extension that does not fit keeps the volume Ready.
+        assert_eq!(f(Operation::Create, &not_found).reason, REASON_LVM_ERROR);
+        assert!(f(Operation::Create, &space).terminal);
+        assert!(!f(Operation::Extend, &space).terminal);
+        let note = failure_note(
+            Operation::Snapshot,
+            REASON_INSUFFICIENT_SPACE,
+            "no room",
+            "node-1",
+        );
+        assert!(note.contains("--thin-overprovision-ratio") && note.contains("node-1"));
+        let note = failure_note(
+            Operation::Snapshot,
+            names::REASON_SOURCE_NOT_THIN,
+            "linear",
+            "n",
+        );
+        assert!(note.contains("strata.io/provisioning: thin"), "{note}");
+    }
+
+    #[test]
+    fn a_snapshot_is_reported_with_its_time_and_no_device() {
+        let snap = Snapshot {
+            vg: "strata-ssd".into(),
+            snapshot_id: "snapshot-1".into(),
+            source_volume: "pvc-o".into(),
+            size_bytes: 64 << 20,
+            creation_time: Some("2026-12-03T00:00:00Z".into()),
+            lv: lvm_lv(64 << 20),
+        };
+        let s = snapshot_status(&snap, Some(3));
+        assert_eq!(s.phase, Some(LogicalVolumePhase::Ready));
+        assert_eq!(s.device_path, None);
+        assert_eq!(s.creation_time.as_deref(), Some("2026-12-03T00:00:00Z"));
+        assert_eq!(s.current_size_bytes, Some(64 << 20));
+        assert_eq!(s.capacity_sequence, Some(3));
+        assert_eq!(s.vg_name.as_deref(), Some("strata-ssd"));
     }
 
     #[test]
