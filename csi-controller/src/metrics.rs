@@ -159,7 +159,12 @@ impl Metrics {
     /// Counts LogicalVolumes from `store` (the controller's watched cache) at every scrape.
     pub fn count_volumes_from(&self, store: kube::runtime::reflector::Store<LogicalVolume>) {
         let _ = self.volume_counter.set(Box::new(move || {
-            store.state().iter().map(|lv| volume_labels(lv)).collect()
+            store
+                .state()
+                .iter()
+                .filter(|lv| !lv.spec.is_snapshot())
+                .map(|lv| volume_labels(lv))
+                .collect()
         }));
     }
 
