@@ -246,4 +246,39 @@ mod tests {
                 .contains(r#"strata_controller_volumes{phase="Ready",class="nvme"} 0"#)
         );
     }
+
+    #[test]
+    fn snapshots_are_not_counted_as_volumes() {
+        use csi_api::crd::{LogicalVolumeSpec, LogicalVolumeStatus, VolumeRole};
+        use csi_api::names::DeviceClass;
+        let (store, mut writer) = kube::runtime::reflector::store::<LogicalVolume>();
+        for (name, role) in [("pvc-1", None), ("snapshot-1", Some(VolumeRole::Snapshot))] {
+            let mut lv = LogicalVolume::new(
+                name,
+                LogicalVolumeSpec {
+                    node_name: "n1".into(),
+                    device_class: DeviceClass::Nvme,
+                    size_bytes: 1 << 30,
+                    pvc: None,
+                    provisioning: None,
+                    source: None,
+                    role,
+                    volume_snapshot: None,
+                    wipe: None,
+                },
+            );
+            lv.status = Some(LogicalVolumeStatus {
+                phase: Some(LogicalVolumePhase::Ready),
+                ..Default::default()
+            });
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(lv));
+        }
+        let metrics = Metrics::new();
+        metrics.count_volumes_from(store);
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"strata_controller_volumes{phase="Ready",class="nvme"} 1"#)
+        );
+    }
 }
