@@ -873,10 +873,7 @@ mod tests {
         let params: HashMap<String, String> = [
             ("csi.storage.k8s.io/volumesnapshot/name", "snap-1"),
             ("csi.storage.k8s.io/volumesnapshot/namespace", "db"),
-            (
-                "csi.storage.k8s.io/volumesnapshotcontent/name",
-                "snapcontent-1",
-            ),
+            ("csi.storage.k8s.io/volumesnapshotcontent/name", "snapcontent-1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
