@@ -208,6 +208,8 @@ impl Drifter {
             .collect();
         let candidates: Vec<&LogicalVolume> = volumes
             .iter()
+            // Snapshots have no claim or pod: nothing to drift.
+            .filter(|lv| !lv.spec.is_snapshot())
             .filter(|lv| {
                 let disk = disk_failed(lv);
                 let node = nodes.get(&lv.spec.node_name).copied().flatten().is_some();

@@ -170,6 +170,9 @@ impl<C: Cluster> Controller for Grpc<C> {
                 rpc(rpc::Type::GetCapacity),
                 rpc(rpc::Type::ExpandVolume),
                 rpc(rpc::Type::SingleNodeMultiWriter),
+                rpc(rpc::Type::CreateDeleteSnapshot),
+                rpc(rpc::Type::ListSnapshots),
+                rpc(rpc::Type::CloneVolume),
             ],
         }))
     }
@@ -195,25 +198,40 @@ impl<C: Cluster> Controller for Grpc<C> {
         Err(unimplemented("ListVolumes"))
     }
 
+    #[instrument(skip_all, fields(snapshot_id = %req.get_ref().name, volume_id = %req.get_ref().source_volume_id), err)]
     async fn create_snapshot(
         &self,
-        _req: Request<csi::CreateSnapshotRequest>,
+        req: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        Err(unimplemented("CreateSnapshot"))
+        let started = Instant::now();
+        let wait = wait_budget(&req);
+        let result = self.service.create_snapshot(req.into_inner(), wait).await;
+        self.observe("CreateSnapshot", started, &result);
+        Ok(Response::new(csi::CreateSnapshotResponse {
+            snapshot: Some(result?),
+        }))
     }
 
+    #[instrument(skip_all, fields(snapshot_id = %req.get_ref().snapshot_id), err)]
     async fn delete_snapshot(
         &self,
-        _req: Request<csi::DeleteSnapshotRequest>,
+        req: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        Err(unimplemented("DeleteSnapshot"))
+        let started = Instant::now();
+        let result = self.service.delete_snapshot(req.into_inner()).await;
+        self.observe("DeleteSnapshot", started, &result);
+        result?;
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
 
+    #[instrument(skip_all, err)]
     async fn list_snapshots(
         &self,
-        _req: Request<csi::ListSnapshotsRequest>,
+        req: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        Err(unimplemented("ListSnapshots"))
+        Ok(Response::new(
+            self.service.list_snapshots(req.into_inner()).await?,
+        ))
     }
 
     async fn get_snapshot(

@@ -181,8 +181,10 @@ pub fn plan(
                     node: node.clone(),
                 });
             }
-            // Only a claim we can name exactly (uid) and whose PV is this volume's.
+            // Only a claim we can name exactly (uid) and whose PV is this volume's; never for a
+            // snapshot (it has no claim: it is reported lost, nothing more).
             if policies.node_loss == NodeLossPolicy::DeletePvc
+                && !lv.spec.is_snapshot()
                 && let Some(pvc) = &lv.spec.pvc
                 && !pvc.uid.is_empty()
                 && let Some(pv) = pv
@@ -195,7 +197,8 @@ pub fn plan(
             }
             continue;
         }
-        if deleting {
+        // A snapshot has no PV by design: it is never bound nor an orphan.
+        if deleting || lv.spec.is_snapshot() {
             continue;
         }
         match pv {
@@ -407,6 +410,43 @@ mod tests {
                 .actions
                 .iter()
                 .any(|a| matches!(a, Action::DeleteOrphan { volume } if volume == "young"))
+        );
+    }
+
+    #[test]
+    fn snapshots_are_never_orphans_and_a_lost_one_is_only_reported() {
+        let now = Timestamp::now();
+        let snapshot = |name: &str, node: &str| {
+            let mut s = lv(name, node, 7200, now);
+            s.spec.role = Some(csi_api::crd::VolumeRole::Snapshot);
+            s
+        };
+        let nodes = HashSet::from(["a".to_string()]);
+        let delete_all = policies(OrphanPolicy::Delete, NodeLossPolicy::DeletePvc);
+        let here = plan(
+            &[snapshot("snapshot-1", "a")],
+            &[],
+            &nodes,
+            now,
+            &delete_all,
+        );
+        assert_eq!(here, Plan::default(), "no PV is expected of a snapshot");
+        // Even with a claim reference and a PV naming it (neither should exist), a lost
+        // snapshot is marked lost and no claim is deleted for it.
+        let lost = plan(
+            &[snapshot("snapshot-2", "gone")],
+            &[pv("pv-x", "snapshot-2")],
+            &nodes,
+            now,
+            &delete_all,
+        );
+        assert_eq!(lost.lost, 1);
+        assert_eq!(
+            lost.actions,
+            vec![Action::MarkLost {
+                volume: "snapshot-2".into(),
+                node: "gone".into()
+            }]
         );
     }
 

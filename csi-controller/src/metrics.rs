@@ -159,7 +159,12 @@ impl Metrics {
     /// Counts LogicalVolumes from `store` (the controller's watched cache) at every scrape.
     pub fn count_volumes_from(&self, store: kube::runtime::reflector::Store<LogicalVolume>) {
         let _ = self.volume_counter.set(Box::new(move || {
-            store.state().iter().map(|lv| volume_labels(lv)).collect()
+            store
+                .state()
+                .iter()
+                .filter(|lv| !lv.spec.is_snapshot())
+                .map(|lv| volume_labels(lv))
+                .collect()
         }));
     }
 
@@ -239,6 +244,41 @@ mod tests {
             metrics
                 .encode()
                 .contains(r#"strata_controller_volumes{phase="Ready",class="nvme"} 0"#)
+        );
+    }
+
+    #[test]
+    fn snapshots_are_not_counted_as_volumes() {
+        use csi_api::crd::{LogicalVolumeSpec, LogicalVolumeStatus, VolumeRole};
+        use csi_api::names::DeviceClass;
+        let (store, mut writer) = kube::runtime::reflector::store::<LogicalVolume>();
+        for (name, role) in [("pvc-1", None), ("snapshot-1", Some(VolumeRole::Snapshot))] {
+            let mut lv = LogicalVolume::new(
+                name,
+                LogicalVolumeSpec {
+                    node_name: "n1".into(),
+                    device_class: DeviceClass::Nvme,
+                    size_bytes: 1 << 30,
+                    pvc: None,
+                    provisioning: None,
+                    source: None,
+                    role,
+                    volume_snapshot: None,
+                    wipe: None,
+                },
+            );
+            lv.status = Some(LogicalVolumeStatus {
+                phase: Some(LogicalVolumePhase::Ready),
+                ..Default::default()
+            });
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(lv));
+        }
+        let metrics = Metrics::new();
+        metrics.count_volumes_from(store);
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"strata_controller_volumes{phase="Ready",class="nvme"} 1"#)
         );
     }
 }

@@ -11,12 +11,13 @@ use csi_api::capacity::{
     volume_name_for_claim,
 };
 use csi_api::crd::{
-    LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, NodeStorage, PvcReference,
+    LogicalVolume, LogicalVolumePhase, LogicalVolumeSpec, NodeStorage, PvcReference, SourceKind,
+    VolumeSource,
 };
 use csi_api::csi;
 use csi_api::names::{self, DeviceClass, Placement, Provisioning};
 use csi_api::placement::{self, Demand};
-use csi_api::request::{self, Access, VolumeParameters};
+use csi_api::request::{self, Access, ContentSource, VolumeParameters};
 use csi_api::volume_lock::{VolumeGuard, VolumeLocks};
 use kube::api::ObjectMeta;
 use tracing::{info, warn};
@@ -69,6 +70,8 @@ struct CreateRequest {
     limit: u64,
     required: u64,
     nodes: Vec<String>,
+    /// What the volume starts from (a restore or a clone), if anything.
+    source: Option<ContentSource>,
 }
 
 impl<C: Cluster> ControllerService<C> {
@@ -119,6 +122,9 @@ impl<C: Cluster> ControllerService<C> {
         let req = validate_create(req)?;
         let _guard = self.enter(&req.object)?;
         let wait = wait.min(self.settings.max_wait);
+        if let Some(source) = req.source.clone() {
+            return self.create_from_source(req, source, wait).await;
+        }
 
         // The watched cache answers a repeat without a request. A miss is not confirmed with a
         // GET: the create below conflicts if another replica made the object moments ago, and
@@ -285,6 +291,19 @@ impl<C: Cluster> ControllerService<C> {
         wait: Duration,
         access: &Access,
     ) -> Result<csi::Volume, Error> {
+        let ready = self.await_settled(lv, wait, "volume").await?;
+        Ok(to_csi_volume(&ready, access))
+    }
+
+    /// Waits until the agent settles `lv` (a volume or a snapshot, `what` in messages): the
+    /// object once Ready; once Failed it is deleted (never made: nothing to protect) and the
+    /// caller told ResourceExhausted (no room) or Internal, so that a retry starts afresh.
+    pub(crate) async fn await_settled(
+        &self,
+        lv: LogicalVolume,
+        wait: Duration,
+        what: &str,
+    ) -> Result<LogicalVolume, Error> {
         let name = lv.metadata.name.clone().unwrap_or_default();
         let settled = |lv: Option<&LogicalVolume>| {
             lv.is_none_or(|lv| {
@@ -305,27 +324,27 @@ impl<C: Cluster> ControllerService<C> {
         };
         if !done {
             return Err(Error::DeadlineExceeded(format!(
-                "waiting for node {} to create volume {name}; the call can be retried",
+                "waiting for node {} to create {what} {name}; the call can be retried",
                 current.spec.node_name
             )));
         }
         let status = current.status.clone().unwrap_or_default();
         match status.phase {
-            Some(LogicalVolumePhase::Ready) => Ok(to_csi_volume(&current, access)),
+            Some(LogicalVolumePhase::Ready) => Ok(current),
             _ => {
                 let message = status.message.unwrap_or_default();
-                warn!(volume = %name, node = %current.spec.node_name, reason = ?status.reason, %message, "agent failed the volume; deleting it");
+                warn!(object = %name, node = %current.spec.node_name, reason = ?status.reason, %message, "agent failed the {what}; deleting it");
                 // Never made: nothing to protect, nothing for a PV to refer to.
                 self.cluster.release_protection(&name).await?;
                 self.cluster.delete_logical_volume(&name).await?;
                 if status.reason.as_deref() == Some(REASON_INSUFFICIENT_SPACE) {
                     Err(Error::ResourceExhausted(format!(
-                        "node {} has no room for volume {name}: {message}",
+                        "node {} has no room for {what} {name}: {message}",
                         current.spec.node_name
                     )))
                 } else {
                     Err(Error::Internal(format!(
-                        "node {} failed to create volume {name}: {message}",
+                        "node {} failed to create {what} {name}: {message}",
                         current.spec.node_name
                     )))
                 }
@@ -339,6 +358,15 @@ impl<C: Cluster> ControllerService<C> {
         request::check_id("volume_id", &req.volume_id)?;
         let object = object_name(&req.volume_id);
         let _guard = self.enter(&object)?;
+        // A snapshot id is not a volume id: DeleteVolume never removes a snapshot.
+        if let Some(lv) = self.cluster.logical_volume(&object).await?
+            && lv.spec.is_snapshot()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a snapshot, not a volume: delete it with DeleteSnapshot",
+                req.volume_id
+            )));
+        }
         csi_api::fault::point("controller.delete.before-delete");
         self.cluster.release_protection(&object).await?;
         self.cluster.delete_logical_volume(&object).await?;
@@ -361,10 +389,12 @@ impl<C: Cluster> ControllerService<C> {
         let wait = wait.min(self.settings.max_wait);
         let object = object_name(&req.volume_id);
         let _guard = self.enter(&object)?;
-        let lv =
-            self.cluster.logical_volume(&object).await?.ok_or_else(|| {
-                Error::NotFound(format!("volume {} does not exist", req.volume_id))
-            })?;
+        let lv = self
+            .cluster
+            .logical_volume(&object)
+            .await?
+            .filter(|lv| !lv.spec.is_snapshot())
+            .ok_or_else(|| Error::NotFound(format!("volume {} does not exist", req.volume_id)))?;
         let current = lv.spec.size_bytes;
         if new_size > current {
             let node = lv.spec.node_name.clone();
@@ -500,7 +530,8 @@ impl<C: Cluster> ControllerService<C> {
             ));
         }
         let object = object_name(&req.volume_id);
-        if self.cluster.logical_volume(&object).await?.is_none() {
+        let volume = self.cluster.logical_volume(&object).await?;
+        if volume.is_none_or(|lv| lv.spec.is_snapshot()) {
             return Err(Error::NotFound(format!(
                 "volume {} does not exist",
                 req.volume_id
@@ -567,11 +598,7 @@ fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error
     request::check_id("name", &req.name)?;
     let params = VolumeParameters::try_from(&req.parameters)?;
     let access = request::check_capabilities(&req.volume_capabilities)?;
-    if req.volume_content_source.is_some() {
-        return Err(Error::InvalidArgument(
-            "volume content sources (clones, snapshots) are not supported by Strata".into(),
-        ));
-    }
+    let source = request::content_source(req.volume_content_source.as_ref())?;
     let size = request::size_for_volume(req.capacity_range.as_ref(), &access)?;
     let (required, limit) = req
         .capacity_range
@@ -587,6 +614,7 @@ fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error
         limit,
         required,
         nodes,
+        source,
     })
 }
 
@@ -594,6 +622,17 @@ fn validate_create(req: csi::CreateVolumeRequest) -> Result<CreateRequest, Error
 fn check_same_volume(existing: &LogicalVolume, req: &CreateRequest) -> Result<(), Error> {
     let spec = &existing.spec;
     let mut differences = Vec::new();
+    if spec.is_snapshot() {
+        differences.push(format!("object {} is a snapshot", req.object));
+    }
+    let wanted = req.source.as_ref().map(volume_source);
+    if spec.source != wanted {
+        differences.push(format!(
+            "source {} ≠ {}",
+            describe_source(spec.source.as_ref()),
+            describe_source(wanted.as_ref())
+        ));
+    }
     let recorded = existing
         .metadata
         .annotations
@@ -680,7 +719,7 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
             device_class: req.params.device_class,
             size_bytes: req.size,
             pvc,
-            source: None,
+            source: req.source.as_ref().map(volume_source),
             role: None,
             volume_snapshot: None,
             wipe: req.params.wipe.clone(),
@@ -709,12 +748,45 @@ fn to_csi_volume(lv: &LogicalVolume, access: &Access) -> csi::Volume {
         capacity_bytes: clamp_i64(size),
         volume_id: lv.metadata.name.clone().unwrap_or_default(),
         volume_context: context,
-        content_source: None,
+        content_source: lv.spec.source.as_ref().map(content_source_of),
         accessible_topology: vec![csi::Topology {
             segments: [(names::TOPOLOGY_KEY.to_owned(), lv.spec.node_name.clone())].into(),
         }],
     }
 }
 
+/// The `spec.source` of a volume made from `source` (its object name is the id).
+fn volume_source(source: &ContentSource) -> VolumeSource {
+    match source {
+        ContentSource::Snapshot(id) => VolumeSource {
+            kind: SourceKind::Snapshot,
+            name: object_name(id),
+        },
+        ContentSource::Volume(id) => VolumeSource {
+            kind: SourceKind::Volume,
+            name: object_name(id),
+        },
+    }
+}
+
+/// The CSI `content_source` of a volume with `spec.source` (ids are object names).
+fn content_source_of(source: &VolumeSource) -> csi::VolumeContentSource {
+    request::content_source_message(&match source.kind {
+        SourceKind::Snapshot => ContentSource::Snapshot(source.name.clone()),
+        SourceKind::Volume => ContentSource::Volume(source.name.clone()),
+    })
+}
+
+fn describe_source(source: Option<&VolumeSource>) -> String {
+    match source {
+        None => "none".into(),
+        Some(s) => format!("{:?} {}", s.kind, s.name),
+    }
+}
+
+mod content_source;
+#[cfg(test)]
+mod snapshot_tests;
+mod snapshots;
 #[cfg(test)]
 mod tests;

@@ -272,6 +272,7 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
         let demand = PodDemand::Needs {
             demand,
             own_pending: Vec::new(),
+            pins: Vec::new(),
         };
         // kube-scheduler hands the extender the next `sample` nodes (round robin); a pod that
         // fits none of them is retried on the next window, until every node was offered.

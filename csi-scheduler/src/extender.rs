@@ -29,6 +29,10 @@ pub enum RejectKind {
     InvalidClaim,
     /// A claim of the pod is not in the extender's cache yet: retry shortly.
     ClaimNotSynced,
+    /// A claim restores or clones a source on another node: unresolvable.
+    SourceElsewhere,
+    /// A claim restores or clones a source the extender does not know (yet): wait.
+    SourceNotFound,
 }
 
 impl RejectKind {
@@ -43,6 +47,8 @@ impl RejectKind {
             RejectKind::Insufficient => "insufficient",
             RejectKind::InvalidClaim => "invalid_claim",
             RejectKind::ClaimNotSynced => "claim_not_synced",
+            RejectKind::SourceElsewhere => "source_elsewhere",
+            RejectKind::SourceNotFound => "source_not_found",
         }
     }
 
@@ -52,11 +58,13 @@ impl RejectKind {
             RejectKind::NoNodeStorage
             | RejectKind::NoSuchClass
             | RejectKind::NoThinPool
-            | RejectKind::InvalidClaim => true,
+            | RejectKind::InvalidClaim
+            | RejectKind::SourceElsewhere => true,
             RejectKind::Degraded
             | RejectKind::ThinPoolFull
             | RejectKind::Insufficient
-            | RejectKind::ClaimNotSynced => false,
+            | RejectKind::ClaimNotSynced
+            | RejectKind::SourceNotFound => false,
         }
     }
 }
@@ -86,12 +94,29 @@ pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Opt
             };
             vec![Some(rejection); nodes.len()]
         }
+        PodDemand::SourceMissing(message) => {
+            let rejection = Rejection {
+                kind: RejectKind::SourceNotFound,
+                message: format!("strata: {message}"),
+            };
+            vec![Some(rejection); nodes.len()]
+        }
         PodDemand::Needs {
             demand,
             own_pending,
+            pins,
         } => nodes
             .iter()
             .map(|&name| {
+                if let Some(pin) = pins.iter().find(|p| p.node != name) {
+                    return Some(Rejection {
+                        kind: RejectKind::SourceElsewhere,
+                        message: format!(
+                            "strata: {} on node {}: a restore or clone is made on its source's node",
+                            pin.why, pin.node
+                        ),
+                    });
+                }
                 let Some(cap) = node_capacity(view, own_pending, name) else {
                     return Some(Rejection {
                         kind: RejectKind::NoNodeStorage,
@@ -123,6 +148,7 @@ pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec
     let PodDemand::Needs {
         demand,
         own_pending,
+        pins,
     } = demand
     else {
         return scores;
@@ -130,6 +156,9 @@ pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec
     let mut positions = Vec::with_capacity(nodes.len());
     let mut caps = Vec::with_capacity(nodes.len());
     for (i, &name) in nodes.iter().enumerate() {
+        if pins.iter().any(|p| p.node != name) {
+            continue;
+        }
         if let Some(cap) = node_capacity(view, own_pending, name) {
             positions.push(i);
             caps.push((name, cap));
@@ -171,6 +200,9 @@ fn node_capacity<'v>(
     }
     Some(Cow::Owned(adjusted))
 }
+
+#[cfg(test)]
+mod source_tests;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,8 @@
 //! change rarely, and a claim's class decides whether it is Strata's at all).
 //!
 //! How: the index keeps the source objects keyed, plus reverse maps (volumes by node, claims by
-//! UID, claims selected on a node, the nodes pods put each claim on). A change marks claims and
+//! UID, claims selected on a node, the nodes pods put each claim on, snapshot volumes by the
+//! VolumeSnapshot they were made for). A change marks claims and
 //! nodes dirty; [`ViewIndex::publish`] recomputes the dirty claims (which may dirty the node
 //! they count on), then the dirty nodes, writes only those entries into its working
 //! `ClusterView`, and hands out a clone of it. The view's maps are persistent (`imbl`), so the
@@ -16,7 +17,7 @@
 //! now this index fed with every object once, and a test checks random change sequences against
 //! a fresh build.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use csi_api::capacity::{self, ClassBytes, Pool};
@@ -47,6 +48,9 @@ pub struct ViewIndex {
     /// claim → the nodes pods using it are bound or nominated to (with repeats, one per pod).
     claim_nodes: HashMap<ObjectKey, Vec<String>>,
     storage_classes: HashMap<String, Arc<StorageClass>>,
+    /// VolumeSnapshot → the snapshot LogicalVolumes made for it (one, normally); the view's
+    /// `snapshot_nodes` holds the node of the first by name.
+    snapshots_by_ref: HashMap<ObjectKey, BTreeSet<String>>,
     dirty_claims: HashSet<ObjectKey>,
     dirty_nodes: HashSet<String>,
 }
@@ -109,7 +113,19 @@ impl ViewIndex {
             return;
         }
         let node = fields.node.clone();
+        let snapshot_of = fields.volume_snapshot.clone();
         let old = self.volumes.insert(name.clone(), fields);
+        let old_snapshot_of = old.as_ref().and_then(|o| o.volume_snapshot.clone());
+        if let Some(key) = old_snapshot_of.filter(|k| Some(k) != snapshot_of.as_ref()) {
+            self.unlink_snapshot(key, &name);
+        }
+        if let Some(key) = snapshot_of {
+            self.snapshots_by_ref
+                .entry(key.clone())
+                .or_default()
+                .insert(name.clone());
+            self.refresh_snapshot_node(key);
+        }
         match old {
             // Its phase, size or sequence changed: its node's pending bytes may have.
             Some(old) if old.node == node => {
@@ -117,6 +133,8 @@ impl ViewIndex {
             }
             Some(old) => {
                 self.unlink_volume(&old.node, &name);
+                // Its claim records the volume's node (where a clone of it must go).
+                self.volume_existence_changed(&name);
                 self.link_volume(node, name);
             }
             None => {
@@ -128,8 +146,39 @@ impl ViewIndex {
 
     pub fn delete_volume(&mut self, name: &str) {
         if let Some(old) = self.volumes.remove(name) {
+            if let Some(key) = old.volume_snapshot {
+                self.unlink_snapshot(key, name);
+            }
             self.unlink_volume(&old.node, name);
             self.volume_existence_changed(name);
+        }
+    }
+
+    fn unlink_snapshot(&mut self, key: ObjectKey, name: &str) {
+        if let Some(set) = self.snapshots_by_ref.get_mut(&key) {
+            set.remove(name);
+            if set.is_empty() {
+                self.snapshots_by_ref.remove(&key);
+            }
+        }
+        self.refresh_snapshot_node(key);
+    }
+
+    /// Writes the node of the VolumeSnapshot's (first) snapshot volume into the view.
+    fn refresh_snapshot_node(&mut self, key: ObjectKey) {
+        let node = self
+            .snapshots_by_ref
+            .get(&key)
+            .and_then(|set| set.first())
+            .and_then(|name| self.volumes.get(name))
+            .map(|v| v.node.clone());
+        match node {
+            Some(node) => {
+                self.view.snapshot_nodes.insert(key, node);
+            }
+            None => {
+                self.view.snapshot_nodes.remove(&key);
+            }
         }
     }
 
@@ -327,7 +376,9 @@ impl ViewIndex {
             return;
         };
         let volumes = &self.volumes;
-        let mut info = self.view.claim_info(pvc, |name| volumes.contains_key(name));
+        let mut info = self
+            .view
+            .claim_info(pvc, |name| volumes.get(name).map(|v| v.node.clone()));
         if let Some(info) = &mut info {
             let on_node = |node: &str| {
                 self.claim_nodes
@@ -525,6 +576,14 @@ mod tests {
                 let status = lv.status.as_mut().unwrap();
                 status.capacity_sequence = rng.random_bool(0.7).then(|| rng.random_range(1..4));
                 status.current_size_bytes = rng.random_bool(0.5).then_some(GIB);
+                // Some are snapshots made for one of a few VolumeSnapshots (two may share one).
+                if rng.random_bool(0.3) {
+                    lv.spec.role = Some(csi_api::crd::VolumeRole::Snapshot);
+                    lv.spec.volume_snapshot = Some(csi_api::crd::VolumeSnapshotReference {
+                        namespace: "apps".into(),
+                        name: format!("snap{}", rng.random_range(0..3)),
+                    });
+                }
                 let lv = Arc::new(lv);
                 index.apply_volume(VolumeRecord::from(&*lv));
                 world.volumes.insert(name, lv);
@@ -597,6 +656,10 @@ mod tests {
             "claims, seed {seed} step {step}"
         );
         assert_eq!(incremental.claim_count(), fresh.claim_count());
+        assert_eq!(
+            incremental.snapshot_nodes, fresh.snapshot_nodes,
+            "snapshots, seed {seed} step {step}"
+        );
         assert_eq!(incremental.classes, fresh.classes);
     }
 

@@ -89,6 +89,9 @@ pub struct VolumeFields {
     pub phase: Option<LogicalVolumePhase>,
     pub current_size_bytes: Option<u64>,
     pub capacity_sequence: Option<u64>,
+    /// For a snapshot (`spec.role: Snapshot`), the VolumeSnapshot (namespace, name) it was made
+    /// for: a claim restoring that VolumeSnapshot is placed on this volume's node.
+    pub volume_snapshot: Option<ObjectKey>,
 }
 
 impl VolumeFields {
@@ -137,6 +140,12 @@ impl From<&LogicalVolume> for VolumeRecord {
                 phase: status.and_then(|s| s.phase),
                 current_size_bytes: status.and_then(|s| s.current_size_bytes),
                 capacity_sequence: status.and_then(|s| s.capacity_sequence),
+                volume_snapshot: lv
+                    .spec
+                    .volume_snapshot
+                    .as_ref()
+                    .filter(|_| lv.spec.is_snapshot())
+                    .map(|r| (r.namespace.clone(), r.name.clone())),
             },
         }
     }
@@ -179,6 +188,60 @@ pub struct ClaimFields {
     pub bound: bool,
     /// `volume.kubernetes.io/selected-node`.
     pub selected_node: Option<String>,
+    /// What the volume starts from, if it is a restore or a clone.
+    pub data_source: Option<DataSource>,
+}
+
+/// What a claim's volume starts from (`spec.dataSourceRef`, else `spec.dataSource`): the
+/// extender places such a claim only on its source's node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DataSource {
+    /// A VolumeSnapshot (namespace, name): a restore.
+    Snapshot(ObjectKey),
+    /// A PersistentVolumeClaim (namespace, name): a clone.
+    Claim(ObjectKey),
+}
+
+/// The API group of VolumeSnapshots.
+pub const SNAPSHOT_API_GROUP: &str = "snapshot.storage.k8s.io";
+
+impl DataSource {
+    /// The data source of a claim in `namespace` with `spec`; `None` without one or for a kind
+    /// that is not a snapshot or a claim (a volume populator: not Strata's to place).
+    pub fn of_claim(
+        namespace: &str,
+        spec: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
+    ) -> Option<DataSource> {
+        let (group, kind, name, ns) = match (&spec.data_source_ref, &spec.data_source) {
+            (Some(r), _) => (
+                r.api_group.as_deref(),
+                r.kind.as_str(),
+                r.name.as_str(),
+                r.namespace.as_deref(),
+            ),
+            (None, Some(r)) => (
+                r.api_group.as_deref(),
+                r.kind.as_str(),
+                r.name.as_str(),
+                None,
+            ),
+            (None, None) => return None,
+        };
+        let key = (ns.unwrap_or(namespace).to_owned(), name.to_owned());
+        match (group.unwrap_or_default(), kind) {
+            (SNAPSHOT_API_GROUP, "VolumeSnapshot") => Some(DataSource::Snapshot(key)),
+            ("", "PersistentVolumeClaim") => Some(DataSource::Claim(key)),
+            _ => None,
+        }
+    }
+
+    /// For messages: `VolumeSnapshot ns/name` or `PersistentVolumeClaim ns/name`.
+    pub fn describe(&self) -> String {
+        match self {
+            DataSource::Snapshot((ns, name)) => format!("VolumeSnapshot {ns}/{name}"),
+            DataSource::Claim((ns, name)) => format!("PersistentVolumeClaim {ns}/{name}"),
+        }
+    }
 }
 
 impl From<&PersistentVolumeClaim> for ClaimRecord {
@@ -201,6 +264,7 @@ impl From<&PersistentVolumeClaim> for ClaimRecord {
             map.and_then(|m| m.get("storage"))
                 .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
         };
+        let data_source = spec.and_then(|s| DataSource::of_claim(&key.0, s));
         ClaimRecord {
             key,
             fields: ClaimFields {
@@ -215,6 +279,7 @@ impl From<&PersistentVolumeClaim> for ClaimRecord {
                     .is_some_and(|v| !v.is_empty())
                     || pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
                 selected_node: annotation(ANNOTATION_SELECTED_NODE),
+                data_source,
             },
         }
     }

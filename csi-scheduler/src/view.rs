@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::index::ViewIndex;
-use crate::record::{ClaimFields, ClaimRecord, PodRecord, StorageRecord, VolumeRecord};
+use crate::record::{ClaimFields, ClaimRecord, DataSource, PodRecord, StorageRecord, VolumeRecord};
 use crate::wire;
 
 /// Annotations marking the default StorageClass (GA and legacy beta).
@@ -68,6 +68,20 @@ pub struct ClaimInfo {
     pub has_volume: bool,
     /// The node on which this claim's bytes are counted as pending (a credible selected node).
     pub counted_on: Option<String>,
+    /// What the volume starts from (a restore or a clone): it can only be made on the source's
+    /// node.
+    pub data_source: Option<DataSource>,
+    /// The node of the claim's volume (`pvc-<uid>`), once it exists: where a clone of this
+    /// claim must go.
+    pub volume_node: Option<String>,
+}
+
+/// A node a pod is held to because a claim of it restores or clones a source there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub node: String,
+    /// The claim and its source, for the rejection message.
+    pub why: String,
 }
 
 /// What a pod asks of Strata.
@@ -80,12 +94,18 @@ pub enum PodDemand {
     Needs {
         demand: Demand,
         own_pending: Vec<(String, Pool, u64)>,
+        /// Restores and clones: the pod fits only on the node of each pin. Their bytes are not
+        /// in `demand` (the source's node is fixed and its agent admits them, as the
+        /// controller does; docs/architecture.md "Snapshots, restores and clones").
+        pins: Vec<Pin>,
     },
     /// A claim of the pod cannot be placed anywhere (bad StorageClass, bad size).
     Invalid(String),
     /// A claim of the pod is not in the extender's PVC cache yet (the cache lags the API server):
     /// the pod must wait, never pass without its demand.
     Unsynced(String),
+    /// A claim restores or clones a source the extender does not know (yet): the pod waits.
+    SourceMissing(String),
 }
 
 /// A claim's or a pod's namespace and name.
@@ -109,6 +129,8 @@ pub struct ClusterView {
     /// How many entries of `claims` are Strata claims (kept as they change).
     pub(crate) strata_claims: usize,
     pub(crate) classes: Arc<HashMap<String, ClassParams>>,
+    /// VolumeSnapshot (namespace, name) → the node of its snapshot LogicalVolume.
+    pub(crate) snapshot_nodes: FastMap<ObjectKey, String>,
     default_class: Option<String>,
     default_placement: Placement,
 }
@@ -244,20 +266,21 @@ impl ClusterView {
     }
 
     /// The claim as placement sees it, if its StorageClass is one of the driver's.
-    /// `has_volume` tells whether a LogicalVolume named after a claim's UID exists.
+    /// `volume_node` gives the node of a LogicalVolume (by name) if it exists: the claim's own
+    /// volume is named after its UID.
     pub(crate) fn claim_info(
         &self,
         claim: &ClaimFields,
-        has_volume: impl Fn(&str) -> bool,
+        volume_node: impl Fn(&str) -> Option<String>,
     ) -> Option<ClaimInfo> {
         let storage_class = claim.storage_class.as_ref()?;
         if !self.classes.contains_key(storage_class) {
             return None;
         }
-        let has_volume = claim
+        let volume_node = claim
             .uid
             .as_deref()
-            .is_some_and(|uid| has_volume(&volume_name_for_claim(uid)));
+            .and_then(|uid| volume_node(&volume_name_for_claim(uid)));
         let min = self.min_bytes(storage_class, claim.block.then_some("Block"));
         let bytes = volume_bytes(claim.request.as_deref(), claim.limit.as_deref(), min)
             .and_then(|bytes| claim.access.clone().map(|()| bytes));
@@ -266,8 +289,10 @@ impl ClusterView {
             bytes,
             bound: claim.bound,
             selected_node: claim.selected_node.clone(),
-            has_volume,
+            has_volume: volume_node.is_some(),
             counted_on: None,
+            data_source: claim.data_source.clone(),
+            volume_node,
         })
     }
 
@@ -321,6 +346,8 @@ impl ClusterView {
         let mut own_pending = Vec::new();
         let mut seen: Vec<String> = Vec::new();
         let mut unsynced: Option<String> = None;
+        let mut pins = Vec::new();
+        let mut missing: Option<String> = None;
         for volume in &pod.spec.volumes {
             let (claim_name, template) = match (&volume.persistent_volume_claim, &volume.ephemeral)
             {
@@ -337,6 +364,30 @@ impl ClusterView {
             let known = self.knows_claim(namespace, &claim_name);
             let resolved = match self.claim(namespace, &claim_name) {
                 Some(info) if info.bound || info.has_volume => continue,
+                Some(info) if info.data_source.is_some() => {
+                    if let Some(source) = &info.data_source {
+                        match self.source_node(source) {
+                            Some(node) => pins.push(Pin {
+                                node,
+                                why: format!(
+                                    "claim {namespace}/{claim_name} is made from {}",
+                                    source.describe()
+                                ),
+                            }),
+                            None => {
+                                missing.get_or_insert_with(|| {
+                                    format!(
+                                        "waiting for source {} of claim {namespace}/{claim_name} \
+                                         (no Strata snapshot or volume of it exists yet)",
+                                        source.describe()
+                                    )
+                                });
+                            }
+                        }
+                    }
+                    seen.push(claim_name);
+                    continue;
+                }
                 Some(info) => self.resolve(&info.storage_class, info.bytes.clone()),
                 // Known, of another driver's StorageClass.
                 None if known => continue,
@@ -384,12 +435,26 @@ impl ClusterView {
             PodDemand::Unsynced(format!(
                 "claim {namespace}/{claim} is not in the scheduler extender's cache yet; retrying"
             ))
-        } else if demand.is_empty() {
+        } else if let Some(message) = missing {
+            PodDemand::SourceMissing(message)
+        } else if demand.is_empty() && pins.is_empty() {
             PodDemand::Nothing
         } else {
             PodDemand::Needs {
                 demand,
                 own_pending,
+                pins,
+            }
+        }
+    }
+
+    /// The node of a restore's or clone's source: the snapshot LogicalVolume made for the
+    /// VolumeSnapshot, or the volume of the source claim (both kept by the index; no search).
+    pub fn source_node(&self, source: &DataSource) -> Option<String> {
+        match source {
+            DataSource::Snapshot(key) => self.snapshot_nodes.get(key).cloned(),
+            DataSource::Claim((namespace, name)) => {
+                self.claim(namespace, name)?.volume_node.clone()
             }
         }
     }
@@ -615,6 +680,7 @@ mod tests {
         let PodDemand::Needs {
             demand,
             own_pending,
+            ..
         } = view.demand_of(&p)
         else {
             panic!("expected a demand")

@@ -94,9 +94,9 @@ def test_optional_values_render_the_components(helm, tmp_path):
     chart = by_key(helm_template(helm, "namespace.create=true",
                                  "controller.nodeLossPolicy=delete-pvc",
                                  "networkPolicy.enabled=true", "monitoring.enabled=true",
-                                 "scheduler.profile.enabled=true"))
+                                 "scheduler.profile.enabled=true", "snapshots.enabled=true"))
     full = by_key(overlay(tmp_path, ["node-loss-delete-pvc", "network-policy", "monitoring",
-                                     "strata-scheduler"]))
+                                     "strata-scheduler", "snapshots"]))
     assert set(chart) == set(full), (set(chart) ^ set(full))
     for k in full:
         assert chart[k] == full[k], k
@@ -127,6 +127,34 @@ def test_values_reach_the_objects(helm):
     assert "--new-node-claim-mode=auto" in args and "--heartbeat-interval=45s" in args
     sched = container(one(objects, "Deployment", "csi-scheduler"), "extender")
     assert "--default-placement=spread" in sched["args"]
+
+
+def test_thin_pool_values_become_agent_flags(helm):
+    args = container(one(helm_template(helm), "DaemonSet", "csi-agent"), "agent")["args"]
+    assert not [a for a in args if a.startswith("--thin-")], "thin pools are opt-in"
+    objects = helm_template(helm, "agent.thinPools.nvme=50", "agent.thinPools.ssd=30",
+                            "agent.thinOverprovisionRatios.nvme=2.5")
+    args = container(one(objects, "DaemonSet", "csi-agent"), "agent")["args"]
+    assert [a for a in args if a.startswith("--thin-")] == [
+        "--thin-pool=nvme=50", "--thin-pool=ssd=30", "--thin-overprovision-ratio=nvme=2.5"]
+    assert args[-1] == "--log-format=json", "the other flags stay where they were"
+    report = check.validate_objects(objects, "chart", K8S_VERSION, check.load_crds())
+    assert not report.failed, report.failed
+
+
+def test_snapshot_class_only_with_the_value(helm):
+    assert not [o for o in helm_template(helm) if o["kind"] == "VolumeSnapshotClass"]
+    # Nor in the kustomize base: `kubectl apply -k deploy/` needs no snapshot CRD.
+    assert not [o for o in check.render() if o["apiVersion"].startswith("snapshot.storage")]
+    (cls,) = [o for o in helm_template(helm, "snapshots.enabled=true")
+              if o["kind"] == "VolumeSnapshotClass"]
+    assert cls["metadata"]["name"] == "strata-thin"
+    assert (cls["driver"], cls["deletionPolicy"]) == ("local.strata.io", "Delete")
+    assert "namespace" not in cls["metadata"], "VolumeSnapshotClass is cluster-scoped"
+    # The snapshotter sidecar is always there, its image a value.
+    objects = helm_template(helm, "sidecars.snapshotter=registry.example.com/csi-snapshotter:v8")
+    c = container(one(objects, "Deployment", "csi-controller"), "csi-snapshotter")
+    assert c["image"] == "registry.example.com/csi-snapshotter:v8"
 
 
 def test_second_scheduler_image_is_a_value(helm):

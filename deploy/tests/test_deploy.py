@@ -392,6 +392,12 @@ def test_controller_sidecars(rendered):
     assert {"NAMESPACE", "POD_NAME"} <= env  # --enable-capacity names its owner from these
     resizer = container(deploy, "csi-resizer")
     assert flag_values(resizer, "--leader-election") == [True]
+    # VolumeSnapshots: the VolumeSnapshot's namespace/name reach CreateSnapshot (the extender
+    # places restores through them).
+    snapshotter = container(deploy, "csi-snapshotter")
+    for flag in ("--leader-election", "--extra-create-metadata"):
+        assert flag_values(snapshotter, flag) == [True], flag
+    assert snapshotter["image"].startswith("registry.k8s.io/sig-storage/csi-snapshotter:v8.")
     container(deploy, "liveness-probe")
     for c in containers(deploy):
         if c["name"] != "controller":

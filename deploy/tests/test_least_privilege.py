@@ -154,6 +154,18 @@ CALLS = [
      ("sidecar", "csi-resizer")),
     ("csi-controller", "storage.k8s.io", "volumeattributesclasses", ["get", "list", "watch"],
      ("sidecar", "csi-resizer")),
+    # external-snapshotter's csi-snapshotter (v8, rbac-csi-snapshotter.yaml less the group
+    # snapshot rules: Strata offers no group snapshots, and `create` of contents is only for them)
+    ("csi-controller", "snapshot.storage.k8s.io", "volumesnapshotclasses", ["get", "list", "watch"],
+     ("sidecar", "csi-snapshotter")),
+    ("csi-controller", "snapshot.storage.k8s.io", "volumesnapshotcontents",
+     ["get", "list", "watch", "update", "patch"], ("sidecar", "csi-snapshotter")),
+    ("csi-controller", "snapshot.storage.k8s.io", "volumesnapshotcontents/status",
+     ["update", "patch"], ("sidecar", "csi-snapshotter")),
+    ("csi-controller", "", "events", ["list", "watch", "create", "update", "patch"],
+     ("sidecar", "csi-snapshotter")),
+    ("csi-controller", "coordination.k8s.io", "leases",
+     ["get", "watch", "list", "delete", "update", "create"], ("sidecar", "csi-snapshotter")),
     # csi-scheduler: five watches (cache.rs)
     ("csi-scheduler", "strata.io", "nodestorages", ["list", "watch"],
      ("code", SCHED_CACHE, r"spawn_watch::<NodeStorage\b")),

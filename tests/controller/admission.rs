@@ -34,17 +34,17 @@ use strata_tests::csi_client::{Csi, block_cap, create_request};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-const GIB: u64 = 1 << 30;
-const NODE: &str = "n1";
+pub(crate) const GIB: u64 = 1 << 30;
+pub(crate) const NODE: &str = "n1";
 /// The sequence of the seeded NodeStorage; the stand-in agent's tickets are beyond it, so its
 /// volumes stay pending as a real agent's do until it republishes.
-const PUBLISHED: u64 = 100;
+pub(crate) const PUBLISHED: u64 = 100;
 
-struct Harness {
+pub(crate) struct Harness {
     server: FakeApiServer,
-    client: Client,
-    csi: Csi,
-    stop: CancellationToken,
+    pub(crate) client: Client,
+    pub(crate) csi: Csi,
+    pub(crate) stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
@@ -85,7 +85,7 @@ async fn start(objects: &[serde_json::Value], max_wait: Duration, agent: bool) -
 }
 
 /// [`start`] with the node's NodeStorage as given, and the thin StorageClass `strata-thin` too.
-async fn start_with(
+pub(crate) async fn start_with(
     node: NodeStorage,
     objects: &[serde_json::Value],
     max_wait: Duration,
@@ -199,7 +199,7 @@ fn on_node(mut req: csi::CreateVolumeRequest) -> csi::CreateVolumeRequest {
     req
 }
 
-fn ssd(name: &str, bytes: u64) -> csi::CreateVolumeRequest {
+pub(crate) fn ssd(name: &str, bytes: u64) -> csi::CreateVolumeRequest {
     on_node(create_request(
         name,
         "ssd",
@@ -480,7 +480,11 @@ async fn a_create_and_a_delete_draw_no_conflict() {
 
 /// The node with `linear` bytes of SSD VG space and a thin pool that may still promise
 /// `promisable` bytes (20 GiB at ratio 2), in `health`.
-fn thin_node_storage(linear: u64, promisable: u64, health: ThinPoolHealth) -> NodeStorage {
+pub(crate) fn thin_node_storage(
+    linear: u64,
+    promisable: u64,
+    health: ThinPoolHealth,
+) -> NodeStorage {
     let mut ns = node_storage(linear);
     ns.status.as_mut().unwrap().device_classes[0].thin_pool = Some(ThinPoolStatus {
         lv_name: "strata-thinpool".into(),
@@ -496,7 +500,7 @@ fn thin_node_storage(linear: u64, promisable: u64, health: ThinPoolHealth) -> No
     ns
 }
 
-fn thin_ssd(name: &str, bytes: u64) -> csi::CreateVolumeRequest {
+pub(crate) fn thin_ssd(name: &str, bytes: u64) -> csi::CreateVolumeRequest {
     let mut req = ssd(name, bytes);
     req.parameters
         .insert(names::PARAM_PROVISIONING.to_owned(), "thin".to_owned());

@@ -11,6 +11,7 @@
 mod admission;
 mod drift;
 mod leadership;
+mod snapshots;
 
 use std::time::Duration;
 
