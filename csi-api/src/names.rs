@@ -30,6 +30,9 @@ pub const FINALIZER_PV_PROTECTION: &str = "strata.io/pv-protection";
 pub const REASON_PV_PROTECTED: &str = "PvProtected";
 /// LogicalVolume `status.reason` while a deletion is held because the LV is open or mounted.
 pub const REASON_VOLUME_IN_USE: &str = "VolumeInUse";
+/// LogicalVolume `status.reason` (agent, phase `Failed`) when the LV does not fit on the node
+/// (no room in the VG, or the thin pool cannot promise it; CSI: `ResourceExhausted`).
+pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
 /// LogicalVolume `status.reason` (agent, phase `Failed`) when the source of a snapshot, restore or
 /// clone (`spec.source`) has no LV on the node (CSI: `NotFound`).
 pub const REASON_SOURCE_NOT_FOUND: &str = "SourceNotFound";

@@ -46,7 +46,7 @@ use crate::lvm::{Lv, LvSource, LvmError, LvmRunner, PvcRef, Snapshot, is_wiping}
 use crate::wiper::{Progress, WipeError};
 
 /// `status.reason` when the VG has no room; the controller turns it into ResourceExhausted.
-pub const REASON_INSUFFICIENT_SPACE: &str = "InsufficientSpace";
+pub use csi_api::names::REASON_INSUFFICIENT_SPACE;
 /// `status.reason` for other LVM failures.
 pub const REASON_LVM_ERROR: &str = "LvmError";
 /// `status.reason` when the LV could not be wiped before removal (it is kept, and retried).

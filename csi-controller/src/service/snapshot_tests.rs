@@ -275,6 +275,41 @@ async fn a_snapshot_the_pool_cannot_promise_is_resource_exhausted_and_removed() 
 }
 
 #[tokio::test]
+async fn each_terminal_failure_of_the_agent_has_its_csi_code_and_the_object_is_removed() {
+    use csi_api::names::{REASON_INVALID_SPEC, REASON_SOURCE_NOT_FOUND, REASON_SOURCE_NOT_THIN};
+    // (the agent's reason, the error variant the CSI caller gets)
+    let cases = [
+        (REASON_SOURCE_NOT_FOUND, "NotFound("),
+        (REASON_SOURCE_NOT_THIN, "FailedPrecondition("),
+        (REASON_INVALID_SPEC, "InvalidArgument("),
+        ("LvmError", "Internal("),
+    ];
+    for (reason, expected) in cases {
+        let cluster = MemoryCluster::default();
+        volume(&cluster, "pvc-1", "a", true);
+        cluster.set_agent(move |lv: &mut LogicalVolume| {
+            lv.status = Some(LogicalVolumeStatus {
+                phase: Some(LogicalVolumePhase::Failed),
+                reason: Some(reason.into()),
+                message: Some("as the agent said".into()),
+                ..Default::default()
+            });
+        });
+        let refused = service(&cluster)
+            .create_snapshot(snapshot_req("snapshot-1", "pvc-1"), WAIT)
+            .await;
+        let error = refused.expect_err(reason);
+        assert!(
+            format!("{error:?}").starts_with(expected),
+            "{reason}: {error:?}"
+        );
+        assert!(error.to_string().contains("as the agent said"), "{error}");
+        assert!(cluster.volume("snapshot-1").is_none(), "{reason}");
+        assert!(cluster.volume("pvc-1").is_some(), "{reason}");
+    }
+}
+
+#[tokio::test]
 async fn delete_snapshot_removes_only_snapshots() {
     let cluster = MemoryCluster::default();
     ready_agent(&cluster);
