@@ -11,11 +11,10 @@ use csi_api::crd::{
     VolumeSnapshotReference,
 };
 use csi_api::csi;
-use csi_api::csi::volume_capability::access_mode::Mode;
-use csi_api::csi::volume_capability::{AccessMode, AccessType, MountVolume};
 use csi_api::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use csi_api::names::{DeviceClass, Placement, Provisioning, TOPOLOGY_KEY};
 
+use super::tests::create;
 use super::{ControllerService, REASON_INSUFFICIENT_SPACE, Settings};
 use crate::cluster::memory::MemoryCluster;
 use crate::error::Error;
@@ -96,34 +95,15 @@ fn sourced_req(
     source: Type,
     node: Option<&str>,
 ) -> csi::CreateVolumeRequest {
-    let mut parameters = HashMap::from([("strata.io/device-class".into(), class.into())]);
+    let mut req = create(name, class, GIB, node);
     if thin {
-        parameters.insert("strata.io/provisioning".into(), "thin".into());
+        req.parameters
+            .insert("strata.io/provisioning".into(), "thin".into());
     }
-    csi::CreateVolumeRequest {
-        name: name.into(),
-        capacity_range: Some(csi::CapacityRange {
-            required_bytes: GIB as i64,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![csi::VolumeCapability {
-            access_mode: Some(AccessMode {
-                mode: Mode::SingleNodeWriter as i32,
-            }),
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-        }],
-        parameters,
-        volume_content_source: Some(csi::VolumeContentSource {
-            r#type: Some(source),
-        }),
-        accessibility_requirements: node.map(|n| csi::TopologyRequirement {
-            requisite: vec![csi::Topology {
-                segments: [(TOPOLOGY_KEY.into(), n.into())].into(),
-            }],
-            preferred: vec![],
-        }),
-        ..Default::default()
-    }
+    req.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(source),
+    });
+    req
 }
 
 fn from_snapshot(id: &str) -> Type {

@@ -67,7 +67,12 @@ fn service(cluster: &MemoryCluster) -> ControllerService<MemoryCluster> {
     )
 }
 
-fn create(name: &str, class: &str, bytes: u64, node: Option<&str>) -> csi::CreateVolumeRequest {
+pub(super) fn create(
+    name: &str,
+    class: &str,
+    bytes: u64,
+    node: Option<&str>,
+) -> csi::CreateVolumeRequest {
     let topology = node.map(|n| csi::TopologyRequirement {
         requisite: vec![csi::Topology {
             segments: [(TOPOLOGY_KEY.into(), n.into())].into(),
