@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use csi_agent::lvm::naming::VOLUME_TAG_PREFIX;
+use csi_agent::lvm::snapshot::SNAPSHOT_TAG_PREFIX;
+use csi_agent::lvm::thin::THIN_POOL_TAG;
 use csi_api::crd::{LogicalVolume, LogicalVolumePhase, NodeStorage};
 use csi_api::csi::controller_client::ControllerClient;
 use csi_api::csi::{self, Topology, TopologyRequirement};
@@ -92,14 +95,20 @@ impl Cluster {
     }
 
     pub async fn start_agent(&self, fault: Option<&str>) {
+        self.start_agent_with(fault, &[]).await;
+    }
+
+    /// Starts the agent with `args` after the suite's own flags (e.g. `--thin-pool nvme=50`).
+    pub async fn start_agent_with(&self, fault: Option<&str>, args: &[&str]) {
         let reply = self
             .vm()
             .must(Op::StartAgent {
                 fault: fault.map(str::to_owned),
+                args: args.iter().map(|a| a.to_string()).collect(),
             })
             .await;
         eprintln!(
-            "e2e [{}]: agent started (fault {fault:?}): {reply}",
+            "e2e [{}]: agent started (fault {fault:?}, args {args:?}): {reply}",
             self.at()
         );
     }
@@ -286,7 +295,8 @@ impl Cluster {
         }
     }
 
-    /// Strata's LVs in the VM (those with the owner tag), by CSI volume name.
+    /// Strata's LVs in the VM (those with the owner tag, thin pools aside), by CSI volume name
+    /// (or snapshot id for a snapshot LV).
     pub async fn strata_lvs(&self) -> BTreeMap<String, LvInfo> {
         let out = self
             .vm()
@@ -315,14 +325,18 @@ impl Cluster {
             .unwrap_or_default()
         {
             let tags: Vec<&str> = lv["lv_tags"].as_str().unwrap_or("").split(',').collect();
-            if !tags.contains(&names::LVM_OWNER_TAG) {
+            // the thin pool of a class is no volume
+            if !tags.contains(&names::LVM_OWNER_TAG) || tags.contains(&THIN_POOL_TAG) {
                 continue;
             }
             let volume = tags
                 .iter()
-                .find_map(|t| t.strip_prefix("strata.io/volume="))
+                .find_map(|t| {
+                    t.strip_prefix(VOLUME_TAG_PREFIX)
+                        .or_else(|| t.strip_prefix(SNAPSHOT_TAG_PREFIX))
+                })
                 .map(unescape_tag)
-                .unwrap_or_else(|| panic!("Strata LV without a volume tag: {lv}"));
+                .unwrap_or_else(|| panic!("Strata LV without a volume or snapshot tag: {lv}"));
             lvs.insert(
                 volume,
                 LvInfo {

@@ -16,6 +16,7 @@ mod deletion;
 mod drift;
 mod freshness;
 mod lifecycle;
+mod snapshot;
 
 use cluster::Cluster;
 
@@ -63,7 +64,8 @@ fn crash_consistency() {
 
 /// Deletion safety: held while a PV refers to the volume or it is mounted/open (fs and raw
 /// block), completed after release with no trace on reused extents; uninstall with PVs present
-/// keeps every byte, reinstall adopts the volumes.
+/// keeps every byte, reinstall adopts the volumes. Then snapshots, restores and clones on a thin
+/// pool (in the same boot).
 #[test]
 fn deletion_end_to_end() {
     runtime().block_on(async {
@@ -72,6 +74,7 @@ fn deletion_end_to_end() {
         eprintln!("e2e [{}]: NodeStorage published", c.at());
         deletion::held_while_in_use_fs_and_block(&c).await;
         deletion::uninstall_keeps_every_byte_and_reinstall_finds_the_volumes(&mut c).await;
+        snapshot::snapshot_restore_and_clone(&c).await;
         c.shutdown().await;
     });
 }

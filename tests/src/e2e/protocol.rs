@@ -31,10 +31,13 @@ pub const ENV_NODE: &str = "NODEVM_TEST_E2E_NODE";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Op {
-    /// Starts `csi-agent serve --mode kubernetes` (with `STRATA_FAULT_POINT=fault` if set) and
-    /// waits until its Probe is ready; fails if an agent is running. Replies `{"pid": N}`.
+    /// Starts `csi-agent serve --mode kubernetes` (with `STRATA_FAULT_POINT=fault` if set, and
+    /// `args` after the suite's own flags, e.g. `--thin-pool nvme=50`) and waits until its Probe
+    /// is ready; fails if an agent is running. Replies `{"pid": N}`.
     StartAgent {
         fault: Option<String>,
+        #[serde(default)]
+        args: Vec<String>,
     },
     /// Sends SIGKILL (`kill`) or SIGTERM to the agent and waits for it. Replies an [`Exit`].
     StopAgent {
@@ -144,6 +147,15 @@ mod tests {
         assert_eq!(json["op"], "nodeExpand");
         assert_eq!(json["volumeId"], "pvc-1");
         assert_eq!(serde_json::from_value::<Op>(json).unwrap(), op);
+        // a StartAgent without `args` (older hosts) starts the agent with the suite's flags
+        let start: Op = serde_json::from_str(r#"{"op":"startAgent","fault":null}"#).unwrap();
+        assert_eq!(
+            start,
+            Op::StartAgent {
+                fault: None,
+                args: Vec::new()
+            }
+        );
         let reply = serde_json::to_string(&Reply::Err("x".into())).unwrap();
         assert_eq!(reply, r#"{"err":"x"}"#);
     }

@@ -219,7 +219,7 @@ fn capability(fs_type: &str) -> csi::VolumeCapability {
 
 async fn handle(state: &State, op: Op) -> Result<Value> {
     match op {
-        Op::StartAgent { fault } => start_agent(state, fault).await,
+        Op::StartAgent { fault, args } => start_agent(state, fault, &args).await,
         Op::StopAgent { kill } => {
             let mut guard = state.agent.lock().await;
             let mut child = guard.take().ok_or_else(|| anyhow!("no agent is running"))?;
@@ -380,7 +380,7 @@ async fn handle(state: &State, op: Op) -> Result<Value> {
     }
 }
 
-async fn start_agent(state: &State, fault: Option<String>) -> Result<Value> {
+async fn start_agent(state: &State, fault: Option<String>, args: &[String]) -> Result<Value> {
     let mut guard = state.agent.lock().await;
     if let Some(child) = guard.as_mut()
         && child.try_wait()?.is_none()
@@ -401,6 +401,7 @@ async fn start_agent(state: &State, fault: Option<String>) -> Result<Value> {
         .arg(format!("unix://{SOCKET}"))
         // The e2e cases stage and publish under /run/e2e, not the kubelet's directory.
         .args(["--kubelet-dir", "/run/e2e"])
+        .args(args)
         .env("KUBECONFIG", state.dir.join("kubeconfig-vm"))
         .env("STRATA_LOG", "info")
         .env_remove(csi_api::fault::ENV)
