@@ -366,24 +366,7 @@ impl ClusterView {
                 Some(info) if info.bound || info.has_volume => continue,
                 Some(info) if info.data_source.is_some() => {
                     if let Some(source) = &info.data_source {
-                        match self.source_node(source) {
-                            Some(node) => pins.push(Pin {
-                                node,
-                                why: format!(
-                                    "claim {namespace}/{claim_name} is made from {}",
-                                    source.describe()
-                                ),
-                            }),
-                            None => {
-                                missing.get_or_insert_with(|| {
-                                    format!(
-                                        "waiting for source {} of claim {namespace}/{claim_name} \
-                                         (no Strata snapshot or volume of it exists yet)",
-                                        source.describe()
-                                    )
-                                });
-                            }
-                        }
+                        self.pin_to_source(source, namespace, &claim_name, &mut pins, &mut missing);
                     }
                     seen.push(claim_name);
                     continue;
@@ -396,7 +379,20 @@ impl ClusterView {
                     continue;
                 }
                 None => match template {
+                    // Before the ephemeral controller made the claim, its template's source
+                    // pins the pod as the claim's would (of a Strata class only).
                     Some(t) => {
+                        if let Some(source) = self.template_source(namespace, t) {
+                            self.pin_to_source(
+                                &source,
+                                namespace,
+                                &claim_name,
+                                &mut pins,
+                                &mut missing,
+                            );
+                            seen.push(claim_name);
+                            continue;
+                        }
                         let class = t
                             .spec
                             .storage_class_name
@@ -446,6 +442,59 @@ impl ClusterView {
                 pins,
             }
         }
+    }
+
+    /// Pins the pod to the node of `source` (a claim's restore or clone source), or records
+    /// that the source is not known yet (the first such claim names the wait).
+    fn pin_to_source(
+        &self,
+        source: &DataSource,
+        namespace: &str,
+        claim_name: &str,
+        pins: &mut Vec<Pin>,
+        missing: &mut Option<String>,
+    ) {
+        match self.source_node(source) {
+            Some(node) => pins.push(Pin {
+                node,
+                why: format!(
+                    "claim {namespace}/{claim_name} is made from {}",
+                    source.describe()
+                ),
+            }),
+            None => {
+                missing.get_or_insert_with(|| {
+                    format!(
+                        "waiting for source {} of claim {namespace}/{claim_name} \
+                         (no Strata snapshot or volume of it exists yet)",
+                        source.describe()
+                    )
+                });
+            }
+        }
+    }
+
+    /// The data source of a generic ephemeral volume's claim template, if its StorageClass
+    /// (named, or the default) is one of the driver's: the claim the ephemeral controller makes
+    /// from it will restore or clone that source.
+    fn template_source(
+        &self,
+        namespace: &str,
+        template: &wire::ClaimTemplate,
+    ) -> Option<DataSource> {
+        let spec = &template.spec;
+        let class = spec
+            .storage_class_name
+            .as_ref()
+            .or(self.default_class.as_ref())?;
+        if !self.classes.contains_key(class) {
+            return None;
+        }
+        DataSource::of_refs(
+            namespace,
+            spec.data_source_ref.as_ref(),
+            spec.data_source.as_ref(),
+        )
     }
 
     /// The node of a restore's or clone's source: the snapshot LogicalVolume made for the

@@ -137,6 +137,12 @@ pub struct ClaimSpec {
     /// `Block` or `Filesystem` (the default): a filesystem volume is sized to its fs minimum.
     #[serde(default)]
     pub volume_mode: Option<String>,
+    /// A restore's or clone's source (`dataSource`), as in a PVC's spec.
+    #[serde(default)]
+    pub data_source: Option<k8s_openapi::api::core::v1::TypedLocalObjectReference>,
+    /// The same as `dataSourceRef`, which wins over `dataSource` when both are set.
+    #[serde(default)]
+    pub data_source_ref: Option<k8s_openapi::api::core::v1::TypedObjectReference>,
 }
 
 #[derive(Debug, Default, Deserialize)]
