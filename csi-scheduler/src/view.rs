@@ -29,6 +29,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::index::ViewIndex;
 use crate::record::{ClaimFields, ClaimRecord, DataSource, PodRecord, StorageRecord, VolumeRecord};
+use crate::room::NodeEntry;
 use crate::wire;
 
 /// Annotations marking the default StorageClass (GA and legacy beta).
@@ -122,7 +123,8 @@ pub type FastMap<K, V> =
 /// after replacing only the entries a change touched (one node's capacity, a few claims).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
-    pub(crate) nodes: FastMap<String, Arc<NodeCapacity>>,
+    /// Each node's capacity, and the room of each of its pools for the fit check.
+    pub(crate) nodes: FastMap<String, Arc<NodeEntry>>,
     /// (namespace, name) → claim; `None` for a claim of another driver's StorageClass (known, so
     /// that a pod using it is not taken for one whose claim the cache has not seen yet).
     pub(crate) claims: FastMap<ObjectKey, Option<Arc<ClaimInfo>>>,
@@ -298,17 +300,30 @@ impl ClusterView {
 
     /// Adds or replaces a node's capacity (pending included).
     pub fn insert_node(&mut self, name: impl Into<String>, capacity: NodeCapacity) {
-        self.nodes.insert(name.into(), Arc::new(capacity));
+        self.nodes
+            .insert(name.into(), Arc::new(NodeEntry::new(capacity)));
     }
 
-    /// Mutable access to a node's capacity, e.g. to record a placement as pending.
-    pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeCapacity> {
-        self.nodes.get_mut(name).map(Arc::make_mut)
+    /// Changes a node's capacity, e.g. to record a placement as pending (its pools' room is
+    /// recomputed); false if the node has no entry.
+    pub fn update_node(&mut self, name: &str, change: impl FnOnce(&mut NodeCapacity)) -> bool {
+        let Some(entry) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        let mut capacity = entry.capacity.clone();
+        change(&mut capacity);
+        *entry = Arc::new(NodeEntry::new(capacity));
+        true
     }
 
     /// A node's capacity for new volumes, if it has a NodeStorage.
     pub fn node(&self, name: &str) -> Option<&NodeCapacity> {
-        self.nodes.get(name).map(|c| &**c)
+        self.nodes.get(name).map(|e| &e.capacity)
+    }
+
+    /// A node's capacity with its pools' room, if it has a NodeStorage.
+    pub fn node_entry(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.get(name).map(|e| &**e)
     }
 
     /// Number of nodes with a NodeStorage.
