@@ -338,27 +338,31 @@ pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec
         return scores;
     };
     let fit = FitCheck::new(demand.by_class());
-    let mut positions = Vec::with_capacity(nodes.len());
-    let mut entries = Vec::with_capacity(nodes.len());
+    // The fitting nodes: position, name, and the entry in the view or (a node with some of the
+    // pod's own claims counted as pending) an index into `adjusted`.
+    let mut fitting: Vec<(usize, &str, Result<&NodeCapacity, usize>)> = Vec::new();
+    let mut adjusted = Vec::new();
     for (i, &name) in nodes.iter().enumerate() {
         if pins.iter().any(|p| p.node != name) {
             continue;
         }
-        if let Some(entry) = node_entry(view, own_pending, name)
-            && fit.check(&entry).is_ok()
-        {
-            positions.push(i);
-            entries.push((name, entry));
+        match node_entry(view, own_pending, name) {
+            Some(Cow::Borrowed(entry)) if fit.check(entry).is_ok() => {
+                fitting.push((i, name, Ok(&entry.capacity)));
+            }
+            Some(Cow::Owned(entry)) if fit.check(&entry).is_ok() => {
+                fitting.push((i, name, Err(adjusted.len())));
+                adjusted.push(entry.capacity);
+            }
+            _ => {}
         }
     }
-    let candidates: Vec<(&str, &NodeCapacity)> = entries
+    let candidates: Vec<(&str, &NodeCapacity)> = fitting
         .iter()
-        .map(|(name, entry)| (*name, &entry.capacity))
+        .map(|&(_, name, cap)| (name, cap.unwrap_or_else(|k| &adjusted[k])))
         .collect();
-    for (i, s) in positions
-        .into_iter()
-        .zip(placement::score(&candidates, demand))
-    {
+    let positions = fitting.iter().map(|&(i, ..)| i);
+    for (i, s) in positions.zip(placement::score(&candidates, demand)) {
         scores[i] = s;
     }
     scores

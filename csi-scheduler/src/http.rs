@@ -133,12 +133,17 @@ pub fn answer(verb: Verb, view: &ClusterView, body: &[u8]) -> Result<Answer, Err
         (None, Some(names)) => names.iter().map(|n| n.as_ref()).collect(),
         (None, None) => Vec::new(),
     };
+    // Names taken verbatim from a JSON string are written back without escaping.
+    let verbatim = args
+        .node_names
+        .as_ref()
+        .is_some_and(|names| names.iter().all(|n| n.is_verbatim()));
     let demand = view.demand_of(&pod);
     match verb {
         Verb::Prioritize => {
             let scores = extender::prioritize(view, &demand, &names);
             Ok(Answer {
-                body: json_out::priority_list(&names, &scores),
+                body: json_out::priority_list(&names, verbatim, &scores),
                 rejected: Vec::new(),
             })
         }
@@ -146,7 +151,7 @@ pub fn answer(verb: Verb, view: &ClusterView, body: &[u8]) -> Result<Answer, Err
             let verdicts = extender::verdicts(view, &demand, &names);
             let raw: Option<Vec<&RawValue>> =
                 full_nodes.map(|items| items.iter().map(|n| &*n.raw).collect());
-            let body = json_out::filter_result(&names, raw.as_deref(), &verdicts);
+            let body = json_out::filter_result(&names, verbatim, raw.as_deref(), &verdicts);
             let rejected = verdicts
                 .of_nodes
                 .iter()

@@ -30,10 +30,10 @@ fn write_i64(out: &mut Vec<u8>, value: i64) {
     write_u64(out, value.unsigned_abs());
 }
 
-/// Appends `text` as a JSON string; names without characters to escape (every valid node name)
-/// are copied as they are.
-pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+/// Appends `text` as a JSON string; `verbatim` text (taken from a JSON string that had no
+/// escape) and text without characters to escape are copied as they are.
+pub fn write_str(out: &mut Vec<u8>, verbatim: bool, text: &str) {
+    if verbatim || text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
@@ -42,11 +42,12 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// The `ExtenderFilterResult` for `names` and their verdicts. With `full_nodes` (the scheduler
-/// sent Node objects) the passing nodes are echoed verbatim in `Nodes` and `NodeNames` is null;
-/// otherwise `NodeNames` lists the passing names.
+/// The `ExtenderFilterResult` for `names` (`verbatim`: see [`write_str`]) and their verdicts.
+/// With `full_nodes` (the scheduler sent Node objects) the passing nodes are echoed verbatim in
+/// `Nodes` and `NodeNames` is null; otherwise `NodeNames` lists the passing names.
 pub fn filter_result(
     names: &[&str],
+    verbatim: bool,
     full_nodes: Option<&[&RawValue]>,
     verdicts: &Verdicts,
 ) -> Vec<u8> {
@@ -79,7 +80,7 @@ pub fn filter_result(
                 if k > 0 {
                     out.push(b',');
                 }
-                write_str(&mut out, names[i]);
+                write_str(&mut out, verbatim, names[i]);
             }
             out.push(b']');
         }
@@ -101,7 +102,7 @@ pub fn filter_result(
                 out.push(b',');
             }
             first = false;
-            write_str(&mut out, names[i]);
+            write_str(&mut out, verbatim, names[i]);
             out.push(b':');
             verdicts.write_message_json(verdict, &mut out);
         }
@@ -111,8 +112,8 @@ pub fn filter_result(
     out
 }
 
-/// The `HostPriorityList` for `names` and their scores.
-pub fn priority_list(names: &[&str], scores: &[i64]) -> Vec<u8> {
+/// The `HostPriorityList` for `names` (`verbatim`: see [`write_str`]) and their scores.
+pub fn priority_list(names: &[&str], verbatim: bool, scores: &[i64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + names.len() * 32);
     out.push(b'[');
     for (i, (name, &score)) in names.iter().zip(scores).enumerate() {
@@ -120,7 +121,7 @@ pub fn priority_list(names: &[&str], scores: &[i64]) -> Vec<u8> {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"Host\":");
-        write_str(&mut out, name);
+        write_str(&mut out, verbatim, name);
         out.extend_from_slice(b",\"Score\":");
         write_i64(&mut out, score);
         out.push(b'}');
@@ -155,11 +156,11 @@ mod tests {
             "\u{1}",
         ] {
             let mut out = Vec::new();
-            write_str(&mut out, s);
+            write_str(&mut out, false, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
         }
         assert_eq!(
-            priority_list(&["a", "b\""], &[10, 0]),
+            priority_list(&["a", "b\""], false, &[10, 0]),
             serde_json::to_vec(&serde_json::json!([
                 {"Host": "a", "Score": 10}, {"Host": "b\"", "Score": 0}
             ]))

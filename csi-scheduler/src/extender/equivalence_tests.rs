@@ -262,11 +262,13 @@ fn answers_are_the_references_json_on_random_views() {
     for seed in 0..8 {
         let mut rng = StdRng::seed_from_u64(seed);
         let view = built_view(&mut rng, 40);
-        let mut names: Vec<String> = (0..44).map(|i| format!("node-{i}")).collect();
-        names.push("odd\"name".into());
-        for volumes in &pods {
+        let plain: Vec<String> = (0..44).map(|i| format!("node-{i}")).collect();
+        // A name with a JSON escape: every name is then escaped as needed when written.
+        let mut odd = plain.clone();
+        odd.push("odd\"name".into());
+        for (volumes, names) in pods.iter().flat_map(|p| [(p, &plain), (p, &odd)]) {
             for full in [false, true] {
-                let body = args(volumes.clone(), &names, full);
+                let body = args(volumes.clone(), names, full);
                 for verb in [Verb::Filter, Verb::Prioritize] {
                     let served = answer(verb, &view, &body).unwrap();
                     let expected = reference::answer(verb, &view, &body).unwrap();
