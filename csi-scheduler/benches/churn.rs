@@ -17,7 +17,12 @@
 //! them): the index as it is (each object reduced on arrival to what placement reads) against
 //! the previous holding, where the LogicalVolumes, claims and pods were kept whole beside it.
 //!
-//! Run: `cargo bench -p csi-scheduler --bench churn` (`-- --quick` for a shorter run).
+//! Before the churn rows, the request path against the previous one (`csi_scheduler::reference`)
+//! on the same snapshot, interleaved, in request-thread CPU time.
+//!
+//! Run: `cargo bench -p csi-scheduler --bench churn` (`-- --quick` for a shorter run;
+//! `-- --requests-only served|reference N` runs only N requests of each verb on one path, for
+//! `valgrind --tool=callgrind --toggle-collect='*answer*'` instruction counts).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -31,6 +36,7 @@ use csi_scheduler::fixtures::{CLAIMS_PER_NODE, GIB, Objects, cluster, node_name}
 use csi_scheduler::http::{Verb, ViewHandle, answer};
 use csi_scheduler::index::ViewIndex;
 use csi_scheduler::record::{ClaimRecord, PodRecord, StorageRecord, VolumeRecord};
+use csi_scheduler::reference;
 use csi_scheduler::view::ClusterView;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use rand::rngs::StdRng;
@@ -192,6 +198,40 @@ fn thread_cpu() -> Duration {
     Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
 }
 
+/// The served request path against the previous one (`csi_scheduler::reference`, kept as the
+/// baseline) on the same snapshot, interleaved request by request so that both see the same
+/// machine: request-thread CPU time per verb, p50 and p99.
+fn against_reference(view: &ClusterView, body: &[u8], count: usize) {
+    let mut samples: [[Vec<Duration>; 2]; 2] = Default::default();
+    for i in 0..count + count / 10 {
+        for (which, path) in [answer, reference::answer].into_iter().enumerate() {
+            let verb = if i % 2 == 0 {
+                Verb::Filter
+            } else {
+                Verb::Prioritize
+            };
+            let cpu = thread_cpu();
+            black_box(path(verb, view, body).expect("answer"));
+            let cpu = thread_cpu() - cpu;
+            if i >= count / 10 {
+                samples[which][usize::from(verb == Verb::Prioritize)].push(cpu);
+            }
+        }
+    }
+    let [[sf, sp], [rf, rp]] = samples.map(|verbs| verbs.map(stats));
+    println!(
+        "request path, CPU ms (served | previous = reference::answer): filter p50 {:.3} p99 {:.3} | {:.3} {:.3}; prioritize p50 {:.3} p99 {:.3} | {:.3} {:.3}",
+        sf.p50, sf.p99, rf.p50, rf.p99, sp.p50, sp.p99, rp.p50, rp.p99
+    );
+    println!(
+        "ratio previous/served: filter p50 {:.2} p99 {:.2}, prioritize p50 {:.2} p99 {:.2}",
+        rf.p50 / sf.p50,
+        rf.p99 / sf.p99,
+        rp.p50 / sp.p50,
+        rp.p99 / sp.p99
+    );
+}
+
 fn requests(handle: &ViewHandle, body: &[u8], count: usize) -> (Stats, Stats) {
     let (mut filter, mut prioritize) = (Vec::new(), Vec::new());
     let (mut filter_cpu, mut prioritize_cpu) = (Vec::new(), Vec::new());
@@ -297,6 +337,19 @@ fn under_churn(
         let applied = visible.len();
         (filter, prioritize, stats(visible), applied)
     })
+}
+
+/// A names-only request of all nodes for a pod with three claims of two classes.
+fn request_body() -> Vec<u8> {
+    let names: Vec<String> = (0..NODES).map(node_name).collect();
+    serde_json::to_vec(&json!({
+        "Pod": {"metadata": {"name": "db-0", "namespace": "apps"}, "spec": {"volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
+            {"name": "wal", "persistentVolumeClaim": {"claimName": "wal-db-0"}},
+            {"name": "archive", "persistentVolumeClaim": {"claimName": "archive-db-0"}}]}},
+        "NodeNames": names, "Nodes": null
+    }))
+    .expect("body")
 }
 
 /// How a `--rss-child` holds the objects it reads.
@@ -452,6 +505,23 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let count = if quick { 600 } else { 3000 };
+    // `--requests-only served|reference N`: N filter and N prioritize requests on one path and
+    // nothing else, for instruction counts (`valgrind --tool=callgrind --toggle-collect=...`).
+    if let Some(at) = args.iter().position(|a| a == "--requests-only") {
+        let path = match args.get(at + 1).map(String::as_str) {
+            Some("reference") => reference::answer,
+            _ => answer,
+        };
+        let n: usize = args.get(at + 2).and_then(|n| n.parse().ok()).unwrap_or(20);
+        let view = index_of(&cluster(NODES)).publish();
+        let body = request_body();
+        for _ in 0..n {
+            for verb in [Verb::Filter, Verb::Prioritize] {
+                black_box(path(verb, &view, &body).expect("answer"));
+            }
+        }
+        return;
+    }
     let mut objects = cluster(NODES);
     println!(
         "{NODES} nodes, {} LogicalVolumes, {} claims, {} pods; names-only requests of {NODES} nodes; times in ms",
@@ -504,15 +574,8 @@ fn main() {
         assert_eq!(current.node(&node_name(i)), fresh.node(&node_name(i)));
     }
 
-    let names: Vec<String> = (0..NODES).map(node_name).collect();
-    let body = serde_json::to_vec(&json!({
-        "Pod": {"metadata": {"name": "db-0", "namespace": "apps"}, "spec": {"volumes": [
-            {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
-            {"name": "wal", "persistentVolumeClaim": {"claimName": "wal-db-0"}},
-            {"name": "archive", "persistentVolumeClaim": {"claimName": "archive-db-0"}}]}},
-        "NodeNames": names, "Nodes": null
-    }))
-    .expect("body");
+    let body = request_body();
+    against_reference(&current, &body, count);
     let handle = ViewHandle::default();
     handle.set(current);
     let (f0, p0) = requests(&handle, &body, count);

@@ -329,10 +329,12 @@ fn run_online(strategy: Strategy, cluster: &Cluster, pods: &[Pod], seed: u64) ->
                 .unwrap(),
             Strategy::Random => *passing.choose(&mut rng).unwrap(),
         };
-        let node = view.node_mut(names[chosen]).unwrap();
-        for &(class, bytes) in pod {
-            node.classes.get_mut(&class).unwrap().pending += bytes;
-        }
+        let updated = view.update_node(names[chosen], |node| {
+            for &(class, bytes) in pod {
+                node.classes.get_mut(&class).unwrap().pending += bytes;
+            }
+        });
+        assert!(updated);
         placed_bytes += bytes_of(pod);
         placed_pods += 1;
         if ratio_half.is_nan() && placed_bytes >= half {

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use csi_api::capacity::{NodeCapacity, Shortfall};
 use csi_api::placement;
 
+use crate::room::{FitCheck, Miss, NodeEntry, Room};
 use crate::view::{ClusterView, PodDemand};
 
 /// Why a node was filtered out, for messages and metrics.
@@ -76,73 +77,256 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// The verdict for each candidate, aligned with the input: `None` passes.
-pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Option<Rejection>> {
+/// One candidate's verdict: passes, or the reason (an index into [`Verdicts`]'s table) and, for
+/// a pool too small, the bytes it has (the one per-node part of that message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    reason: u32,
+    available: u64,
+}
+
+impl Verdict {
+    const PASS: Verdict = Verdict {
+        reason: u32::MAX,
+        available: 0,
+    };
+
+    fn rejected(reason: usize, available: u64) -> Verdict {
+        Verdict {
+            reason: u32::try_from(reason).expect("a few reasons per request"),
+            available,
+        }
+    }
+
+    /// Whether the node passes.
+    pub fn passes(self) -> bool {
+        self.reason == u32::MAX
+    }
+}
+
+/// A reason for rejecting nodes, built once per request: its kind and its message, the latter
+/// split around the available bytes for [`RejectKind::Insufficient`] (`tail` is then `Some`).
+/// The `json_*` forms are the same text escaped for a JSON string.
+#[derive(Clone, Debug)]
+struct Reason {
+    kind: RejectKind,
+    head: String,
+    tail: Option<String>,
+    json_head: String,
+    json_tail: Option<String>,
+}
+
+impl Reason {
+    fn new(kind: RejectKind, head: String, tail: Option<String>) -> Self {
+        Reason {
+            kind,
+            json_head: json_escaped(&head),
+            json_tail: tail.as_deref().map(json_escaped),
+            head,
+            tail,
+        }
+    }
+}
+
+/// `text` escaped as the inside of a JSON string (no quotes).
+fn json_escaped(text: &str) -> String {
+    let quoted = serde_json::to_string(text).expect("a string always encodes");
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
+/// The filter's answer for a request: a verdict per candidate (aligned with the input) and the
+/// few reasons they point to.
+#[derive(Clone, Debug)]
+pub struct Verdicts {
+    reasons: Vec<Reason>,
+    pub of_nodes: Vec<Verdict>,
+}
+
+impl Verdicts {
+    /// The reason a node was rejected, if it was.
+    pub fn kind(&self, verdict: Verdict) -> Option<RejectKind> {
+        (!verdict.passes()).then(|| self.reasons[verdict.reason as usize].kind)
+    }
+
+    /// The message of a rejected node.
+    pub fn message(&self, verdict: Verdict) -> Option<String> {
+        if verdict.passes() {
+            return None;
+        }
+        let reason = &self.reasons[verdict.reason as usize];
+        Some(match &reason.tail {
+            None => reason.head.clone(),
+            Some(tail) => format!("{}{}{tail}", reason.head, verdict.available),
+        })
+    }
+
+    /// Appends the message of a rejected node as a JSON string (quoted); nothing for a pass.
+    pub fn write_message_json(&self, verdict: Verdict, out: &mut Vec<u8>) {
+        if verdict.passes() {
+            return;
+        }
+        let reason = &self.reasons[verdict.reason as usize];
+        out.push(b'"');
+        out.extend_from_slice(reason.json_head.as_bytes());
+        if let Some(tail) = &reason.json_tail {
+            crate::json_out::write_u64(out, verdict.available);
+            out.extend_from_slice(tail.as_bytes());
+        }
+        out.push(b'"');
+    }
+}
+
+/// The reasons of a request with a demand, made on first use: (pool position, room kind) →
+/// index in the table.
+struct ReasonTable<'a> {
+    fit: &'a FitCheck,
+    reasons: Vec<Reason>,
+    /// Per pool of the demand, per [`room_kind`], the reason's index.
+    by_pool: Vec<[Option<usize>; 5]>,
+}
+
+/// The position of a room's kind in [`ReasonTable::by_pool`].
+fn room_kind(room: Room) -> usize {
+    match room {
+        Room::NoSuchClass => 0,
+        Room::Degraded => 1,
+        Room::NoThinPool => 2,
+        Room::ThinPoolFull => 3,
+        Room::Bytes(_) => 4,
+    }
+}
+
+impl ReasonTable<'_> {
+    fn reason_of(&mut self, miss: Miss) -> usize {
+        let slot = &mut self.by_pool[miss.at][room_kind(miss.room)];
+        if let Some(index) = *slot {
+            return index;
+        }
+        let shortfall = self.fit.shortfall(miss);
+        let kind = match shortfall {
+            Shortfall::NoSuchClass(_) => RejectKind::NoSuchClass,
+            Shortfall::Degraded(_) => RejectKind::Degraded,
+            Shortfall::NoThinPool(_) => RejectKind::NoThinPool,
+            Shortfall::ThinPoolFull(_) => RejectKind::ThinPoolFull,
+            Shortfall::Insufficient { .. } => RejectKind::Insufficient,
+        };
+        let reason = match shortfall {
+            Shortfall::Insufficient { pool, needed, .. } => {
+                // The text is the shortfall's own, cut where the available bytes go: it is
+                // rendered once with a marker value there (the last number in the text).
+                let marker = u64::MAX.to_string();
+                let text = format!(
+                    "strata: {}",
+                    Shortfall::Insufficient {
+                        pool,
+                        needed,
+                        available: u64::MAX,
+                    }
+                );
+                match text.rsplit_once(&marker) {
+                    Some((head, tail)) => Reason::new(kind, head.to_owned(), Some(tail.to_owned())),
+                    None => Reason::new(kind, text, None),
+                }
+            }
+            other => Reason::new(kind, format!("strata: {other}"), None),
+        };
+        self.reasons.push(reason);
+        *slot = Some(self.reasons.len() - 1);
+        self.reasons.len() - 1
+    }
+}
+
+/// The verdict for each candidate, aligned with the input. Per candidate: the pins, one lookup
+/// of the node, and the precomputed room of each pool of the demand; every message is built
+/// once per request and reason.
+pub fn verdicts(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Verdicts {
+    let everywhere = |kind: RejectKind, message: &str| Verdicts {
+        reasons: vec![Reason::new(kind, format!("strata: {message}"), None)],
+        of_nodes: vec![Verdict::rejected(0, 0); nodes.len()],
+    };
     match demand {
-        PodDemand::Nothing => vec![None; nodes.len()],
-        PodDemand::Invalid(message) => {
-            let rejection = Rejection {
-                kind: RejectKind::InvalidClaim,
-                message: format!("strata: {message}"),
-            };
-            vec![Some(rejection); nodes.len()]
-        }
-        PodDemand::Unsynced(message) => {
-            let rejection = Rejection {
-                kind: RejectKind::ClaimNotSynced,
-                message: format!("strata: {message}"),
-            };
-            vec![Some(rejection); nodes.len()]
-        }
-        PodDemand::SourceMissing(message) => {
-            let rejection = Rejection {
-                kind: RejectKind::SourceNotFound,
-                message: format!("strata: {message}"),
-            };
-            vec![Some(rejection); nodes.len()]
-        }
+        PodDemand::Nothing => Verdicts {
+            reasons: Vec::new(),
+            of_nodes: vec![Verdict::PASS; nodes.len()],
+        },
+        PodDemand::Invalid(message) => everywhere(RejectKind::InvalidClaim, message),
+        PodDemand::Unsynced(message) => everywhere(RejectKind::ClaimNotSynced, message),
+        PodDemand::SourceMissing(message) => everywhere(RejectKind::SourceNotFound, message),
         PodDemand::Needs {
             demand,
             own_pending,
             pins,
-        } => nodes
-            .iter()
-            .map(|&name| {
-                if let Some(pin) = pins.iter().find(|p| p.node != name) {
-                    return Some(Rejection {
-                        kind: RejectKind::SourceElsewhere,
-                        message: format!(
-                            "strata: {} on node {}: a restore or clone is made on its source's node",
-                            pin.why, pin.node
-                        ),
-                    });
-                }
-                let Some(cap) = node_capacity(view, own_pending, name) else {
-                    return Some(Rejection {
-                        kind: RejectKind::NoNodeStorage,
-                        message: "strata: node has no NodeStorage, or it is marked Stale (no Strata agent runs there, or it stopped reporting)"
-                            .to_owned(),
-                    });
-                };
-                let shortfall = cap.check(demand.by_class()).err()?;
-                let kind = match shortfall {
-                    Shortfall::NoSuchClass(_) => RejectKind::NoSuchClass,
-                    Shortfall::Degraded(_) => RejectKind::Degraded,
-                    Shortfall::NoThinPool(_) => RejectKind::NoThinPool,
-                    Shortfall::ThinPoolFull(_) => RejectKind::ThinPoolFull,
-                    Shortfall::Insufficient { .. } => RejectKind::Insufficient,
-                };
-                Some(Rejection {
-                    kind,
-                    message: format!("strata: {shortfall}"),
+        } => {
+            let fit = FitCheck::new(demand.by_class());
+            let mut table = ReasonTable {
+                fit: &fit,
+                reasons: Vec::with_capacity(pins.len() + 4),
+                by_pool: vec![[None; 5]; fit.len()],
+            };
+            table.reasons.push(Reason::new(
+                RejectKind::NoNodeStorage,
+                "strata: node has no NodeStorage, or it is marked Stale (no Strata agent runs there, or it stopped reporting)"
+                    .to_owned(),
+                None,
+            ));
+            for pin in pins {
+                table.reasons.push(Reason::new(
+                    RejectKind::SourceElsewhere,
+                    format!(
+                        "strata: {} on node {}: a restore or clone is made on its source's node",
+                        pin.why, pin.node
+                    ),
+                    None,
+                ));
+            }
+            let of_nodes = nodes
+                .iter()
+                .map(|&name| {
+                    if let Some(p) = pins.iter().position(|p| p.node != name) {
+                        return Verdict::rejected(1 + p, 0);
+                    }
+                    let Some(entry) = node_entry(view, own_pending, name) else {
+                        return Verdict::rejected(0, 0);
+                    };
+                    match fit.check(&entry) {
+                        Ok(()) => Verdict::PASS,
+                        Err(miss) => {
+                            let available = match miss.room {
+                                Room::Bytes(available) => available,
+                                _ => 0,
+                            };
+                            Verdict::rejected(table.reason_of(miss), available)
+                        }
+                    }
                 })
-            })
-            .collect(),
+                .collect();
+            Verdicts {
+                reasons: table.reasons,
+                of_nodes,
+            }
+        }
     }
 }
 
+/// The verdict for each candidate as a kind and a message, aligned with the input: `None`
+/// passes. [`verdicts`] with its messages rendered.
+pub fn filter(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<Option<Rejection>> {
+    let verdicts = verdicts(view, demand, nodes);
+    verdicts
+        .of_nodes
+        .iter()
+        .map(|&v| {
+            Some(Rejection {
+                kind: verdicts.kind(v)?,
+                message: verdicts.message(v)?,
+            })
+        })
+        .collect()
+}
+
 /// Scores 0..=10 for each candidate, aligned with the input: 0 everywhere for a pod without
-/// Strata demand, 0 for nodes the demand does not fit, and exactly one 10 otherwise.
+/// Strata demand, 0 for nodes the demand does not fit, and exactly one 10 otherwise. Only the
+/// nodes that fit (by their precomputed room) are weighed.
 pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec<i64> {
     let mut scores = vec![0; nodes.len()];
     let PodDemand::Needs {
@@ -153,42 +337,49 @@ pub fn prioritize(view: &ClusterView, demand: &PodDemand, nodes: &[&str]) -> Vec
     else {
         return scores;
     };
-    let mut positions = Vec::with_capacity(nodes.len());
-    let mut caps = Vec::with_capacity(nodes.len());
+    let fit = FitCheck::new(demand.by_class());
+    // The fitting nodes: position, name, and the entry in the view or (a node with some of the
+    // pod's own claims counted as pending) an index into `adjusted`.
+    let mut fitting: Vec<(usize, &str, Result<&NodeCapacity, usize>)> = Vec::new();
+    let mut adjusted = Vec::new();
     for (i, &name) in nodes.iter().enumerate() {
         if pins.iter().any(|p| p.node != name) {
             continue;
         }
-        if let Some(cap) = node_capacity(view, own_pending, name) {
-            positions.push(i);
-            caps.push((name, cap));
+        match node_entry(view, own_pending, name) {
+            Some(Cow::Borrowed(entry)) if fit.check(entry).is_ok() => {
+                fitting.push((i, name, Ok(&entry.capacity)));
+            }
+            Some(Cow::Owned(entry)) if fit.check(&entry).is_ok() => {
+                fitting.push((i, name, Err(adjusted.len())));
+                adjusted.push(entry.capacity);
+            }
+            _ => {}
         }
     }
-    let candidates: Vec<(&str, &NodeCapacity)> = caps
+    let candidates: Vec<(&str, &NodeCapacity)> = fitting
         .iter()
-        .map(|(name, cap)| (*name, cap.as_ref()))
+        .map(|&(_, name, cap)| (name, cap.unwrap_or_else(|k| &adjusted[k])))
         .collect();
-    for (i, s) in positions
-        .into_iter()
-        .zip(placement::score(&candidates, demand))
-    {
+    let positions = fitting.iter().map(|&(i, ..)| i);
+    for (i, s) in positions.zip(placement::score(&candidates, demand)) {
         scores[i] = s;
     }
     scores
 }
 
-/// A node's capacity, with the pod's own claims (already counted as pending on the node they
+/// A node's entry, with the pod's own claims (already counted as pending on the node they
 /// selected) taken back out of pending.
-fn node_capacity<'v>(
+fn node_entry<'v>(
     view: &'v ClusterView,
     own_pending: &[(String, csi_api::capacity::Pool, u64)],
     name: &str,
-) -> Option<Cow<'v, NodeCapacity>> {
-    let cap = view.node(name)?;
+) -> Option<Cow<'v, NodeEntry>> {
+    let entry = view.node_entry(name)?;
     if own_pending.iter().all(|(node, ..)| node != name) {
-        return Some(Cow::Borrowed(cap));
+        return Some(Cow::Borrowed(entry));
     }
-    let mut adjusted = cap.clone();
+    let mut adjusted = entry.capacity.clone();
     for (_, pool, bytes) in own_pending.iter().filter(|(node, ..)| node == name) {
         if let Some(pending) = adjusted
             .classes
@@ -198,9 +389,11 @@ fn node_capacity<'v>(
             *pending = pending.saturating_sub(*bytes);
         }
     }
-    Some(Cow::Owned(adjusted))
+    Some(Cow::Owned(NodeEntry::new(adjusted)))
 }
 
+#[cfg(test)]
+mod equivalence_tests;
 #[cfg(test)]
 mod source_tests;
 

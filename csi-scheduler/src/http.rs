@@ -5,7 +5,6 @@
 //! hardened server (`csi_api::http::serve`) with [`limits`]: bodies past the limit get 413,
 //! slow or idle clients are cut off, connections are capped.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +15,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::Error;
 use crate::extender::{self, RejectKind};
+use crate::json_out;
 use crate::metrics::{Metrics, ReasonLabels, RequestLabels, VerbLabels};
 use crate::view::ClusterView;
-use crate::wire::{ExtenderArgs, ExtenderFilterResult, NodeListOut};
+use crate::wire::ExtenderArgs;
 
 /// Default largest request body, sized for names-only requests (`nodeCacheCapable: true`): a
 /// pod as large as the API server allows (~1.5 MiB) and 15,000 node names of 64 characters.
@@ -110,16 +110,9 @@ pub struct Answer {
     pub rejected: Vec<RejectKind>,
 }
 
-#[derive(Serialize)]
-struct HostPriorityOut<'a> {
-    #[serde(rename = "Host")]
-    host: &'a str,
-    #[serde(rename = "Score")]
-    score: i64,
-}
-
 /// Decodes `ExtenderArgs` from `body` and answers `verb` from `view`: the whole request path
-/// short of HTTP, used by the handlers and the benchmarks.
+/// short of HTTP, used by the handlers and the benchmarks. The candidate names are borrowed from
+/// the body, and the answer is written straight from the verdicts or scores (`json_out`).
 pub fn answer(verb: Verb, view: &ClusterView, body: &[u8]) -> Result<Answer, Error> {
     let args: ExtenderArgs = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("invalid ExtenderArgs: {e}")))?;
@@ -140,56 +133,33 @@ pub fn answer(verb: Verb, view: &ClusterView, body: &[u8]) -> Result<Answer, Err
         (None, Some(names)) => names.iter().map(|n| n.as_ref()).collect(),
         (None, None) => Vec::new(),
     };
+    // Names taken verbatim from a JSON string are written back without escaping.
+    let verbatim = args
+        .node_names
+        .as_ref()
+        .is_some_and(|names| names.iter().all(|n| n.is_verbatim()));
     let demand = view.demand_of(&pod);
     match verb {
         Verb::Prioritize => {
             let scores = extender::prioritize(view, &demand, &names);
-            let list: Vec<HostPriorityOut> = names
-                .iter()
-                .zip(scores)
-                .map(|(host, score)| HostPriorityOut { host, score })
-                .collect();
             Ok(Answer {
-                body: to_json(&list)?,
+                body: json_out::priority_list(&names, verbatim, &scores),
                 rejected: Vec::new(),
             })
         }
         Verb::Filter => {
-            let verdicts = extender::filter(view, &demand, &names);
-            let mut result = ExtenderFilterResult::default();
-            let mut passed = Vec::with_capacity(names.len());
-            let mut rejected = Vec::new();
-            for (i, verdict) in verdicts.into_iter().enumerate() {
-                match verdict {
-                    None => passed.push(i),
-                    Some(r) => {
-                        rejected.push(r.kind);
-                        let failed: &mut BTreeMap<_, _> = if r.kind.is_unresolvable() {
-                            &mut result.failed_and_unresolvable_nodes
-                        } else {
-                            &mut result.failed_nodes
-                        };
-                        failed.insert(names[i], r.message);
-                    }
-                }
-            }
-            match full_nodes {
-                Some(items) => {
-                    let kept = passed.iter().map(|&i| &*items[i].raw).collect();
-                    result.nodes = Some(NodeListOut::new(kept));
-                }
-                None => result.node_names = Some(passed.iter().map(|&i| names[i]).collect()),
-            }
-            Ok(Answer {
-                body: to_json(&result)?,
-                rejected,
-            })
+            let verdicts = extender::verdicts(view, &demand, &names);
+            let raw: Option<Vec<&RawValue>> =
+                full_nodes.map(|items| items.iter().map(|n| &*n.raw).collect());
+            let body = json_out::filter_result(&names, verbatim, raw.as_deref(), &verdicts);
+            let rejected = verdicts
+                .of_nodes
+                .iter()
+                .filter_map(|&v| verdicts.kind(v))
+                .collect();
+            Ok(Answer { body, rejected })
         }
     }
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encoding the answer: {e}")))
 }
 
 async fn filter(State(state): State<AppState>, body: Bytes) -> Response {
@@ -213,14 +183,22 @@ async fn serve(verb: Verb, state: AppState, body: Bytes) -> Response {
     };
     let response = match result {
         Ok(answer) => {
+            // One update per reason, not per node.
+            let mut counts: Vec<(RejectKind, u64)> = Vec::new();
             for kind in answer.rejected {
+                match counts.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((kind, 1)),
+                }
+            }
+            for (kind, n) in counts {
                 state
                     .metrics
                     .rejected_nodes
                     .get_or_create(&ReasonLabels {
                         reason: kind.as_str(),
                     })
-                    .inc();
+                    .inc_by(n);
             }
             ([(header::CONTENT_TYPE, "application/json")], answer.body).into_response()
         }

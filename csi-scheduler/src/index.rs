@@ -27,6 +27,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use crate::record::{
     ClaimFields, ClaimRecord, PodRecord, StorageFields, StorageRecord, VolumeFields, VolumeRecord,
 };
+use crate::room::NodeEntry;
 use crate::view::{ClassParams, ClusterView, ObjectKey};
 
 /// The incrementally maintained view. Owned by one task; readers get [`ClusterView`] snapshots.
@@ -454,8 +455,10 @@ impl ViewIndex {
             capacity::add_class_bytes(&mut pending, pool, bytes);
         }
         let capacity = reported.clone().with_pending(&pending);
-        if self.view.nodes.get(&name).map(|c| &**c) != Some(&capacity) {
-            self.view.nodes.insert(name, Arc::new(capacity));
+        if self.view.nodes.get(&name).map(|e| &e.capacity) != Some(&capacity) {
+            self.view
+                .nodes
+                .insert(name, Arc::new(NodeEntry::new(capacity)));
         }
     }
 }
@@ -683,7 +686,7 @@ mod tests {
                     counted += view
                         .nodes
                         .values()
-                        .filter(|c| c.classes.values().any(|c| c.pending > 0))
+                        .filter(|e| e.capacity.classes.values().any(|c| c.pending > 0))
                         .count();
                 }
             }

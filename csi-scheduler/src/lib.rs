@@ -4,8 +4,10 @@
 //!   [`index::ViewIndex`], which publishes a new [`view::ClusterView`] snapshot;
 //! - [`view`]: the snapshot and a pod's demand (pure);
 //! - [`extender`]: filter and prioritize (pure, over `csi_api::capacity` and `placement`);
-//! - [`wire`]: the extender v1 JSON types; [`http`]: the axum routes; [`metrics`]: Prometheus;
-//! - `fixtures`: objects for the unit tests and the benchmarks (not used by the binary).
+//! - [`wire`]: the extender v1 JSON types ([`json_out`] writes the answers); [`http`]: the axum routes; [`metrics`]: Prometheus;
+//! - [`room`]: each node's room per pool, precomputed for the fit check;
+//! - `fixtures`: objects for the unit tests and the benchmarks, `reference`: the previous request
+//!   path, the baseline of the equivalence tests and the churn bench (neither used by the binary).
 
 pub mod cache;
 pub mod extender;
@@ -13,8 +15,12 @@ pub mod extender;
 pub mod fixtures;
 pub mod http;
 pub mod index;
+pub mod json_out;
 pub mod metrics;
 pub mod record;
+#[doc(hidden)]
+pub mod reference;
+pub mod room;
 pub mod view;
 pub mod wire;
 

@@ -212,7 +212,21 @@ impl DataSource {
         namespace: &str,
         spec: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
     ) -> Option<DataSource> {
-        let (group, kind, name, ns) = match (&spec.data_source_ref, &spec.data_source) {
+        Self::of_refs(
+            namespace,
+            spec.data_source_ref.as_ref(),
+            spec.data_source.as_ref(),
+        )
+    }
+
+    /// The data source named by a claim spec's `dataSourceRef` (which wins) or `dataSource`,
+    /// for a claim in `namespace`: of a PVC, or of a pod's ephemeral volume claim template.
+    pub fn of_refs(
+        namespace: &str,
+        data_source_ref: Option<&k8s_openapi::api::core::v1::TypedObjectReference>,
+        data_source: Option<&k8s_openapi::api::core::v1::TypedLocalObjectReference>,
+    ) -> Option<DataSource> {
+        let (group, kind, name, ns) = match (data_source_ref, data_source) {
             (Some(r), _) => (
                 r.api_group.as_deref(),
                 r.kind.as_str(),

@@ -29,6 +29,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::index::ViewIndex;
 use crate::record::{ClaimFields, ClaimRecord, DataSource, PodRecord, StorageRecord, VolumeRecord};
+use crate::room::NodeEntry;
 use crate::wire;
 
 /// Annotations marking the default StorageClass (GA and legacy beta).
@@ -122,7 +123,8 @@ pub type FastMap<K, V> =
 /// after replacing only the entries a change touched (one node's capacity, a few claims).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
-    pub(crate) nodes: FastMap<String, Arc<NodeCapacity>>,
+    /// Each node's capacity, and the room of each of its pools for the fit check.
+    pub(crate) nodes: FastMap<String, Arc<NodeEntry>>,
     /// (namespace, name) → claim; `None` for a claim of another driver's StorageClass (known, so
     /// that a pod using it is not taken for one whose claim the cache has not seen yet).
     pub(crate) claims: FastMap<ObjectKey, Option<Arc<ClaimInfo>>>,
@@ -298,17 +300,30 @@ impl ClusterView {
 
     /// Adds or replaces a node's capacity (pending included).
     pub fn insert_node(&mut self, name: impl Into<String>, capacity: NodeCapacity) {
-        self.nodes.insert(name.into(), Arc::new(capacity));
+        self.nodes
+            .insert(name.into(), Arc::new(NodeEntry::new(capacity)));
     }
 
-    /// Mutable access to a node's capacity, e.g. to record a placement as pending.
-    pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeCapacity> {
-        self.nodes.get_mut(name).map(Arc::make_mut)
+    /// Changes a node's capacity, e.g. to record a placement as pending (its pools' room is
+    /// recomputed); false if the node has no entry.
+    pub fn update_node(&mut self, name: &str, change: impl FnOnce(&mut NodeCapacity)) -> bool {
+        let Some(entry) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        let mut capacity = entry.capacity.clone();
+        change(&mut capacity);
+        *entry = Arc::new(NodeEntry::new(capacity));
+        true
     }
 
     /// A node's capacity for new volumes, if it has a NodeStorage.
     pub fn node(&self, name: &str) -> Option<&NodeCapacity> {
-        self.nodes.get(name).map(|c| &**c)
+        self.nodes.get(name).map(|e| &e.capacity)
+    }
+
+    /// A node's capacity with its pools' room, if it has a NodeStorage.
+    pub fn node_entry(&self, name: &str) -> Option<&NodeEntry> {
+        self.nodes.get(name).map(|e| &**e)
     }
 
     /// Number of nodes with a NodeStorage.
@@ -366,24 +381,7 @@ impl ClusterView {
                 Some(info) if info.bound || info.has_volume => continue,
                 Some(info) if info.data_source.is_some() => {
                     if let Some(source) = &info.data_source {
-                        match self.source_node(source) {
-                            Some(node) => pins.push(Pin {
-                                node,
-                                why: format!(
-                                    "claim {namespace}/{claim_name} is made from {}",
-                                    source.describe()
-                                ),
-                            }),
-                            None => {
-                                missing.get_or_insert_with(|| {
-                                    format!(
-                                        "waiting for source {} of claim {namespace}/{claim_name} \
-                                         (no Strata snapshot or volume of it exists yet)",
-                                        source.describe()
-                                    )
-                                });
-                            }
-                        }
+                        self.pin_to_source(source, namespace, &claim_name, &mut pins, &mut missing);
                     }
                     seen.push(claim_name);
                     continue;
@@ -396,7 +394,20 @@ impl ClusterView {
                     continue;
                 }
                 None => match template {
+                    // Before the ephemeral controller made the claim, its template's source
+                    // pins the pod as the claim's would (of a Strata class only).
                     Some(t) => {
+                        if let Some(source) = self.template_source(namespace, t) {
+                            self.pin_to_source(
+                                &source,
+                                namespace,
+                                &claim_name,
+                                &mut pins,
+                                &mut missing,
+                            );
+                            seen.push(claim_name);
+                            continue;
+                        }
                         let class = t
                             .spec
                             .storage_class_name
@@ -446,6 +457,59 @@ impl ClusterView {
                 pins,
             }
         }
+    }
+
+    /// Pins the pod to the node of `source` (a claim's restore or clone source), or records
+    /// that the source is not known yet (the first such claim names the wait).
+    fn pin_to_source(
+        &self,
+        source: &DataSource,
+        namespace: &str,
+        claim_name: &str,
+        pins: &mut Vec<Pin>,
+        missing: &mut Option<String>,
+    ) {
+        match self.source_node(source) {
+            Some(node) => pins.push(Pin {
+                node,
+                why: format!(
+                    "claim {namespace}/{claim_name} is made from {}",
+                    source.describe()
+                ),
+            }),
+            None => {
+                missing.get_or_insert_with(|| {
+                    format!(
+                        "waiting for source {} of claim {namespace}/{claim_name} \
+                         (no Strata snapshot or volume of it exists yet)",
+                        source.describe()
+                    )
+                });
+            }
+        }
+    }
+
+    /// The data source of a generic ephemeral volume's claim template, if its StorageClass
+    /// (named, or the default) is one of the driver's: the claim the ephemeral controller makes
+    /// from it will restore or clone that source.
+    fn template_source(
+        &self,
+        namespace: &str,
+        template: &wire::ClaimTemplate,
+    ) -> Option<DataSource> {
+        let spec = &template.spec;
+        let class = spec
+            .storage_class_name
+            .as_ref()
+            .or(self.default_class.as_ref())?;
+        if !self.classes.contains_key(class) {
+            return None;
+        }
+        DataSource::of_refs(
+            namespace,
+            spec.data_source_ref.as_ref(),
+            spec.data_source.as_ref(),
+        )
     }
 
     /// The node of a restore's or clone's source: the snapshot LogicalVolume made for the

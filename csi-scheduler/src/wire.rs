@@ -27,7 +27,53 @@ pub struct ExtenderArgs<'a> {
         default,
         borrow
     )]
-    pub node_names: Option<Vec<Cow<'a, str>>>,
+    pub node_names: Option<Vec<NodeName<'a>>>,
+}
+
+/// A candidate's name, borrowed from the request body when it holds no JSON escape (always, for
+/// a valid node name). serde's own `Cow` does not borrow inside an `Option<Vec<_>>` (it
+/// allocates every name), hence this type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeName<'a>(pub Cow<'a, str>);
+
+impl NodeName<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the name was taken as it is from the body: a JSON string without escapes,
+    /// which can be written back without escaping.
+    pub fn is_verbatim(&self) -> bool {
+        matches!(self.0, Cow::Borrowed(_))
+    }
+}
+
+impl AsRef<str> for NodeName<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for NodeName<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> de::Visitor<'de> for Name {
+            type Value = NodeName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(NodeName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(NodeName(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(NodeName(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
 }
 
 /// A `v1.NodeList` whose items are kept verbatim.
@@ -137,6 +183,12 @@ pub struct ClaimSpec {
     /// `Block` or `Filesystem` (the default): a filesystem volume is sized to its fs minimum.
     #[serde(default)]
     pub volume_mode: Option<String>,
+    /// A restore's or clone's source (`dataSource`), as in a PVC's spec.
+    #[serde(default)]
+    pub data_source: Option<k8s_openapi::api::core::v1::TypedLocalObjectReference>,
+    /// The same as `dataSourceRef`, which wins over `dataSource` when both are set.
+    #[serde(default)]
+    pub data_source_ref: Option<k8s_openapi::api::core::v1::TypedObjectReference>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,7 +266,20 @@ mod tests {
             "Nodes":null,"NodeNames":["a","b"]}"#;
         let args: ExtenderArgs = serde_json::from_str(body).unwrap();
         assert!(args.nodes.is_none());
-        assert_eq!(args.node_names.unwrap(), ["a", "b"]);
+        let names = args.node_names.unwrap();
+        assert_eq!(
+            names.iter().map(NodeName::as_str).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(
+            names.iter().all(NodeName::is_verbatim),
+            "borrowed from the body"
+        );
+        let escaped: ExtenderArgs =
+            serde_json::from_str(r#"{"Pod":{},"NodeNames":["a\"b","c"]}"#).unwrap();
+        let names = escaped.node_names.unwrap();
+        assert_eq!((names[0].as_str(), names[0].is_verbatim()), ("a\"b", false));
+        assert!(names[1].is_verbatim());
         let pod = args.pod.unwrap();
         assert_eq!(pod.metadata.namespace, "ns");
         assert_eq!(

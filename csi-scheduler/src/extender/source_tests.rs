@@ -185,3 +185,71 @@ fn other_data_sources_are_placed_as_plain_claims() {
         );
     }
 }
+
+/// A pod's generic ephemeral volume whose claim template restores or clones `source`.
+fn ephemeral_pod(source: serde_json::Value, source_field: &str) -> crate::wire::Pod {
+    pod(
+        "p",
+        serde_json::json!([{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "storageClassName": "thin",
+            "resources": {"requests": {"storage": "1Gi"}},
+            source_field: source}}}}]),
+    )
+}
+
+#[test]
+fn an_ephemeral_volumes_template_pins_before_its_claim_exists() {
+    // The ephemeral controller has not made apps/p-scratch yet: the template's source pins.
+    let v = view(vec![]);
+    let restore = ephemeral_pod(
+        serde_json::json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+            "name": "snap"}),
+        "dataSourceRef",
+    );
+    let verdicts = filter(&v, &v.demand_of(&restore), &NODES);
+    assert!(verdicts[1].is_none(), "{verdicts:?}");
+    for i in [0, 2] {
+        let r = verdicts[i].as_ref().expect("filtered");
+        assert_eq!(r.kind, RejectKind::SourceElsewhere);
+        assert!(
+            r.message.contains("claim apps/p-scratch")
+                && r.message.contains("VolumeSnapshot apps/snap")
+                && r.message.contains("node b"),
+            "{}",
+            r.message
+        );
+    }
+    let clone = ephemeral_pod(
+        serde_json::json!({"kind": "PersistentVolumeClaim", "name": "src"}),
+        "dataSource",
+    );
+    let verdicts = filter(&v, &v.demand_of(&clone), &NODES);
+    assert_eq!(
+        verdicts.iter().map(Option::is_none).collect::<Vec<_>>(),
+        [false, false, true],
+        "{verdicts:?}"
+    );
+    // A source not known yet makes the pod wait, as for a claim.
+    let later = ephemeral_pod(
+        serde_json::json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+            "name": "later"}),
+        "dataSourceRef",
+    );
+    let verdicts = filter(&v, &v.demand_of(&later), &NODES);
+    assert!(
+        verdicts.iter().all(|r| r
+            .as_ref()
+            .is_some_and(|r| r.kind == RejectKind::SourceNotFound)),
+        "{verdicts:?}"
+    );
+    // Once the claim exists, the claim is read (here: made from the clone's source, on "c").
+    let mut made = clone_of("p-scratch", "src");
+    made.metadata.name = Some("p-scratch".into());
+    let v = view(vec![made]);
+    let verdicts = filter(&v, &v.demand_of(&restore), &NODES);
+    assert_eq!(
+        verdicts.iter().map(Option::is_none).collect::<Vec<_>>(),
+        [false, false, true],
+        "{verdicts:?}"
+    );
+}
