@@ -3,8 +3,9 @@
 //! - SATA SMART RETURN STATUS through `SG_IO` answers "passed" on qemu's disks;
 //! - a fault under a live volume: a VG over two SATA disks, one volume on each; the first disk
 //!   is set `offline` (SCSI device state: every I/O fails) → it turns `Failing` with the evidence,
-//!   its class is Degraded naming its slot, only its volume is abnormal (naming the slot), the
-//!   volume on the other disk stays healthy and usable; `replace-disk` refuses while the volume
+//!   its class is Degraded naming its slot, only its volume is abnormal (naming the slot), and
+//!   so is a thin volume whose pool is on that disk (a thin volume has no extents of its own),
+//!   the volume on the other disk stays healthy and usable; `replace-disk` refuses while the volume
 //!   is on it. Then the disk is deleted from the SCSI bus (`device/delete`) → missing; once its
 //!   volume is deleted, `replace-disk` (dry run changes nothing) removes it and the VG is whole,
 //!   the other volume's data intact. Run with
@@ -24,7 +25,9 @@ use csi_agent::csi::volumes::Volumes;
 use csi_agent::health::replace::{Refusal, ReplaceError, replace_disk};
 use csi_agent::health::{Board, ata, check_disks, nvme};
 use csi_agent::lvm::naming::{escape, volume_tag};
-use csi_agent::lvm::{CommandRunner, Lvm, LvmOptions, OWNER_TAG, RunnerConfig};
+use csi_agent::lvm::{
+    CommandRunner, Lvm, LvmOptions, OWNER_TAG, RunnerConfig, THIN_POOL_LV, THIN_POOL_TAG, THIN_TAG,
+};
 use csi_api::crd::{ClassHealth, DiskState, DiskStatus, NodeStorageSpec};
 use csi_api::names::DeviceClass;
 
@@ -205,6 +208,48 @@ fn a_fault_under_a_live_volume_marks_only_that_volume() {
             ],
         );
     }
+    // a thin pool on the first disk (data, metadata and lvm2's spare) and a thin volume on it
+    vm::run(
+        "lvcreate",
+        &[
+            "-y",
+            "--type",
+            "thin-pool",
+            "-L",
+            "64m",
+            "--poolmetadatasize",
+            "4m",
+            "-n",
+            THIN_POOL_LV,
+            "--addtag",
+            OWNER_TAG,
+            "--addtag",
+            THIN_POOL_TAG,
+            VG,
+            &ssd_dev,
+        ],
+    );
+    vm::run(
+        "lvcreate",
+        &[
+            "-y",
+            "--type",
+            "thin",
+            "-V",
+            "32m",
+            "--thinpool",
+            THIN_POOL_LV,
+            "-n",
+            "pvc-thin",
+            "--addtag",
+            OWNER_TAG,
+            "--addtag",
+            &volume_tag("pvc-thin").unwrap(),
+            "--addtag",
+            THIN_TAG,
+            VG,
+        ],
+    );
     let (dev_a, dev_b) = (format!("/dev/{VG}/pvc-on-a"), format!("/dev/{VG}/pvc-on-b"));
     dd_write(&dev_b, MARK);
     let board = Board::default();
@@ -220,7 +265,7 @@ fn a_fault_under_a_live_volume_marks_only_that_volume() {
         disks.iter().all(|d| d.state == DiskState::Claimed),
         "{disks:?}"
     );
-    for id in ["pvc-on-a", "pvc-on-b"] {
+    for id in ["pvc-on-a", "pvc-on-b", "pvc-thin"] {
         let v = rt.block_on(volumes.find(id)).unwrap().unwrap();
         assert_eq!(v.problem, None, "{id}");
     }
@@ -251,6 +296,21 @@ fn a_fault_under_a_live_volume_marks_only_that_volume() {
         .problem
         .expect("the volume on the offline disk is abnormal");
     assert!(problem.contains(slot_a), "{problem}");
+    let thin = rt.block_on(volumes.find("pvc-thin")).unwrap().unwrap();
+    let problem = thin
+        .problem
+        .expect("the thin volume whose pool is on the offline disk is abnormal");
+    assert!(
+        problem.contains(slot_a) && problem.contains(THIN_POOL_LV),
+        "{problem}"
+    );
+    let listed = rt.block_on(volumes.list()).unwrap();
+    let abnormal: Vec<&str> = listed
+        .iter()
+        .filter(|v| v.problem.is_some())
+        .map(|v| v.id.as_str())
+        .collect();
+    assert_eq!(abnormal, ["pvc-on-a", "pvc-thin"], "ListVolumes agrees");
     let b = rt.block_on(volumes.find("pvc-on-b")).unwrap().unwrap();
     assert_eq!(b.problem, None, "the volume on the other disk stays normal");
     assert_eq!(dd_read(&dev_b).as_deref(), Ok(MARK));
@@ -260,7 +320,10 @@ fn a_fault_under_a_live_volume_marks_only_that_volume() {
     let refused = rt.block_on(replace_disk(&lvm, slot_a, true)).unwrap_err();
     match refused {
         ReplaceError::Refused(Refusal::InUse { volumes, .. }) => {
-            assert_eq!(volumes, vec!["pvc-on-a".to_string()]);
+            for v in ["pvc-on-a", "pvc-thin", "thin pool strata_thinpool"] {
+                assert!(volumes.iter().any(|x| x == v), "{v} in {volumes:?}");
+            }
+            assert!(!volumes.iter().any(|x| x == "pvc-on-b"), "{volumes:?}");
         }
         other => panic!("expected a refusal listing pvc-on-a, got {other}"),
     }
@@ -270,8 +333,12 @@ fn a_fault_under_a_live_volume_marks_only_that_volume() {
         "nothing changed"
     );
 
-    // the disk is lost for good: deleted from the SCSI bus
+    // the thin volume and its pool go while the disk is back (the rest is about linear volumes)
     std::fs::write(format!("{ssd_sysfs}/device/state"), "running\n").unwrap();
+    assert!(rt.block_on(lvm.remove_lv(VG, "pvc-thin")).unwrap());
+    vm::run("lvremove", &["-y", &format!("{VG}/{THIN_POOL_LV}")]);
+
+    // the disk is lost for good: deleted from the SCSI bus
     std::fs::write(format!("{ssd_sysfs}/device/delete"), "1\n").unwrap();
     let _ = vm::output("udevadm", &["settle"]);
     let a = rt.block_on(volumes.find("pvc-on-a")).unwrap().unwrap();

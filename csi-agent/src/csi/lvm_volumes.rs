@@ -114,8 +114,8 @@ impl<R: LvmRunner> LvmVolumes<R> {
             if vg.missing_pv_count == 0 && failing.is_empty() {
                 continue;
             }
-            match self.lvm.pv_segments(Some(&vg.name)).await {
-                Ok(segs) => out.extend(health::volume_problems(&segs, &failing)),
+            match self.lvm.vg_layout(&vg.name).await {
+                Ok(layout) => out.extend(health::volume_problems(&layout, &failing)),
                 Err(e) if vg.missing_pv_count > 0 => {
                     let lvs = self
                         .lvm
@@ -393,6 +393,19 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
                 Self::info(lv, *class, Some(vg), &disks)
             })
             .collect();
+        // A full pool makes its thin volumes abnormal (as in `find`): one read per VG with a
+        // thin volume not already abnormal.
+        let mut pools: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for v in out.iter_mut().filter(|v| v.thin && v.problem.is_none()) {
+            let Some((_, vg)) = vgs.values().find(|(c, _)| *c == v.class) else {
+                continue;
+            };
+            if !pools.contains_key(&vg.name) {
+                let problem = crate::claim::thin_pool::pool_problem(&self.lvm, &vg.name).await;
+                pools.insert(vg.name.clone(), problem);
+            }
+            v.problem.clone_from(&pools[&vg.name]);
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -766,11 +779,22 @@ mod tests {
     /// lvm2 with one nvme VG holding a thin volume `pvc-t`, a snapshot of it and (`pool`) the
     /// thin pool.
     fn thin_lvm(pool: bool) -> Lvm<FakeRunner> {
+        thin_lvm_with(pool, "1.00", false)
+    }
+
+    /// [`thin_lvm`] with the pool's data fill (`data_percent`) and (`linear`) a linear volume
+    /// `pvc-l` in the same VG.
+    fn thin_lvm_with(pool: bool, pool_fill: &str, linear: bool) -> Lvm<FakeRunner> {
         use crate::lvm::snapshot::{snapshot_lv_name, snapshot_of_tag, snapshot_tag};
         use crate::lvm::{THIN_POOL_LV, THIN_POOL_TAG, THIN_TAG};
         let row = |name: &str, tags: String, segtype: &str, pool_lv: &str| {
+            let fill = if segtype == "thin-pool" {
+                pool_fill
+            } else {
+                "1.00"
+            };
             format!(
-                r#"{{"lv_name":"{name}","vg_name":"strata-nvme","lv_uuid":"L","lv_size":"{GIB}","lv_tags":"{tags}","lv_active":"active","lv_attr":"Vwi-a-tz--","lv_time":"2026-12-03 00:00:00 +0000","segtype":"{segtype}","pool_lv":"{pool_lv}","data_percent":"1.00","metadata_percent":"1.00","lv_metadata_size":"8388608"}}"#
+                r#"{{"lv_name":"{name}","vg_name":"strata-nvme","lv_uuid":"L","lv_size":"{GIB}","lv_tags":"{tags}","lv_active":"active","lv_attr":"Vwi-a-tz--","lv_time":"2026-12-03 00:00:00 +0000","segtype":"{segtype}","pool_lv":"{pool_lv}","data_percent":"{fill}","metadata_percent":"1.00","lv_metadata_size":"8388608"}}"#
             )
         };
         let mut rows = vec![
@@ -791,6 +815,14 @@ mod tests {
                 THIN_POOL_LV,
             ),
         ];
+        if linear {
+            rows.push(row(
+                "pvc-l",
+                format!("{OWNER_TAG},{}", volume_tag("pvc-l").unwrap()),
+                "linear",
+                "",
+            ));
+        }
         if pool {
             rows.push(row(
                 THIN_POOL_LV,
@@ -837,6 +869,34 @@ mod tests {
         assert_eq!(volumes.thin_room(DeviceClass::Nvme).await.unwrap(), Some(0));
         // a snapshot id is no volume id
         assert!(volumes.find("snap-1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_makes_its_thin_volumes_abnormal_and_the_linear_ones_not() {
+        for (fill, full) in [("94.00", false), ("100.00", true)] {
+            let volumes = LvmVolumes::new(thin_lvm_with(true, fill, true), BTreeMap::new());
+            let thin = volumes.find("pvc-t").await.unwrap().unwrap();
+            let linear = volumes.find("pvc-l").await.unwrap().unwrap();
+            assert_eq!(linear.problem, None, "pool at {fill} %");
+            let listed = volumes.list().await.unwrap();
+            assert_eq!(
+                listed.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+                ["pvc-l", "pvc-t"]
+            );
+            assert_eq!(listed[0].problem, None, "pool at {fill} %");
+            if full {
+                let m = thin.problem.expect("a full pool's thin volume is abnormal");
+                assert!(m.contains("is full") && m.contains("100.0 %"), "{m}");
+                assert_eq!(
+                    listed[1].problem.as_ref(),
+                    Some(&m),
+                    "ListVolumes says the same"
+                );
+            } else {
+                assert_eq!(thin.problem, None, "pool at {fill} %");
+                assert_eq!(listed[1].problem, None, "pool at {fill} %");
+            }
+        }
     }
 
     #[tokio::test]

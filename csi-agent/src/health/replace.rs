@@ -6,8 +6,9 @@
 use std::fmt::Write as _;
 
 use crate::claim::Recorded;
+use crate::lvm::layout::{VgLayout, bare_lv_name};
 use crate::lvm::naming::volume_from_tags;
-use crate::lvm::{Lvm, LvmError, LvmRunner, Pv, PvSegment};
+use crate::lvm::{Lvm, LvmError, LvmRunner, Pv};
 
 /// What the command will do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,8 +43,10 @@ pub enum Refusal {
     InUse { slot: String, volumes: Vec<String> },
 }
 
-/// Plans the removal of the PV recorded in `slot`; pure.
-pub fn plan(slot: &str, pvs: &[Pv], segments: &[PvSegment]) -> Result<ReplacePlan, Refusal> {
+/// Plans the removal of the PV recorded in `slot`; pure. What still holds extents on it is named
+/// by volume; a thin pool's hidden sub-LV by its pool (`thin pool NAME`) and the thin volumes on
+/// that pool (they have no extents of their own: their data is in the pool).
+pub fn plan(slot: &str, pvs: &[Pv], layout: &VgLayout) -> Result<ReplacePlan, Refusal> {
     let pv = pvs
         .iter()
         .filter(|p| p.owned)
@@ -60,11 +63,43 @@ pub fn plan(slot: &str, pvs: &[Pv], segments: &[PvSegment]) -> Result<ReplacePla
         });
     }
     let vg = pv.vg.clone().unwrap_or_default();
-    let mut volumes: Vec<String> = segments
+    let parent = |lv: &str| {
+        layout
+            .links
+            .iter()
+            .find(|l| l.lv == lv && !l.parent.is_empty())
+            .map(|l| l.parent.clone())
+    };
+    let mut volumes: Vec<String> = Vec::new();
+    for s in layout
+        .segments
         .iter()
         .filter(|s| s.pv_uuid == pv.uuid || (s.vg == vg && s.pv_missing))
-        .map(|s| volume_from_tags(s.lv_tags.iter().map(String::as_str)).unwrap_or(s.lv.clone()))
-        .collect();
+    {
+        if let Some(v) = volume_from_tags(s.lv_tags.iter().map(String::as_str)) {
+            volumes.push(v);
+            continue;
+        }
+        let mut top = bare_lv_name(&s.lv).to_owned();
+        for _ in 0..8 {
+            match parent(&top) {
+                Some(p) => top = p,
+                None => break,
+            }
+        }
+        let thin: Vec<String> = layout
+            .links
+            .iter()
+            .filter(|l| l.pool == top)
+            .map(|l| volume_from_tags(l.tags.iter().map(String::as_str)).unwrap_or(l.lv.clone()))
+            .collect();
+        if thin.is_empty() && top == bare_lv_name(&s.lv) {
+            volumes.push(top);
+        } else {
+            volumes.push(format!("thin pool {top}"));
+            volumes.extend(thin);
+        }
+    }
     volumes.sort();
     volumes.dedup();
     if !volumes.is_empty() {
@@ -106,11 +141,11 @@ pub async fn replace_disk<R: LvmRunner>(
         .iter()
         .find(|p| p.owned && Recorded::from_tags(&p.tags).slot.as_deref() == Some(slot))
         .and_then(|p| p.vg.clone());
-    let segments = match &vg {
-        Some(vg) => lvm.pv_segments(Some(vg)).await?,
-        None => Vec::new(),
+    let layout = match &vg {
+        Some(vg) => lvm.vg_layout(vg).await?,
+        None => VgLayout::default(),
     };
-    let plan = plan(slot, &pvs, &segments)?;
+    let plan = plan(slot, &pvs, &layout)?;
     let mut out = format!(
         "slot {}: PV {} of {} is missing and holds no volume\n",
         plan.slot, plan.pv_uuid, plan.vg
@@ -148,7 +183,7 @@ mod tests {
 
     use super::*;
     use crate::lvm::naming::{escape, volume_tag};
-    use crate::lvm::{FakeRunner, Invocation, LvmOptions, OWNER_TAG, Reply};
+    use crate::lvm::{FakeRunner, Invocation, LvmOptions, OWNER_TAG, PvSegment, Reply};
 
     fn pv(uuid: &str, slot: &str, missing: bool) -> Pv {
         Pv {
@@ -160,6 +195,13 @@ mod tests {
             tags: vec![OWNER_TAG.into(), format!("strata.io/slot={}", escape(slot))],
             missing,
             owned: true,
+        }
+    }
+
+    fn layout(segments: &[PvSegment]) -> VgLayout {
+        VgLayout {
+            segments: segments.to_vec(),
+            links: Vec::new(),
         }
     }
 
@@ -180,19 +222,62 @@ mod tests {
     fn refuses_unknown_present_and_used_disks() {
         let pvs = [pv("A", "slot-a", true), pv("B", "slot-b", false)];
         assert_eq!(
-            plan("slot-x", &pvs, &[]),
+            plan("slot-x", &pvs, &VgLayout::default()),
             Err(Refusal::NoPv("slot-x".into()))
         );
         assert!(matches!(
-            plan("slot-b", &pvs, &[]),
+            plan("slot-b", &pvs, &VgLayout::default()),
             Err(Refusal::Present { .. })
         ));
         let segs = [seg("A", true, "pvc-1"), seg("B", false, "pvc-2")];
         assert_eq!(
-            plan("slot-a", &pvs, &segs),
+            plan("slot-a", &pvs, &layout(&segs)),
             Err(Refusal::InUse {
                 slot: "slot-a".into(),
                 volumes: vec!["pvc-1".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn a_lost_disk_under_a_thin_pool_names_the_pool_and_its_thin_volumes() {
+        use crate::lvm::layout::LvLink;
+        let pvs = [pv("A", "slot-a", true), pv("B", "slot-b", false)];
+        let hidden = |lv: &str, uuid: &str, missing: bool| PvSegment {
+            lv: format!("[{lv}]"),
+            lv_tags: vec![],
+            ..seg(uuid, missing, "x")
+        };
+        let link = |lv: &str, parent: &str, pool: &str, volume: Option<&str>| LvLink {
+            lv: lv.into(),
+            parent: parent.into(),
+            pool: pool.into(),
+            tags: volume
+                .map(|v| vec![OWNER_TAG.into(), volume_tag(v).unwrap()])
+                .unwrap_or_default(),
+            health: String::new(),
+        };
+        let layout = VgLayout {
+            segments: vec![
+                hidden("pool_tdata", "A", true),
+                hidden("pool_tmeta", "A", true),
+                hidden("lvol0_pmspare", "B", false),
+                seg("B", false, "pvc-linear"),
+            ],
+            links: vec![
+                link("pool", "", "", None),
+                link("pool_tdata", "pool", "", None),
+                link("pool_tmeta", "pool", "", None),
+                link("lvol0_pmspare", "", "", None),
+                link("pvc-thin", "", "pool", Some("pvc-thin")),
+                link("pvc-linear", "", "", Some("pvc-linear")),
+            ],
+        };
+        assert_eq!(
+            plan("slot-a", &pvs, &layout),
+            Err(Refusal::InUse {
+                slot: "slot-a".into(),
+                volumes: vec!["pvc-thin".into(), "thin pool pool".into()]
             })
         );
     }
@@ -206,7 +291,7 @@ mod tests {
         ];
         let segs = [seg("B", false, "pvc-2")];
         assert_eq!(
-            plan("slot-a", &pvs, &segs),
+            plan("slot-a", &pvs, &layout(&segs)),
             Ok(ReplacePlan {
                 slot: "slot-a".into(),
                 vg: "strata-ssd".into(),

@@ -1,11 +1,14 @@
 //! Per-volume truth: a volume is abnormal only when one of the disks holding its extents is
 //! missing or failing (or lvm2 itself reports the LV unhealthy); the other volumes of the same
-//! VG stay normal. Pure, over `pvs --segments` rows and the failing disks by slot.
+//! VG stay normal. A thin volume has no extents of its own: it inherits the problems of its
+//! pool, i.e. of the disks under the pool's hidden data and metadata sub-LVs. Pure, over a
+//! [`VgLayout`] (`pvs --segments` rows, `lvs -a` links) and the failing disks by slot.
 
 use std::collections::BTreeMap;
 
 use crate::claim::Recorded;
 use crate::lvm::PvSegment;
+use crate::lvm::layout::{LvLink, VgLayout, bare_lv_name};
 use crate::lvm::naming::volume_from_tags;
 
 /// What is wrong with one disk under a volume.
@@ -25,44 +28,77 @@ fn disk_name(seg: &PvSegment) -> String {
         .unwrap_or_else(|| format!("PV {}", seg.pv_uuid))
 }
 
+/// The problem of the disk under one segment, if it is missing or failing.
+fn segment_problem(seg: &PvSegment, failing: &BTreeMap<String, String>) -> Option<DiskProblem> {
+    let slot = Recorded::from_tags(&seg.pv_tags).slot;
+    if seg.pv_missing {
+        return Some(DiskProblem {
+            disk: slot.unwrap_or_else(|| seg.pv_uuid.clone()),
+            message: format!("disk in {} (PV {}) is missing", disk_name(seg), seg.pv_uuid),
+        });
+    }
+    let slot = slot?;
+    let evidence = failing.get(&slot)?;
+    Some(DiskProblem {
+        message: format!("disk in slot {slot} is failing: {evidence}"),
+        disk: slot,
+    })
+}
+
+fn push_new(list: &mut Vec<DiskProblem>, p: DiskProblem) {
+    if !list.contains(&p) {
+        list.push(p);
+    }
+}
+
+/// The top LV a (hidden) LV is part of: `[pool_tdata]` → `pool` (bounded: links form no cycle,
+/// but a malformed report must not hang the agent).
+fn top_lv<'a>(lv: &'a str, parents: &BTreeMap<&'a str, &'a str>) -> &'a str {
+    let mut at = lv;
+    for _ in 0..8 {
+        match parents.get(at) {
+            Some(p) if !p.is_empty() => at = p,
+            _ => break,
+        }
+    }
+    at
+}
+
 /// Volume name (from its volume tag) → the problems of the disks under it. Volumes that do not
-/// appear are healthy. `failing` maps slot → evidence.
+/// appear are healthy. `failing` maps slot → evidence. A thin volume (an `lvs -a` link with a
+/// pool) has the problems of the disks under its pool's sub-LVs.
 pub fn volume_problems(
-    segments: &[PvSegment],
+    layout: &VgLayout,
     failing: &BTreeMap<String, String>,
 ) -> BTreeMap<String, Vec<DiskProblem>> {
     let mut out: BTreeMap<String, Vec<DiskProblem>> = BTreeMap::new();
     let mut lvm_says: BTreeMap<String, String> = BTreeMap::new();
-    for seg in segments {
+    let parents: BTreeMap<&str, &str> = layout
+        .links
+        .iter()
+        .map(|l| (l.lv.as_str(), l.parent.as_str()))
+        .collect();
+    // the problems of each top LV (a pool for its sub-LVs' segments)
+    let mut by_top: BTreeMap<&str, Vec<DiskProblem>> = BTreeMap::new();
+    for seg in &layout.segments {
+        let problem = segment_problem(seg, failing);
+        if let Some(p) = &problem {
+            let top = top_lv(bare_lv_name(&seg.lv), &parents);
+            push_new(by_top.entry(top).or_default(), p.clone());
+        }
         let Some(volume) = volume_from_tags(seg.lv_tags.iter().map(String::as_str)) else {
             continue;
         };
-        let slot = Recorded::from_tags(&seg.pv_tags).slot;
-        let problem = if seg.pv_missing {
-            Some(DiskProblem {
-                disk: slot.clone().unwrap_or_else(|| seg.pv_uuid.clone()),
-                message: format!("disk in {} (PV {}) is missing", disk_name(seg), seg.pv_uuid),
-            })
-        } else {
-            slot.as_ref()
-                .and_then(|s| failing.get(s).map(|ev| (s, ev)))
-                .map(|(s, ev)| DiskProblem {
-                    disk: s.clone(),
-                    message: format!("disk in slot {s} is failing: {ev}"),
-                })
-        };
         match problem {
-            Some(p) => {
-                let list = out.entry(volume).or_default();
-                if !list.contains(&p) {
-                    list.push(p);
-                }
-            }
+            Some(p) => push_new(out.entry(volume).or_default(), p),
             None if !seg.lv_health.is_empty() => {
                 lvm_says.insert(volume, seg.lv_health.clone());
             }
             None => {}
         }
+    }
+    for link in layout.links.iter().filter(|l| !l.pool.is_empty()) {
+        thin_volume_problems(link, &by_top, &mut out, &mut lvm_says);
     }
     for (volume, health) in lvm_says {
         out.entry(volume).or_insert_with(|| {
@@ -73,6 +109,36 @@ pub fn volume_problems(
         });
     }
     out
+}
+
+/// A thin volume inherits its pool's disk problems, named as the pool's.
+fn thin_volume_problems(
+    link: &LvLink,
+    by_top: &BTreeMap<&str, Vec<DiskProblem>>,
+    out: &mut BTreeMap<String, Vec<DiskProblem>>,
+    lvm_says: &mut BTreeMap<String, String>,
+) {
+    let Some(volume) = volume_from_tags(link.tags.iter().map(String::as_str)) else {
+        return;
+    };
+    match by_top.get(link.pool.as_str()) {
+        Some(problems) => {
+            let list = out.entry(volume).or_default();
+            for p in problems {
+                push_new(
+                    list,
+                    DiskProblem {
+                        disk: p.disk.clone(),
+                        message: format!("thin pool {}: {}", link.pool, p.message),
+                    },
+                );
+            }
+        }
+        None if !link.health.is_empty() => {
+            lvm_says.insert(volume, link.health.clone());
+        }
+        None => {}
+    }
 }
 
 /// One line for a VolumeCondition or a LogicalVolume condition.
@@ -107,6 +173,106 @@ mod tests {
         }
     }
 
+    fn layout(segs: &[PvSegment]) -> VgLayout {
+        VgLayout {
+            segments: segs.to_vec(),
+            links: Vec::new(),
+        }
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/src/lvm/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Captured from lvm2 (fixtures/thin_vg.metadata restored on two loop devices): slot pci-a
+    /// holds `pvc-linear` and lvm2's spare metadata LV, slot pci-b the pool's `_tdata` and
+    /// `_tmeta`; `pvc-thin` is on the pool. `missing`: pci-b filtered out.
+    fn thin_layout(missing: bool) -> VgLayout {
+        let suffix = if missing { "_missing" } else { "" };
+        VgLayout {
+            segments: crate::lvm::report::parse_pv_segments(
+                "pvs --segments",
+                &fixture(&format!("pvsegs_thin{suffix}.json")),
+            )
+            .unwrap(),
+            links: crate::lvm::layout::parse_lv_links(
+                "lvs -a",
+                &fixture(&format!("lvs_links_thin{suffix}.json")),
+            )
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_thin_volume_on_a_failing_disk_under_its_pool_is_abnormal() {
+        let failing = BTreeMap::from([("pci-b".to_string(), "media errors 3".to_string())]);
+        // without the links (the bug): the thin volume has no segment and looks healthy
+        let unlinked = VgLayout {
+            links: Vec::new(),
+            ..thin_layout(false)
+        };
+        assert!(volume_problems(&unlinked, &failing).is_empty());
+        let out = volume_problems(&thin_layout(false), &failing);
+        assert_eq!(out.keys().collect::<Vec<_>>(), vec!["pvc-thin"]);
+        assert_eq!(
+            out["pvc-thin"].len(),
+            1,
+            "tdata and tmeta on one disk: one problem"
+        );
+        assert_eq!(out["pvc-thin"][0].disk, "pci-b");
+        assert_eq!(
+            message(&out["pvc-thin"]),
+            "thin pool strata_thinpool: disk in slot pci-b is failing: media errors 3"
+        );
+    }
+
+    #[test]
+    fn a_thin_volume_on_a_missing_disk_under_its_pool_is_abnormal_and_names_it() {
+        let out = volume_problems(&thin_layout(true), &BTreeMap::new());
+        assert_eq!(out.keys().collect::<Vec<_>>(), vec!["pvc-thin"]);
+        assert_eq!(
+            message(&out["pvc-thin"]),
+            "thin pool strata_thinpool: disk in slot pci-b (PV \
+             cLhvcE-kaNe-gl34-nw70-L2An-7RfB-DTDOp1) is missing"
+        );
+    }
+
+    #[test]
+    fn a_thin_volume_on_a_healthy_pool_stays_normal_while_another_disk_fails() {
+        // pci-a holds the linear volume and lvm2's spare metadata LV, not the pool
+        let failing = BTreeMap::from([("pci-a".to_string(), "device state offline".to_string())]);
+        let out = volume_problems(&thin_layout(false), &failing);
+        assert_eq!(out.keys().collect::<Vec<_>>(), vec!["pvc-linear"]);
+        assert_eq!(out["pvc-linear"][0].disk, "pci-a");
+    }
+
+    #[test]
+    fn a_thin_volume_lvm2_reports_unhealthy_is_abnormal() {
+        let mut layout = thin_layout(false);
+        for l in &mut layout.links {
+            if l.lv == "pvc-thin" {
+                l.health = "failed".into();
+            }
+        }
+        let out = volume_problems(&layout, &BTreeMap::new());
+        assert_eq!(
+            message(&out["pvc-thin"]),
+            "lvm2 reports the logical volume as failed"
+        );
+    }
+
+    #[test]
+    fn sub_lvs_of_sub_lvs_resolve_to_their_pool() {
+        // a pool whose data sub-LV is itself made of parts (e.g. raid images)
+        let parents =
+            BTreeMap::from([("p_tdata_rimage_0", "p_tdata"), ("p_tdata", "p"), ("p", "")]);
+        assert_eq!(top_lv("p_tdata_rimage_0", &parents), "p");
+        assert_eq!(top_lv("other", &parents), "other");
+        let cycle = BTreeMap::from([("a", "b"), ("b", "a")]);
+        let _ = top_lv("a", &cycle); // terminates
+    }
+
     #[test]
     fn only_volumes_on_the_missing_disk_are_abnormal() {
         let segs = [
@@ -116,7 +282,7 @@ mod tests {
             seg("pci-a", true, "pvc-both", "partial"),
             seg("pci-b", false, "pvc-both", "partial"),
         ];
-        let out = volume_problems(&segs, &BTreeMap::new());
+        let out = volume_problems(&layout(&segs), &BTreeMap::new());
         assert_eq!(out.keys().collect::<Vec<_>>(), vec!["pvc-both", "pvc-on-a"]);
         assert_eq!(
             message(&out["pvc-on-a"]),
@@ -136,7 +302,7 @@ mod tests {
             "pci-b".to_string(),
             "kernel device state is offline".to_string(),
         )]);
-        let out = volume_problems(&segs, &failing);
+        let out = volume_problems(&layout(&segs), &failing);
         assert_eq!(out.len(), 1);
         assert_eq!(
             message(&out["pvc-on-b"]),
@@ -149,7 +315,7 @@ mod tests {
         let mut foreign = seg("pci-a", true, "x", "partial");
         foreign.lv_tags.clear();
         let segs = [seg("pci-a", false, "pvc-a", "refresh needed"), foreign];
-        let out = volume_problems(&segs, &BTreeMap::new());
+        let out = volume_problems(&layout(&segs), &BTreeMap::new());
         assert_eq!(out.len(), 1);
         assert_eq!(
             message(&out["pvc-a"]),

@@ -778,8 +778,8 @@ async fn disk_problem<R: LvmRunner>(ctx: &Context<R>, vg: &str, volume: &str) ->
     if !ctx.health.misses_pv(vg) && failing.is_empty() {
         return None;
     }
-    match ctx.lvm.pv_segments(Some(vg)).await {
-        Ok(segs) => crate::health::volume_problems(&segs, &failing)
+    match ctx.lvm.vg_layout(vg).await {
+        Ok(layout) => crate::health::volume_problems(&layout, &failing)
             .get(volume)
             .map(|p| crate::health::volumes::message(p)),
         Err(e) => {

@@ -20,6 +20,7 @@ pub mod backup;
 pub mod blkid;
 mod error;
 pub mod fake;
+pub mod layout;
 mod lv;
 pub mod naming;
 mod pv_vg;

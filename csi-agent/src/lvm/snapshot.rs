@@ -14,10 +14,11 @@ use serde::Deserialize;
 use super::error::{LvmError, Result, Subject, classify};
 use super::lv::{check_ours, rounded};
 use super::naming::{self, OWNER_TAG, PvcRef, lv_name_for};
-use super::report::{self, Lv};
+use super::report::{self, Activation, Lv};
 use super::runner::LvmRunner;
 use super::thin::{THIN_POOL_LV, THIN_TAG, ThinState, is_thin};
 use super::{Invocation, Lvm, VgSlot, name_arg};
+use reading::{CREATE_FIELDS, VgReading};
 
 /// Prefix of the tag holding the (escaped) CSI snapshot id of a snapshot LV.
 pub const SNAPSHOT_TAG_PREFIX: &str = "strata.io/snapshot=";
@@ -195,11 +196,12 @@ impl<R: LvmRunner> Lvm<R> {
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
         self.owned_vg(vg, &mut slot).await?;
-        if let Some(existing) = self.snapshot_locked(vg, snapshot_id).await? {
+        let reading = self.read_for_create(vg).await?;
+        if let Some(existing) = reading.snapshot(snapshot_id)? {
             return same_origin(existing, origin_volume);
         }
-        let origin = self.thin_origin(vg, origin_volume).await?;
-        self.admit(vg, origin.size_bytes, room).await?;
+        let origin = reading.thin_origin(origin_volume)?;
+        admit(vg, reading.thin.as_ref(), origin.size_bytes, room)?;
         let mut args = self.lvm_args("lvcreate");
         args.extend(["-s".to_owned(), "-n".to_owned(), lv_name.clone()]);
         args.extend(["-ky", "-p", "r"].map(String::from));
@@ -209,6 +211,7 @@ impl<R: LvmRunner> Lvm<R> {
         args.push(format!("{vg_arg}/{}", origin.name));
         self.run_create(&mut slot, vg, args, origin.size_bytes)
             .await?;
+        // Re-read for lvm2's `lv_time`: the creation time every later reading reports.
         match self.snapshot_locked(vg, snapshot_id).await? {
             Some(made) => Ok(made),
             None => Err(LvmError::NotFound {
@@ -291,8 +294,9 @@ impl<R: LvmRunner> Lvm<R> {
         let mut slot = lock.lock().await;
         let facts = self.owned_vg(vg, &mut slot).await?;
         let size = rounded(size_bytes, facts.extent_size)?;
-        let existing = match self.lv_by_name(vg, &lv_name).await? {
-            Some(lv) => Some(check_ours(vg, volume, lv)?),
+        let reading = self.read_for_create(vg).await?;
+        let existing = match reading.lv(&lv_name) {
+            Some(lv) => Some(check_ours(vg, volume, lv.clone())?),
             None => None,
         };
         let lv = match existing {
@@ -320,14 +324,14 @@ impl<R: LvmRunner> Lvm<R> {
             None => {
                 let source_lv = match source {
                     LvSource::Snapshot(id) => {
-                        self.snapshot_locked(vg, id)
-                            .await?
+                        reading
+                            .snapshot(id)?
                             .ok_or_else(|| LvmError::NotFound {
                                 what: format!("snapshot {id:?} in volume group {vg}"),
                             })?
                             .lv
                     }
-                    LvSource::Volume(id) => self.thin_origin(vg, id).await?,
+                    LvSource::Volume(id) => reading.thin_origin(id)?,
                 };
                 if size < source_lv.size_bytes {
                     return Err(LvmError::InvalidArgument(format!(
@@ -337,7 +341,7 @@ impl<R: LvmRunner> Lvm<R> {
                         source_lv.size_bytes
                     )));
                 }
-                self.admit(vg, size, room).await?;
+                admit(vg, reading.thin.as_ref(), size, room)?;
                 let activate = self.shared.options.activate;
                 let mut args = self.lvm_args("lvcreate");
                 args.extend(["-s".to_owned(), "-n".to_owned(), lv_name.clone()]);
@@ -348,11 +352,23 @@ impl<R: LvmRunner> Lvm<R> {
                 args.push(if activate { "-ay" } else { "-an" }.to_owned());
                 args.push(format!("{vg_arg}/{}", source_lv.name));
                 self.run_create(&mut slot, vg, args, size).await?;
-                self.lv_by_name(vg, &lv_name)
-                    .await?
-                    .ok_or_else(|| LvmError::NotFound {
-                        what: format!("logical volume {vg}/{lv_name} just made"),
-                    })?
+                // Known without a re-read: a thin snapshot has its source's virtual size.
+                Lv {
+                    vg: vg.to_owned(),
+                    name: lv_name,
+                    uuid: None,
+                    size_bytes: source_lv.size_bytes,
+                    tags,
+                    active: if activate {
+                        Activation::Active
+                    } else {
+                        Activation::Inactive
+                    },
+                    volume: Some(volume.to_owned()),
+                    pvc: pvc.cloned(),
+                    owned: true,
+                    open: false,
+                }
             }
         };
         let lv = if lv.size_bytes < size {
@@ -394,49 +410,12 @@ impl<R: LvmRunner> Lvm<R> {
         }
     }
 
-    /// The thin LV of Strata volume `volume` in `vg`: missing is [`LvmError::NotFound`], linear
-    /// [`LvmError::NotThin`].
-    async fn thin_origin(&self, vg: &str, volume: &str) -> Result<Lv> {
-        naming::validate_volume_name(volume)?;
-        let lv_name = lv_name_for(volume);
-        let Some(lv) = self.lv_by_name(vg, &lv_name).await? else {
-            return Err(LvmError::NotFound {
-                what: format!("volume {volume:?} in volume group {vg}"),
-            });
-        };
-        let lv = check_ours(vg, volume, lv).map_err(|_| LvmError::NotFound {
-            what: format!("volume {volume:?} in volume group {vg}"),
-        })?;
-        if !is_thin(&lv) {
-            return Err(LvmError::NotThin {
-                what: format!("volume {volume:?} ({vg}/{lv_name})"),
-            });
-        }
-        Ok(lv)
-    }
-
-    /// Refuses `virtual_bytes` more on the pool of `vg` beyond `room` (or without a pool).
-    async fn admit(
-        &self,
-        vg: &str,
-        virtual_bytes: u64,
-        room: impl FnOnce(&ThinState) -> u64 + Send,
-    ) -> Result<()> {
-        let state = self.thin_state(vg).await?;
-        let room = state.as_ref().map_or(0, room);
-        if virtual_bytes <= room {
-            return Ok(());
-        }
-        Err(LvmError::InsufficientSpace {
-            vg: vg.to_owned(),
-            requested_bytes: virtual_bytes,
-            detail: match state {
-                Some(_) => {
-                    format!("the thin pool {vg}/{THIN_POOL_LV} may still take {room} virtual bytes")
-                }
-                None => format!("{vg} has no thin pool (the class serves no thin volumes here)"),
-            },
-        })
+    /// The one `lvs` of the whole VG a create decides on ([`VgReading`]).
+    async fn read_for_create(&self, vg: &str) -> Result<VgReading> {
+        let mut args = self.report("lvs", CREATE_FIELDS);
+        args.push(name_arg(vg)?);
+        let out = self.run_ok(args, Subject::Vg(vg), 0).await?;
+        VgReading::parse("lvs", vg, &out.stdout)
     }
 
     /// Runs an `lvcreate` and classifies its failure (the VG's facts forgotten unless it was
@@ -478,6 +457,30 @@ impl<R: LvmRunner> Lvm<R> {
     }
 }
 
+/// Refuses `virtual_bytes` more on the pool of `vg` (`state`, read under the VG's mutex) beyond
+/// `room`, or without a pool.
+fn admit(
+    vg: &str,
+    state: Option<&ThinState>,
+    virtual_bytes: u64,
+    room: impl FnOnce(&ThinState) -> u64,
+) -> Result<()> {
+    let room = state.map_or(0, room);
+    if virtual_bytes <= room {
+        return Ok(());
+    }
+    Err(LvmError::InsufficientSpace {
+        vg: vg.to_owned(),
+        requested_bytes: virtual_bytes,
+        detail: match state {
+            Some(_) => {
+                format!("the thin pool {vg}/{THIN_POOL_LV} may still take {room} virtual bytes")
+            }
+            None => format!("{vg} has no thin pool (the class serves no thin volumes here)"),
+        },
+    })
+}
+
 /// `existing` if it was taken of `origin_volume`, else [`LvmError::OtherSource`].
 fn same_origin(existing: Snapshot, origin_volume: &str) -> Result<Snapshot> {
     if existing.source_volume == origin_volume {
@@ -500,5 +503,6 @@ fn checked_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
+mod reading;
 #[cfg(test)]
 mod tests;

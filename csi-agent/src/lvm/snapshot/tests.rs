@@ -64,6 +64,9 @@ fn pool_state(thin_rows: &[String]) -> String {
     report(&rows)
 }
 
+/// The one `lvs` of the whole VG a create decides on.
+const READ: [&str; 2] = [reading::CREATE_FIELDS, VG];
+
 fn lvm(fake: FakeRunner) -> Lvm<FakeRunner> {
     Lvm::new(fake, LvmOptions::default())
 }
@@ -154,21 +157,13 @@ async fn a_snapshot_is_read_only_skipped_at_activation_tagged_and_admitted() {
     let origin = volume_row(VOL, 64 * MIB, true);
     let fake = FakeRunner::scripted()
         .expect(&["vgs"], &[VG], Reply::ok(vg_json()))
+        // one reading decides: no such snapshot, the origin is thin, the pool has room
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[origin])))
+        .expect(&["lvcreate", "-s"], &[], Reply::ok(""))
+        // then lvm2's creation time of what was made
         .expect(
             &["lvs"],
             &[&format!("{VG}/{snap_lv}")],
-            Reply::fail(5, NOT_FOUND),
-        )
-        .expect(
-            &["lvs"],
-            &[],
-            Reply::ok(report(std::slice::from_ref(&origin))),
-        )
-        .expect(&["lvs"], &[VG], Reply::ok(pool_state(&[origin])))
-        .expect(&["lvcreate", "-s"], &[], Reply::ok(""))
-        .expect(
-            &["lvs"],
-            &[],
             Reply::ok(report(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
         );
     let layer = lvm(fake);
@@ -211,11 +206,12 @@ async fn a_snapshot_is_read_only_skipped_at_activation_tagged_and_admitted() {
 
 #[tokio::test]
 async fn a_repeated_snapshot_is_the_same_one_and_another_origin_is_refused() {
-    let existing = report(&[snapshot_row(SNAP, VOL, 64 * MIB)]);
+    // the origin is gone since: a repeat still answers the snapshot
+    let existing = pool_state(&[snapshot_row(SNAP, VOL, 64 * MIB)]);
     let fake = FakeRunner::scripted()
         .expect(&["vgs"], &[VG], Reply::ok(vg_json()))
-        .expect(&["lvs"], &[], Reply::ok(existing.clone()))
-        .expect(&["lvs"], &[], Reply::ok(existing));
+        .expect(&["lvs"], &READ, Reply::ok(existing.clone()))
+        .expect(&["lvs"], &READ, Reply::ok(existing));
     let layer = lvm(fake);
     // the closure would refuse: a repeat is not admitted again
     let again = layer.create_snapshot(VG, VOL, SNAP, |_| 0).await.unwrap();
@@ -238,19 +234,22 @@ async fn snapshot_refusals_make_nothing() {
     let fake = FakeRunner::scripted()
         .expect(&["vgs"], &[VG], Reply::ok(vg_json()))
         // unknown origin
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[])))
         // linear origin
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
-        .expect(&["lvs"], &[], Reply::ok(report(&[linear])))
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[linear])))
         // no room on the pool
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[thin])))
+        // the snapshot's LV name taken by an LV that is not this snapshot
         .expect(
             &["lvs"],
-            &[],
-            Reply::ok(report(std::slice::from_ref(&thin))),
-        )
-        .expect(&["lvs"], &[VG], Reply::ok(pool_state(&[thin])));
+            &READ,
+            Reply::ok(pool_state(&[row(
+                &snapshot_lv_name(SNAP),
+                MIB,
+                &[OWNER_TAG.to_owned()],
+                "thin",
+            )])),
+        );
     let layer = lvm(fake);
     let gone = layer.create_snapshot(VG, VOL, SNAP, |_| u64::MAX).await;
     assert!(matches!(gone, Err(LvmError::NotFound { .. })), "{gone:?}");
@@ -264,6 +263,8 @@ async fn snapshot_refusals_make_nothing() {
         matches!(full, Err(LvmError::InsufficientSpace { requested_bytes, .. }) if requested_bytes == 64 * MIB),
         "{full:?}"
     );
+    let taken = layer.create_snapshot(VG, VOL, SNAP, |_| u64::MAX).await;
+    assert!(matches!(taken, Err(LvmError::NotOwned { .. })), "{taken:?}");
     assert!(matches!(
         layer.create_snapshot(VG, VOL, "", |_| u64::MAX).await,
         Err(LvmError::InvalidArgument(_))
@@ -324,22 +325,16 @@ async fn a_restore_is_a_writable_snapshot_of_the_snapshot_grown_to_the_size_aske
     let restored = "pvc-restored";
     let mut tags = volume_tags(restored, true);
     tags.push(LvSource::Snapshot(SNAP).tag());
-    let made = row(restored, 64 * MIB, &tags, "thin");
     let fake = FakeRunner::scripted()
         .expect(&["vgs"], &[VG], Reply::ok(vg_json()))
+        // one reading: the volume is not there yet, the snapshot is, the pool has room
         .expect(
             &["lvs"],
-            &[&format!("{VG}/{restored}")],
-            Reply::fail(5, NOT_FOUND),
+            &READ,
+            Reply::ok(pool_state(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
         )
-        .expect(
-            &["lvs"],
-            &[],
-            Reply::ok(report(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
-        )
-        .expect(&["lvs"], &[VG], Reply::ok(pool_state(&[])))
         .expect(&["lvcreate", "-s"], &[], Reply::ok(""))
-        .expect(&["lvs"], &[], Reply::ok(report(&[made])))
+        // no re-read: what was made is known
         .expect(
             &["lvextend", "-L", &format!("{}b", 128 * MIB)],
             &[&format!("{VG}/{restored}")],
@@ -407,8 +402,8 @@ async fn a_clone_repeat_completes_or_compares_and_refusals_make_nothing() {
         // a repeat after the lvextend failed: completed, no admission, no lvcreate
         .expect(
             &["lvs"],
-            &[],
-            Reply::ok(report(std::slice::from_ref(&half_done))),
+            &READ,
+            Reply::ok(pool_state(std::slice::from_ref(&half_done))),
         )
         .expect(
             &["lvextend", "-L", &format!("{}b", 128 * MIB)],
@@ -416,19 +411,16 @@ async fn a_clone_repeat_completes_or_compares_and_refusals_make_nothing() {
             Reply::ok(""),
         )
         // the same name from another source
-        .expect(&["lvs"], &[], Reply::ok(report(&[half_done])))
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[half_done])))
         // a linear source
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
-        .expect(&["lvs"], &[], Reply::ok(report(&[linear])))
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[linear])))
         // an unknown snapshot
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
+        .expect(&["lvs"], &READ, Reply::ok(pool_state(&[])))
         // smaller than the source
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
         .expect(
             &["lvs"],
-            &[],
-            Reply::ok(report(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
+            &READ,
+            Reply::ok(pool_state(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
         );
     let layer = lvm(fake);
     let lv = layer
@@ -488,13 +480,11 @@ async fn a_clone_repeat_completes_or_compares_and_refusals_make_nothing() {
 async fn a_restore_beyond_the_room_is_refused_and_nothing_is_made() {
     let fake = FakeRunner::scripted()
         .expect(&["vgs"], &[VG], Reply::ok(vg_json()))
-        .expect(&["lvs"], &[], Reply::fail(5, NOT_FOUND))
         .expect(
             &["lvs"],
-            &[],
-            Reply::ok(report(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
-        )
-        .expect(&["lvs"], &[VG], Reply::ok(pool_state(&[])));
+            &READ,
+            Reply::ok(pool_state(&[snapshot_row(SNAP, VOL, 64 * MIB)])),
+        );
     let layer = lvm(fake);
     let err = layer
         .create_lv_from_source(
