@@ -270,26 +270,13 @@ impl<R: LvmRunner> Lvm<R> {
         pvc: Option<&PvcRef>,
         room: impl FnOnce(&ThinState) -> u64 + Send,
     ) -> Result<Lv> {
-        naming::validate_volume_name(volume)?;
+        let (lv_name, mut tags) = super::thin::new_thin_volume(volume, size_bytes, pvc)?;
         let (LvSource::Snapshot(source_id) | LvSource::Volume(source_id)) = source;
         naming::validate_volume_name(source_id)?;
         let vg_arg = name_arg(vg)?;
-        if size_bytes == 0 {
-            return Err(LvmError::InvalidArgument(format!(
-                "volume {volume:?}: size must be positive"
-            )));
-        }
-        let lv_name = lv_name_for(volume);
-        let mut tags = vec![
-            OWNER_TAG.to_owned(),
-            naming::volume_tag(volume)?,
-            THIN_TAG.to_owned(),
-            source.tag(),
-        ];
-        if let Some(pvc) = pvc {
-            tags.push(naming::pvc_tag(pvc)?);
-        }
-        checked_tag(&tags[3])?;
+        let source_tag = source.tag();
+        checked_tag(&source_tag)?;
+        tags.push(source_tag);
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
         let facts = self.owned_vg(vg, &mut slot).await?;

@@ -341,22 +341,8 @@ impl<R: LvmRunner> Lvm<R> {
         pvc: Option<&PvcRef>,
         promisable: impl FnOnce(&ThinState) -> u64 + Send,
     ) -> Result<Lv> {
-        naming::validate_volume_name(volume)?;
+        let (lv_name, tags) = new_thin_volume(volume, virtual_bytes, pvc)?;
         let vg_arg = name_arg(vg)?;
-        if virtual_bytes == 0 {
-            return Err(LvmError::InvalidArgument(format!(
-                "volume {volume:?}: size must be positive"
-            )));
-        }
-        let lv_name = lv_name_for(volume);
-        let mut tags = vec![
-            OWNER_TAG.to_owned(),
-            naming::volume_tag(volume)?,
-            THIN_TAG.to_owned(),
-        ];
-        if let Some(pvc) = pvc {
-            tags.push(naming::pvc_tag(pvc)?);
-        }
         let lock = self.vg_lock(vg);
         let mut slot = lock.lock().await;
         let facts = self.owned_vg(vg, &mut slot).await?;
@@ -418,6 +404,30 @@ const _: () = {
         i += 1;
     }
 };
+
+/// The LV name and tags of a new thin volume `volume` (owner, volume, [`THIN_TAG`], the PVC if
+/// given), after checking the name and that `bytes` is positive: what every thin create shares.
+pub(super) fn new_thin_volume(
+    volume: &str,
+    bytes: u64,
+    pvc: Option<&PvcRef>,
+) -> Result<(String, Vec<String>)> {
+    naming::validate_volume_name(volume)?;
+    if bytes == 0 {
+        return Err(LvmError::InvalidArgument(format!(
+            "volume {volume:?}: size must be positive"
+        )));
+    }
+    let mut tags = vec![
+        OWNER_TAG.to_owned(),
+        naming::volume_tag(volume)?,
+        THIN_TAG.to_owned(),
+    ];
+    if let Some(pvc) = pvc {
+        tags.push(naming::pvc_tag(pvc)?);
+    }
+    Ok((lv_name_for(volume), tags))
+}
 
 #[cfg(test)]
 mod tests {
