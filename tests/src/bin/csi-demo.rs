@@ -582,6 +582,9 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         let staging = dir.join(&name).join("staging");
         let target = dir.join(&name).join("target");
         std::fs::create_dir_all(&staging)?;
+        // Untimed: each half starts from a settled system (udev done with the previous half's
+        // device events), so neither pays for the other's leftovers.
+        run("udevadm", &["settle"])?;
         let m0 = trace.mark();
         let c0 = cpu_time(pid);
         let t = Instant::now();
@@ -631,6 +634,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
             spent(&trace, (m2, m3), t.elapsed() - staged, c3 - c2, &mut detail),
         ]);
 
+        run("udevadm", &["settle"])?;
         let bare_name = format!("bare-{round}");
         let mnt = dir.join(&bare_name);
         let dev = format!("/dev/{vg}/{bare_name}");
