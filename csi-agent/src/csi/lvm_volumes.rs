@@ -550,12 +550,8 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
                     .await?
             }
             Some(source) => {
-                let from = match source {
-                    ContentSource::Snapshot(s) => LvSource::Snapshot(s),
-                    ContentSource::Volume(v) => LvSource::Volume(v),
-                };
                 self.lvm
-                    .create_lv_from_source(vg, from, id, bytes, None, |s| {
+                    .create_lv_from_source(vg, LvSource::from(source), id, bytes, None, |s| {
                         thin_pool::virtual_room(s, ratio)
                     })
                     .await?
@@ -629,11 +625,6 @@ impl<R: LvmRunner> Volumes for LvmVolumes<R> {
 
 /// The [`VolumeInfo`] of Strata volume `id`'s LV: thin and source from its tags.
 fn volume_info(lv: &Lv, id: &str, class: DeviceClass, problem: Option<String>) -> VolumeInfo {
-    let source = lv_source(lv).and_then(|(kind, source)| match kind.as_str() {
-        "snapshot" => Some(ContentSource::Snapshot(source)),
-        "volume" => Some(ContentSource::Volume(source)),
-        _ => None,
-    });
     VolumeInfo {
         id: id.to_owned(),
         class,
@@ -641,7 +632,7 @@ fn volume_info(lv: &Lv, id: &str, class: DeviceClass, problem: Option<String>) -
         device: lv.device_path(),
         problem,
         thin: is_thin(lv),
-        source,
+        source: lv_source(lv),
     }
 }
 

@@ -28,6 +28,7 @@ use csi_api::crd::{
     LogicalVolume, LogicalVolumeSpec, PvcReference, SourceKind, VolumeRole, VolumeSource,
 };
 use csi_api::names::{self, DeviceClass};
+use csi_api::request::ContentSource;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
@@ -82,13 +83,15 @@ pub fn adoptable(node: &str, existing: &HashSet<String>, lvs: &[Lv]) -> Vec<Logi
                     name: p.name.clone(),
                     uid: p.uid.clone(),
                 }),
-                source: crate::lvm::snapshot::lv_source(lv).and_then(|(kind, name)| {
-                    let kind = match kind.as_str() {
-                        "snapshot" => SourceKind::Snapshot,
-                        "volume" => SourceKind::Volume,
-                        _ => return None,
-                    };
-                    Some(VolumeSource { kind, name })
+                source: crate::lvm::snapshot::lv_source(lv).map(|source| match source {
+                    ContentSource::Snapshot(name) => VolumeSource {
+                        kind: SourceKind::Snapshot,
+                        name,
+                    },
+                    ContentSource::Volume(name) => VolumeSource {
+                        kind: SourceKind::Volume,
+                        name,
+                    },
                 }),
                 role: None,
                 volume_snapshot: None,

@@ -9,6 +9,7 @@
 //! mutex against the caller's room closure. Removal goes through the layer's one `lvremove`
 //! ([`Lvm::remove_tagged`]). The tags are the whole state (standalone mode lists them).
 
+use csi_api::request::ContentSource;
 use serde::Deserialize;
 
 use super::error::{LvmError, Result, Subject, classify};
@@ -94,12 +95,24 @@ impl LvSource<'_> {
     }
 }
 
-/// The source of a restored or cloned volume's LV, from its source tag: (`"snapshot"` or
-/// `"volume"`, id). `None` for a volume made empty.
-pub fn lv_source(lv: &Lv) -> Option<(String, String)> {
+impl<'a> From<&'a ContentSource> for LvSource<'a> {
+    fn from(source: &'a ContentSource) -> Self {
+        match source {
+            ContentSource::Snapshot(id) => LvSource::Snapshot(id),
+            ContentSource::Volume(id) => LvSource::Volume(id),
+        }
+    }
+}
+
+/// The source of a restored or cloned volume's LV, from its source tag. `None` for a volume
+/// made empty (or a tag of a kind this agent does not know).
+pub fn lv_source(lv: &Lv) -> Option<ContentSource> {
     let key = tag_value(lv, SOURCE_TAG_PREFIX)?;
-    let (kind, id) = key.split_once('/')?;
-    Some((kind.to_owned(), id.to_owned()))
+    match key.split_once('/')? {
+        ("snapshot", id) => Some(ContentSource::Snapshot(id.to_owned())),
+        ("volume", id) => Some(ContentSource::Volume(id.to_owned())),
+        _ => None,
+    }
 }
 
 /// lvm2's `lv_time` (`2026-12-02 23:58:32 +0000`) as RFC 3339 UTC (`2026-12-02T23:58:32Z`).
@@ -288,11 +301,12 @@ impl<R: LvmRunner> Lvm<R> {
         };
         let lv = match existing {
             Some(lv) => {
-                let from = lv_source(&lv).map(|(kind, id)| format!("{kind}/{id}"));
-                if !is_thin(&lv) || from.as_deref() != Some(source.key().as_str()) {
+                let from = lv_source(&lv);
+                let from = from.as_ref().map(LvSource::from);
+                if !is_thin(&lv) || from != Some(source) {
                     return Err(LvmError::OtherSource {
                         what: format!("volume {volume:?} ({vg}/{lv_name})"),
-                        existing: from.unwrap_or_else(|| "nothing (made empty)".into()),
+                        existing: from.map_or_else(|| "nothing (made empty)".into(), |f| f.key()),
                         requested: source.key(),
                     });
                 }

@@ -362,7 +362,7 @@ async fn a_restore_is_a_writable_snapshot_of_the_snapshot_grown_to_the_size_aske
     assert!(is_thin(&lv) && !is_snapshot(&lv));
     assert_eq!(
         lv_source(&lv),
-        Some(("snapshot".to_owned(), SNAP.to_owned()))
+        Some(csi_api::request::ContentSource::Snapshot(SNAP.to_owned()))
     );
     assert!(!layer.take_fresh(restored), "a restore has content");
     let expected: Vec<String> = [
