@@ -23,6 +23,11 @@ pub trait Filesystem: Send + Sync + fmt::Debug {
     fn mkfs(&self, device: &str) -> Invocation;
     /// Grows the mounted filesystem to the size of its device.
     fn grow(&self, device: &str, mount_point: &str) -> Invocation;
+    /// The mount option a block-level copy of this filesystem needs to be mounted beside its
+    /// original (a restore or clone keeps its source's UUID), if any.
+    fn copy_mount_option(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -41,6 +46,10 @@ impl Filesystem for Xfs {
     fn grow(&self, _device: &str, mount_point: &str) -> Invocation {
         // xfs grows through the mounted path.
         Invocation::new(Tool::XfsGrowfs, ["-d", mount_point])
+    }
+    fn copy_mount_option(&self) -> Option<&'static str> {
+        // xfs refuses a second mount of one UUID.
+        Some("nouuid")
     }
 }
 

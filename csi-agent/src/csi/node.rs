@@ -572,20 +572,22 @@ impl NodeService {
     }
 }
 
-/// The mount options of a stage: the request's, plus `nouuid` for the xfs of a restored or
-/// cloned volume (it carries its source's UUID, which xfs refuses to mount twice).
+/// The mount options of a stage: the request's, plus the filesystem's copy option (xfs:
+/// `nouuid`) for a restored or cloned volume (it carries its source's UUID).
 fn stage_options(
     options: &MountOptions,
     fs: &'static dyn fs::Filesystem,
     volume: &VolumeInfo,
 ) -> MountOptions {
     let mut out = options.clone();
-    let has = out.data.split(',').any(|o| o == "nouuid");
-    if volume.source.is_some() && fs.name() == "xfs" && !has {
+    let extra = fs.copy_mount_option().filter(|_| volume.source.is_some());
+    if let Some(extra) = extra
+        && !out.data.split(',').any(|o| o == extra)
+    {
         if !out.data.is_empty() {
             out.data.push(',');
         }
-        out.data.push_str("nouuid");
+        out.data.push_str(extra);
     }
     out
 }
