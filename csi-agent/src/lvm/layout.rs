@@ -42,17 +42,6 @@ pub fn bare_lv_name(name: &str) -> &str {
 }
 
 #[derive(Deserialize)]
-struct Report {
-    report: Vec<Section>,
-}
-
-#[derive(Deserialize)]
-struct Section {
-    #[serde(default, alias = "lv")]
-    rows: Vec<RawLink>,
-}
-
-#[derive(Deserialize)]
 struct RawLink {
     lv_name: String,
     #[serde(default)]
@@ -67,24 +56,14 @@ struct RawLink {
 
 /// Parses an `lvs -a` report made with [`LV_LINK_FIELDS`].
 pub fn parse_lv_links(command: &str, json: &str) -> Result<Vec<LvLink>> {
-    let report: Report = serde_json::from_str(json).map_err(|e| super::LvmError::Parse {
-        command: command.to_owned(),
-        detail: e.to_string(),
-    })?;
-    Ok(report
-        .report
+    let rows: Vec<RawLink> = super::report::rows(command, json)?;
+    Ok(rows
         .into_iter()
-        .flat_map(|s| s.rows)
         .map(|r| LvLink {
             lv: bare_lv_name(&r.lv_name).to_owned(),
             parent: bare_lv_name(&r.lv_parent).to_owned(),
             pool: bare_lv_name(&r.pool_lv).to_owned(),
-            tags: r
-                .lv_tags
-                .split(',')
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            tags: super::report::tags(&r.lv_tags),
             health: r.lv_health_status,
         })
         .collect())

@@ -219,7 +219,9 @@ struct RawLv {
     lv_attr: String,
 }
 
-fn rows<T: DeserializeOwned>(command: &str, json: &str) -> Result<Vec<T>> {
+/// The rows of an lvm2 JSON report (`--reportformat json`), whatever the report's kind: the
+/// one envelope parser every report of the LVM layer goes through.
+pub(super) fn rows<T: DeserializeOwned>(command: &str, json: &str) -> Result<Vec<T>> {
     let report: Report<T> = serde_json::from_str(json).map_err(|e| LvmError::Parse {
         command: command.to_owned(),
         detail: e.to_string(),
@@ -234,7 +236,8 @@ fn num(command: &str, field: &str, value: &str) -> Result<u64> {
     })
 }
 
-fn tags(s: &str) -> Vec<String> {
+/// The tags of a report field (`a,b,c`).
+pub(super) fn tags(s: &str) -> Vec<String> {
     s.split(',')
         .filter(|t| !t.is_empty())
         .map(str::to_owned)

@@ -125,17 +125,6 @@ pub fn rfc3339_of_lv_time(value: &str) -> Option<String> {
 }
 
 #[derive(Deserialize)]
-struct RawReport {
-    report: Vec<RawSection>,
-}
-
-#[derive(Deserialize)]
-struct RawSection {
-    #[serde(default, alias = "lv")]
-    rows: Vec<RawTime>,
-}
-
-#[derive(Deserialize)]
 struct RawTime {
     #[serde(default)]
     lv_time: String,
@@ -145,11 +134,7 @@ struct RawTime {
 /// the owner, snapshot and snapshot-of tags are skipped).
 pub fn parse_snapshots(command: &str, json: &str) -> Result<Vec<Snapshot>> {
     let lvs = report::parse_lvs(command, json)?;
-    let raw: RawReport = serde_json::from_str(json).map_err(|e| LvmError::Parse {
-        command: command.to_owned(),
-        detail: e.to_string(),
-    })?;
-    let times: Vec<RawTime> = raw.report.into_iter().flat_map(|s| s.rows).collect();
+    let times: Vec<RawTime> = report::rows(command, json)?;
     if times.len() != lvs.len() {
         return Err(LvmError::Parse {
             command: command.to_owned(),

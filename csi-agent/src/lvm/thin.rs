@@ -99,17 +99,6 @@ pub struct ThinState {
 }
 
 #[derive(Deserialize)]
-struct RawReport {
-    report: Vec<RawSection>,
-}
-
-#[derive(Deserialize)]
-struct RawSection {
-    #[serde(default, alias = "lv")]
-    rows: Vec<RawThin>,
-}
-
-#[derive(Deserialize)]
 struct RawThin {
     #[serde(default)]
     segtype: String,
@@ -141,11 +130,7 @@ fn parse_percent(command: &str, field: &str, value: &str) -> Result<f64> {
 /// such a pool.
 pub fn parse_thin_state(command: &str, json: &str, pool: &str) -> Result<Option<ThinState>> {
     let lvs = report::parse_lvs(command, json)?;
-    let raw: RawReport = serde_json::from_str(json).map_err(|e| LvmError::Parse {
-        command: command.to_owned(),
-        detail: e.to_string(),
-    })?;
-    let thin: Vec<RawThin> = raw.report.into_iter().flat_map(|s| s.rows).collect();
+    let thin: Vec<RawThin> = report::rows(command, json)?;
     if thin.len() != lvs.len() {
         return Err(LvmError::Parse {
             command: command.to_owned(),
