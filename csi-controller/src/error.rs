@@ -24,7 +24,7 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("Kubernetes API: {0}")]
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -51,7 +51,7 @@ impl From<crate::cluster::ClusterError> for Error {
                 Error::Internal(format!("the Kubernetes API refused the object: {m}"))
             }
             ClusterError::NotFound(m) => Error::NotFound(m),
-            ClusterError::Api(m) => Error::Unavailable(m),
+            ClusterError::Api(m) => Error::Unavailable(format!("Kubernetes API: {m}")),
         }
     }
 }

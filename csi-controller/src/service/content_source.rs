@@ -67,7 +67,7 @@ impl<C: Cluster> ControllerService<C> {
 
     /// The LogicalVolume `source` names, of the kind it names (a snapshot id never finds a
     /// volume, nor the reverse), Ready and not being deleted.
-    async fn source_object(&self, source: &ContentSource) -> Result<LogicalVolume, Error> {
+    pub(super) async fn source_object(&self, source: &ContentSource) -> Result<LogicalVolume, Error> {
         let (kind, want_snapshot) = match source {
             ContentSource::Snapshot(_) => ("snapshot", true),
             ContentSource::Volume(_) => ("volume", false),

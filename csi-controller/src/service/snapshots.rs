@@ -13,7 +13,7 @@ use csi_api::crd::{
 };
 use csi_api::csi;
 use csi_api::names::{self, Provisioning};
-use csi_api::request::{self, SnapshotParameters};
+use csi_api::request::{self, ContentSource, SnapshotParameters};
 use kube::api::ObjectMeta;
 use tracing::info;
 
@@ -58,27 +58,12 @@ impl<C: Cluster> ControllerService<C> {
             return Ok(to_csi_snapshot(&ready));
         }
         let origin = self
-            .cluster
-            .logical_volume(&req.source)
-            .await?
-            .filter(|lv| !lv.spec.is_snapshot() && lv.metadata.deletion_timestamp.is_none())
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "source volume {} does not exist",
-                    req.source_volume_id
-                ))
-            })?;
+            .source_object(&ContentSource::Volume(req.source_volume_id.clone()))
+            .await?;
         if !origin.spec.is_thin() {
             return Err(Error::FailedPrecondition(format!(
                 "volume {} is linear: only thin volumes can be snapshotted (use a thin \
                  StorageClass, strata.io/provisioning: thin)",
-                req.source_volume_id
-            )));
-        }
-        let phase = origin.status.as_ref().and_then(|s| s.phase);
-        if phase != Some(LogicalVolumePhase::Ready) {
-            return Err(Error::Unavailable(format!(
-                "volume {} is not Ready yet (phase {phase:?}); retry",
                 req.source_volume_id
             )));
         }
