@@ -333,8 +333,14 @@ impl<C: Cluster> ControllerService<C> {
             _ => {
                 let message = status.message.unwrap_or_default();
                 warn!(object = %name, node = %current.spec.node_name, reason = ?status.reason, %message, "agent failed the {what}; deleting it");
-                // Never made: nothing to protect, nothing for a PV to refer to.
-                self.cluster.release_protection(&name).await?;
+                // Never made: nothing to protect, nothing for a PV to refer to (a snapshot never
+                // carries the protection: no request for it).
+                if kube::ResourceExt::finalizers(&current)
+                    .iter()
+                    .any(|f| f == names::FINALIZER_PV_PROTECTION)
+                {
+                    self.cluster.release_protection(&name).await?;
+                }
                 self.cluster.delete_logical_volume(&name).await?;
                 Err(failure_error(
                     status.reason.as_deref(),
@@ -676,14 +682,34 @@ fn check_same_volume(existing: &LogicalVolume, req: &CreateRequest) -> Result<()
     }
 }
 
+/// The metadata of a LogicalVolume the controller makes: its object name, the node and class
+/// labels, the CSI name it was asked under, and its finalizers.
+pub(crate) fn object_meta(
+    object: &str,
+    csi_name: &str,
+    node: &str,
+    class: DeviceClass,
+    finalizers: &[&str],
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(object.to_owned()),
+        labels: Some(BTreeMap::from([
+            (names::LABEL_NODE.to_owned(), node.to_owned()),
+            (
+                names::LABEL_DEVICE_CLASS.to_owned(),
+                class.as_str().to_owned(),
+            ),
+        ])),
+        annotations: Some(BTreeMap::from([(
+            ANNOTATION_CSI_NAME.to_owned(),
+            csi_name.to_owned(),
+        )])),
+        finalizers: Some(finalizers.iter().map(|f| (*f).to_owned()).collect()),
+        ..Default::default()
+    }
+}
+
 fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
-    let labels = BTreeMap::from([
-        (names::LABEL_NODE.to_owned(), node.to_owned()),
-        (
-            names::LABEL_DEVICE_CLASS.to_owned(),
-            req.params.device_class.as_str().to_owned(),
-        ),
-    ]);
     let pvc = match (&req.params.pvc_namespace, &req.params.pvc_name) {
         (Some(namespace), Some(name)) => Some(PvcReference {
             namespace: namespace.clone(),
@@ -693,22 +719,16 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
         _ => None,
     };
     LogicalVolume {
-        metadata: ObjectMeta {
-            name: Some(req.object.clone()),
-            labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                ANNOTATION_CSI_NAME.to_owned(),
-                req.name.clone(),
-            )])),
-            // `strata.io/lv`: the agent removes it once the LV is gone; `strata.io/pv-protection`:
-            // only DeleteVolume (or housekeeping, once no PV refers to the volume) removes it,
-            // and the agent never wipes while it is present.
-            finalizers: Some(vec![
-                names::FINALIZER.to_owned(),
-                names::FINALIZER_PV_PROTECTION.to_owned(),
-            ]),
-            ..Default::default()
-        },
+        // `strata.io/lv`: the agent removes it once the LV is gone; `strata.io/pv-protection`:
+        // only DeleteVolume (or housekeeping, once no PV refers to the volume) removes it, and
+        // the agent never wipes while it is present.
+        metadata: object_meta(
+            &req.object,
+            &req.name,
+            node,
+            req.params.device_class,
+            &[names::FINALIZER, names::FINALIZER_PV_PROTECTION],
+        ),
         spec: LogicalVolumeSpec {
             node_name: node.to_owned(),
             device_class: req.params.device_class,
@@ -727,11 +747,7 @@ fn new_volume(req: &CreateRequest, node: &str) -> LogicalVolume {
 }
 
 fn to_csi_volume(lv: &LogicalVolume, access: &Access) -> csi::Volume {
-    let size = lv
-        .status
-        .as_ref()
-        .and_then(|s| s.current_size_bytes)
-        .unwrap_or(lv.spec.size_bytes);
+    let size = lv.current_size_bytes();
     let mut context = std::collections::HashMap::from([(
         names::PARAM_DEVICE_CLASS.to_owned(),
         lv.spec.device_class.as_str().to_owned(),

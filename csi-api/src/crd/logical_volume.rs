@@ -93,6 +93,16 @@ impl LogicalVolumeSpec {
     }
 }
 
+impl LogicalVolume {
+    /// The size the agent reports the LV has (`status.currentSizeBytes`), else the size asked.
+    pub fn current_size_bytes(&self) -> u64 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.current_size_bytes)
+            .unwrap_or(self.spec.size_bytes)
+    }
+}
+
 /// Content a volume starts from (or, for a snapshot, the volume it is a snapshot of).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -33,11 +33,7 @@ impl<C: Cluster> ControllerService<C> {
         }
         let origin = self.source_object(&source).await?;
         check_source(&origin, &source, &req)?;
-        let source_bytes = origin
-            .status
-            .as_ref()
-            .and_then(|s| s.current_size_bytes)
-            .unwrap_or(origin.spec.size_bytes);
+        let source_bytes = origin.current_size_bytes();
         let range = csi::CapacityRange {
             required_bytes: i64::try_from(req.required).unwrap_or(i64::MAX),
             limit_bytes: i64::try_from(req.limit).unwrap_or(i64::MAX),
@@ -67,7 +63,10 @@ impl<C: Cluster> ControllerService<C> {
 
     /// The LogicalVolume `source` names, of the kind it names (a snapshot id never finds a
     /// volume, nor the reverse), Ready and not being deleted.
-    pub(super) async fn source_object(&self, source: &ContentSource) -> Result<LogicalVolume, Error> {
+    pub(super) async fn source_object(
+        &self,
+        source: &ContentSource,
+    ) -> Result<LogicalVolume, Error> {
         let (kind, want_snapshot) = match source {
             ContentSource::Snapshot(_) => ("snapshot", true),
             ContentSource::Volume(_) => ("volume", false),

@@ -3,7 +3,6 @@
 //! change nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use csi_api::crd::{
@@ -12,27 +11,16 @@ use csi_api::crd::{
 };
 use csi_api::csi;
 use csi_api::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
-use csi_api::names::{DeviceClass, Placement, Provisioning, TOPOLOGY_KEY};
+use csi_api::names::{DeviceClass, Provisioning, TOPOLOGY_KEY};
 
-use super::tests::create;
-use super::{ControllerService, REASON_INSUFFICIENT_SPACE, Settings};
+use super::REASON_INSUFFICIENT_SPACE;
+use super::tests::{create, service};
 use crate::cluster::memory::MemoryCluster;
 use crate::error::Error;
 
 const GIB: u64 = 1 << 30;
 const WAIT: Duration = Duration::from_secs(5);
 const CREATED: &str = "2026-12-02T10:00:00Z";
-
-fn service(cluster: &MemoryCluster) -> ControllerService<MemoryCluster> {
-    ControllerService::new(
-        Arc::new(cluster.clone()),
-        Settings {
-            default_placement: Placement::Binpack,
-            max_wait: Duration::from_secs(30),
-            stale_after: None,
-        },
-    )
-}
 
 /// Plays the agent: every new object becomes Ready at its spec size, made at [`CREATED`].
 fn ready_agent(cluster: &MemoryCluster) {
@@ -259,10 +247,10 @@ async fn each_terminal_failure_of_the_agent_has_its_csi_code_and_the_object_is_r
     use csi_api::names::{REASON_INVALID_SPEC, REASON_SOURCE_NOT_FOUND, REASON_SOURCE_NOT_THIN};
     // (the agent's reason, the error variant the CSI caller gets)
     let cases = [
-        (REASON_SOURCE_NOT_FOUND, "NotFound("),
-        (REASON_SOURCE_NOT_THIN, "FailedPrecondition("),
-        (REASON_INVALID_SPEC, "InvalidArgument("),
-        ("LvmError", "Internal("),
+        (REASON_SOURCE_NOT_FOUND, tonic::Code::NotFound),
+        (REASON_SOURCE_NOT_THIN, tonic::Code::FailedPrecondition),
+        (REASON_INVALID_SPEC, tonic::Code::InvalidArgument),
+        ("LvmError", tonic::Code::Internal),
     ];
     for (reason, expected) in cases {
         let cluster = MemoryCluster::default();
@@ -279,10 +267,7 @@ async fn each_terminal_failure_of_the_agent_has_its_csi_code_and_the_object_is_r
             .create_snapshot(snapshot_req("snapshot-1", "pvc-1"), WAIT)
             .await;
         let error = refused.expect_err(reason);
-        assert!(
-            format!("{error:?}").starts_with(expected),
-            "{reason}: {error:?}"
-        );
+        assert_eq!(error.code(), expected, "{reason}: {error:?}");
         assert!(error.to_string().contains("as the agent said"), "{error}");
         assert!(cluster.volume("snapshot-1").is_none(), "{reason}");
         assert!(cluster.volume("pvc-1").is_some(), "{reason}");

@@ -4,7 +4,6 @@
 //! (validate → look up → compare → create → wait for Ready); List reads only the watched cache
 //! and pages in object-name order, the token being the first name of the next page.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use csi_api::crd::{
@@ -14,13 +13,12 @@ use csi_api::crd::{
 use csi_api::csi;
 use csi_api::names::{self, Provisioning};
 use csi_api::request::{self, ContentSource, SnapshotParameters};
-use kube::api::ObjectMeta;
 use tracing::info;
 
 use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::object_name::{ANNOTATION_CSI_NAME, object_name};
-use crate::service::ControllerService;
+use crate::service::{ControllerService, object_meta};
 
 /// The fields of a CreateSnapshot, validated.
 struct SnapshotRequest {
@@ -219,13 +217,6 @@ fn check_same_snapshot(existing: &LogicalVolume, req: &SnapshotRequest) -> Resul
 /// The snapshot LogicalVolume of `origin`: same node, class and pool, the origin's current size.
 fn new_snapshot(req: &SnapshotRequest, origin: &LogicalVolume) -> LogicalVolume {
     let node = origin.spec.node_name.clone();
-    let labels = BTreeMap::from([
-        (names::LABEL_NODE.to_owned(), node.clone()),
-        (
-            names::LABEL_DEVICE_CLASS.to_owned(),
-            origin.spec.device_class.as_str().to_owned(),
-        ),
-    ]);
     let volume_snapshot = match (
         &req.params.volume_snapshot_namespace,
         &req.params.volume_snapshot_name,
@@ -237,25 +228,18 @@ fn new_snapshot(req: &SnapshotRequest, origin: &LogicalVolume) -> LogicalVolume 
         _ => None,
     };
     LogicalVolume {
-        metadata: ObjectMeta {
-            name: Some(req.object.clone()),
-            labels: Some(labels),
-            annotations: Some(BTreeMap::from([(
-                ANNOTATION_CSI_NAME.to_owned(),
-                req.name.clone(),
-            )])),
-            // Only the agent's: a snapshot has no PV to protect, and is never wiped (thin).
-            finalizers: Some(vec![names::FINALIZER.to_owned()]),
-            ..Default::default()
-        },
+        // Only the agent's finalizer: a snapshot has no PV to protect, and is never wiped (thin).
+        metadata: object_meta(
+            &req.object,
+            &req.name,
+            &node,
+            origin.spec.device_class,
+            &[names::FINALIZER],
+        ),
         spec: LogicalVolumeSpec {
             node_name: node,
             device_class: origin.spec.device_class,
-            size_bytes: origin
-                .status
-                .as_ref()
-                .and_then(|s| s.current_size_bytes)
-                .unwrap_or(origin.spec.size_bytes),
+            size_bytes: origin.current_size_bytes(),
             pvc: None,
             provisioning: Some(Provisioning::Thin),
             source: Some(VolumeSource {
@@ -274,7 +258,7 @@ fn new_snapshot(req: &SnapshotRequest, origin: &LogicalVolume) -> LogicalVolume 
 /// agent's `status.creationTime` (lvm2's), else the object's creation.
 fn to_csi_snapshot(lv: &LogicalVolume) -> csi::Snapshot {
     let status = lv.status.clone().unwrap_or_default();
-    let size = status.current_size_bytes.unwrap_or(lv.spec.size_bytes);
+    let size = lv.current_size_bytes();
     let created = status
         .creation_time
         .as_deref()

@@ -56,7 +56,7 @@ fn ready_agent(cluster: &MemoryCluster) {
     });
 }
 
-fn service(cluster: &MemoryCluster) -> ControllerService<MemoryCluster> {
+pub(super) fn service(cluster: &MemoryCluster) -> ControllerService<MemoryCluster> {
     ControllerService::new(
         Arc::new(cluster.clone()),
         Settings {
