@@ -121,11 +121,16 @@ impl ViewIndex {
             self.unlink_snapshot(key, &name);
         }
         if let Some(key) = snapshot_of {
-            self.snapshots_by_ref
+            // A status update of a snapshot already linked changes nothing here.
+            let linked = self
+                .snapshots_by_ref
                 .entry(key.clone())
                 .or_default()
                 .insert(name.clone());
-            self.refresh_snapshot_node(key);
+            let moved = old.as_ref().is_some_and(|o| o.node != node);
+            if linked || moved {
+                self.refresh_snapshot_node(key);
+            }
         }
         match old {
             // Its phase, size or sequence changed: its node's pending bytes may have.
@@ -174,9 +179,10 @@ impl ViewIndex {
             .and_then(|name| self.volumes.get(name))
             .map(|v| v.node.clone());
         match node {
-            Some(node) => {
+            Some(node) if self.view.snapshot_nodes.get(&key) != Some(&node) => {
                 self.view.snapshot_nodes.insert(key, node);
             }
+            Some(_) => {}
             None => {
                 self.view.snapshot_nodes.remove(&key);
             }

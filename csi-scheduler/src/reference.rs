@@ -1,5 +1,6 @@
 //! The request path as it was before the precomputed pool room and the direct JSON writer
-//! (`filter`, `prioritize` and `answer`, unchanged but for their names): a straightforward
+//! (`filter`, `prioritize` and `answer`; with the served path's source pins and name decoder,
+//! so that both answer the same questions): a straightforward
 //! reference that the equivalence tests compare the served path with on random views, and the
 //! baseline the churn bench measures it against in the same run. Not used by the binary.
 

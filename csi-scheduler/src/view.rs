@@ -65,8 +65,6 @@ pub struct ClaimInfo {
     pub bound: bool,
     /// `volume.kubernetes.io/selected-node`, set by kube-scheduler for WaitForFirstConsumer.
     pub selected_node: Option<String>,
-    /// A LogicalVolume `pvc-<uid>` exists: the volume is placed (and counted) already.
-    pub has_volume: bool,
     /// The node on which this claim's bytes are counted as pending (a credible selected node).
     pub counted_on: Option<String>,
     /// What the volume starts from (a restore or a clone): it can only be made on the source's
@@ -75,6 +73,13 @@ pub struct ClaimInfo {
     /// The node of the claim's volume (`pvc-<uid>`), once it exists: where a clone of this
     /// claim must go.
     pub volume_node: Option<String>,
+}
+
+impl ClaimInfo {
+    /// A LogicalVolume `pvc-<uid>` exists: the volume is placed (and counted) already.
+    pub fn has_volume(&self) -> bool {
+        self.volume_node.is_some()
+    }
 }
 
 /// A node a pod is held to because a claim of it restores or clones a source there.
@@ -189,7 +194,7 @@ impl ClusterView {
         reported: impl Fn(&str) -> Option<&'a NodeCapacity>,
     ) -> Option<String> {
         let node = info.selected_node.as_deref()?;
-        if info.bound || info.has_volume {
+        if info.bound || info.has_volume() {
             return None;
         }
         let Some(ClassParams::Strata {
@@ -291,7 +296,6 @@ impl ClusterView {
             bytes,
             bound: claim.bound,
             selected_node: claim.selected_node.clone(),
-            has_volume: volume_node.is_some(),
             counted_on: None,
             data_source: claim.data_source.clone(),
             volume_node,
@@ -378,7 +382,7 @@ impl ClusterView {
             }
             let known = self.knows_claim(namespace, &claim_name);
             let resolved = match self.claim(namespace, &claim_name) {
-                Some(info) if info.bound || info.has_volume => continue,
+                Some(info) if info.bound || info.has_volume() => continue,
                 Some(info) if info.data_source.is_some() => {
                     if let Some(source) = &info.data_source {
                         self.pin_to_source(source, namespace, &claim_name, &mut pins, &mut missing);
