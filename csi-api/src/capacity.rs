@@ -517,36 +517,70 @@ impl NodeCapacity {
         self
     }
 
-    /// Whether every pool of `demand` fits; the first shortfall (in pool order) otherwise. The
-    /// class must exist and be healthy (a degraded VG takes nothing, linear or thin); linear
-    /// demand fits within allocatable minus linear pending, thin demand within the thin pool's
-    /// promisable minus thin pending (no pool, or a `Full` one, takes nothing).
+    /// What `pool` of this node can take (the one rule [`NodeCapacity::check`] applies pool by
+    /// pool): the class must exist and be healthy (a degraded VG takes nothing, linear or thin);
+    /// linear takes allocatable minus linear pending, thin the thin pool's promisable minus thin
+    /// pending (no pool, or a `Full` one, takes nothing).
+    pub fn room(&self, pool: Pool) -> PoolRoom {
+        let Some(cap) = self.classes.get(&pool.class) else {
+            return PoolRoom::NoSuchClass;
+        };
+        if !cap.healthy {
+            return PoolRoom::Degraded;
+        }
+        if pool.is_thin() {
+            match cap.thin {
+                None => return PoolRoom::NoThinPool,
+                Some(thin) if thin.full => return PoolRoom::ThinPoolFull,
+                Some(_) => {}
+            }
+        }
+        PoolRoom::Bytes(cap.available_for(pool.provisioning))
+    }
+
+    /// Whether every pool of `demand` fits ([`NodeCapacity::room`]); the first shortfall (in pool
+    /// order) otherwise.
     pub fn check(&self, demand: &ClassBytes) -> Result<(), Shortfall> {
         for (&pool, &needed) in demand {
-            let class = pool.class;
-            let Some(cap) = self.classes.get(&class) else {
-                return Err(Shortfall::NoSuchClass(class));
-            };
-            if !cap.healthy {
-                return Err(Shortfall::Degraded(class));
-            }
-            if pool.is_thin() {
-                match cap.thin {
-                    None => return Err(Shortfall::NoThinPool(class)),
-                    Some(thin) if thin.full => return Err(Shortfall::ThinPoolFull(class)),
-                    Some(_) => {}
-                }
-            }
-            let available = cap.available_for(pool.provisioning);
-            if available < needed {
-                return Err(Shortfall::Insufficient {
-                    pool,
-                    needed,
-                    available,
-                });
+            if let Some(short) = self.room(pool).shortfall(pool, needed) {
+                return Err(short);
             }
         }
         Ok(())
+    }
+}
+
+/// What one pool of one node can take for a new volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolRoom {
+    /// The node has no volume group of the class.
+    NoSuchClass,
+    /// The class is degraded: it takes nothing.
+    Degraded,
+    /// Thin: the node's agent serves no thin pool for the class.
+    NoThinPool,
+    /// Thin: the class's thin pool is Full.
+    ThinPoolFull,
+    /// Bytes a new volume may take (available, or promisable for thin).
+    Bytes(u64),
+}
+
+impl PoolRoom {
+    /// Why `needed` bytes of `pool` do not fit in this room; `None` when they do.
+    pub fn shortfall(self, pool: Pool, needed: u64) -> Option<Shortfall> {
+        let class = pool.class;
+        match self {
+            PoolRoom::NoSuchClass => Some(Shortfall::NoSuchClass(class)),
+            PoolRoom::Degraded => Some(Shortfall::Degraded(class)),
+            PoolRoom::NoThinPool => Some(Shortfall::NoThinPool(class)),
+            PoolRoom::ThinPoolFull => Some(Shortfall::ThinPoolFull(class)),
+            PoolRoom::Bytes(available) if available < needed => Some(Shortfall::Insufficient {
+                pool,
+                needed,
+                available,
+            }),
+            PoolRoom::Bytes(_) => None,
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! once when the view's entry for the node is written (the index rewrites a node's entry per
 //! change to it), so that the extender's fit check of a candidate is one array read and one
 //! comparison per pool of the demand instead of a walk of the node's class map. The rule is
-//! `csi_api::capacity::NodeCapacity::check`'s, pool by pool in the same order; the extender's
-//! tests compare the two on random nodes.
+//! csi-api's (`NodeCapacity::room`, `PoolRoom::shortfall`, what `NodeCapacity::check` applies
+//! pool by pool in the same order); the extender's tests compare the two on random nodes.
 
 use csi_api::capacity::{ClassBytes, NodeCapacity, Pool, Shortfall};
 use csi_api::names::{DeviceClass, Provisioning};
@@ -11,20 +11,8 @@ use csi_api::names::{DeviceClass, Provisioning};
 /// Number of pools a node can have: every device class, linear and thin.
 pub const POOLS: usize = DeviceClass::ALL.len() * 2;
 
-/// What one pool of one node can take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Room {
-    /// The node has no volume group of the class.
-    NoSuchClass,
-    /// The class is degraded: it takes nothing.
-    Degraded,
-    /// Thin: the node's agent serves no thin pool for the class.
-    NoThinPool,
-    /// Thin: the class's thin pool is Full.
-    ThinPoolFull,
-    /// Bytes a new volume may take (available, or promisable for thin).
-    Bytes(u64),
-}
+/// What one pool of one node can take (csi-api's rule, precomputed here).
+pub use csi_api::capacity::PoolRoom as Room;
 
 /// A node's capacity with the room of each pool precomputed: what the view holds per node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +27,7 @@ impl NodeEntry {
         for class in DeviceClass::ALL {
             for provisioning in [Provisioning::Linear, Provisioning::Thin] {
                 let pool = Pool::new(class, provisioning);
-                room[slot(pool)] = room_of(&capacity, pool);
+                room[slot(pool)] = capacity.room(pool);
             }
         }
         NodeEntry { capacity, room }
@@ -54,23 +42,6 @@ fn slot(pool: Pool) -> usize {
         DeviceClass::Hdd => 2,
     };
     class * 2 + usize::from(pool.is_thin())
-}
-
-fn room_of(capacity: &NodeCapacity, pool: Pool) -> Room {
-    let Some(cap) = capacity.classes.get(&pool.class) else {
-        return Room::NoSuchClass;
-    };
-    if !cap.healthy {
-        return Room::Degraded;
-    }
-    if pool.is_thin() {
-        match cap.thin {
-            None => return Room::NoThinPool,
-            Some(thin) if thin.full => return Room::ThinPoolFull,
-            Some(_) => {}
-        }
-    }
-    Room::Bytes(cap.available_for(pool.provisioning))
 }
 
 /// A demand's pools flattened for checking many nodes: (pool, slot, bytes needed), in the
@@ -127,17 +98,8 @@ impl FitCheck {
     /// The shortfall of a miss, as `NodeCapacity::check` reports it.
     pub fn shortfall(&self, miss: Miss) -> Shortfall {
         let (pool, needed) = self.pool(miss.at);
-        let class = pool.class;
-        match miss.room {
-            Room::NoSuchClass => Shortfall::NoSuchClass(class),
-            Room::Degraded => Shortfall::Degraded(class),
-            Room::NoThinPool => Shortfall::NoThinPool(class),
-            Room::ThinPoolFull => Shortfall::ThinPoolFull(class),
-            Room::Bytes(available) => Shortfall::Insufficient {
-                pool,
-                needed,
-                available,
-            },
-        }
+        miss.room
+            .shortfall(pool, needed)
+            .expect("a miss is a room that does not take its pool's bytes (FitCheck::check)")
     }
 }
