@@ -169,7 +169,7 @@ impl Verdicts {
         out.push(b'"');
         out.extend_from_slice(reason.json_head.as_bytes());
         if let Some(tail) = &reason.json_tail {
-            crate::json_out::write_u64(out, verdict.available);
+            crate::json_out::write_num(out, verdict.available);
             out.extend_from_slice(tail.as_bytes());
         }
         out.push(b'"');

@@ -8,26 +8,9 @@ use serde_json::value::RawValue;
 
 use crate::extender::Verdicts;
 
-/// Appends `value` in decimal.
-pub fn write_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-fn write_i64(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.push(b'-');
-    }
-    write_u64(out, value.unsigned_abs());
+/// Appends a JSON number (serde_json's own integer writer).
+pub fn write_num(out: &mut Vec<u8>, value: impl serde::Serialize) {
+    serde_json::to_writer(&mut *out, &value).expect("writing to a Vec never fails");
 }
 
 /// Appends `text` as a JSON string; `verbatim` text (taken from a JSON string that had no
@@ -123,7 +106,7 @@ pub fn priority_list(names: &[&str], verbatim: bool, scores: &[i64]) -> Vec<u8> 
         out.extend_from_slice(b"{\"Host\":");
         write_str(&mut out, verbatim, name);
         out.extend_from_slice(b",\"Score\":");
-        write_i64(&mut out, score);
+        write_num(&mut out, score);
         out.push(b'}');
     }
     out.push(b']');
@@ -135,17 +118,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_and_strings_are_written_as_serde_json_writes_them() {
-        for n in [0, 7, 10, 99, 1 << 30, u64::MAX] {
-            let mut out = Vec::new();
-            write_u64(&mut out, n);
-            assert_eq!(out, serde_json::to_vec(&n).unwrap());
-        }
-        for n in [i64::MIN, -1, 0, 10] {
-            let mut out = Vec::new();
-            write_i64(&mut out, n);
-            assert_eq!(out, serde_json::to_vec(&n).unwrap());
-        }
+    fn strings_and_lists_are_written_as_serde_json_writes_them() {
         for s in [
             "node-a",
             "",
