@@ -57,6 +57,43 @@ impl From<crate::cluster::ClusterError> for Error {
 }
 
 impl Error {
+    /// The error for an object the agent failed (phase `Failed`, never made), by its
+    /// `status.reason`: each terminal reason of the agent has the code the CSI spec gives that
+    /// condition, and the message says what to do; anything else is `Internal`.
+    pub fn agent_failed(
+        reason: Option<&str>,
+        node: &str,
+        what: &str,
+        name: &str,
+        message: &str,
+    ) -> Error {
+        use csi_api::names::{
+            REASON_INSUFFICIENT_SPACE, REASON_INVALID_SPEC, REASON_SOURCE_NOT_FOUND,
+            REASON_SOURCE_NOT_THIN,
+        };
+        match reason {
+            Some(REASON_INSUFFICIENT_SPACE) => Error::ResourceExhausted(format!(
+                "node {node} has no room for {what} {name}: {message} (free space there: delete \
+                 unused volumes or snapshots, or add disks; for thin, raise the class's \
+                 --thin-overprovision-ratio)"
+            )),
+            Some(REASON_SOURCE_NOT_FOUND) => Error::NotFound(format!(
+                "node {node} has no source for {what} {name}: {message} (make it again from a \
+                 source that exists)"
+            )),
+            Some(REASON_SOURCE_NOT_THIN) => Error::FailedPrecondition(format!(
+                "the source of {what} {name} is not thin (use a thin StorageClass): {message}"
+            )),
+            Some(REASON_INVALID_SPEC) => Error::InvalidArgument(format!(
+                "node {node} cannot make {what} {name} as asked: {message}"
+            )),
+            _ => Error::Internal(format!(
+                "node {node} failed to create {what} {name}: {message} (the agent's Warning \
+                 Event on LogicalVolume {name} and its log on the node say more)"
+            )),
+        }
+    }
+
     /// The gRPC code of this error (the CSI spec's choice for each case).
     pub fn code(&self) -> Code {
         match self {

@@ -342,7 +342,7 @@ impl<C: Cluster> ControllerService<C> {
                     self.cluster.release_protection(&name).await?;
                 }
                 self.cluster.delete_logical_volume(&name).await?;
-                Err(failure_error(
+                Err(Error::agent_failed(
                     status.reason.as_deref(),
                     &current.spec.node_name,
                     what,
@@ -796,30 +796,6 @@ fn describe_source(source: Option<&VolumeSource>) -> String {
 }
 
 mod content_source;
-/// The CSI error for an object the agent failed (phase `Failed`), by its `status.reason`: each
-/// terminal reason of the agent has the code the CSI spec gives that condition; anything else is
-/// `Internal` (the object is deleted, so a retry starts afresh).
-fn failure_error(reason: Option<&str>, node: &str, what: &str, name: &str, message: &str) -> Error {
-    use csi_api::names::{REASON_INVALID_SPEC, REASON_SOURCE_NOT_FOUND, REASON_SOURCE_NOT_THIN};
-    match reason {
-        Some(REASON_INSUFFICIENT_SPACE) => Error::ResourceExhausted(format!(
-            "node {node} has no room for {what} {name}: {message}"
-        )),
-        Some(REASON_SOURCE_NOT_FOUND) => Error::NotFound(format!(
-            "node {node} has no source for {what} {name}: {message}"
-        )),
-        Some(REASON_SOURCE_NOT_THIN) => Error::FailedPrecondition(format!(
-            "the source of {what} {name} is not thin (use a thin StorageClass): {message}"
-        )),
-        Some(REASON_INVALID_SPEC) => Error::InvalidArgument(format!(
-            "node {node} cannot make {what} {name} as asked: {message}"
-        )),
-        _ => Error::Internal(format!(
-            "node {node} failed to create {what} {name}: {message}"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod snapshot_tests;
 mod snapshots;
