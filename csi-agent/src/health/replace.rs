@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::claim::Recorded;
-use crate::lvm::layout::{VgLayout, bare_lv_name};
+use crate::lvm::layout::{VgLayout, bare_lv_name, top_lv};
 use crate::lvm::naming::volume_from_tags;
 use crate::lvm::{Lvm, LvmError, LvmRunner, Pv};
 
@@ -63,13 +63,7 @@ pub fn plan(slot: &str, pvs: &[Pv], layout: &VgLayout) -> Result<ReplacePlan, Re
         });
     }
     let vg = pv.vg.clone().unwrap_or_default();
-    let parent = |lv: &str| {
-        layout
-            .links
-            .iter()
-            .find(|l| l.lv == lv && !l.parent.is_empty())
-            .map(|l| l.parent.clone())
-    };
+    let parents = layout.parents();
     let mut volumes: Vec<String> = Vec::new();
     for s in layout
         .segments
@@ -80,13 +74,7 @@ pub fn plan(slot: &str, pvs: &[Pv], layout: &VgLayout) -> Result<ReplacePlan, Re
             volumes.push(v);
             continue;
         }
-        let mut top = bare_lv_name(&s.lv).to_owned();
-        for _ in 0..8 {
-            match parent(&top) {
-                Some(p) => top = p,
-                None => break,
-            }
-        }
+        let top = top_lv(bare_lv_name(&s.lv), &parents);
         let thin: Vec<String> = layout
             .links
             .iter()
@@ -94,7 +82,7 @@ pub fn plan(slot: &str, pvs: &[Pv], layout: &VgLayout) -> Result<ReplacePlan, Re
             .map(|l| volume_from_tags(l.tags.iter().map(String::as_str)).unwrap_or(l.lv.clone()))
             .collect();
         if thin.is_empty() && top == bare_lv_name(&s.lv) {
-            volumes.push(top);
+            volumes.push(top.to_owned());
         } else {
             volumes.push(format!("thin pool {top}"));
             volumes.extend(thin);

@@ -4,6 +4,8 @@
 //! pool). A thin volume has no segment of its own: its data lives in the pool's sub-LVs, so it
 //! is on whatever disks they are on. Read only when a VG misses a PV or a disk is failing.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::error::{Result, Subject};
@@ -34,6 +36,29 @@ pub struct VgLayout {
     pub segments: Vec<PvSegment>,
     /// Empty when no segment belongs to a hidden LV (no thin pool: `lvs -a` is not run).
     pub links: Vec<LvLink>,
+}
+
+impl VgLayout {
+    /// Each linked LV → the LV it is a part of (empty for a top LV).
+    pub fn parents(&self) -> BTreeMap<&str, &str> {
+        self.links
+            .iter()
+            .map(|l| (l.lv.as_str(), l.parent.as_str()))
+            .collect()
+    }
+}
+
+/// The top LV a (hidden) LV is part of: `[pool_tdata]` → `pool` (bounded: links form no cycle,
+/// but a malformed report must not hang the agent).
+pub fn top_lv<'a>(lv: &'a str, parents: &BTreeMap<&'a str, &'a str>) -> &'a str {
+    let mut at = lv;
+    for _ in 0..8 {
+        match parents.get(at) {
+            Some(p) if !p.is_empty() => at = p,
+            _ => break,
+        }
+    }
+    at
 }
 
 /// An LV name without the brackets lvm2 puts around a hidden LV's.
@@ -99,6 +124,17 @@ mod tests {
     fn fixture(name: &str) -> String {
         let path = format!("{}/src/lvm/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn sub_lvs_of_sub_lvs_resolve_to_their_pool() {
+        // a pool whose data sub-LV is itself made of parts (e.g. raid images)
+        let parents =
+            BTreeMap::from([("p_tdata_rimage_0", "p_tdata"), ("p_tdata", "p"), ("p", "")]);
+        assert_eq!(top_lv("p_tdata_rimage_0", &parents), "p");
+        assert_eq!(top_lv("other", &parents), "other");
+        let cycle = BTreeMap::from([("a", "b"), ("b", "a")]);
+        let _ = top_lv("a", &cycle); // terminates
     }
 
     #[test]
