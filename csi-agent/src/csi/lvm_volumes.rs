@@ -195,7 +195,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
     }
 
     /// A remembered volume (or one the LVM layer created in this process) whose device node is
-    /// still a block device.
+    /// still a block device (stat inline: devtmpfs never waits on a disk).
     async fn remembered(&self, id: &str) -> Option<VolumeInfo> {
         let known = self.memory().volumes.get(id).cloned();
         let v = match known {
@@ -205,7 +205,7 @@ impl<R: LvmRunner> LvmVolumes<R> {
                 volume_info(&lv, id, DeviceClass::from_vg_name(&lv.vg)?, None)
             }
         };
-        let meta = tokio::fs::metadata(&v.device).await.ok()?;
+        let meta = std::fs::metadata(&v.device).ok()?;
         meta.file_type().is_block_device().then_some(v)
     }
 

@@ -220,9 +220,10 @@ impl Mounter for SyscallMounter {
     }
 
     async fn mounts(&self) -> Result<Vec<MountEntry>, MountError> {
-        let text = tokio::fs::read_to_string(&self.mountinfo)
-            .await
-            .map_err(|source| MountError::Table {
+        // Read inline: procfs never waits on a disk, and a trip through the blocking pool would
+        // cost more than the read.
+        let text =
+            std::fs::read_to_string(&self.mountinfo).map_err(|source| MountError::Table {
                 path: self.mountinfo.clone(),
                 source,
             })?;

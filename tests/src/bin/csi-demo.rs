@@ -5,8 +5,9 @@
 //! - `csi-demo bench`: CreateVolume+NodeStage+NodePublish end to end against the bare
 //!   `lvcreate`+`mkfs.xfs`+`mount` sequence on the same VG, N concurrent CreateVolume calls
 //!   against N bare `lvcreate`s in sequence on the same VG, and the agent's RSS idle and under
-//!   the concurrent creates, read from `/proc` (run by `tests/bench`). Both start and stop the
-//!   agent themselves.
+//!   the concurrent creates, read from `/proc` (run by `tests/bench`). The rounds follow one
+//!   uncounted warm-up round, and the two halves of a round take turns going first. Both start
+//!   and stop the agent themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +36,7 @@ enum Cmd {
     Demo,
     /// The benchmark.
     Bench {
-        /// Sequential rounds of each end-to-end sequence.
+        /// Sequential rounds of each end-to-end sequence (after one uncounted warm-up round).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Concurrent CreateVolume calls.
@@ -68,7 +69,12 @@ fn ok<T>(what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> Result<T> 
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
+    // One thread: the client stands in for kubelet and the sidecars, and should add as little as
+    // it can to the calls it times (a multi-threaded runtime hands each call between threads, a
+    // few milliseconds apiece in the node VM).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let _ = std::fs::remove_dir_all(&cli.dir);
         std::fs::create_dir_all(&cli.dir)?;
@@ -483,40 +489,63 @@ fn listed(ran: &[&Ran]) -> String {
         .join(", ")
 }
 
-/// Where one phase of strata's sequence went: its own commands and mount syscalls, the rest
-/// (gRPC, the agent's code, waiting), background commands of the agent that finished meanwhile,
-/// and the CPU time the agent process itself used (not its commands').
+/// Where one phase of strata's sequence went: its own commands and mount syscalls (the log lines
+/// of its span) and the rest (gRPC, the agent's code, waiting).
 #[derive(Default, Clone, Copy)]
 struct Spent {
     commands: Duration,
     rest: Duration,
-    background: Duration,
-    cpu: Duration,
 }
 
-fn spent(
-    trace: &Trace,
-    (from, to): (u64, u64),
-    took: Duration,
+/// What the agent did during one whole sequence besides its calls' own commands: the CPU time
+/// its process used itself (not its commands') and the background commands (claim pass, wiper)
+/// that finished meanwhile.
+#[derive(Default, Clone, Copy)]
+struct Beside {
     cpu: Duration,
-    detail: &mut Vec<String>,
-) -> Spent {
-    let ran = trace.between(from, to);
-    let own: Vec<&Ran> = ran.iter().filter(|r| r.call.is_some()).collect();
-    let other: Vec<&Ran> = ran.iter().filter(|r| r.call.is_none()).collect();
-    let ms = |rs: &[&Ran]| Duration::from_secs_f64(rs.iter().map(|r| r.ms).sum::<f64>() / 1000.0);
-    let commands = ms(&own);
-    detail.push(format!(
-        "{}; agent CPU {:.0}ms; background: {}",
-        listed(&own),
-        cpu.as_secs_f64() * 1000.0,
-        listed(&other)
-    ));
-    Spent {
-        commands,
-        rest: took.saturating_sub(commands),
-        background: ms(&other),
-        cpu,
+    background: Duration,
+}
+
+const PHASES: [&str; 3] = ["create", "stage", "publish"];
+
+impl Trace {
+    /// The sequence between the marks `from` and `to`, split by call (the span each command
+    /// logged under); `took` is each call's duration as the client saw it.
+    fn split(
+        &self,
+        (from, to): (u64, u64),
+        took: [Duration; 3],
+        cpu: Duration,
+        detail: &mut Vec<String>,
+    ) -> ([Spent; 3], Beside) {
+        let ran = self.between(from, to);
+        let ms =
+            |rs: &[&Ran]| Duration::from_secs_f64(rs.iter().map(|r| r.ms).sum::<f64>() / 1000.0);
+        let other: Vec<&Ran> = ran.iter().filter(|r| r.call.is_none()).collect();
+        let spent = std::array::from_fn(|i| {
+            let own: Vec<&Ran> = ran
+                .iter()
+                .filter(|r| r.call.as_deref() == Some(PHASES[i]))
+                .collect();
+            detail.push(listed(&own));
+            let commands = ms(&own);
+            Spent {
+                commands,
+                rest: took[i].saturating_sub(commands),
+            }
+        });
+        detail.push(format!(
+            "agent CPU {:.0}ms; background: {}",
+            cpu.as_secs_f64() * 1000.0,
+            listed(&other)
+        ));
+        (
+            spent,
+            Beside {
+                cpu,
+                background: ms(&other),
+            },
+        )
     }
 }
 
@@ -576,95 +605,111 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     let (mut ours_phases, mut bare_phases) = (Vec::new(), Vec::new());
     // Per phase of strata's sequence: where the time went (from the agent's runner log).
     let mut spent_phases: Vec<[Spent; 3]> = Vec::new();
-    // Interleaved rounds, so that drift affects both sequences alike.
-    for round in 0..rounds {
+    let mut beside: Vec<Beside> = Vec::new();
+    // Interleaved rounds, so that drift affects both sequences alike, and the halves take turns
+    // going first: the first half of a round runs right after the previous round's removals
+    // (and the kernel's and udev's work behind them), the second right after the first half.
+    // Round 0 is a warm-up, run like the others and not counted: the VM's first XFS mount loads
+    // the module and replays nothing yet, and each program's first run reads it from disk; the
+    // half that happened to go first would pay for all of it.
+    for round in 0..=rounds {
         let name = format!("bench-{round}");
         let staging = dir.join(&name).join("staging");
         let target = dir.join(&name).join("target");
         std::fs::create_dir_all(&staging)?;
-        // Untimed: each half starts from a settled system (udev done with the previous half's
-        // device events), so neither pays for the other's leftovers.
-        run("udevadm", &["settle"])?;
-        let m0 = trace.mark();
-        let c0 = cpu_time(pid);
-        let t = Instant::now();
-        let v = ok(
-            "create",
-            csi.controller
-                .clone()
-                .create_volume(create_request(&name, "nvme", GI, cap.clone()))
-                .await,
-        )?
-        .volume
-        .context("no volume")?;
-        let created = t.elapsed();
-        let m1 = trace.mark();
-        let c1 = cpu_time(pid);
-        ok(
-            "stage",
-            csi.node
-                .clone()
-                .node_stage_volume(stage_request(&v.volume_id, &staging, cap.clone()))
-                .await,
-        )?;
-        let staged = t.elapsed();
-        let m2 = trace.mark();
-        let c2 = cpu_time(pid);
-        ok(
-            "publish",
-            csi.node
-                .clone()
-                .node_publish_volume(publish_request(
-                    &v.volume_id,
-                    &staging,
-                    &target,
-                    cap.clone(),
-                    false,
-                ))
-                .await,
-        )?;
-        ours.push(t.elapsed());
-        ours_phases.push([created, staged - created, t.elapsed() - staged]);
-        let m3 = trace.mark();
-        let c3 = cpu_time(pid);
-        let mut detail = Vec::new();
-        spent_phases.push([
-            spent(&trace, (m0, m1), created, c1 - c0, &mut detail),
-            spent(&trace, (m1, m2), staged - created, c2 - c1, &mut detail),
-            spent(&trace, (m2, m3), t.elapsed() - staged, c3 - c2, &mut detail),
-        ]);
-
-        run("udevadm", &["settle"])?;
         let bare_name = format!("bare-{round}");
         let mnt = dir.join(&bare_name);
         let dev = format!("/dev/{vg}/{bare_name}");
-        let t = Instant::now();
-        run(
-            "lvcreate",
-            &[
-                "-n", &bare_name, "-L", "1g", "-ay", "-Zy", "-Wy", "--yes", vg,
-            ],
-        )?;
-        let created = t.elapsed();
-        run("mkfs.xfs", &["-q", &dev])?;
-        let formatted = t.elapsed();
         std::fs::create_dir_all(&mnt)?;
-        run("mount", &[&dev, &mnt.to_string_lossy()])?;
-        bare.push(t.elapsed());
-        bare_phases.push([created, formatted - created, t.elapsed() - formatted]);
+        let strata_first = round % 2 == 0;
+        let mut volume_id = None;
+        let mut detail = Vec::new();
+        for strata in [strata_first, !strata_first] {
+            // Untimed: each half starts from a settled system (udev done with the previous
+            // half's device events), so neither pays for the other's leftovers.
+            run("udevadm", &["settle"])?;
+            if strata {
+                let m0 = trace.mark();
+                let c0 = cpu_time(pid);
+                let t = Instant::now();
+                let v = ok(
+                    "create",
+                    csi.controller
+                        .clone()
+                        .create_volume(create_request(&name, "nvme", GI, cap.clone()))
+                        .await,
+                )?
+                .volume
+                .context("no volume")?;
+                let created = t.elapsed();
+                ok(
+                    "stage",
+                    csi.node
+                        .clone()
+                        .node_stage_volume(stage_request(&v.volume_id, &staging, cap.clone()))
+                        .await,
+                )?;
+                let staged = t.elapsed();
+                ok(
+                    "publish",
+                    csi.node
+                        .clone()
+                        .node_publish_volume(publish_request(
+                            &v.volume_id,
+                            &staging,
+                            &target,
+                            cap.clone(),
+                            false,
+                        ))
+                        .await,
+                )?;
+                let published = t.elapsed();
+                ours.push(published);
+                ours_phases.push([created, staged - created, published - staged]);
+                // Where the time went, read after the sequence (reading the log and /proc
+                // between the calls would be timed too): the log marks of each call's end
+                // come from the commands' own timestamps.
+                let m3 = trace.mark();
+                let c3 = cpu_time(pid);
+                let (spent, besides) = trace.split(
+                    (m0, m3),
+                    [created, staged - created, published - staged],
+                    c3 - c0,
+                    &mut detail,
+                );
+                spent_phases.push(spent);
+                beside.push(besides);
+                volume_id = Some(v.volume_id);
+            } else {
+                let t = Instant::now();
+                run(
+                    "lvcreate",
+                    &[
+                        "-n", &bare_name, "-L", "1g", "-ay", "-Zy", "-Wy", "--yes", vg,
+                    ],
+                )?;
+                let created = t.elapsed();
+                run("mkfs.xfs", &["-q", &dev])?;
+                let formatted = t.elapsed();
+                run("mount", &[&dev, &mnt.to_string_lossy()])?;
+                bare.push(t.elapsed());
+                bare_phases.push([created, formatted - created, t.elapsed() - formatted]);
+            }
+        }
+        let volume_id = volume_id.context("the strata half did not run")?;
 
         ok(
             "unpublish",
             csi.node
                 .clone()
-                .node_unpublish_volume(unpublish_request(&v.volume_id, &target))
+                .node_unpublish_volume(unpublish_request(&volume_id, &target))
                 .await,
         )?;
         ok(
             "unstage",
             csi.node
                 .clone()
-                .node_unstage_volume(unstage_request(&v.volume_id, &staging))
+                .node_unstage_volume(unstage_request(&volume_id, &staging))
                 .await,
         )?;
         ok(
@@ -672,7 +717,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
             csi.controller
                 .clone()
                 .delete_volume(csi::DeleteVolumeRequest {
-                    volume_id: v.volume_id.clone(),
+                    volume_id: volume_id.clone(),
                     ..Default::default()
                 })
                 .await,
@@ -688,26 +733,44 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
         {
             ensure!(
                 waited.elapsed() < Duration::from_secs(300),
-                "the wipe of {} did not finish in 300 s",
-                v.volume_id
+                "the wipe of {volume_id} did not finish in 300 s"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let [c, s, p] = ours_phases[round];
-        let [l, m, n] = bare_phases[round];
+        let (Some(&[c, s, p]), Some(&[l, m, n]), Some(&total), Some(&bare_total)) = (
+            ours_phases.last(),
+            bare_phases.last(),
+            ours.last(),
+            bare.last(),
+        ) else {
+            bail!("round {round} measured nothing");
+        };
+        let label = if round == 0 {
+            "warm-up round (not counted)".to_owned()
+        } else {
+            format!("round {round}")
+        };
         println!(
-            "round {round}: strata {} (create {} stage {} publish {}) bare {} (lvcreate {} mkfs.xfs {} mount {})",
-            secs(ours[round]),
+            "{label}: strata {} (create {} stage {} publish {}) bare {} (lvcreate {} mkfs.xfs {} mount {})",
+            secs(total),
             secs(c),
             secs(s),
             secs(p),
-            secs(bare[round]),
+            secs(bare_total),
             secs(l),
             secs(m),
             secs(n)
         );
-        for (phase, line) in ["create", "stage", "publish"].iter().zip(&detail) {
+        for (phase, line) in PHASES.iter().chain(&["beside"]).zip(&detail) {
             println!("  {phase}: {line}");
+        }
+        if round == 0 {
+            ours.clear();
+            bare.clear();
+            ours_phases.clear();
+            bare_phases.clear();
+            spent_phases.clear();
+            beside.clear();
         }
     }
     let ratio = mean(&ours).as_secs_f64() / mean(&bare).as_secs_f64().max(1e-9);
@@ -728,25 +791,26 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize) -> Result<()> {
     );
     println!("create / stage / publish:    {}", phases(&ours_phases));
     println!("lvcreate / mkfs.xfs / mount: {}", phases(&bare_phases));
-    for (i, phase) in ["create", "stage", "publish"].iter().enumerate() {
+    for (i, phase) in PHASES.iter().enumerate() {
         let col =
             |f: fn(&Spent) -> Duration| spent_phases.iter().map(|r| f(&r[i])).collect::<Vec<_>>();
-        let (cmds, rest, bg, cpu) = (
-            col(|s| s.commands),
-            col(|s| s.rest),
-            col(|s| s.background),
-            col(|s| s.cpu),
-        );
+        let (cmds, rest) = (col(|s| s.commands), col(|s| s.rest));
         println!(
-            "strata {phase:<7} = its commands mean {} (median {}) + rest (gRPC, agent code, waiting) mean {} (median {}); agent CPU mean {}; background commands finished meanwhile: mean {}",
+            "strata {phase:<7} = its commands mean {} (median {}) + rest (gRPC, agent code, waiting) mean {} (median {})",
             secs(mean(&cmds)),
             secs(median(&cmds)),
             secs(mean(&rest)),
             secs(median(&rest)),
-            secs(mean(&cpu)),
-            secs(mean(&bg))
         );
     }
+    let cpu: Vec<Duration> = beside.iter().map(|b| b.cpu).collect();
+    let background: Vec<Duration> = beside.iter().map(|b| b.background).collect();
+    println!(
+        "per sequence: agent CPU mean {} (median {}); background commands finished meanwhile: mean {}",
+        secs(mean(&cpu)),
+        secs(median(&cpu)),
+        secs(mean(&background))
+    );
 
     // Baseline: N bare lvcreates in sequence on the same VG, with the agent's flags.
     let t = Instant::now();
