@@ -64,10 +64,8 @@ struct DeviceId {
     devtmpfs_root: Option<String>,
 }
 
-/// Stats the device node inline: `/dev` is devtmpfs, whose calls never wait on a disk, and a
-/// trip through the blocking pool costs more than the call (2-3 ms each in the node VM; stage and
-/// publish used to make a dozen). Paths on real filesystems (the kubelet directory) and the mount
-/// syscalls still go through the blocking pool.
+/// Stats the device node inline: `/dev` is devtmpfs, whose calls never wait on a disk (the rule
+/// and its figures: docs/architecture.md, "Pseudo-filesystems inline").
 fn device_id(device: &Path) -> Result<DeviceId> {
     let meta = std::fs::metadata(device).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

@@ -621,7 +621,6 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
     );
     let cap = mount_cap("xfs", &[]);
     let vg = "strata-nvme";
-    let (mut ours, mut bare) = (Vec::new(), Vec::new());
     // Per phase: create / stage / publish, and lvcreate / mkfs.xfs / mount.
     let (mut ours_phases, mut bare_phases) = (Vec::new(), Vec::new());
     // Per phase of strata's sequence: where the time went (from the agent's runner log).
@@ -645,6 +644,8 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
         let strata_first = round % 2 == 0;
         let mut volume_id = None;
         let mut detail = Vec::new();
+        // This round's phases; the sequences' totals are their sums.
+        let (mut ours_round, mut bare_round) = (None, None);
         for strata in [strata_first, !strata_first] {
             // Untimed: each half starts from a settled system (udev done with the previous
             // half's device events), so neither pays for the other's leftovers.
@@ -685,21 +686,14 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
                         .await,
                 )?;
                 let published = t.elapsed();
-                ours.push(published);
-                ours_phases.push([created, staged - created, published - staged]);
+                let phases = [created, staged - created, published - staged];
                 // Where the time went, read after the sequence (reading the log and /proc
-                // between the calls would be timed too): the log marks of each call's end
-                // come from the commands' own timestamps.
+                // between the calls would be timed too): each command is attributed to its
+                // call by the span it logged under.
                 let m3 = trace.mark();
                 let c3 = cpu_time(pid);
-                let (spent, besides) = trace.split(
-                    (m0, m3),
-                    [created, staged - created, published - staged],
-                    c3 - c0,
-                    &mut detail,
-                );
-                spent_phases.push(spent);
-                beside.push(besides);
+                let (spent, besides) = trace.split((m0, m3), phases, c3 - c0, &mut detail);
+                ours_round = Some((phases, spent, besides));
                 volume_id = Some(v.volume_id);
             } else {
                 let t = Instant::now();
@@ -713,8 +707,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
                 run("mkfs.xfs", &["-q", &dev])?;
                 let formatted = t.elapsed();
                 run("mount", &[&dev, &mnt.to_string_lossy()])?;
-                bare.push(t.elapsed());
-                bare_phases.push([created, formatted - created, t.elapsed() - formatted]);
+                bare_round = Some([created, formatted - created, t.elapsed() - formatted]);
             }
         }
         let volume_id = volume_id.context("the strata half did not run")?;
@@ -758,14 +751,10 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let (Some(&[c, s, p]), Some(&[l, m, n]), Some(&total), Some(&bare_total)) = (
-            ours_phases.last(),
-            bare_phases.last(),
-            ours.last(),
-            bare.last(),
-        ) else {
+        let (Some((ours_p, spent, besides)), Some(bare_p)) = (ours_round, bare_round) else {
             bail!("round {round} measured nothing");
         };
+        let ([c, s, p], [l, m, n]) = (ours_p, bare_p);
         let label = if round == 0 {
             "warm-up round (not counted)".to_owned()
         } else {
@@ -773,11 +762,11 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
         };
         println!(
             "{label}: strata {} (create {} stage {} publish {}) bare {} (lvcreate {} mkfs.xfs {} mount {})",
-            secs(total),
+            secs(c + s + p),
             secs(c),
             secs(s),
             secs(p),
-            secs(bare_total),
+            secs(l + m + n),
             secs(l),
             secs(m),
             secs(n)
@@ -787,15 +776,15 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
                 println!("  {phase}: {line}");
             }
         }
-        if round == 0 {
-            ours.clear();
-            bare.clear();
-            ours_phases.clear();
-            bare_phases.clear();
-            spent_phases.clear();
-            beside.clear();
+        if round > 0 {
+            ours_phases.push(ours_p);
+            bare_phases.push(bare_p);
+            spent_phases.push(spent);
+            beside.push(besides);
         }
     }
+    let total = |rows: &[[Duration; 3]]| rows.iter().map(|r| r.iter().sum()).collect::<Vec<_>>();
+    let (ours, bare) = (total(&ours_phases), total(&bare_phases));
     let ratio = mean(&ours).as_secs_f64() / mean(&bare).as_secs_f64().max(1e-9);
     println!(
         "\nCreateVolume+NodeStage+NodePublish: mean {} over {rounds} rounds",
