@@ -587,6 +587,14 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
         traced,
     };
     let pid = agent.child.id().context("the agent has no pid")?;
+    // Under emulation the figures depend on the VM's settings (tests/nodevm/README.md: with
+    // address-space randomisation, qemu keeps retranslating), so the run names them.
+    println!(
+        "kernel command line: {}",
+        std::fs::read_to_string("/proc/cmdline")
+            .unwrap_or_default()
+            .trim()
+    );
     println!(
         "agent binary: {}; this client: {} build",
         strata_tests::csi_client::agent_bin().display(),
