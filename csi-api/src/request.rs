@@ -209,24 +209,26 @@ pub fn content_source_message(source: &ContentSource) -> crate::csi::VolumeConte
     }
 }
 
-/// A restore or clone is at least as large as its source: a smaller requested size (the
-/// range's limit, or its required bytes when no limit is set) is `OutOfRange`; otherwise the
-/// size is the larger of the range's size and the source's.
+/// A restore or clone is at least as large as its source: a limit below the source is
+/// `OutOfRange`; otherwise the size is the larger of the required bytes and the source's,
+/// rounded up to whole extents like any other volume (rounded down to whole extents if that
+/// crossed the limit; `OutOfRange` if no whole-extent size fits). No range, or no required
+/// bytes, means the source's size. Negative fields or an empty range are `Invalid`.
 pub fn size_from_source(
     range: Option<&CapacityRange>,
     source_bytes: u64,
     source: &ContentSource,
 ) -> Result<u64, RequestError> {
-    let limit = range.map_or(0, |r| r.limit_bytes.max(0) as u64);
-    if limit > 0 && limit < source_bytes {
+    let (required, limit) = range_bytes(range)?;
+    if limit != 0 && limit < source_bytes {
         return Err(RequestError::OutOfRange(format!(
             "limit_bytes {limit} is smaller than the source {} ({source_bytes} bytes): a \
              restore or clone is at least as large as its source",
             source.id()
         )));
     }
-    let required = range.map_or(0, |r| r.required_bytes.max(0) as u64);
-    Ok(required.max(source_bytes))
+    let floor = required.max(source_bytes);
+    whole_extents_within(floor, floor, limit, DEFAULT_EXTENT_BYTES)
 }
 
 /// The parameters of a VolumeSnapshotClass (CreateSnapshot `parameters`), validated.
@@ -325,6 +327,22 @@ pub fn size_within(
     min_bytes: u64,
     extent: u64,
 ) -> Result<u64, RequestError> {
+    let (required, limit) = range_bytes(range)?;
+    let floor = required.max(min_bytes).max(1);
+    let mut target = if required == 0 {
+        DEFAULT_VOLUME_BYTES.max(floor)
+    } else {
+        floor
+    };
+    if limit != 0 {
+        target = target.min(limit).max(floor);
+    }
+    whole_extents_within(target, floor, limit, extent)
+}
+
+/// A capacity range's required and limit bytes (0: unset); negative fields or a limit below
+/// the requirement are `Invalid`.
+fn range_bytes(range: Option<&CapacityRange>) -> Result<(u64, u64), RequestError> {
     let (required, limit) = match range {
         Some(r) => (r.required_bytes, r.limit_bytes),
         None => (0, 0),
@@ -340,16 +358,18 @@ pub fn size_within(
             "capacity range is empty: required {required} bytes exceeds limit {limit} bytes"
         )));
     }
+    Ok((required, limit))
+}
+
+/// `target` rounded up to whole `extent`s; if that crosses `limit` (0: none), the limit rounded
+/// down to whole extents, unless that falls below `floor` (`OutOfRange`).
+fn whole_extents_within(
+    target: u64,
+    floor: u64,
+    limit: u64,
+    extent: u64,
+) -> Result<u64, RequestError> {
     let extent = extent.max(1);
-    let floor = required.max(min_bytes).max(1);
-    let mut target = if required == 0 {
-        DEFAULT_VOLUME_BYTES.max(floor)
-    } else {
-        floor
-    };
-    if limit != 0 {
-        target = target.min(limit).max(floor);
-    }
     let size = round_up_to_extent(target, extent)
         .filter(|s| *s <= i64::MAX as u64)
         .ok_or_else(|| RequestError::OutOfRange(format!("{target} bytes is too large")))?;
@@ -866,6 +886,36 @@ mod tests {
             size_from_source(Some(&range(1 << 30, 2 << 30)), 5 << 30, &parsed),
             Err(RequestError::OutOfRange(_))
         ));
+        // Whole extents, as any other volume: a byte over the source is one more extent...
+        let extent = DEFAULT_EXTENT_BYTES as i64;
+        assert_eq!(
+            size_from_source(Some(&range((5 << 30) + 1, 0)), 5 << 30, &parsed),
+            Ok((5 << 30) + DEFAULT_EXTENT_BYTES)
+        );
+        // ...unless that crosses the limit: then the limit rounded down, if it still holds
+        // the requirement; else no whole-extent size fits.
+        assert_eq!(
+            size_from_source(
+                Some(&range(5 << 30, (5 << 30) + extent - 1)),
+                5 << 30,
+                &parsed
+            ),
+            Ok(5 << 30)
+        );
+        assert!(matches!(
+            size_from_source(Some(&range((5 << 30) + 1, (5 << 30) + 2)), 5 << 30, &parsed),
+            Err(RequestError::OutOfRange(_))
+        ));
+        // Bad ranges are refused as for any other CreateVolume, not read as "unset".
+        for (required, limit) in [(-1, 0), (0, -1), (6 << 30, 5 << 30)] {
+            assert!(
+                matches!(
+                    size_from_source(Some(&range(required, limit)), 1 << 30, &parsed),
+                    Err(RequestError::Invalid(_))
+                ),
+                "{required} {limit}"
+            );
+        }
     }
 
     #[test]
