@@ -446,8 +446,6 @@ struct Ran {
 /// The agent's log (JSON lines, runner at debug level): what it ran between two marks.
 struct Trace {
     log: PathBuf,
-    /// Whether the agent logs its commands (`--trace`).
-    traced: bool,
 }
 
 impl Trace {
@@ -501,20 +499,20 @@ fn listed(ran: &[&Ran]) -> String {
 }
 
 /// Where one phase of strata's sequence went: its own commands and mount syscalls (the log lines
-/// of its span) and the rest (gRPC, the agent's code, waiting).
-#[derive(Default, Clone, Copy)]
+/// of its span), listed, and the rest (gRPC, the agent's code, waiting).
 struct Spent {
     commands: Duration,
     rest: Duration,
+    listing: String,
 }
 
 /// What the agent did during one whole sequence besides its calls' own commands: the CPU time
 /// its process used itself (not its commands') and the background commands (claim pass, wiper)
-/// that finished meanwhile.
-#[derive(Default, Clone, Copy)]
+/// that finished meanwhile (logged only when traced).
 struct Beside {
     cpu: Duration,
     background: Duration,
+    listing: String,
 }
 
 const PHASES: [&str; 3] = ["create", "stage", "publish"];
@@ -527,41 +525,29 @@ impl Trace {
         (from, to): (u64, u64),
         took: [Duration; 3],
         cpu: Duration,
-        detail: &mut Vec<String>,
     ) -> ([Spent; 3], Beside) {
         let ran = self.between(from, to);
         let ms =
             |rs: &[&Ran]| Duration::from_secs_f64(rs.iter().map(|r| r.ms).sum::<f64>() / 1000.0);
-        let other: Vec<&Ran> = ran.iter().filter(|r| r.call.is_none()).collect();
         let spent = std::array::from_fn(|i| {
             let own: Vec<&Ran> = ran
                 .iter()
                 .filter(|r| r.call.as_deref() == Some(PHASES[i]))
                 .collect();
-            detail.push(listed(&own));
             let commands = ms(&own);
             Spent {
                 commands,
                 rest: took[i].saturating_sub(commands),
+                listing: listed(&own),
             }
         });
-        // Background commands are only logged when traced (their runner lines).
-        let background = if self.traced {
-            format!("; background: {}", listed(&other))
-        } else {
-            String::new()
+        let other: Vec<&Ran> = ran.iter().filter(|r| r.call.is_none()).collect();
+        let beside = Beside {
+            cpu,
+            background: ms(&other),
+            listing: listed(&other),
         };
-        detail.push(format!(
-            "agent CPU {:.0}ms{background}",
-            cpu.as_secs_f64() * 1000.0
-        ));
-        (
-            spent,
-            Beside {
-                cpu,
-                background: ms(&other),
-            },
-        )
+        (spent, beside)
     }
 }
 
@@ -584,7 +570,6 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
     );
     let trace = Trace {
         log: dir.join("agent.log"),
-        traced,
     };
     let pid = agent.child.id().context("the agent has no pid")?;
     // Under emulation the figures depend on the VM's settings (tests/nodevm/README.md: with
@@ -651,7 +636,6 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
         std::fs::create_dir_all(&mnt)?;
         let strata_first = round % 2 == 0;
         let mut volume_id = None;
-        let mut detail = Vec::new();
         // This round's phases; the sequences' totals are their sums.
         let (mut ours_round, mut bare_round) = (None, None);
         for strata in [strata_first, !strata_first] {
@@ -700,7 +684,7 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
                 // call by the span it logged under.
                 let m3 = trace.mark();
                 let c3 = cpu_time(pid);
-                let (spent, besides) = trace.split((m0, m3), phases, c3 - c0, &mut detail);
+                let (spent, besides) = trace.split((m0, m3), phases, c3 - c0);
                 ours_round = Some((phases, spent, besides));
                 volume_id = Some(v.volume_id);
             } else {
@@ -779,11 +763,20 @@ async fn bench(dir: &Path, rounds: usize, concurrent: usize, traced: bool) -> Re
             secs(m),
             secs(n)
         );
-        for (phase, line) in PHASES.iter().chain(&["beside"]).zip(&detail) {
-            if traced || phase == &"beside" {
-                println!("  {phase}: {line}");
+        if traced {
+            for (phase, spent) in PHASES.iter().zip(&spent) {
+                println!("  {phase}: {}", spent.listing);
             }
         }
+        println!(
+            "  beside: agent CPU {:.0}ms{}",
+            besides.cpu.as_secs_f64() * 1000.0,
+            if traced {
+                format!("; background: {}", besides.listing)
+            } else {
+                String::new()
+            }
+        );
         if round > 0 {
             ours_phases.push(ours_p);
             bare_phases.push(bare_p);
