@@ -8,7 +8,8 @@
 #   disks    the declared disks (for the tests; see README.md)
 #   cmd.sh   the command: environment, cd, exec
 # and receives
-#   stages   boot stages with the guest's uptime (timings)
+#   stages   boot stages with the guest's uptime (timings; "synced" once the
+#            command's writes are on the disks, before power-off)
 #   rc       the command's exit status; its absence tells the host the VM died
 export PATH=/usr/sbin:/usr/bin HOME=/root TERM=linux
 ctl=/run/nodevm
@@ -104,5 +105,14 @@ rc=$?
 stage command
 awk '/^(MemTotal|MemAvailable):/{printf "%s %d MiB ", $1, $2/1024} END{print ""}' /proc/meminfo > "$ctl/meminfo"
 echo $rc > "$ctl/rc.tmp" && mv "$ctl/rc.tmp" "$ctl/rc"
+# a guest still up 20 s from here hangs in sync or power-off: it dumps its blocked
+# tasks and every CPU's backtrace to the console, which the host prints
+( sleep 20; echo 8 > /proc/sys/kernel/printk; echo w > /proc/sysrq-trigger
+  echo l > /proc/sysrq-trigger ) </dev/null >/dev/null 2>&1 &
 sync
+stage synced
+# leave through qemu's isa-debug-exit port (0xf4), not through the kernel's power-off:
+# everything the command made is on the host now, and under TCG the kernel's device
+# shutdown now and then never finished (README: pitfalls); poweroff is the fallback
+printf '\000' | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
 poweroff -f
