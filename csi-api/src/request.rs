@@ -552,6 +552,40 @@ pub fn check_id(what: &str, id: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// Where one page of a key-sorted list lies (ListVolumes, ListSnapshots): from the first key
+/// at or after `from` (an entry deleted since the previous page does not skip its successor),
+/// at most `max_entries` entries (0: all the rest). `next` is the index the following page
+/// starts at, `None` on the last page. Each service makes its own tokens from keys.
+pub fn page<T>(
+    sorted: &[T],
+    key: impl Fn(&T) -> &str,
+    max_entries: i32,
+    from: Option<&str>,
+) -> Result<Page, RequestError> {
+    let Ok(max) = usize::try_from(max_entries) else {
+        return Err(invalid(format!(
+            "max_entries {max_entries} must not be negative"
+        )));
+    };
+    let start = from.map_or(0, |from| sorted.partition_point(|t| key(t) < from));
+    let end = if max == 0 {
+        sorted.len()
+    } else {
+        start.saturating_add(max).min(sorted.len())
+    };
+    Ok(Page {
+        range: start..end,
+        next: (end < sorted.len()).then_some(end),
+    })
+}
+
+/// One page of a list: the entries' indexes and where the next page starts (see [`page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub range: std::ops::Range<usize>,
+    pub next: Option<usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,6 +611,75 @@ mod tests {
             fs_type: fs.into(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn pages_walk_a_sorted_list_once() {
+        let keys = ["a", "b", "c", "d", "e"];
+        let at = |max, from| page(&keys, |k| *k, max, from).unwrap();
+        assert_eq!(
+            at(2, None),
+            Page {
+                range: 0..2,
+                next: Some(2)
+            }
+        );
+        assert_eq!(
+            at(2, Some("c")),
+            Page {
+                range: 2..4,
+                next: Some(4)
+            }
+        );
+        assert_eq!(
+            at(2, Some("e")),
+            Page {
+                range: 4..5,
+                next: None
+            }
+        );
+        assert_eq!(
+            at(0, None),
+            Page {
+                range: 0..5,
+                next: None
+            }
+        );
+        assert_eq!(
+            at(5, None),
+            Page {
+                range: 0..5,
+                next: None
+            }
+        );
+        // an entry deleted since the previous page does not skip its successor
+        assert_eq!(
+            at(2, Some("bb")),
+            Page {
+                range: 2..4,
+                next: Some(4)
+            }
+        );
+        // a start after the last key is an empty last page
+        assert_eq!(
+            at(2, Some("z")),
+            Page {
+                range: 5..5,
+                next: None
+            }
+        );
+        assert_eq!(
+            page(&[] as &[&str], |k| *k, 3, None).unwrap(),
+            Page {
+                range: 0..0,
+                next: None
+            }
+        );
+        let negative = page(&keys, |k| *k, -1, None).unwrap_err();
+        assert!(
+            matches!(&negative, RequestError::Invalid(m) if m.contains("must not be negative")),
+            "{negative:?}"
+        );
     }
 
     #[test]

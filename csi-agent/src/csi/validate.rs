@@ -267,32 +267,25 @@ pub mod token {
     }
 }
 
-/// One page of `names` (sorted): from the token's name on, at most `max_entries` (0 = all);
-/// returns the indexes and the next token (empty at the end).
+/// One page of `names` (sorted) for ListVolumes / ListSnapshots (`csi_api::request::page`): from
+/// the token's name on, at most `max_entries` (0 = all); the indexes and the next token (empty at
+/// the end).
 pub fn page(
     names: &[&str],
     max_entries: i32,
     starting_token: &str,
 ) -> Result<(std::ops::Range<usize>, String), Error> {
-    if max_entries < 0 {
-        return Err(Error::InvalidArgument(
-            "max_entries must not be negative".into(),
-        ));
-    }
-    let start = if starting_token.is_empty() {
-        0
+    let from = if starting_token.is_empty() {
+        None
     } else {
-        let from = token::decode(starting_token)?;
-        names.partition_point(|n| *n < from.as_str())
+        Some(token::decode(starting_token)?)
     };
-    let max = usize::try_from(max_entries).unwrap_or(usize::MAX);
-    let end = if max == 0 {
-        names.len()
-    } else {
-        start.saturating_add(max).min(names.len())
-    };
-    let next = names.get(end).map(|n| token::encode(n)).unwrap_or_default();
-    Ok((start..end, next))
+    let page = request::page(names, |n| *n, max_entries, from.as_deref())?;
+    let next = page
+        .next
+        .map(|i| token::encode(names[i]))
+        .unwrap_or_default();
+    Ok((page.range, next))
 }
 
 #[cfg(test)]

@@ -121,12 +121,6 @@ impl<C: Cluster> ControllerService<C> {
         &self,
         req: csi::ListSnapshotsRequest,
     ) -> Result<csi::ListSnapshotsResponse, Error> {
-        let max = usize::try_from(req.max_entries).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "max_entries {} must not be negative",
-                req.max_entries
-            ))
-        })?;
         let token = req.starting_token.as_str();
         if !token.is_empty()
             && (request::check_id("starting_token", token).is_err() || object_name(token) != token)
@@ -147,22 +141,18 @@ impl<C: Cluster> ControllerService<C> {
             .filter(|lv| listed(lv, want_id.as_deref(), want_source.as_deref()))
             .collect();
         snapshots.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let from = snapshots
-            .iter()
-            .position(|lv| lv.metadata.name.as_deref().unwrap_or_default() >= token)
-            .unwrap_or(snapshots.len());
-        let rest = &snapshots[from..];
-        let page = if max == 0 {
-            rest.len()
-        } else {
-            max.min(rest.len())
-        };
-        let next_token = rest
-            .get(page)
-            .and_then(|lv| lv.metadata.name.clone())
+        let page = request::page(
+            &snapshots,
+            object_name_of,
+            req.max_entries,
+            (!token.is_empty()).then_some(token),
+        )?;
+        let next_token = page
+            .next
+            .map(|i| object_name_of(&snapshots[i]).to_owned())
             .unwrap_or_default();
         Ok(csi::ListSnapshotsResponse {
-            entries: rest[..page]
+            entries: snapshots[page.range]
                 .iter()
                 .map(|lv| csi::list_snapshots_response::Entry {
                     snapshot: Some(to_csi_snapshot(lv)),
@@ -171,6 +161,11 @@ impl<C: Cluster> ControllerService<C> {
             next_token,
         })
     }
+}
+
+/// A snapshot's object name: the sort key of ListSnapshots and its page token.
+fn object_name_of(lv: &LogicalVolume) -> &str {
+    lv.metadata.name.as_deref().unwrap_or_default()
 }
 
 /// Whether `lv` is a live snapshot that matches the filters (object names).
