@@ -434,7 +434,8 @@ impl ControllerService {
     pub async fn list(&self, req: csi::ListVolumesRequest) -> Result<csi::ListVolumesResponse> {
         let volumes = self.volumes.list().await?;
         let ids: Vec<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
-        let (range, next_token) = validate::page(&ids, req.max_entries, &req.starting_token)?;
+        let (range, next_token) =
+            validate::page_by_token(&ids, req.max_entries, &req.starting_token)?;
         let entries = volumes[range]
             .iter()
             .map(|v| Entry {
@@ -611,7 +612,8 @@ impl ControllerService {
             .filter(|s| req.source_volume_id.is_empty() || s.source_volume == req.source_volume_id)
             .collect();
         let ids: Vec<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
-        let (range, next_token) = validate::page(&ids, req.max_entries, &req.starting_token)?;
+        let (range, next_token) =
+            validate::page_by_token(&ids, req.max_entries, &req.starting_token)?;
         let entries = snapshots[range]
             .iter()
             .map(|s| csi::list_snapshots_response::Entry {

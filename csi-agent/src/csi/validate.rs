@@ -270,7 +270,7 @@ pub mod token {
 /// One page of `names` (sorted) for ListVolumes / ListSnapshots (`csi_api::request::page`): from
 /// the token's name on, at most `max_entries` (0 = all); the indexes and the next token (empty at
 /// the end).
-pub fn page(
+pub fn page_by_token(
     names: &[&str],
     max_entries: i32,
     starting_token: &str,
@@ -524,21 +524,24 @@ mod tests {
     #[test]
     fn pages_walk_the_whole_list_once() {
         let names = ["a", "b", "c", "d", "e"];
-        let (r, next) = page(&names, 2, "").unwrap();
+        let (r, next) = page_by_token(&names, 2, "").unwrap();
         assert_eq!((r, next.as_str()), (0..2, token::encode("c").as_str()));
-        let (r, next) = page(&names, 2, &next).unwrap();
+        let (r, next) = page_by_token(&names, 2, &next).unwrap();
         assert_eq!(r, 2..4);
-        let (r, last) = page(&names, 2, &next).unwrap();
+        let (r, last) = page_by_token(&names, 2, &next).unwrap();
         assert_eq!((r, last.as_str()), (4..5, ""));
-        let (all, next) = page(&names, 0, "").unwrap();
+        let (all, next) = page_by_token(&names, 0, "").unwrap();
         assert_eq!((all, next.as_str()), (0..5, ""));
         // a deleted entry at the token's name does not skip its successor
         let fewer = ["a", "b", "d", "e"];
-        let (r, _) = page(&fewer, 2, &token::encode("c")).unwrap();
+        let (r, _) = page_by_token(&fewer, 2, &token::encode("c")).unwrap();
         assert_eq!(r, 2..4);
-        assert!(is_invalid(page(&names, -1, "")));
-        assert!(matches!(page(&names, 1, "bogus"), Err(Error::Aborted(_))));
-        let (r, next) = page(&[], 3, "").unwrap();
+        assert!(is_invalid(page_by_token(&names, -1, "")));
+        assert!(matches!(
+            page_by_token(&names, 1, "bogus"),
+            Err(Error::Aborted(_))
+        ));
+        let (r, next) = page_by_token(&[], 3, "").unwrap();
         assert_eq!((r, next.as_str()), (0..0, ""));
     }
 }
