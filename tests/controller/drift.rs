@@ -487,8 +487,6 @@ async fn the_brakes_hold_under_twenty_failures_and_across_a_leader_change() {
     }
     let args = ["--housekeeping-period", "1s", "--max-drifts-in-flight", "2"];
     let one = Replica::start(&dir, &kubeconfig, "one", &args, None).await;
-    let two = Replica::start(&dir, &kubeconfig, "two", &args, None).await;
-    let mut one = Some(one);
     let logs = || {
         format!(
             "--- one ---\n{}\n--- two ---\n{}",
@@ -496,6 +494,21 @@ async fn the_brakes_hold_under_twenty_failures_and_across_a_leader_change() {
             host::tail(&dir.join("two/controller.log"), 25)
         )
     };
+    // One leads before two starts: a ready Probe does not mean the Lease is taken, and under
+    // load two could win it, so that killing one below would kill a follower.
+    eventually(
+        "replica one to lead",
+        Duration::from_secs(30),
+        logs,
+        || async {
+            one.log()
+                .contains("leading: background work starts")
+                .then_some(())
+        },
+    )
+    .await;
+    let two = Replica::start(&dir, &kubeconfig, "two", &args, None).await;
+    let mut one = Some(one);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
     let mut done: BTreeSet<(&str, u32)> = BTreeSet::new();
     let mut gone_since: BTreeMap<(&str, u32), Instant> = BTreeMap::new();
