@@ -552,31 +552,28 @@ pub fn check_id(what: &str, id: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// Where one page of a key-sorted list lies (ListVolumes, ListSnapshots): from the first key
-/// at or after `from` (an entry deleted since the previous page does not skip its successor),
-/// at most `max_entries` entries (0: all the rest). `next` is the index the following page
-/// starts at, `None` on the last page. Each service makes its own tokens from keys.
-pub fn page<T>(
-    sorted: &[T],
-    key: impl Fn(&T) -> &str,
-    max_entries: i32,
-    from: Option<&str>,
-) -> Result<Page, RequestError> {
-    let Ok(max) = usize::try_from(max_entries) else {
-        return Err(invalid(format!(
-            "max_entries {max_entries} must not be negative"
-        )));
-    };
+/// A ListVolumes / ListSnapshots `max_entries`, checked before any work: the most entries a
+/// page holds, 0 for all; negative is `Invalid`.
+pub fn page_size(max_entries: i32) -> Result<usize, RequestError> {
+    usize::try_from(max_entries)
+        .map_err(|_| invalid(format!("max_entries {max_entries} must not be negative")))
+}
+
+/// Where one page of a key-sorted list lies: from the first key at or after `from` (an entry
+/// deleted since the previous page does not skip its successor), at most `size` entries (0: all
+/// the rest, see [`page_size`]). `next` is the index the following page starts at, `None` on the
+/// last page. Each service makes its own tokens from keys.
+pub fn page<T>(sorted: &[T], key: impl Fn(&T) -> &str, size: usize, from: Option<&str>) -> Page {
     let start = from.map_or(0, |from| sorted.partition_point(|t| key(t) < from));
-    let end = if max == 0 {
+    let end = if size == 0 {
         sorted.len()
     } else {
-        start.saturating_add(max).min(sorted.len())
+        start.saturating_add(size).min(sorted.len())
     };
-    Ok(Page {
+    Page {
         range: start..end,
         next: (end < sorted.len()).then_some(end),
-    })
+    }
 }
 
 /// One page of a list: the entries' indexes and where the next page starts (see [`page`]).
@@ -616,69 +613,25 @@ mod tests {
     #[test]
     fn pages_walk_a_sorted_list_once() {
         let keys = ["a", "b", "c", "d", "e"];
-        let at = |max, from| page(&keys, |k| *k, max, from).unwrap();
-        assert_eq!(
-            at(2, None),
-            Page {
-                range: 0..2,
-                next: Some(2)
-            }
-        );
-        assert_eq!(
-            at(2, Some("c")),
-            Page {
-                range: 2..4,
-                next: Some(4)
-            }
-        );
-        assert_eq!(
-            at(2, Some("e")),
-            Page {
-                range: 4..5,
-                next: None
-            }
-        );
-        assert_eq!(
-            at(0, None),
-            Page {
-                range: 0..5,
-                next: None
-            }
-        );
-        assert_eq!(
-            at(5, None),
-            Page {
-                range: 0..5,
-                next: None
-            }
-        );
+        let at = |size, from| {
+            let p = page(&keys, |k| *k, size, from);
+            (p.range, p.next)
+        };
+        assert_eq!(at(2, None), (0..2, Some(2)));
+        assert_eq!(at(2, Some("c")), (2..4, Some(4)));
+        assert_eq!(at(2, Some("e")), (4..5, None));
+        assert_eq!(at(0, None), (0..5, None));
+        assert_eq!(at(5, None), (0..5, None));
         // an entry deleted since the previous page does not skip its successor
-        assert_eq!(
-            at(2, Some("bb")),
-            Page {
-                range: 2..4,
-                next: Some(4)
-            }
-        );
+        assert_eq!(at(2, Some("bb")), (2..4, Some(4)));
         // a start after the last key is an empty last page
-        assert_eq!(
-            at(2, Some("z")),
-            Page {
-                range: 5..5,
-                next: None
-            }
-        );
-        assert_eq!(
-            page(&[] as &[&str], |k| *k, 3, None).unwrap(),
-            Page {
-                range: 0..0,
-                next: None
-            }
-        );
-        let negative = page(&keys, |k| *k, -1, None).unwrap_err();
+        assert_eq!(at(2, Some("z")), (5..5, None));
+        let empty = page(&[] as &[&str], |k| *k, 3, None);
+        assert_eq!((empty.range, empty.next), (0..0, None));
+        assert_eq!(page_size(0), Ok(0));
+        assert_eq!(page_size(7), Ok(7));
         assert!(
-            matches!(&negative, RequestError::Invalid(m) if m.contains("must not be negative")),
-            "{negative:?}"
+            matches!(page_size(-1), Err(RequestError::Invalid(m)) if m.contains("must not be negative"))
         );
     }
 

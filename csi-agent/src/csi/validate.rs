@@ -275,12 +275,13 @@ pub fn page_by_token(
     max_entries: i32,
     starting_token: &str,
 ) -> Result<(std::ops::Range<usize>, String), Error> {
+    let size = request::page_size(max_entries)?;
     let from = if starting_token.is_empty() {
         None
     } else {
         Some(token::decode(starting_token)?)
     };
-    let page = request::page(names, |n| *n, max_entries, from.as_deref())?;
+    let page = request::page(names, |n| *n, size, from.as_deref());
     let next = page
         .next
         .map(|i| token::encode(names[i]))

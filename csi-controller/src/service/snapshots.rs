@@ -121,6 +121,7 @@ impl<C: Cluster> ControllerService<C> {
         &self,
         req: csi::ListSnapshotsRequest,
     ) -> Result<csi::ListSnapshotsResponse, Error> {
+        let size = request::page_size(req.max_entries)?;
         let token = req.starting_token.as_str();
         if !token.is_empty()
             && (request::check_id("starting_token", token).is_err() || object_name(token) != token)
@@ -140,13 +141,13 @@ impl<C: Cluster> ControllerService<C> {
             .into_iter()
             .filter(|lv| listed(lv, want_id.as_deref(), want_source.as_deref()))
             .collect();
-        snapshots.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        snapshots.sort_by(|a, b| object_name_of(a).cmp(object_name_of(b)));
         let page = request::page(
             &snapshots,
             object_name_of,
-            req.max_entries,
+            size,
             (!token.is_empty()).then_some(token),
-        )?;
+        );
         let next_token = page
             .next
             .map(|i| object_name_of(&snapshots[i]).to_owned())
