@@ -9,7 +9,7 @@
 #   cmd.sh   the command: environment, cd, exec
 # and receives
 #   stages   boot stages with the guest's uptime (timings; "synced" once the
-#            command's writes are on the disks, before power-off)
+#            command's writes are on the disks, before it leaves)
 #   rc       the command's exit status; its absence tells the host the VM died
 export PATH=/usr/sbin:/usr/bin HOME=/root TERM=linux
 ctl=/run/nodevm
@@ -105,8 +105,8 @@ rc=$?
 stage command
 awk '/^(MemTotal|MemAvailable):/{printf "%s %d MiB ", $1, $2/1024} END{print ""}' /proc/meminfo > "$ctl/meminfo"
 echo $rc > "$ctl/rc.tmp" && mv "$ctl/rc.tmp" "$ctl/rc"
-# a guest still up 20 s from here hangs in sync or power-off: it dumps its blocked
-# tasks and every CPU's backtrace to the console, which the host prints
+# a guest still up 20 s from here hangs in sync (or in leaving): it dumps its blocked
+# tasks and every CPU's backtrace to the console, which the host prints on a timeout
 ( sleep 20; echo 8 > /proc/sys/kernel/printk; echo w > /proc/sysrq-trigger
   echo l > /proc/sysrq-trigger ) </dev/null >/dev/null 2>&1 &
 sync
